@@ -3,6 +3,7 @@
 Names end with their unit (`_MAX` for counts, `_S` for seconds, `_BYTES` for sizes). Relationships
 between bounds are asserted at import, so an edit that breaks one fails at once, not under load.
 Operators override the ones that are configuration (see `inventoryd.config`); the rest are design.
+The durable log's own bounds are in `persistence.limits`; the actor asserts how the two relate.
 """
 
 from typing import Final
@@ -12,12 +13,6 @@ MAILBOX_MESSAGES_MAX: Final = 4096
 # Messages an actor decides per journal append. Larger batches mean fewer fsyncs per change, but a
 # longer wait for the first message of the batch.
 BATCH_MESSAGES_MAX: Final = 512
-# Records the journal writes in one transaction, summed over every actor whose append it coalesces.
-JOURNAL_COMMIT_RECORDS_MAX: Final = 8192
-# Appends waiting for the journal writer; beyond this an actor's append fails fast (retryable).
-JOURNAL_PENDING_APPENDS_MAX: Final = 4096
-# How long one journal transaction may take before it is abandoned as "outcome unknown".
-DB_TIMEOUT_S: Final = 5.0
 # How long a request may wait for its actor before it is answered 503 (if not yet decided).
 REQUEST_TIMEOUT_S: Final = 10.0
 # Request bodies larger than this are refused with 413 before they are read.
@@ -54,11 +49,6 @@ DESCRIPTION_CHARS_MAX: Final = 10_000
 RETRY_AFTER_S: Final = 1
 
 assert BATCH_MESSAGES_MAX <= MAILBOX_MESSAGES_MAX
-# One batch's records always fit one journal transaction: a reserve produces one record, an expiry
-# message at most EXPIRIES_PER_MESSAGE_MAX.
-assert BATCH_MESSAGES_MAX * 1 + EXPIRIES_PER_MESSAGE_MAX <= JOURNAL_COMMIT_RECORDS_MAX
-# A decided request always gets its real answer: the commit bound is inside the request bound.
-assert DB_TIMEOUT_S < REQUEST_TIMEOUT_S
 assert HOLD_SECONDS_MIN <= HOLD_SECONDS_DEFAULT <= HOLD_SECONDS_MAX
 assert PAGE_ITEMS_DEFAULT <= PAGE_ITEMS_MAX
 assert IDEMPOTENCY_RETENTION_S >= 24 * 3600

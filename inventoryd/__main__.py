@@ -1,0 +1,3 @@
+from inventoryd.cli import main
+
+main()

@@ -1,0 +1,438 @@
+"""The event actor: the one owner of an event's inventory.
+
+Callers `await actor.reserve(...)` (or confirm, cancel, …). The actor takes its mailbox's waiting
+messages as one batch (at most BATCH_MESSAGES_MAX), decides each against the inventory, applying each
+decision's records before the next decision, appends the whole batch's records to the journal in
+one transaction, and only then replies to every message of the batch. If the append certainly
+failed it rolls the inventory back to its state before the batch and answers every message with a
+retryable error; if the outcome is unknown it answers the same and stops, so that its supervisor
+rebuilds it from the log, which knows what happened.
+
+Reads never see uncommitted changes: while a batch's append is in flight, `reservation()` answers
+from the values the batch replaced, and availability comes from a view published after each commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+import structlog
+
+from inventoryd import domain, limits
+from inventoryd.domain import Accepted, EventDefinition, Inventory, Rejected, Reservation
+from persistence import limits as persistence_limits
+from persistence.journal import Append, AppendFailed, AppendOutcomeUnknown, CatalogueRow, IdempotencyRow, Journal
+
+log = structlog.get_logger("inventoryd.actor")
+
+# How the actor's bounds fit the journal's: a full batch fits one journal transaction (a message
+# produces at most one record, an expiry message at most EXPIRIES_PER_MESSAGE_MAX), and a request
+# whose message was decided always outlives the commit that settles it.
+assert limits.BATCH_MESSAGES_MAX + limits.EXPIRIES_PER_MESSAGE_MAX <= persistence_limits.JOURNAL_COMMIT_RECORDS_MAX
+assert persistence_limits.DB_TIMEOUT_S < limits.REQUEST_TIMEOUT_S
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+class Unavailable(Exception):
+    """The request was not carried out and may be retried (with the same Idempotency-Key)."""
+
+    def __init__(self, detail: str, *, code: Literal["overloaded", "unavailable"] = "unavailable") -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.code = code
+
+
+class ActorRestartRequired(Exception):
+    """A batch's outcome is unknown or the state machine hit a bug: rebuild the actor from the log."""
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """An Idempotency-Key the caller holds for this request; its answer is stored with the records."""
+
+    scope: str
+    key: str
+    fingerprint: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a command came to, once durable: the reservation (or event) it made or changed, or why not.
+
+    `stored_answer` is the encoded answer written under the request's Idempotency-Key, if one was.
+    """
+
+    result: Reservation | EventDefinition | Rejected | None
+    stored_answer: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TicketTypeView:
+    code: str
+    name: str
+    price: int
+    capacity: int
+    available: int
+    held: int
+    sold: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedView:
+    """The event as of its last commit; published after every commit, read without the mailbox."""
+
+    definition: EventDefinition
+    status: str
+    ticket_types: tuple[TicketTypeView, ...]
+    last_seq: int
+
+
+@dataclass(slots=True, eq=False)
+class _Message:
+    build: Callable[[datetime], domain.Command]
+    claim: IdempotencyClaim | None
+    request_id: str | None
+    future: asyncio.Future[Outcome] | None
+    # Set when the actor takes the message into a batch; after that the caller waits for the answer.
+    taken: bool = False
+    # Set by a caller that gave up before the message was taken: the actor skips it.
+    abandoned: bool = False
+
+
+class _Mailbox:
+    """A bounded FIFO with one waiting consumer."""
+
+    __slots__ = ("_messages", "_capacity", "_waiter")
+
+    def __init__(self, capacity: int) -> None:
+        self._messages: deque[_Message] = deque()
+        self._capacity = capacity
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def put_nowait(self, message: _Message, *, bounded: bool = True) -> bool:
+        if bounded and len(self._messages) >= self._capacity:
+            return False
+        self._messages.append(message)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        return True
+
+    async def wait_not_empty(self) -> None:
+        while not self._messages:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def take_nowait(self, count_max: int) -> list[_Message]:
+        taken = []
+        while self._messages and len(taken) < count_max:
+            taken.append(self._messages.popleft())
+        return taken
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+@dataclass(eq=False)
+class EventActor:
+    event_id: str
+    journal: Journal
+    inventory: Inventory
+    clock: Clock = system_clock
+    epoch: int = 0
+    on_batch: Callable[[EventActor, int, int], None] | None = None
+    _mailbox: _Mailbox = field(default_factory=lambda: _Mailbox(limits.MAILBOX_MESSAGES_MAX))
+    _running: bool = False
+    # While a batch's append is in flight: the reservations it touched, as they were before it.
+    _in_flight_previous: dict[str, Reservation | None] = field(default_factory=dict)
+    _view: CommittedView | None = None
+    _expiry_timer: asyncio.TimerHandle | None = None
+    _expiry_queued: bool = False
+
+    # -- the callers' side ----------------------------------------------------------------------
+
+    async def create(self, definition: EventDefinition, *, claim: IdempotencyClaim | None = None) -> Outcome:
+        return await self._ask(lambda now: domain.CreateEvent(definition), claim, None)
+
+    async def reserve(
+        self,
+        user_id: str,
+        ticket_type: str,
+        quantity: int,
+        *,
+        claim: IdempotencyClaim | None = None,
+        request_id: str | None = None,
+    ) -> Outcome:
+        return await self._ask(lambda now: domain.Reserve(user_id, ticket_type, quantity, now), claim, request_id)
+
+    async def confirm(
+        self, reservation_id: str, *, claim: IdempotencyClaim | None = None, request_id: str | None = None
+    ) -> Outcome:
+        return await self._ask(lambda now: domain.Confirm(reservation_id, now), claim, request_id)
+
+    async def cancel(
+        self,
+        reservation_id: str,
+        *,
+        privileged: bool = False,
+        claim: IdempotencyClaim | None = None,
+        request_id: str | None = None,
+    ) -> Outcome:
+        return await self._ask(lambda now: domain.Cancel(reservation_id, now, privileged), claim, request_id)
+
+    def reservation(self, reservation_id: str) -> Reservation | None:
+        """The reservation as last committed."""
+        previous = self._in_flight_previous.get(reservation_id, _NOT_IN_FLIGHT)
+        if previous is not _NOT_IN_FLIGHT:
+            return previous  # type: ignore[return-value]
+        return self.inventory.reservations.get(reservation_id)
+
+    def view(self) -> CommittedView | None:
+        """The event as last committed, or None before its creation is."""
+        return self._view
+
+    def mailbox_depth(self) -> int:
+        return len(self._mailbox)
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def wake_expiry(self) -> None:
+        """Check for due holds now (the clock may have been moved: tests, or a suspended machine)."""
+        self._enqueue_expiry()
+
+    async def _ask(
+        self, build: Callable[[datetime], domain.Command], claim: IdempotencyClaim | None, request_id: str | None
+    ) -> Outcome:
+        if not self._running:
+            raise Unavailable("the event's actor is recovering; retry shortly")
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        message = _Message(build, claim, request_id, future)
+        if not self._mailbox.put_nowait(message):
+            raise Unavailable("too many requests are waiting for this event", code="overloaded")
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), limits.REQUEST_TIMEOUT_S)
+        except TimeoutError:
+            if not message.taken:
+                message.abandoned = True
+                raise Unavailable("the event's actor did not get to the request in time", code="overloaded") from None
+            # Decided: its commit is bounded by DB_TIMEOUT_S, and the answer must be the real one.
+            return await future
+
+    # -- the actor's side -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Accept messages: the inventory is recovered (or new)."""
+        self.inventory.next_expiry()
+        self._publish()
+        self._running = True
+        self._schedule_expiry()
+
+    def stop(self, reason: str) -> None:
+        """Stop accepting; answer every waiting message with a retryable error."""
+        self._running = False
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        self._expiry_queued = False
+        for message in self._mailbox.take_nowait(len(self._mailbox)):
+            _fail(message, Unavailable(reason))
+
+    async def run(self) -> None:
+        """Process batches until cancelled; raises ActorRestartRequired when it must be rebuilt."""
+        assert self._running
+        while True:
+            await self._mailbox.wait_not_empty()
+            batch = self._mailbox.take_nowait(limits.BATCH_MESSAGES_MAX)
+            await self._process(batch)
+
+    async def _process(self, batch: list[_Message]) -> None:
+        inventory = self.inventory
+        now = self.clock()
+        first_seq = inventory.last_seq + 1
+        kinds: list[str] = []
+        bodies: list[bytes] = []
+        answers: list[IdempotencyRow] = []
+        catalogue: list[CatalogueRow] = []
+        replies: list[tuple[_Message, Outcome]] = []
+        inventory.begin()
+        try:
+            for message in batch:
+                if message.abandoned:
+                    continue
+                message.taken = True
+                if message.request_id is not None:
+                    structlog.contextvars.bind_contextvars(request_id=message.request_id)
+                command = message.build(now)
+                decision = inventory.decide(command)
+                for record in decision.records:
+                    reservation_id = getattr(record, "reservation_id", None)
+                    if reservation_id is not None and reservation_id not in self._in_flight_previous:
+                        self._in_flight_previous[reservation_id] = inventory.reservations.get(reservation_id)
+                    inventory.apply(inventory.last_seq + 1, record)
+                    kinds.append(domain.record_kind(record))
+                    bodies.append(_ENCODER.encode(record))
+                    if isinstance(record, domain.EventCreated):
+                        catalogue.append(_catalogue_row(record.event, "on_sale"))
+                outcome = self._outcome(command, decision, message.claim)
+                if outcome.stored_answer is not None:
+                    assert message.claim is not None
+                    answers.append(
+                        IdempotencyRow(
+                            message.claim.scope, message.claim.key, message.claim.fingerprint, outcome.stored_answer
+                        )
+                    )
+                replies.append((message, outcome))
+        except Exception as error:
+            # A bug in decide or apply (an invariant failed): nothing of this batch is sent.
+            inventory.rollback()
+            self._in_flight_previous.clear()
+            for message in batch:
+                _fail(message, Unavailable("internal error; retry"))
+            log.error("actor_batch_failed", event_id=self.event_id, error=repr(error))
+            raise ActorRestartRequired(repr(error)) from error
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
+        if kinds:
+            try:
+                await self.journal.append(
+                    Append(
+                        self.event_id,
+                        first_seq,
+                        kinds,
+                        bodies,
+                        epoch=self.epoch,
+                        idempotency=answers,
+                        catalogue=catalogue,
+                    )
+                )
+            except AppendFailed as error:
+                inventory.rollback()
+                self._in_flight_previous.clear()
+                for message, _ in replies:
+                    _fail(message, Unavailable("the change could not be saved; retry"))
+                log.warning("actor_batch_rolled_back", event_id=self.event_id, messages=len(replies), error=str(error))
+                self._schedule_expiry()
+                return
+            except (AppendOutcomeUnknown, asyncio.CancelledError) as error:
+                # Unknown: the log knows whether this batch committed; the state here cannot.
+                for message, _ in replies:
+                    _fail(message, Unavailable("the outcome is not known yet; retry with the same Idempotency-Key"))
+                self._in_flight_previous.clear()
+                if isinstance(error, asyncio.CancelledError):
+                    raise
+                raise ActorRestartRequired(str(error)) from error
+        inventory.commit()
+        self._in_flight_previous.clear()
+        self._publish()
+        for message, outcome in replies:
+            if message.future is not None and not message.future.done():
+                message.future.set_result(outcome)
+        if self.on_batch is not None:
+            self.on_batch(self, len(batch), len(kinds))
+        self._schedule_expiry()
+
+    def _outcome(
+        self, command: domain.Command, decision: domain.Decision, claim: IdempotencyClaim | None
+    ) -> Outcome:
+        reply = decision.reply
+        if isinstance(reply, Rejected):
+            return Outcome(reply)
+        assert isinstance(reply, Accepted)
+        result: Reservation | EventDefinition | None
+        if reply.reservation_id is not None:
+            result = self.inventory.reservations[reply.reservation_id]
+        elif isinstance(command, domain.CreateEvent):
+            result = self.inventory.definition
+        else:
+            result = None
+        # Only answers that changed something are remembered: a refused request changed nothing,
+        # so a retry of it is simply decided again.
+        stored = _ENCODER.encode(result) if claim is not None and decision.records and result is not None else None
+        return Outcome(result, stored)
+
+    def _publish(self) -> None:
+        inventory = self.inventory
+        if inventory.definition is None:
+            self._view = None
+            return
+        self._view = CommittedView(
+            definition=inventory.definition,
+            status=inventory.status,
+            ticket_types=tuple(
+                TicketTypeView(
+                    state.code, state.name, state.price, state.capacity, state.available, state.held, state.sold
+                )
+                for state in inventory.ticket_types.values()
+            ),
+            last_seq=inventory.last_seq,
+        )
+
+    # -- hold expiry: a message the actor sends itself --------------------------------------------
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        if not self._running or self._expiry_queued:
+            return
+        due = self.inventory.next_expiry()
+        if due is None:
+            return
+        delay_s = max(0.0, (due - self.clock()).total_seconds())
+        self._expiry_timer = asyncio.get_running_loop().call_later(delay_s, self._enqueue_expiry)
+
+    def _enqueue_expiry(self) -> None:
+        self._expiry_timer = None
+        if not self._running or self._expiry_queued:
+            return
+        self._expiry_queued = True
+
+        def build(now: datetime) -> domain.Command:
+            self._expiry_queued = False
+            return domain.ExpireDue(now)
+
+        # The timer's message is not bounded by the mailbox: there is at most one in it.
+        self._mailbox.put_nowait(_Message(build, None, None, None), bounded=False)
+
+
+_NOT_IN_FLIGHT: Any = object()
+
+
+def _fail(message: _Message, error: Exception) -> None:
+    if message.future is not None and not message.future.done():
+        message.future.set_exception(error)
+        # A caller that gave up will never retrieve it; do not warn about that.
+        message.future.exception()
+
+
+def _catalogue_row(definition: EventDefinition, status: str) -> CatalogueRow:
+    return CatalogueRow(
+        event_id=definition.id,
+        name=definition.name,
+        description=definition.description,
+        venue=definition.venue,
+        city=definition.city,
+        category=definition.category,
+        starts_at=definition.starts_at,
+        organizer_id=definition.organizer_id,
+        status=status,
+        created_at=definition.created_at,
+    )

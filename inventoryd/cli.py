@@ -1,0 +1,138 @@
+"""`inventoryd serve | migrate`: the operator's entry points."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+
+from inventoryd import logs
+from inventoryd.config import Settings
+
+log = structlog.get_logger("inventoryd.cli")
+
+# HTTP parsing bounds handed to aiohttp's server.
+HEADER_FIELD_BYTES_MAX = 8190
+REQUEST_LINE_BYTES_MAX = 8190
+HEADERS_MAX = 64
+SHUTDOWN_TIMEOUT_S = 10.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inventoryd", description="Ticket inventory for on-sales.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add_database_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL, else embedded)")
+        command.add_argument("--data-dir", type=Path, help="the embedded PostgreSQL's data directory")
+        command.add_argument("--log-level", help="debug, info, warning, error")
+        command.add_argument("--log-format", choices=["auto", "json", "console"])
+
+    serve = commands.add_parser("serve", help="serve the HTTP API")
+    add_database_options(serve)
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
+    add_database_options(migrate)
+    return parser
+
+
+def _settings(arguments: argparse.Namespace) -> Settings:
+    settings = Settings()
+    overrides = {
+        "database_url": arguments.database_url,
+        "data_dir": arguments.data_dir,
+        "log_level": arguments.log_level,
+        "log_format": arguments.log_format,
+        "host": getattr(arguments, "host", None),
+        "port": getattr(arguments, "port", None),
+    }
+    return replace(settings, **{name: value for name, value in overrides.items() if value is not None})
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """The database URL to use: the configured one, or an embedded server's for as long as needed."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from persistence.embedded import EmbeddedPostgres  # noqa: PLC0415
+
+    server = EmbeddedPostgres(settings.data_dir)
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+def serve(settings: Settings) -> None:
+    from aiohttp import web  # noqa: PLC0415
+
+    from inventoryd.http.app import create_app  # noqa: PLC0415
+
+    with database(settings) as url:
+        loop = _new_event_loop()
+        app = create_app(settings, database_url=url)
+        log.info("serving", host=settings.host, port=settings.port, embedded_database=not settings.database_url)
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            loop=loop,
+            access_log=None,
+            print=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+            max_field_size=HEADER_FIELD_BYTES_MAX,
+            max_line_size=REQUEST_LINE_BYTES_MAX,
+            max_headers=HEADERS_MAX,
+        )
+        log.info("stopped")
+
+
+def migrate(settings: Settings) -> None:
+    from persistence.journal import connect  # noqa: PLC0415
+    from persistence.migrate import migrate as apply_migrations  # noqa: PLC0415
+
+    async def run(url: str) -> None:
+        connection = await connect(url)
+        try:
+            applied = await apply_migrations(connection)
+        finally:
+            await connection.close()
+        print(f"applied {len(applied)} migration(s): {[m.name for m in applied]}" if applied else "up to date")
+
+    with database(settings) as url:
+        asyncio.run(run(url))
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop  # noqa: PLC0415
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = _parser().parse_args(argv)
+    settings = _settings(arguments)
+    logs.configure(settings.log_level, settings.log_format)
+    match arguments.command:
+        case "serve":
+            serve(settings)
+        case "migrate":
+            migrate(settings)
+        case _:
+            raise SystemExit(f"unknown command {arguments.command}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,1 @@
+"""The HTTP API (aiohttp, msgspec bodies, RFC 9457 problems)."""

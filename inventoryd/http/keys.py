@@ -1,0 +1,25 @@
+"""Typed keys for what the app and each request carry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+import asyncpg
+from aiohttp import web
+
+from inventoryd.config import Settings
+from inventoryd.idempotency import IdempotencyStore
+from inventoryd.registry import Registry
+from persistence.journal import Journal
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+JOURNAL = web.AppKey("journal", Journal)
+REGISTRY = web.AppKey("registry", Registry)
+IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
+CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
+
+# Per request (aiohttp's request mapping takes string keys).
+PRINCIPAL = "inventoryd.principal"
+REQUEST_ID = "inventoryd.request_id"

@@ -1,0 +1,98 @@
+"""RFC 9457 problem details: every error inventoryd answers is one of these."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import msgspec
+from aiohttp import web
+
+from inventoryd import limits
+from inventoryd.domain import Rejected
+from inventoryd.http.schemas import ENCODER, Problem
+
+CONTENT_TYPE = "application/problem+json"
+
+# Where a domain refusal maps to HTTP: the only place that knows.
+_REJECTION_STATUS = {
+    "sold_out": 409,
+    "insufficient_tickets": 409,
+    "limit_exceeded": 409,
+    "sale_not_open": 409,
+    "event_cancelled": 409,
+    "not_found": 404,
+    "hold_expired": 409,
+    "conflict": 409,
+    "cancellation_closed": 409,
+}
+
+
+class ProblemError(Exception):
+    """Raise anywhere in a handler to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        field: str | None = None,
+        available: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.field = field
+        self.available = available
+        self.headers = headers or {}
+
+    def response(self) -> web.Response:
+        return problem_response(
+            self.status, self.code, self.detail, field=self.field, available=self.available, headers=self.headers
+        )
+
+
+def problem_response(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    field: str | None = None,
+    available: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body = Problem(
+        type=f"urn:inventoryd:problem:{code}",
+        title=HTTPStatus(status).phrase,
+        status=status,
+        detail=detail,
+        code=code,
+        field=field,
+        available=available,
+    )
+    all_headers = dict(headers or {})
+    if status in (429, 503) and "Retry-After" not in all_headers:
+        all_headers["Retry-After"] = str(limits.RETRY_AFTER_S)
+    return web.Response(status=status, body=ENCODER.encode(body), content_type=CONTENT_TYPE, headers=all_headers)
+
+
+def rejection(rejected: Rejected) -> ProblemError:
+    return ProblemError(_REJECTION_STATUS[rejected.code], rejected.code, rejected.detail, available=rejected.available)
+
+
+def invalid(detail: str, field: str | None = None, status: int = 422) -> ProblemError:
+    return ProblemError(status, "invalid_request", detail, field=field)
+
+
+def from_decode_error(error: msgspec.DecodeError) -> ProblemError:
+    """A msgspec error as a problem: 400 for malformed JSON, 422 for a well-formed but invalid body."""
+    message = str(error)
+    field = None
+    if " - at `" in message:
+        message, _, location = message.rpartition(" - at `")
+        field = location.rstrip("`")
+    if isinstance(error, msgspec.ValidationError):
+        return invalid(message if field is None else f"{message} (at {field})", field)
+    return invalid(f"the body is not valid JSON: {message}", field, status=400)

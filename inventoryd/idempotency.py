@@ -1,0 +1,115 @@
+"""Idempotency-Key handling: a retried request gets the original answer and changes nothing twice.
+
+The answer to a keyed request that changed state is written by the actor in the same transaction as
+the change's records, so a key is remembered exactly when its change is durable; that holds across
+crashes and restarts. Requests that changed nothing (a refusal such as sold_out, or a failure) are
+not remembered: their retry is decided afresh, which is still at most one change.
+
+In memory, per process:
+- requests in flight, so a concurrent duplicate waits for the first instead of racing it;
+- an LRU of recent answers (IDEMPOTENCY_CACHE_ENTRIES_MAX);
+- the set of every key known to be stored (loaded at start, IDEMPOTENCY_KNOWN_KEYS_MAX), so that a
+  new key, the common case, never costs a database read. Past that bound the set is dropped and
+  every keyed request asks PostgreSQL: slower, never wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import structlog
+
+from inventoryd import limits
+from inventoryd.actor import IdempotencyClaim
+from persistence import store
+
+log = structlog.get_logger("inventoryd.idempotency")
+
+
+class IdempotencyConflict(Exception):
+    """The key was used before for a different request."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    answer: bytes
+
+
+def fingerprint(method: str, path: str, canonical_body: bytes) -> bytes:
+    digest = hashlib.sha256()
+    digest.update(f"{method} {path}\n".encode())
+    digest.update(canonical_body)
+    return digest.digest()
+
+
+@dataclass(eq=False)
+class IdempotencyStore:
+    pool: asyncpg.Pool
+    _in_flight: dict[tuple[str, str], asyncio.Future[None]] = field(default_factory=dict)
+    _answers: OrderedDict[tuple[str, str], tuple[bytes, bytes]] = field(default_factory=OrderedDict)
+    _known: set[tuple[str, str]] | None = field(default_factory=set)
+
+    async def load(self) -> None:
+        since = datetime.now(UTC) - timedelta(seconds=limits.IDEMPOTENCY_RETENTION_S)
+        async with self.pool.acquire() as connection:
+            keys = await store.idempotency_keys_since(connection, since, limits.IDEMPOTENCY_KNOWN_KEYS_MAX + 1)
+        if len(keys) > limits.IDEMPOTENCY_KNOWN_KEYS_MAX:
+            self._known = None
+            log.warning("idempotency_known_keys_overflow", limit=limits.IDEMPOTENCY_KNOWN_KEYS_MAX)
+        else:
+            self._known = set(keys)
+
+    async def begin(self, scope: str, key: str, request_fingerprint: bytes) -> IdempotencyClaim | Replay:
+        """Claim the key for this request, or return the stored answer to replay.
+
+        Raises IdempotencyConflict if the key was used for a different request. A claim must be
+        ended with `finish()`, whatever happens to the request.
+        """
+        scoped = (scope, key)
+        while (pending := self._in_flight.get(scoped)) is not None:
+            # The same key is being processed right now: wait for that request, then look again.
+            await asyncio.shield(pending)
+        stored = self._answers.get(scoped)
+        if stored is None and (self._known is None or scoped in self._known):
+            async with self.pool.acquire() as connection:
+                stored = await store.find_idempotency(connection, scope, key)
+        if stored is not None:
+            self._remember(scoped, stored)
+            stored_fingerprint, answer = stored
+            if stored_fingerprint != request_fingerprint:
+                raise IdempotencyConflict(key)
+            return Replay(answer)
+        self._in_flight[scoped] = asyncio.get_running_loop().create_future()
+        return IdempotencyClaim(scope, key, request_fingerprint)
+
+    def finish(self, claim: IdempotencyClaim, stored_answer: bytes | None) -> None:
+        """End a claim; `stored_answer` is what the actor stored under the key (None if nothing)."""
+        scoped = (claim.scope, claim.key)
+        if stored_answer is not None:
+            self._remember(scoped, (claim.fingerprint, stored_answer))
+            if self._known is not None:
+                if len(self._known) >= limits.IDEMPOTENCY_KNOWN_KEYS_MAX:
+                    self._known = None
+                    log.warning("idempotency_known_keys_overflow", limit=limits.IDEMPOTENCY_KNOWN_KEYS_MAX)
+                else:
+                    self._known.add(scoped)
+        pending = self._in_flight.pop(scoped, None)
+        if pending is not None and not pending.done():
+            pending.set_result(None)
+
+    def _remember(self, scoped: tuple[str, str], stored: tuple[bytes, bytes]) -> None:
+        self._answers[scoped] = stored
+        self._answers.move_to_end(scoped)
+        while len(self._answers) > limits.IDEMPOTENCY_CACHE_ENTRIES_MAX:
+            self._answers.popitem(last=False)
+
+    async def forget_expired(self) -> int:
+        """Delete stored answers past the retention period (a maintenance task calls this)."""
+        before = datetime.now(UTC) - timedelta(seconds=limits.IDEMPOTENCY_RETENTION_S)
+        async with self.pool.acquire() as connection:
+            return await store.forget_idempotency_before(connection, before)

@@ -1,0 +1,316 @@
+"""The journal: batched, group-committed appends to the log.
+
+Any number of actors call `append()` concurrently. One writer task takes every append waiting at the
+moment it is free (up to JOURNAL_COMMIT_RECORDS_MAX records) and writes them all in ONE statement:
+a single implicit transaction that inserts the log rows, the idempotency answers and the catalogue
+rows with `unnest` (multi-row inserts, never a statement per record). While that commit is in flight
+new appends pile up and become the next one, so the number of commits (fsyncs) per record falls as
+load rises.
+
+Outcomes are never guessed:
+- `AppendFailed`: the transaction certainly did not commit (the server refused it, or it was never
+  sent). The caller may roll back and say "retry".
+- `AppendOutcomeUnknown`: the connection broke or timed out after the statement was sent, and the
+  journal could not settle the question. Before giving up it tries: it terminates the old backend,
+  waits until it is gone, and looks for the batch's first record in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import asyncpg
+import structlog
+
+from persistence import limits
+
+log = structlog.get_logger("persistence.journal")
+
+
+class AppendFailed(Exception):
+    """The append was certainly not committed."""
+
+
+class AppendOutcomeUnknown(Exception):
+    """The append may or may not have been committed; the log must be read to know."""
+
+
+@dataclass(slots=True)
+class IdempotencyRow:
+    scope: str
+    key: str
+    fingerprint: bytes
+    response: bytes
+
+
+@dataclass(slots=True)
+class CatalogueRow:
+    event_id: str
+    name: str
+    description: str | None
+    venue: str | None
+    city: str | None
+    category: str | None
+    starts_at: datetime
+    organizer_id: str | None
+    status: str
+    created_at: datetime
+
+
+@dataclass(slots=True)
+class Append:
+    """Consecutive records of one event, starting at `first_seq`, plus what is written with them."""
+
+    event_id: str
+    first_seq: int
+    kinds: Sequence[str]
+    bodies: Sequence[bytes]
+    epoch: int = 0
+    idempotency: Sequence[IdempotencyRow] = ()
+    catalogue: Sequence[CatalogueRow] = ()
+    future: asyncio.Future[None] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        assert len(self.kinds) == len(self.bodies)
+        assert self.first_seq >= 1
+
+
+@dataclass(slots=True)
+class JournalStats:
+    commits: int = 0
+    appends: int = 0
+    records: int = 0
+    failures: int = 0
+    settled_committed: int = 0
+    settled_failed: int = 0
+    last_commit_seconds: float = 0.0
+
+
+_WRITE = """
+WITH log AS (
+    INSERT INTO journal (event_id, seq, epoch, kind, body)
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::jsonb[])
+), answers AS (
+    INSERT INTO idempotency_keys (scope, key, fingerprint, response)
+    SELECT * FROM unnest($6::text[], $7::text[], $8::bytea[], $9::bytea[])
+    ON CONFLICT (scope, key) DO NOTHING
+), catalogue AS (
+    INSERT INTO events (event_id, name, description, venue, city, category, starts_at, organizer_id,
+                        status, created_at)
+    SELECT * FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
+                         $16::timestamptz[], $17::text[], $18::text[], $19::timestamptz[])
+    ON CONFLICT (event_id) DO UPDATE SET
+        name = EXCLUDED.name, description = EXCLUDED.description, venue = EXCLUDED.venue,
+        city = EXCLUDED.city, category = EXCLUDED.category, starts_at = EXCLUDED.starts_at,
+        status = EXCLUDED.status, updated_at = now()
+)
+SELECT 1
+"""
+
+
+async def init_connection(connection: asyncpg.Connection) -> None:
+    """jsonb travels as raw JSON bytes (binary format: a version byte, then the text)."""
+    await connection.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=lambda data: b"\x01" + data,
+        decoder=lambda data: data[1:],
+        format="binary",
+    )
+
+
+async def connect(dsn: str, timeout_s: float = limits.DB_TIMEOUT_S) -> asyncpg.Connection:
+    connection = await asyncpg.connect(dsn, timeout=timeout_s)
+    await init_connection(connection)
+    return connection
+
+
+class Journal:
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._pending: deque[Append] = deque()
+        self._wakeup = asyncio.Event()
+        self._connection: asyncpg.Connection | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self.stats = JournalStats()
+
+    async def start(self) -> None:
+        assert self._writer is None
+        self._connection = await connect(self._dsn)
+        self._writer = asyncio.create_task(self._write_loop(), name="journal-writer")
+
+    async def close(self) -> None:
+        """Write what is pending, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._writer is not None:
+            await self._writer
+            self._writer = None
+        if self._connection is not None:
+            await self._connection.close(timeout=limits.DB_TIMEOUT_S)
+            self._connection = None
+
+    def pending_appends(self) -> int:
+        return len(self._pending)
+
+    async def append(self, batch: Append) -> None:
+        """Make `batch` durable. Returns once committed; raises AppendFailed or AppendOutcomeUnknown."""
+        if self._closing or self._writer is None:
+            raise AppendFailed("the journal is closed")
+        if len(self._pending) >= limits.JOURNAL_PENDING_APPENDS_MAX:
+            raise AppendFailed("the journal has too many appends waiting")
+        batch.future = asyncio.get_running_loop().create_future()
+        self._pending.append(batch)
+        self._wakeup.set()
+        await batch.future
+
+    # -- the writer -----------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            taken = self._take()
+            try:
+                await self._write(taken)
+            except AppendFailed as error:
+                self.stats.failures += 1
+                _settle(taken, error)
+            except AppendOutcomeUnknown as error:
+                self.stats.failures += 1
+                _settle(taken, error)
+            except BaseException as error:  # cancellation: nothing may be left waiting forever
+                _settle(taken, AppendOutcomeUnknown(f"journal writer stopped: {error!r}"))
+                raise
+            else:
+                _settle(taken, None)
+
+    def _take(self) -> list[Append]:
+        taken = [self._pending.popleft()]
+        records = len(taken[0].kinds)
+        while self._pending and records + len(self._pending[0].kinds) <= limits.JOURNAL_COMMIT_RECORDS_MAX:
+            batch = self._pending.popleft()
+            records += len(batch.kinds)
+            taken.append(batch)
+        return taken
+
+    async def _write(self, batches: list[Append]) -> None:
+        arguments = _arguments(batches)
+        try:
+            connection = await self._ensure_connection()
+        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as error:
+            raise AppendFailed(f"database unreachable: {error!r}") from error
+        server_pid = connection.get_server_pid()
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(limits.DB_TIMEOUT_S):
+                await connection.execute(_WRITE, *arguments)
+        except asyncpg.PostgresError as error:
+            # The server answered with an error: the single-statement transaction rolled back. A
+            # fatal error (admin shutdown) also ends the session, which rolls back too.
+            if connection.is_closed() or isinstance(error, asyncpg.exceptions.AdminShutdownError):
+                self._drop_connection()
+            raise AppendFailed(f"the database refused the append: {error!r}") from error
+        except (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError) as error:
+            # Sent, but no answer: it may have committed.
+            self._drop_connection()
+            log.warning("journal_commit_in_doubt", error=repr(error), batches=len(batches))
+            if await self._settle_in_doubt(server_pid, batches[0]):
+                self.stats.settled_committed += 1
+            else:
+                self.stats.settled_failed += 1
+                raise AppendFailed(f"the commit was cut off and did not happen: {error!r}") from error
+        elapsed = time.perf_counter() - started
+        self.stats.commits += 1
+        self.stats.appends += len(batches)
+        self.stats.records += len(arguments[0])
+        self.stats.last_commit_seconds = elapsed
+
+    async def _ensure_connection(self) -> asyncpg.Connection:
+        if self._connection is None or self._connection.is_closed():
+            self._connection = await connect(self._dsn)
+        return self._connection
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            self._connection.terminate()
+            self._connection = None
+
+    async def _settle_in_doubt(self, server_pid: int, first: Append) -> bool:
+        """Did the cut-off transaction commit? True or False from the log, else AppendOutcomeUnknown."""
+        try:
+            async with asyncio.timeout(limits.DB_TIMEOUT_S):
+                connection = await connect(self._dsn)
+                try:
+                    # The old backend might still be about to commit: end it and wait until it is
+                    # gone, so that what the log says now is final.
+                    await connection.execute("SELECT pg_terminate_backend($1)", server_pid)
+                    while await connection.fetchval("SELECT 1 FROM pg_stat_activity WHERE pid = $1", server_pid):
+                        await asyncio.sleep(0.01)
+                    found = await connection.fetchval(
+                        "SELECT 1 FROM journal WHERE event_id = $1 AND seq = $2", first.event_id, first.first_seq
+                    )
+                finally:
+                    await connection.close()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+            raise AppendOutcomeUnknown(f"could not settle an in-doubt commit: {error!r}") from error
+        log.info("journal_commit_settled", committed=bool(found), event_id=first.event_id, seq=first.first_seq)
+        return bool(found)
+
+
+def _settle(batches: list[Append], error: BaseException | None) -> None:
+    for batch in batches:
+        future = batch.future
+        assert future is not None
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+
+def _arguments(batches: list[Append]) -> tuple[list[object], ...]:
+    event_ids: list[object] = []
+    seqs: list[object] = []
+    epochs: list[object] = []
+    kinds: list[object] = []
+    bodies: list[object] = []
+    answers: tuple[list[object], ...] = ([], [], [], [])
+    catalogue: tuple[list[object], ...] = tuple([] for _ in range(10))
+    for batch in batches:
+        count = len(batch.kinds)
+        event_ids.extend([batch.event_id] * count)
+        seqs.extend(range(batch.first_seq, batch.first_seq + count))
+        epochs.extend([batch.epoch] * count)
+        kinds.extend(batch.kinds)
+        bodies.extend(batch.bodies)
+        for row in batch.idempotency:
+            for column, value in zip(answers, (row.scope, row.key, row.fingerprint, row.response), strict=True):
+                column.append(value)
+        for event in batch.catalogue:
+            values = (
+                event.event_id,
+                event.name,
+                event.description,
+                event.venue,
+                event.city,
+                event.category,
+                event.starts_at,
+                event.organizer_id,
+                event.status,
+                event.created_at,
+            )
+            for column, value in zip(catalogue, values, strict=True):
+                column.append(value)
+    return (event_ids, seqs, epochs, kinds, bodies, *answers, *catalogue)
