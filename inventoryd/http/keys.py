@@ -9,6 +9,7 @@ import asyncpg
 from aiohttp import web
 
 from inventoryd.config import Settings
+from inventoryd.http.auth import Principal
 from inventoryd.idempotency import IdempotencyStore
 from inventoryd.registry import Registry
 from persistence.journal import Journal
@@ -20,6 +21,5 @@ REGISTRY = web.AppKey("registry", Registry)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
 
-# Per request (aiohttp's request mapping takes string keys).
-PRINCIPAL = "inventoryd.principal"
-REQUEST_ID = "inventoryd.request_id"
+PRINCIPAL = web.RequestKey("principal", Principal)
+REQUEST_ID = web.RequestKey("request_id", str)
