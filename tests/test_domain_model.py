@@ -1,0 +1,276 @@
+"""The pure state machine against a tiny reference model, driven by seeded random commands.
+
+Method: a seeded generator issues reserve / confirm / cancel / expire commands and clock moves in
+batches; each batch is decided and applied by `Inventory` exactly as the actor does it, and then
+either "commits" or, at random, "fails" and is rolled back, as a failed journal append would be.
+The reference model (a list of reservations and a few lines of rules written from API.md) decides
+the same commands. After every batch the replies and the whole observable state must agree, and the
+committed records replayed into a fresh inventory must give the same state. A failure prints its
+seed; INVENTORYD_MODEL_SEED=<seed> replays it, INVENTORYD_MODEL_STEPS raises the step count.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+
+from inventoryd import domain
+from inventoryd.domain import (
+    Accepted,
+    Cancel,
+    Confirm,
+    CreateEvent,
+    EventDefinition,
+    ExpireDue,
+    Inventory,
+    Rejected,
+    Reserve,
+    TicketTypeDefinition,
+)
+
+STEPS_PER_SEED = int(os.environ.get("INVENTORYD_MODEL_STEPS", "600"))
+SEEDS = [int(os.environ["INVENTORYD_MODEL_SEED"])] if "INVENTORYD_MODEL_SEED" in os.environ else list(range(20))
+EVENT_ID = "evt_model"
+START = datetime(2027, 1, 1, tzinfo=UTC)
+
+
+# -- the reference model ------------------------------------------------------------------------
+
+
+@dataclass
+class ModelReservation:
+    id: str
+    user: str
+    ticket_type: str
+    quantity: int
+    status: str
+    expires_at: datetime
+
+
+@dataclass
+class Model:
+    capacity: dict[str, int]
+    price: dict[str, int]
+    per_user_limit: int | None
+    hold: timedelta
+    sale_starts_at: datetime | None
+    sale_ends_at: datetime | None
+    cancel_until: datetime | None
+    reservations: list[ModelReservation] = field(default_factory=list)
+
+    def seats(self, status: str, ticket_type: str) -> int:
+        return sum(r.quantity for r in self.reservations if r.status == status and r.ticket_type == ticket_type)
+
+    def available(self, ticket_type: str) -> int:
+        return self.capacity[ticket_type] - self.seats("held", ticket_type) - self.seats("confirmed", ticket_type)
+
+    def user_seats(self, user: str) -> int:
+        return sum(r.quantity for r in self.reservations if r.user == user and r.status in ("held", "confirmed"))
+
+    def find(self, reservation_id: str) -> ModelReservation | None:
+        return next((r for r in self.reservations if r.id == reservation_id), None)
+
+    def reserve(self, command: Reserve) -> tuple[str, str | None]:
+        if self.sale_starts_at and command.now < self.sale_starts_at:
+            return "sale_not_open", None
+        if self.sale_ends_at and command.now >= self.sale_ends_at:
+            return "sale_not_open", None
+        if command.ticket_type not in self.capacity:
+            return "not_found", None
+        if self.per_user_limit is not None and self.user_seats(command.user_id) + command.quantity > self.per_user_limit:
+            return "limit_exceeded", None
+        available = self.available(command.ticket_type)
+        if available == 0:
+            return "sold_out", None
+        if command.quantity > available:
+            return "insufficient_tickets", None
+        reservation_id = domain.reservation_id_for(EVENT_ID, len(self.reservations) + 1)
+        self.reservations.append(
+            ModelReservation(
+                reservation_id, command.user_id, command.ticket_type, command.quantity, "held", command.now + self.hold
+            )
+        )
+        return "accepted", reservation_id
+
+    def confirm(self, command: Confirm) -> tuple[str, str | None]:
+        reservation = self.find(command.reservation_id)
+        if reservation is None:
+            return "not_found", None
+        if reservation.status == "held" and command.now >= reservation.expires_at:
+            reservation.status = "expired"
+        if reservation.status == "expired":
+            return "hold_expired", None
+        if reservation.status == "cancelled":
+            return "conflict", None
+        reservation.status = "confirmed"
+        return "accepted", reservation.id
+
+    def cancel(self, command: Cancel) -> tuple[str, str | None]:
+        reservation = self.find(command.reservation_id)
+        if reservation is None:
+            return "not_found", None
+        if reservation.status == "expired":
+            return "conflict", None
+        if (
+            reservation.status == "confirmed"
+            and self.cancel_until is not None
+            and command.now > self.cancel_until
+            and not command.privileged
+        ):
+            return "cancellation_closed", None
+        reservation.status = "cancelled"
+        return "accepted", reservation.id
+
+    def expire(self, command: ExpireDue) -> tuple[str, str | None]:
+        for reservation in self.reservations:
+            if reservation.status == "held" and reservation.expires_at <= command.now:
+                reservation.status = "expired"
+        return "accepted", None
+
+
+def observe(inventory: Inventory) -> dict[str, object]:
+    return {
+        "available": inventory.availability(),
+        "reservations": {r.id: (r.user_id, r.ticket_type, r.quantity, r.status) for r in inventory.reservations.values()},
+    }
+
+
+def observe_model(model: Model) -> dict[str, object]:
+    return {
+        "available": {code: model.available(code) for code in model.capacity},
+        "reservations": {r.id: (r.user, r.ticket_type, r.quantity, r.status) for r in model.reservations},
+    }
+
+
+# -- the driver ---------------------------------------------------------------------------------
+
+
+def random_event(rng: random.Random) -> EventDefinition:
+    types = tuple(
+        TicketTypeDefinition(code, code, rng.randint(0, 5000), rng.randint(0, 12)) for code in ("GA", "VIP")[: rng.randint(1, 2)]
+    )
+    sale_starts_at = START + timedelta(seconds=rng.choice([0, 0, 300])) if rng.random() < 0.3 else None
+    sale_ends_at = START + timedelta(hours=rng.randint(2, 6)) if rng.random() < 0.3 else None
+    return EventDefinition(
+        id=EVENT_ID,
+        name="model",
+        starts_at=START + timedelta(days=30),
+        currency="EUR",
+        ticket_types=types,
+        created_at=START,
+        sale_starts_at=sale_starts_at,
+        sale_ends_at=sale_ends_at,
+        cancel_until=START + timedelta(hours=rng.randint(1, 4)) if rng.random() < 0.5 else None,
+        per_user_limit=rng.choice([None, 2, 4, 6]),
+        hold_seconds=rng.choice([60, 300, 600]),
+    )
+
+
+def random_command(rng: random.Random, now: datetime, model: Model) -> domain.Command:
+    known = [r.id for r in model.reservations]
+    pick = rng.random()
+    if pick < 0.45:
+        return Reserve(
+            f"user{rng.randint(1, 6)}", rng.choice(["GA", "GA", "VIP", "NOPE"]), rng.randint(1, 4), now
+        )
+    if pick < 0.65:
+        target = rng.choice(known) if known and rng.random() < 0.9 else domain.reservation_id_for(EVENT_ID, 999)
+        return Confirm(target, now)
+    if pick < 0.85:
+        target = rng.choice(known) if known and rng.random() < 0.9 else domain.reservation_id_for(EVENT_ID, 999)
+        return Cancel(target, now, privileged=rng.random() < 0.3)
+    return ExpireDue(now)
+
+
+def run_seed(seed: int, steps: int) -> None:
+    rng = random.Random(seed)
+    definition = random_event(rng)
+    inventory = Inventory(EVENT_ID)
+    decision = inventory.decide(CreateEvent(definition))
+    committed: list[tuple[int, domain.Record]] = []
+    for record in decision.records:
+        inventory.apply(inventory.last_seq + 1, record)
+        committed.append((inventory.last_seq, record))
+    model = Model(
+        capacity={t.code: t.capacity for t in definition.ticket_types},
+        price={t.code: t.price for t in definition.ticket_types},
+        per_user_limit=definition.per_user_limit,
+        hold=timedelta(seconds=definition.hold_seconds),
+        sale_starts_at=definition.sale_starts_at,
+        sale_ends_at=definition.sale_ends_at,
+        cancel_until=definition.cancel_until,
+    )
+    now = START
+    step = 0
+    while step < steps:
+        now += timedelta(seconds=rng.choice([0, 0, 1, 5, 30, 120]))
+        batch = [random_command(rng, now, model) for _ in range(rng.randint(1, 8))]
+        step += len(batch)
+        fails = rng.random() < 0.15
+        model_before = copy.deepcopy(model)
+        inventory.begin()
+        batch_records: list[tuple[int, domain.Record]] = []
+        for command in batch:
+            decision = inventory.decide(command)
+            for record in decision.records:
+                inventory.apply(inventory.last_seq + 1, record)
+                batch_records.append((inventory.last_seq, msgspec.json.decode(msgspec.json.encode(record), type=domain.Record)))
+            expected = {
+                Reserve: model.reserve,
+                Confirm: model.confirm,
+                Cancel: model.cancel,
+                ExpireDue: model.expire,
+            }[type(command)](command)  # type: ignore[operator]
+            reply = decision.reply
+            actual = (reply.code, None) if isinstance(reply, Rejected) else ("accepted", reply.reservation_id)
+            assert isinstance(reply, Accepted | Rejected)
+            assert actual == expected, f"step {step}: {command!r}: inventory {actual} != model {expected}"
+        if fails:
+            inventory.rollback()
+            model = model_before
+        else:
+            inventory.commit()
+            committed.extend(batch_records)
+        assert observe(inventory) == observe_model(model), f"step {step}: state differs from the model"
+        inventory.check_invariants()
+    replayed = Inventory.replay(EVENT_ID, committed)
+    assert observe(replayed) == observe(inventory)
+    assert replayed.last_seq == inventory.last_seq
+    assert replayed.seats_by_user == inventory.seats_by_user
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_inventory_agrees_with_the_reference_model(seed: int) -> None:
+    try:
+        run_seed(seed, STEPS_PER_SEED)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\nreplay with INVENTORYD_MODEL_SEED={seed}") from error
+
+
+def test_apply_refuses_an_impossible_record() -> None:
+    inventory = Inventory(EVENT_ID)
+    definition = random_event(random.Random(1))
+    inventory.apply(1, domain.EventCreated(definition))
+    code = definition.ticket_types[0].code
+    capacity = definition.ticket_types[0].capacity
+    oversell = domain.ReservationHeld("rsv_model_1", "u", code, capacity + 1, 0, START, START)
+    with pytest.raises(domain.InvariantViolation):
+        inventory.apply(2, oversell)
+    with pytest.raises(domain.InvariantViolation):
+        inventory.apply(5, domain.HoldExpired("rsv_model_1", START))  # a gap in the sequence
+
+
+def test_ids_route_to_their_event() -> None:
+    reservation_id = domain.reservation_id_for("evt_abc123", 7)
+    ticket_id = domain.ticket_id_for(reservation_id, 2)
+    assert domain.event_id_of(reservation_id) == "evt_abc123"
+    assert domain.event_id_of(ticket_id) == "evt_abc123"
+    assert domain.reservation_id_of_ticket(ticket_id) == reservation_id
+    assert domain.event_id_of("garbage") is None
+    assert domain.event_id_of("rsv_../etc_1") is None
