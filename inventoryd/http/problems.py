@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 
 import msgspec
@@ -12,6 +13,7 @@ from inventoryd.domain import Rejected
 from inventoryd.http.schemas import ENCODER, Problem
 
 CONTENT_TYPE = "application/problem+json"
+_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
 
 # Where a domain refusal maps to HTTP: the only place that knows.
 _REJECTION_STATUS = {
@@ -93,6 +95,11 @@ def from_decode_error(error: msgspec.DecodeError) -> ProblemError:
     if " - at `" in message:
         message, _, location = message.rpartition(" - at `")
         field = location.rstrip("`")
+    # "Object contains unknown field `x`" / "Object missing required field `x`": name x itself.
+    named = _NAMED_FIELD.search(message)
+    if named is not None:
+        field = f"{field or '$'}.{named.group(1)}"
     if isinstance(error, msgspec.ValidationError):
-        return invalid(message if field is None else f"{message} (at {field})", field)
+        field = field or "$"
+        return invalid(f"{message} (at {field})", field)
     return invalid(f"the body is not valid JSON: {message}", field, status=400)

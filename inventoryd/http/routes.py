@@ -61,6 +61,8 @@ async def read_json(request: web.Request, decoder: msgspec.json.Decoder[Any]) ->
         return decoder.decode(body)
     except msgspec.DecodeError as error:
         raise from_decode_error(error) from None
+    except UnicodeDecodeError as error:
+        raise invalid(f"the body is not valid UTF-8 (byte {error.start})", status=400) from None
 
 
 def _actor(request: web.Request, event_id: str) -> EventActor:

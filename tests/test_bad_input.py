@@ -1,0 +1,152 @@
+"""Bad input gets a clear 4xx problem naming what is wrong, and changes nothing.
+
+Method: each malformed request is sent to a live app over real HTTP; the answer must be a problem
+document with the expected status, code and field, and afterwards the event's availability and the
+number of log records must be exactly what they were.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from inventoryd import limits
+from tests.helpers import create_event, event_body
+
+RESERVE = "/v1/events/{event_id}/reservations"
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+# (name, raw body, status, field that must be named or None)
+BAD_RESERVATIONS = [
+    ("malformed JSON", b'{"ticket_type": "GA", ', 400, None),
+    ("not JSON at all", b"quantity=2", 400, None),
+    ("empty body", b"", 400, None),
+    ("an array", b"[1, 2]", 422, "$"),
+    ("unknown field", b'{"ticket_type": "GA", "quantity": 1, "user_id": "u", "seat": "A1"}', 422, "$.seat"),
+    ("missing quantity", b'{"ticket_type": "GA", "user_id": "u"}', 422, "$.quantity"),
+    ("quantity as a string", b'{"ticket_type": "GA", "quantity": "2", "user_id": "u"}', 422, "$.quantity"),
+    ("quantity as a float", b'{"ticket_type": "GA", "quantity": 1.5, "user_id": "u"}', 422, "$.quantity"),
+    ("zero quantity", b'{"ticket_type": "GA", "quantity": 0, "user_id": "u"}', 422, "$.quantity"),
+    ("negative quantity", b'{"ticket_type": "GA", "quantity": -3, "user_id": "u"}', 422, "$.quantity"),
+    ("huge quantity", b'{"ticket_type": "GA", "quantity": 99999999999999999999, "user_id": "u"}', 422, "$.quantity"),
+    ("quantity over the bound", json.dumps({"ticket_type": "GA", "quantity": limits.RESERVATION_QUANTITY_MAX + 1, "user_id": "u"}).encode(), 422, "$.quantity"),
+    ("null ticket type", b'{"ticket_type": null, "quantity": 1, "user_id": "u"}', 422, "$.ticket_type"),
+    ("ticket type with spaces", b'{"ticket_type": "G A", "quantity": 1, "user_id": "u"}', 422, "$.ticket_type"),
+    ("missing user for a service", b'{"ticket_type": "GA", "quantity": 1}', 422, "$.user_id"),
+    ("empty user id", b'{"ticket_type": "GA", "quantity": 1, "user_id": ""}', 422, "$.user_id"),
+    ("waitlist as a string", b'{"ticket_type": "GA", "quantity": 1, "user_id": "u", "waitlist": "yes"}', 422, "$.waitlist"),
+    ("invalid UTF-8", b'{"ticket_type": "\xff\xfe", "quantity": 1, "user_id": "u"}', 400, None),
+]
+
+
+async def snapshot(client: Any, db: Any, event_id: str) -> tuple[Any, int, int]:
+    availability = await (await client.get(f"/v1/events/{event_id}/availability")).json()
+    records = await db.fetchval("SELECT count(*) FROM journal")
+    events = await db.fetchval("SELECT count(*) FROM events")
+    return availability, records, events
+
+
+def assert_problem(response: Any, body: dict[str, Any], status: int, field: str | None) -> None:
+    assert response.status == status, body
+    assert response.content_type == "application/problem+json"
+    assert set(body) >= {"type", "title", "status", "detail", "code"}
+    assert body["status"] == status and body["detail"]
+    if field is not None:
+        assert body.get("field") == field, body
+
+
+@pytest.mark.parametrize(("name", "raw", "status", "field"), BAD_RESERVATIONS, ids=[case[0] for case in BAD_RESERVATIONS])
+async def test_bad_reservation_bodies(client: Any, db: Any, name: str, raw: bytes, status: int, field: str | None) -> None:
+    event = await create_event(client)
+    before = await snapshot(client, db, event["id"])
+    response = await client.post(RESERVE.format(event_id=event["id"]), data=raw, headers=JSON_HEADERS)
+    assert_problem(response, await response.json(), status, field)
+    assert await snapshot(client, db, event["id"]) == before
+
+
+async def test_unknown_event_and_ticket_type(client: Any, db: Any) -> None:
+    event = await create_event(client)
+    before = await snapshot(client, db, event["id"])
+    body = {"ticket_type": "GA", "quantity": 1, "user_id": "u"}
+    response = await client.post(RESERVE.format(event_id="evt_doesnotexist"), json=body)
+    assert_problem(response, await response.json(), 404, "event_id")
+    response = await client.post(RESERVE.format(event_id=event["id"]), json=body | {"ticket_type": "VIP"})
+    problem = await response.json()
+    assert_problem(response, problem, 404, None)
+    assert problem["code"] == "not_found" and "VIP" in problem["detail"]
+    assert await snapshot(client, db, event["id"]) == before
+
+
+async def test_oversized_body_is_refused_before_it_is_read(client: Any, db: Any) -> None:
+    event = await create_event(client)
+    before = await snapshot(client, db, event["id"])
+    padding = "x" * (limits.REQUEST_BODY_BYTES_MAX + 1)
+    raw = json.dumps({"ticket_type": "GA", "quantity": 1, "user_id": "u", "pad": padding}).encode()
+    response = await client.post(RESERVE.format(event_id=event["id"]), data=raw, headers=JSON_HEADERS)
+    problem = await response.json()
+    assert_problem(response, problem, 413, None)
+    assert problem["code"] == "payload_too_large"
+    assert await snapshot(client, db, event["id"]) == before
+
+
+async def test_wrong_content_type(client: Any, db: Any) -> None:
+    event = await create_event(client)
+    response = await client.post(
+        RESERVE.format(event_id=event["id"]),
+        data=b'{"ticket_type": "GA", "quantity": 1, "user_id": "u"}',
+        headers={"Content-Type": "text/plain"},
+    )
+    assert_problem(response, await response.json(), 415, None)
+
+
+async def test_bad_idempotency_key(client: Any, db: Any) -> None:
+    event = await create_event(client)
+    before = await snapshot(client, db, event["id"])
+    body = {"ticket_type": "GA", "quantity": 1, "user_id": "u"}
+    for key in ("k" * (limits.IDEMPOTENCY_KEY_BYTES_MAX + 1), "tab\there"):
+        response = await client.post(RESERVE.format(event_id=event["id"]), json=body, headers={"Idempotency-Key": key})
+        assert_problem(response, await response.json(), 400, "Idempotency-Key")
+    assert await snapshot(client, db, event["id"]) == before
+
+
+async def test_confirm_takes_no_body(client: Any, db: Any) -> None:
+    event = await create_event(client)
+    held = await (await client.post(RESERVE.format(event_id=event["id"]), json={"ticket_type": "GA", "quantity": 1, "user_id": "u"})).json()
+    before = await snapshot(client, db, event["id"])
+    response = await client.post(f"/v1/reservations/{held['id']}/confirm", json={"quantity": 5})
+    assert_problem(response, await response.json(), 422, None)
+    assert await snapshot(client, db, event["id"]) == before
+
+
+BAD_EVENTS = [
+    ("no ticket types", {"ticket_types": []}, "$.ticket_types"),
+    ("lowercase currency", {"currency": "eur"}, "$.currency"),
+    ("time without a zone", {"starts_at": "2027-06-01T19:00:00"}, "$.starts_at"),
+    ("not a time", {"starts_at": "tomorrow"}, "$.starts_at"),
+    ("negative price", {"ticket_types": [{"code": "GA", "name": "GA", "price": -1, "capacity": 1}]}, "$.ticket_types[0].price"),
+    ("capacity over the bound", {"ticket_types": [{"code": "GA", "name": "GA", "price": 1, "capacity": limits.TICKET_TYPE_CAPACITY_MAX + 1}]}, "$.ticket_types[0].capacity"),
+    ("duplicate codes", {"ticket_types": [{"code": "GA", "name": "A", "price": 1, "capacity": 1}, {"code": "GA", "name": "B", "price": 1, "capacity": 1}]}, "$.ticket_types[1].code"),
+    ("ends before it starts", {"ends_at": "2027-05-01T19:00:00Z"}, "$.ends_at"),
+    ("sale ends before it starts", {"sale_starts_at": "2027-05-01T00:00:00Z", "sale_ends_at": "2027-04-01T00:00:00Z"}, "$.sale_ends_at"),
+    ("hold too short", {"hold_seconds": 1}, "$.hold_seconds"),
+    ("zero per-user limit", {"per_user_limit": 0}, "$.per_user_limit"),
+    ("empty name", {"name": ""}, "$.name"),
+    ("unknown field", {"organiser": "me"}, "$.organiser"),
+]
+
+
+@pytest.mark.parametrize(("name", "overrides", "field"), BAD_EVENTS, ids=[case[0] for case in BAD_EVENTS])
+async def test_bad_events(client: Any, db: Any, name: str, overrides: dict[str, Any], field: str) -> None:
+    response = await client.post("/v1/events", json=event_body(**overrides))
+    assert_problem(response, await response.json(), 422, field)
+    assert await db.fetchval("SELECT count(*) FROM events") == 0
+    assert await db.fetchval("SELECT count(*) FROM journal") == 0
+
+
+@pytest.mark.parametrize("query", [{"limit": "0"}, {"limit": "abc"}, {"limit": "100000"}, {"cursor": "%%%"}])
+async def test_bad_list_queries(client: Any, query: dict[str, str]) -> None:
+    response = await client.get("/v1/events", params=query)
+    assert response.status in (400, 422)
+    assert (await response.json())["field"] == next(iter(query))
