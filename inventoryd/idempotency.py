@@ -87,11 +87,14 @@ class IdempotencyStore:
         self._in_flight[scoped] = asyncio.get_running_loop().create_future()
         return IdempotencyClaim(scope, key, request_fingerprint)
 
-    def finish(self, claim: IdempotencyClaim, stored_answer: bytes | None) -> None:
-        """End a claim; `stored_answer` is what the actor stored under the key (None if nothing)."""
+    def finish(self, claim: IdempotencyClaim, stored_answer: bytes | None, *, in_doubt: bool = False) -> None:
+        """End a claim. `stored_answer` is what the actor stored under the key (None if nothing);
+        `in_doubt` says the request failed in a way that may have stored one all the same (a commit
+        whose outcome was unknown), so the next use of the key must ask the database."""
         scoped = (claim.scope, claim.key)
         if stored_answer is not None:
             self._remember(scoped, (claim.fingerprint, stored_answer))
+        if stored_answer is not None or in_doubt:
             if self._known is not None:
                 if len(self._known) >= limits.IDEMPOTENCY_KNOWN_KEYS_MAX:
                     self._known = None

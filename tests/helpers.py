@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from persistence.journal import Append, AppendFailed, AppendOutcomeUnknown, Journal
 
 
 class FakeClock:
@@ -34,3 +38,43 @@ async def create_event(client: Any, **overrides: Any) -> dict[str, Any]:
     response = await client.post("/v1/events", json=event_body(**overrides))
     assert response.status == 201, await response.text()
     return await response.json()
+
+
+class FaultyJournal(Journal):
+    """The real journal, with faults on demand: `faults` is consumed one per append.
+
+    - "fail": refused before anything is written (AppendFailed);
+    - "unknown_lost": nothing is written, but the caller is told the outcome is unknown;
+    - "unknown_committed": written and committed, and the caller is told the outcome is unknown.
+    While `gate` is set and not open, appends wait at the door: a commit held in flight.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn)
+        self.faults: deque[str] = deque()
+        self.gate: asyncio.Event | None = None
+        self.waiting_at_gate = 0
+
+    async def append(self, batch: Append) -> None:
+        if self.gate is not None and not self.gate.is_set():
+            self.waiting_at_gate += 1
+            try:
+                await self.gate.wait()
+            finally:
+                self.waiting_at_gate -= 1
+        fault = self.faults.popleft() if self.faults else None
+        if fault == "fail":
+            raise AppendFailed("injected: refused")
+        if fault == "unknown_lost":
+            raise AppendOutcomeUnknown("injected: lost")
+        await super().append(batch)
+        if fault == "unknown_committed":
+            raise AppendOutcomeUnknown("injected: committed, but the answer was lost")
+
+
+async def wait_until(condition: Any, timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)

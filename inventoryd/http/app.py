@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import structlog
@@ -93,7 +93,15 @@ async def request_context(request: web.Request, handler: web.RequestHandler) -> 
     return response
 
 
-def create_app(settings: Settings, *, database_url: str, clock: Clock = system_clock) -> web.Application:
+def create_app(
+    settings: Settings,
+    *,
+    database_url: str,
+    clock: Clock = system_clock,
+    journal_factory: Callable[[str], Journal] = Journal,
+) -> web.Application:
+    """The service. `clock` and `journal_factory` are seams for tests (a moved clock, a journal
+    that fails on purpose); production uses the defaults."""
     app = web.Application(middlewares=[request_context], client_max_size=limits.REQUEST_BODY_BYTES_MAX)
     app[keys.SETTINGS] = settings
     app[keys.CLOCK] = clock
@@ -109,7 +117,7 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock = system_c
         if applied:
             log.info("migrations_applied", versions=[migration.version for migration in applied])
         pool = await store.create_pool(database_url, max_size=settings.db_pool_size)
-        journal = Journal(database_url)
+        journal = journal_factory(database_url)
         await journal.start()
         idempotency = IdempotencyStore(pool)
         await idempotency.load()

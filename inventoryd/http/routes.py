@@ -160,12 +160,12 @@ async def run_idempotent(
         response.headers["Idempotent-Replayed"] = "true"
         return response
     claim = claim_or_replay
-    stored: bytes | None = None
     try:
         outcome = await _perform(perform, claim)
-        stored = outcome.stored_answer
-    finally:
-        idempotency.finish(claim, stored)
+    except BaseException:
+        idempotency.finish(claim, None, in_doubt=True)
+        raise
+    idempotency.finish(claim, outcome.stored_answer)
     return _render_outcome(outcome, render)
 
 

@@ -1,0 +1,199 @@
+"""The actor under faults: failed commits roll back, in-doubt commits are settled from the log,
+reads never show uncommitted changes, full mailboxes answer at once, and a crashing actor is
+restarted (within limits) without touching the others.
+
+Method: the real app on a real PostgreSQL, with the journal wrapped by `FaultyJournal`, which fails
+or holds appends on demand; every test ends by checking that memory equals a fresh replay of the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from inventoryd import limits
+from inventoryd.actor import Unavailable
+from inventoryd.domain import Inventory
+from inventoryd.http import keys
+from inventoryd.registry import decode_log
+from persistence import store
+from tests.helpers import FaultyJournal, create_event, wait_until
+
+BODY = {"ticket_type": "GA", "quantity": 1, "user_id": "alice"}
+
+
+@pytest.fixture
+async def faulty(aiohttp_client: Any, make_app: Any) -> tuple[Any, FaultyJournal]:
+    client = await aiohttp_client(make_app(journal_factory=FaultyJournal))
+    return client, client.app[keys.JOURNAL]
+
+
+async def available(client: Any, event_id: str) -> int:
+    body = await (await client.get(f"/v1/events/{event_id}/availability")).json()
+    return body["ticket_types"]["GA"]["available"]
+
+
+async def assert_memory_matches_log(client: Any, db: Any, event_id: str) -> None:
+    actor = client.app[keys.REGISTRY].get(event_id)
+    replayed = Inventory.replay(event_id, decode_log(await store.read_event_log(db, event_id)))
+    assert replayed.reservations == actor.inventory.reservations
+    assert replayed.seats_by_user == actor.inventory.seats_by_user
+    assert {c: (t.held, t.sold) for c, t in replayed.ticket_types.items()} == {
+        c: (t.held, t.sold) for c, t in actor.inventory.ticket_types.items()
+    }
+    assert replayed.last_seq == actor.inventory.last_seq
+
+
+async def test_failed_commit_rolls_back_and_answers_retryable_503(faulty: Any, db: Any) -> None:
+    client, journal = faulty
+    event = await create_event(client)
+    first = await client.post(f"/v1/events/{event['id']}/reservations", json=BODY)
+    assert first.status == 201
+    journal.faults.append("fail")
+    failed = await client.post(f"/v1/events/{event['id']}/reservations", json=BODY)
+    assert failed.status == 503
+    assert failed.headers["Retry-After"] == str(limits.RETRY_AFTER_S)
+    assert (await failed.json())["code"] == "unavailable"
+    assert await available(client, event["id"]) == 99
+    retried = await client.post(f"/v1/events/{event['id']}/reservations", json=BODY)
+    assert retried.status == 201
+    assert await available(client, event["id"]) == 98
+    await assert_memory_matches_log(client, db, event["id"])
+
+
+async def test_a_failed_batch_answers_every_message_in_it(faulty: Any, db: Any) -> None:
+    client, journal = faulty
+    event = await create_event(client)
+    journal.gate = asyncio.Event()
+    first = asyncio.create_task(client.post(f"/v1/events/{event['id']}/reservations", json=BODY))
+    await wait_until(lambda: journal.waiting_at_gate == 1)
+    # These pile up behind the held commit and become one batch, which will fail as a whole.
+    rest = [
+        asyncio.create_task(client.post(f"/v1/events/{event['id']}/reservations", json=BODY | {"user_id": f"u{i}"}))
+        for i in range(20)
+    ]
+    actor = client.app[keys.REGISTRY].get(event["id"])
+    await wait_until(lambda: actor.mailbox_depth() == 20)
+    journal.faults.extend([None, "fail"])  # the held batch commits; the next one fails
+    journal.gate.set()
+    assert (await first).status == 201
+    statuses = [(await task).status for task in rest]
+    assert statuses == [503] * 20
+    assert await available(client, event["id"]) == 99
+    await assert_memory_matches_log(client, db, event["id"])
+
+
+async def test_in_doubt_commit_that_happened_is_found_in_the_log(faulty: Any, db: Any) -> None:
+    client, journal = faulty
+    event = await create_event(client)
+    registry = client.app[keys.REGISTRY]
+    headers = {"Idempotency-Key": "in-doubt-1"}
+    journal.faults.append("unknown_committed")
+    answer = await client.post(f"/v1/events/{event['id']}/reservations", json=BODY, headers=headers)
+    assert answer.status == 503
+    assert "Idempotency-Key" in (await answer.json())["detail"]
+    await wait_until(lambda: registry.stats.actors_restarted == 1 and registry.get(event["id"]).running)
+    assert await available(client, event["id"]) == 99  # it did commit: the rebuilt actor knows
+    retry = await client.post(f"/v1/events/{event['id']}/reservations", json=BODY, headers=headers)
+    assert retry.status == 201
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert await available(client, event["id"]) == 99  # and the retry changed nothing
+    await assert_memory_matches_log(client, db, event["id"])
+
+
+async def test_in_doubt_commit_that_did_not_happen_is_retried_once(faulty: Any, db: Any) -> None:
+    client, journal = faulty
+    event = await create_event(client)
+    registry = client.app[keys.REGISTRY]
+    headers = {"Idempotency-Key": "in-doubt-2"}
+    journal.faults.append("unknown_lost")
+    assert (await client.post(f"/v1/events/{event['id']}/reservations", json=BODY, headers=headers)).status == 503
+    await wait_until(lambda: registry.stats.actors_restarted == 1 and registry.get(event["id"]).running)
+    assert await available(client, event["id"]) == 100
+    retry = await client.post(f"/v1/events/{event['id']}/reservations", json=BODY, headers=headers)
+    assert retry.status == 201 and "Idempotent-Replayed" not in retry.headers
+    again = await client.post(f"/v1/events/{event['id']}/reservations", json=BODY, headers=headers)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await available(client, event["id"]) == 99
+    await assert_memory_matches_log(client, db, event["id"])
+
+
+async def test_reads_never_show_an_uncommitted_change(faulty: Any, db: Any) -> None:
+    client, journal = faulty
+    event = await create_event(client)
+    held = await (await client.post(f"/v1/events/{event['id']}/reservations", json=BODY)).json()
+    journal.gate = asyncio.Event()
+    confirming = asyncio.create_task(client.post(f"/v1/reservations/{held['id']}/confirm"))
+    reserving = asyncio.create_task(client.post(f"/v1/events/{event['id']}/reservations", json=BODY))
+    await wait_until(lambda: journal.waiting_at_gate == 1)
+    actor = client.app[keys.REGISTRY].get(event["id"])
+    # The confirmation is decided and applied in memory, but not committed: nobody may see it.
+    assert actor.inventory.reservations[held["id"]].status == "confirmed"
+    seen = await (await client.get(f"/v1/reservations/{held['id']}")).json()
+    assert seen["status"] == "held"
+    event_view = await (await client.get(f"/v1/events/{event['id']}")).json()
+    assert event_view["ticket_types"][0]["sold"] == 0
+    journal.gate.set()
+    assert (await confirming).status == 200
+    assert (await reserving).status == 201
+    seen = await (await client.get(f"/v1/reservations/{held['id']}")).json()
+    assert seen["status"] == "confirmed"
+
+
+async def test_full_mailbox_answers_at_once(faulty: Any) -> None:
+    client, journal = faulty
+    event = await create_event(client, ticket_types=[{"code": "GA", "name": "GA", "price": 1, "capacity": 100_000}])
+    actor = client.app[keys.REGISTRY].get(event["id"])
+    journal.gate = asyncio.Event()
+    held_batch = asyncio.create_task(actor.reserve("u0", "GA", 1))
+    await wait_until(lambda: journal.waiting_at_gate == 1)
+    queued = [asyncio.create_task(actor.reserve(f"u{i}", "GA", 1)) for i in range(limits.MAILBOX_MESSAGES_MAX)]
+    await wait_until(lambda: actor.mailbox_depth() == limits.MAILBOX_MESSAGES_MAX)
+    with pytest.raises(Unavailable) as refused:
+        await asyncio.wait_for(actor.reserve("late", "GA", 1), timeout=0.5)
+    assert refused.value.code == "overloaded"
+    over_http = await client.post(f"/v1/events/{event['id']}/reservations", json=BODY)
+    assert over_http.status == 503 and "Retry-After" in over_http.headers
+    assert (await over_http.json())["code"] == "overloaded"
+    journal.gate.set()
+    await held_batch
+    outcomes = await asyncio.gather(*queued)
+    assert all(outcome.result is not None and outcome.result.status == "held" for outcome in outcomes)
+
+
+async def test_a_crashing_actor_is_restarted_and_the_others_run_on(
+    faulty: Any, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, _ = faulty
+    registry = client.app[keys.REGISTRY]
+    doomed = await create_event(client, name="doomed")
+    healthy = await create_event(client, name="healthy")
+    assert (await client.post(f"/v1/events/{doomed['id']}/reservations", json=BODY)).status == 201
+    original = Inventory._decide_reserve
+
+    def bomb(self: Inventory, command: Any) -> Any:
+        if self.event_id == doomed["id"]:
+            raise RuntimeError("a bug in decide")
+        return original(self, command)
+
+    monkeypatch.setattr(Inventory, "_decide_reserve", bomb)
+    crashed = await client.post(f"/v1/events/{doomed['id']}/reservations", json=BODY)
+    assert crashed.status == 503
+    await wait_until(lambda: registry.stats.actors_restarted == 1 and registry.get(doomed["id"]).running)
+    assert (await client.post(f"/v1/events/{healthy['id']}/reservations", json=BODY)).status == 201
+
+    # Crash it past the restart-intensity limit: it stays down, answering 503 at once.
+    for _ in range(limits.ACTOR_RESTARTS_MAX):
+        await wait_until(lambda: registry.get(doomed["id"]).running or registry.stats.actors_failed == 1)
+        if registry.stats.actors_failed:
+            break
+        await client.post(f"/v1/events/{doomed['id']}/reservations", json=BODY)
+    await wait_until(lambda: registry.stats.actors_failed == 1)
+    down = await client.post(f"/v1/events/{doomed['id']}/reservations", json=BODY)
+    assert down.status == 503
+    assert (await client.post(f"/v1/events/{healthy['id']}/reservations", json=BODY)).status == 201
+    assert (await client.get(f"/v1/events/{doomed['id']}")).status == 200  # reads still answer
+    assert await available(client, doomed["id"]) == 99
+    await assert_memory_matches_log(client, db, healthy["id"])
