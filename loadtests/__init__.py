@@ -1,0 +1,1 @@
+"""Load tests (Locust scenario) and the side-by-side benchmark harness."""

@@ -1,0 +1,330 @@
+"""The side-by-side benchmark: one command, one run, one table.
+
+    python -m loadtests.bench [--duration 10] [--connections 64] [--events 1000]
+
+Targets, each a separate process on 127.0.0.1, measured one after the other in the same run:
+  (a) noop      aiohttp + msgspec POST that decodes the body and answers 201: the HTTP ceiling
+  (b) baseline  the conventional design on the same stack: SELECT … FOR UPDATE, UPDATE, INSERT, COMMIT
+  (c) inventoryd
+Scenarios: every reservation at one hot event, and spread over --events events. Load comes from wrk
+(--connections connections, 2 threads) with loadtests/wrk_reserve.lua. Reported per target: accepted
+reservations per second, p50/p99 latency, and PostgreSQL transactions and WAL syncs (pg_stat_wal)
+per accepted reservation; then the ratios c/a and c/b. All traffic stays on loopback, and every run
+is bounded by --duration; the processes started here are stopped by their PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+
+from persistence.embedded import EmbeddedPostgres
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WRK_THREADS = 2
+WARMUP_S = 2
+READY_TIMEOUT_S = 60.0
+HUGE_CAPACITY = 10_000_000
+
+
+@dataclass
+class Result:
+    scenario: str
+    target: str
+    requests_per_s: float
+    accepted: int
+    accepted_per_s: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    transactions_per_accepted: float | None
+    wal_syncs_per_accepted: float | None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def with_database(url: str, database: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path="/" + database))
+
+
+def parse_duration_ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+
+
+def run_wrk(url: str, events_file: Path, duration_s: int, connections: int) -> dict[str, float]:
+    output = subprocess.run(
+        [
+            "wrk",
+            f"-t{WRK_THREADS}",
+            f"-c{connections}",
+            f"-d{duration_s}s",
+            "--latency",
+            "--timeout",
+            "10s",
+            "-s",
+            str(HERE / "wrk_reserve.lua"),
+            url,
+            "--",
+            str(events_file),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=duration_s + 60,
+    ).stdout
+    stats = {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}  # type: ignore[union-attr]
+    for percentile in ("50", "99"):
+        match = re.search(rf"^\s+{percentile}%\s+(\S+)", output, re.MULTILINE)
+        stats[f"p{percentile}_ms"] = parse_duration_ms(match.group(1)) if match else float("nan")
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    stats["non_2xx"] = float(non_2xx.group(1)) if non_2xx else 0.0
+    return stats
+
+
+class Server:
+    def __init__(self, argv: list[str], port: int, env: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.process = subprocess.Popen(
+            argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, **(env or {}))
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+async def wait_listening(port: int) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+async def counters(database_url: str) -> tuple[int, int | None]:
+    connection = await asyncpg.connect(database_url)
+    try:
+        await asyncio.sleep(0.6)  # let the statistics collector report
+        await connection.execute("SELECT pg_stat_clear_snapshot()")
+        commits = await connection.fetchval(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        )
+        try:
+            wal_syncs = await connection.fetchval("SELECT wal_sync FROM pg_stat_wal")
+        except asyncpg.UndefinedTableError:
+            wal_syncs = None
+        return int(commits), (int(wal_syncs) if wal_syncs is not None else None)
+    finally:
+        await connection.close()
+
+
+async def count_rows(database_url: str, query: str) -> int:
+    connection = await asyncpg.connect(database_url)
+    try:
+        return int(await connection.fetchval(query))
+    finally:
+        await connection.close()
+
+
+async def create_database(admin_url: str, name: str) -> str:
+    connection = await asyncpg.connect(admin_url)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return with_database(admin_url, name)
+
+
+async def setup_inventoryd(base: str, events: int) -> list[str]:
+    ids = []
+    async with aiohttp.ClientSession() as session:
+        for index in range(events):
+            async with session.post(
+                f"{base}/v1/events",
+                json={
+                    "name": f"bench {index}",
+                    "starts_at": "2027-06-01T19:00:00Z",
+                    "currency": "EUR",
+                    "ticket_types": [{"code": "GA", "name": "GA", "price": 1000, "capacity": HUGE_CAPACITY}],
+                },
+            ) as response:
+                assert response.status == 201, await response.text()
+                ids.append((await response.json())["id"])
+    return ids
+
+
+async def setup_baseline(database_url: str, events: int) -> list[str]:
+    from loadtests.baseline_server import SCHEMA  # noqa: PLC0415
+
+    ids = [f"evt_bench{index}" for index in range(events)]
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(SCHEMA)
+        await connection.executemany(
+            "INSERT INTO baseline_inventory (event_id, code, capacity) VALUES ($1, 'GA', $2)",
+            [(event_id, HUGE_CAPACITY) for event_id in ids],
+        )
+    finally:
+        await connection.close()
+    return ids
+
+
+async def measure(
+    target: str, scenario: str, events: int, admin_url: str, args: argparse.Namespace, scratch: Path
+) -> Result:
+    database_url = await create_database(admin_url, f"bench_{target}_{scenario}")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    python = sys.executable
+    if target == "noop":
+        server = Server([python, "-m", "loadtests.noop_server", str(port)], port)
+    elif target == "baseline":
+        server = Server([python, "-m", "loadtests.baseline_server", str(port), database_url], port)
+    else:
+        env = {"INVENTORYD_LOG_FORMAT": "json", "INVENTORYD_ACCESS_LOG": "1" if args.access_log else "0"}
+        server = Server([python, "-m", "inventoryd", "serve", "--port", str(port), "--database-url", database_url], port, env)
+    try:
+        await wait_listening(port)
+        if target == "inventoryd":
+            ids = await setup_inventoryd(base, events)
+            accepted_query = "SELECT count(*) FROM journal WHERE kind = 'reservation_held'"
+        elif target == "baseline":
+            ids = await setup_baseline(database_url, events)
+            accepted_query = "SELECT count(*) FROM baseline_reservations"
+        else:
+            ids = [f"evt_noop{index}" for index in range(events)]
+            accepted_query = ""
+        events_file = scratch / f"{target}-{scenario}.txt"
+        events_file.write_text("\n".join(ids) + "\n")
+        run_wrk(base, events_file, WARMUP_S, args.connections)
+        before_rows = await count_rows(database_url, accepted_query) if accepted_query else 0
+        commits_before, wal_before = await counters(database_url)
+        stats = run_wrk(base, events_file, args.duration, args.connections)
+        commits_after, wal_after = await counters(database_url)
+        if accepted_query:
+            accepted = await count_rows(database_url, accepted_query) - before_rows
+        else:
+            accepted = int(stats["requests_per_s"] * args.duration - stats["non_2xx"])
+        per = (lambda value: value / accepted if accepted else None)
+        return Result(
+            scenario=scenario,
+            target=target,
+            requests_per_s=stats["requests_per_s"],
+            accepted=accepted,
+            accepted_per_s=accepted / args.duration,
+            p50_ms=stats["p50_ms"],
+            p99_ms=stats["p99_ms"],
+            non_2xx=int(stats["non_2xx"]),
+            transactions_per_accepted=per(commits_after - commits_before) if accepted_query else None,
+            wal_syncs_per_accepted=per(wal_after - wal_before) if accepted_query and wal_before is not None else None,
+        )
+    finally:
+        server.stop()
+
+
+def table(results: list[Result]) -> str:
+    lines = [
+        "| scenario | target | accepted/s | p50 ms | p99 ms | non-2xx | transactions / accepted | WAL syncs / accepted |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        def fmt(value: float | None, digits: int = 4) -> str:
+            return "–" if value is None else f"{value:.{digits}f}"
+
+        lines.append(
+            f"| {result.scenario} | {result.target} | {result.accepted_per_s:,.0f} | {result.p50_ms:.2f} | "
+            f"{result.p99_ms:.2f} | {result.non_2xx} | {fmt(result.transactions_per_accepted)} | "
+            f"{fmt(result.wal_syncs_per_accepted)} |"
+        )
+    lines.append("")
+    for scenario in dict.fromkeys(result.scenario for result in results):
+        by_target = {result.target: result for result in results if result.scenario == scenario}
+        if {"noop", "inventoryd"} <= by_target.keys():
+            ratio = by_target["inventoryd"].accepted_per_s / by_target["noop"].accepted_per_s
+            lines.append(f"- {scenario}: c/a (inventoryd / no-op ceiling) = {ratio:.2f}")
+        if {"baseline", "inventoryd"} <= by_target.keys() and by_target["baseline"].accepted_per_s:
+            ratio = by_target["inventoryd"].accepted_per_s / by_target["baseline"].accepted_per_s
+            lines.append(f"- {scenario}: c/b (inventoryd / FOR UPDATE baseline) = {ratio:.2f}")
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace, admin_url: str, scratch: Path) -> list[Result]:
+    results = []
+    scenarios = {"hot": 1, "spread": args.events}
+    for scenario in args.scenarios.split(","):
+        for target in args.targets.split(","):
+            result = await measure(target, scenario, scenarios[scenario], admin_url, args, scratch)
+            print(f"{scenario:7} {target:10} {result.accepted_per_s:10,.0f}/s  p99 {result.p99_ms:.2f} ms", flush=True)
+            results.append(result)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds of measured load per target")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--events", type=int, default=1000, help="events in the spread scenario")
+    parser.add_argument("--scenarios", default="hot,spread")
+    parser.add_argument("--targets", default="noop,baseline,inventoryd")
+    parser.add_argument("--no-access-log", dest="access_log", action="store_false", help="inventoryd without access lines")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    assert 1 <= args.duration <= 600 and 1 <= args.connections <= 1024
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    scratch = Path(tempfile.mkdtemp(prefix="inventoryd-bench-"))
+    scratch.chmod(0o755)
+    embedded = None
+    admin_url = os.environ.get("BENCH_DATABASE_URL")
+    try:
+        if not admin_url:
+            embedded = EmbeddedPostgres(scratch / "pgdata")
+            embedded.start()
+            admin_url = embedded.dsn("postgres")
+        results = asyncio.run(run(args, admin_url, scratch))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    print()
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, wrk -t{WRK_THREADS} -c{args.connections} -d{args.duration}s")
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps([result.__dict__ for result in results], indent=2))
+
+
+if __name__ == "__main__":
+    main()
