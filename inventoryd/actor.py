@@ -104,10 +104,8 @@ class _Message:
     claim: IdempotencyClaim | None
     request_id: str | None
     future: asyncio.Future[Outcome] | None
-    # Set when the actor takes the message into a batch; after that the caller waits for the answer.
-    taken: bool = False
-    # Set by a caller that gave up before the message was taken: the actor skips it.
-    abandoned: bool = False
+    # The loop's clock when the message was queued.
+    enqueued_at: float = 0.0
 
 
 class _Mailbox:
@@ -221,20 +219,16 @@ class EventActor:
     async def _ask(
         self, build: Callable[[datetime], domain.Command], claim: IdempotencyClaim | None, request_id: str | None
     ) -> Outcome:
+        # No timer per request: the actor refuses a message that waited past REQUEST_TIMEOUT_S when
+        # its turn comes, and every wait before that is bounded (a batch's commit by DB_TIMEOUT_S; a
+        # stopping actor fails what is queued at once).
         if not self._running:
             raise Unavailable("the event's actor is recovering; retry shortly")
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        message = _Message(build, claim, request_id, future)
-        if not self._mailbox.put_nowait(message):
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        if not self._mailbox.put_nowait(_Message(build, claim, request_id, future, loop.time())):
             raise Unavailable("too many requests are waiting for this event", code="overloaded")
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), limits.REQUEST_TIMEOUT_S)
-        except TimeoutError:
-            if not message.taken:
-                message.abandoned = True
-                raise Unavailable("the event's actor did not get to the request in time", code="overloaded") from None
-            # Decided: its commit is bounded by DB_TIMEOUT_S, and the answer must be the real one.
-            return await future
+        return await future
 
     # -- the actor's side -----------------------------------------------------------------------
 
@@ -272,14 +266,14 @@ class EventActor:
         answers: list[IdempotencyRow] = []
         catalogue: list[CatalogueRow] = []
         replies: list[tuple[_Message, Outcome]] = []
+        stale_before = asyncio.get_running_loop().time() - limits.REQUEST_TIMEOUT_S
         inventory.begin()
         try:
             for message in batch:
-                if message.abandoned:
+                if message.future is not None and (message.future.done() or message.enqueued_at < stale_before):
+                    # The caller went away, or waited too long to be answered anything but "retry".
+                    _fail(message, Unavailable("the request waited too long for its event", code="overloaded"))
                     continue
-                message.taken = True
-                if message.request_id is not None:
-                    structlog.contextvars.bind_contextvars(request_id=message.request_id)
                 command = message.build(now)
                 decision = inventory.decide(command)
                 for record in decision.records:
@@ -306,10 +300,13 @@ class EventActor:
             self._in_flight_previous.clear()
             for message in batch:
                 _fail(message, Unavailable("internal error; retry"))
-            log.error("actor_batch_failed", event_id=self.event_id, error=repr(error))
+            log.error(
+                "actor_batch_failed",
+                event_id=self.event_id,
+                error=repr(error),
+                request_ids=[message.request_id for message in batch if message.request_id],
+            )
             raise ActorRestartRequired(repr(error)) from error
-        finally:
-            structlog.contextvars.unbind_contextvars("request_id")
         if kinds:
             try:
                 await self.journal.append(
@@ -328,7 +325,13 @@ class EventActor:
                 self._in_flight_previous.clear()
                 for message, _ in replies:
                     _fail(message, Unavailable("the change could not be saved; retry"))
-                log.warning("actor_batch_rolled_back", event_id=self.event_id, messages=len(replies), error=str(error))
+                log.warning(
+                    "actor_batch_rolled_back",
+                    event_id=self.event_id,
+                    messages=len(replies),
+                    error=str(error),
+                    request_ids=[message.request_id for message, _ in replies if message.request_id],
+                )
                 self._schedule_expiry()
                 return
             except (AppendOutcomeUnknown, asyncio.CancelledError) as error:

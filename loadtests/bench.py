@@ -57,6 +57,9 @@ class Result:
     non_2xx: int
     transactions_per_accepted: float | None
     wal_syncs_per_accepted: float | None
+    # The server process's CPU time (user + system) per request: steadier than throughput on a
+    # machine whose two cores are shared with wrk and PostgreSQL.
+    server_cpu_us_per_request: float
 
 
 def free_port() -> int:
@@ -102,6 +105,11 @@ def run_wrk(url: str, events_file: Path, duration_s: int, connections: int) -> d
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     stats["non_2xx"] = float(non_2xx.group(1)) if non_2xx else 0.0
     return stats
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Server:
@@ -232,7 +240,9 @@ async def measure(
         run_wrk(base, events_file, WARMUP_S, args.connections)
         before_rows = await count_rows(database_url, accepted_query) if accepted_query else 0
         commits_before, wal_before = await counters(database_url)
+        cpu_before = process_cpu_seconds(server.process.pid)
         stats = run_wrk(base, events_file, args.duration, args.connections)
+        cpu_seconds = process_cpu_seconds(server.process.pid) - cpu_before
         commits_after, wal_after = await counters(database_url)
         if accepted_query:
             accepted = await count_rows(database_url, accepted_query) - before_rows
@@ -250,6 +260,7 @@ async def measure(
             non_2xx=int(stats["non_2xx"]),
             transactions_per_accepted=per(commits_after - commits_before) if accepted_query else None,
             wal_syncs_per_accepted=per(wal_after - wal_before) if accepted_query and wal_before is not None else None,
+            server_cpu_us_per_request=cpu_seconds * 1e6 / (stats["requests_per_s"] * args.duration),
         )
     finally:
         server.stop()
@@ -257,8 +268,8 @@ async def measure(
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| scenario | target | accepted/s | p50 ms | p99 ms | non-2xx | transactions / accepted | WAL syncs / accepted |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| scenario | target | accepted/s | p50 ms | p99 ms | non-2xx | transactions / accepted | WAL syncs / accepted | server CPU µs / request |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         def fmt(value: float | None, digits: int = 4) -> str:
@@ -267,7 +278,7 @@ def table(results: list[Result]) -> str:
         lines.append(
             f"| {result.scenario} | {result.target} | {result.accepted_per_s:,.0f} | {result.p50_ms:.2f} | "
             f"{result.p99_ms:.2f} | {result.non_2xx} | {fmt(result.transactions_per_accepted)} | "
-            f"{fmt(result.wal_syncs_per_accepted)} |"
+            f"{fmt(result.wal_syncs_per_accepted)} | {result.server_cpu_us_per_request:.0f} |"
         )
     lines.append("")
     for scenario in dict.fromkeys(result.scenario for result in results):
