@@ -59,18 +59,30 @@ class Registry:
     _actors: dict[str, EventActor] = field(default_factory=dict)
     _supervisors: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     ready: bool = False
+    recovery_error: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Rebuild every event's actor from the log, then start them all."""
+        """Rebuild every event's actor from the log and start it; then the registry is ready.
+
+        While the database is unreachable it waits and tries again (the service stays not ready);
+        a log that breaks an invariant stops recovery loudly: serving from it would be wrong.
+        """
         started = time.perf_counter()
-        records = 0
-        async with self.pool.acquire() as connection:
-            async for event_id, rows in store.stream_all_logs(connection):
-                inventory = Inventory.replay(event_id, decode_log(rows))
-                records += len(rows)
-                self._launch(EventActor(event_id, self.journal, inventory, self.clock, on_batch=self.on_batch))
+        backoff_s = 0.05
+        while True:
+            try:
+                records = await self._recover_all()
+                break
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+                log.warning("recovery_waiting", error=repr(error), retry_in_s=backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, limits.ACTOR_RESTART_BACKOFF_MAX_S)
+            except Exception as error:
+                self.recovery_error = repr(error)
+                log.critical("recovery_failed", error=repr(error))
+                raise
         self.stats.recovery_seconds = time.perf_counter() - started
         self.stats.recovered_events = len(self._actors)
         self.stats.recovered_records = records
@@ -81,6 +93,17 @@ class Registry:
             records=records,
             duration_s=round(self.stats.recovery_seconds, 3),
         )
+
+    async def _recover_all(self) -> int:
+        for event_id in list(self._actors):
+            self._discard(event_id)  # a failed earlier attempt's partial work
+        records = 0
+        async with self.pool.acquire() as connection:
+            async for event_id, rows in store.stream_all_logs(connection):
+                inventory = Inventory.replay(event_id, decode_log(rows))
+                records += len(rows)
+                self._launch(EventActor(event_id, self.journal, inventory, self.clock, on_batch=self.on_batch))
+        return records
 
     async def stop(self) -> None:
         self.ready = False

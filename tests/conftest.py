@@ -118,5 +118,20 @@ def make_app(database_url: str) -> Callable[..., web.Application]:
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, make_app: Callable[..., web.Application]) -> Any:
-    return await aiohttp_client(make_app())
+def start(aiohttp_client: Any, make_app: Callable[..., web.Application]) -> Callable[..., Any]:
+    """Start the app (with `make_app` options) and wait until it is ready: recovery is done."""
+
+    async def start_app(**options: Any) -> Any:
+        client = await aiohttp_client(make_app(**options))
+        for _ in range(1000):
+            if (await client.get("/readyz")).status == 200:
+                return client
+            await asyncio.sleep(0.01)
+        raise AssertionError("the app did not become ready")
+
+    return start_app
+
+
+@pytest.fixture
+async def client(start: Callable[..., Any]) -> Any:
+    return await start()

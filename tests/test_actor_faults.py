@@ -25,8 +25,8 @@ BODY = {"ticket_type": "GA", "quantity": 1, "user_id": "alice"}
 
 
 @pytest.fixture
-async def faulty(aiohttp_client: Any, make_app: Any) -> tuple[Any, FaultyJournal]:
-    client = await aiohttp_client(make_app(journal_factory=FaultyJournal))
+async def faulty(start: Any) -> tuple[Any, FaultyJournal]:
+    client = await start(journal_factory=FaultyJournal)
     return client, client.app[keys.JOURNAL]
 
 

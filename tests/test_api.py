@@ -96,9 +96,9 @@ async def test_per_user_limit(client: Any) -> None:
     assert (await reserve(client, event["id"], user_id="bob", quantity=2)).status == 201
 
 
-async def test_sale_window(aiohttp_client: Any, make_app: Any) -> None:
+async def test_sale_window(start: Any) -> None:
     clock = FakeClock()
-    client = await aiohttp_client(make_app(clock=clock))
+    client = await start(clock=clock)
     event = await create_event(client, sale_starts_at="2027-01-01T13:00:00Z", sale_ends_at="2027-01-01T14:00:00Z")
     early = await reserve(client, event["id"])
     assert early.status == 409 and (await early.json())["code"] == "sale_not_open"
@@ -145,15 +145,15 @@ async def test_idempotent_reserve_replays_and_refuses_a_different_body(client: A
     assert availability["ticket_types"]["GA"]["available"] == 98
 
 
-async def test_idempotent_replay_survives_a_restart(aiohttp_client: Any, make_app: Any) -> None:
-    client = await aiohttp_client(make_app())
+async def test_idempotent_replay_survives_a_restart(start: Any) -> None:
+    client = await start()
     event = await create_event(client)
     headers = {"Idempotency-Key": "k-1"}
     original = await (await reserve(client, event["id"], headers=headers)).json()
     await client.post(f"/v1/reservations/{original['id']}/confirm", headers={"Idempotency-Key": "k-2"})
     await client.close()
 
-    restarted = await aiohttp_client(make_app())
+    restarted = await start()
     replay = await reserve(restarted, event["id"], headers=headers)
     assert replay.status == 201
     assert await replay.json() == original  # the original answer (held), not today's state

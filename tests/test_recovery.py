@@ -31,9 +31,9 @@ def full_state(app: Any) -> dict[str, Any]:
     return state
 
 
-async def test_restart_rebuilds_exactly_the_same_state(aiohttp_client: Any, make_app: Any) -> None:
+async def test_restart_rebuilds_exactly_the_same_state(start: Any) -> None:
     clock = FakeClock()
-    client = await aiohttp_client(make_app(clock=clock))
+    client = await start(clock=clock)
     rng = random.Random(3)
     events = [
         await create_event(
@@ -71,13 +71,13 @@ async def test_restart_rebuilds_exactly_the_same_state(aiohttp_client: Any, make
     assert statuses == {"held", "confirmed", "cancelled", "expired"}, statuses
     await client.close()
 
-    restarted = await aiohttp_client(make_app(clock=clock))
+    restarted = await start(clock=clock)
     assert full_state(restarted.app) == before
 
 
-async def test_holds_expire_on_time_and_seats_return(aiohttp_client: Any, make_app: Any, db: Any) -> None:
+async def test_holds_expire_on_time_and_seats_return(start: Any, db: Any) -> None:
     clock = FakeClock()
-    client = await aiohttp_client(make_app(clock=clock))
+    client = await start(clock=clock)
     event = await create_event(client, hold_seconds=60)
     held = await (await client.post(f"/v1/events/{event['id']}/reservations", json={"ticket_type": "GA", "quantity": 4, "user_id": "u"})).json()
     actor = client.app[keys.REGISTRY].get(event["id"])
@@ -96,9 +96,9 @@ async def test_holds_expire_on_time_and_seats_return(aiohttp_client: Any, make_a
     assert kinds == ["event_created", "reservation_held", "hold_expired"]
 
 
-async def test_confirming_after_the_hold_ended_expires_it_even_before_the_timer(aiohttp_client: Any, make_app: Any) -> None:
+async def test_confirming_after_the_hold_ended_expires_it_even_before_the_timer(start: Any) -> None:
     clock = FakeClock()
-    client = await aiohttp_client(make_app(clock=clock))
+    client = await start(clock=clock)
     event = await create_event(client, hold_seconds=60)
     held = await (await client.post(f"/v1/events/{event['id']}/reservations", json={"ticket_type": "GA", "quantity": 1, "user_id": "u"})).json()
     clock.advance(61)  # the timer has not fired: it runs on the loop's time, not on this clock
@@ -107,14 +107,14 @@ async def test_confirming_after_the_hold_ended_expires_it_even_before_the_timer(
     assert (await (await client.get(f"/v1/reservations/{held['id']}")).json())["status"] == "expired"
 
 
-async def test_holds_that_fell_due_while_down_expire_at_recovery(aiohttp_client: Any, make_app: Any) -> None:
+async def test_holds_that_fell_due_while_down_expire_at_recovery(start: Any) -> None:
     clock = FakeClock()
-    client = await aiohttp_client(make_app(clock=clock))
+    client = await start(clock=clock)
     event = await create_event(client, hold_seconds=60)
     held = await (await client.post(f"/v1/events/{event['id']}/reservations", json={"ticket_type": "GA", "quantity": 2, "user_id": "u"})).json()
     await client.close()
     clock.advance(3600)
-    restarted = await aiohttp_client(make_app(clock=clock))
+    restarted = await start(clock=clock)
     actor = restarted.app[keys.REGISTRY].get(event["id"])
     await wait_until(lambda: actor.reservation(held["id"]).status == "expired")
     availability = await (await restarted.get(f"/v1/events/{event['id']}/availability")).json()

@@ -130,14 +130,17 @@ def create_app(
         app[keys.JOURNAL] = journal
         app[keys.IDEMPOTENCY] = idempotency
         app[keys.REGISTRY] = registry
-        await registry.start()
+        # Recovery runs while the server already answers: /healthz says alive, /readyz says not
+        # ready, and inventory routes answer 503 + Retry-After until every actor is rebuilt.
+        recovery = asyncio.create_task(registry.start(), name="recovery")
         sweeper = asyncio.create_task(_sweep_idempotency(idempotency), name="idempotency-sweeper")
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in (sweeper, recovery):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await registry.stop()
             await journal.close()
             await pool.close()

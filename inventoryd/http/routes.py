@@ -20,7 +20,7 @@ from inventoryd.domain import EventDefinition, Rejected, Reservation, TicketType
 from inventoryd.http import keys, schemas
 from inventoryd.http.problems import ProblemError, from_decode_error, invalid, problem_response, rejection
 from inventoryd.idempotency import IdempotencyConflict, Replay, fingerprint
-from inventoryd.registry import new_event_id
+from inventoryd.registry import Registry, new_event_id
 from persistence import store
 
 JSON = "application/json"
@@ -65,8 +65,15 @@ async def read_json(request: web.Request, decoder: msgspec.json.Decoder[Any]) ->
         raise invalid(f"the body is not valid UTF-8 (byte {error.start})", status=400) from None
 
 
+def _registry(request: web.Request) -> Registry:
+    registry = request.app[keys.REGISTRY]
+    if not registry.ready:
+        raise ProblemError(503, "recovering", "the service is rebuilding its state from the log; retry shortly")
+    return registry
+
+
 def _actor(request: web.Request, event_id: str) -> EventActor:
-    actor = request.app[keys.REGISTRY].get(event_id)
+    actor = _registry(request).get(event_id)
     if actor is None:
         raise ProblemError(404, "not_found", f"no event {event_id!r}", field="event_id")
     return actor
@@ -74,7 +81,7 @@ def _actor(request: web.Request, event_id: str) -> EventActor:
 
 def _actor_for(request: web.Request, reservation_or_ticket_id: str, kind: str) -> EventActor:
     event_id = domain.event_id_of(reservation_or_ticket_id)
-    actor = request.app[keys.REGISTRY].get(event_id) if event_id else None
+    actor = _registry(request).get(event_id) if event_id else None
     if actor is None:
         raise ProblemError(404, "not_found", f"no {kind} {reservation_or_ticket_id!r}")
     return actor
@@ -225,6 +232,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     registry = request.app[keys.REGISTRY]
+    if registry.recovery_error is not None:
+        return problem_response(503, "not_ready", f"recovery failed: {registry.recovery_error}")
     if not registry.ready:
         return problem_response(503, "not_ready", "recovery has not finished")
     try:
@@ -254,7 +263,7 @@ def _check_event(body: schemas.EventIn) -> None:
 async def create_event(request: web.Request) -> web.Response:
     body: schemas.EventIn = await read_json(request, schemas.EVENT_DECODER)
     _check_event(body)
-    registry = request.app[keys.REGISTRY]
+    registry = _registry(request)
     principal = request[keys.PRINCIPAL]
     now = request.app[keys.CLOCK]()
 
@@ -292,9 +301,9 @@ async def list_events(request: web.Request) -> web.Response:
     limit = _int_query(request, "limit", limits.PAGE_ITEMS_DEFAULT, 1, limits.PAGE_ITEMS_MAX)
     cursor = request.query.get("cursor")
     after = _decode_cursor(cursor) if cursor else None
+    registry = _registry(request)
     async with request.app[keys.POOL].acquire() as connection:
         page = await store.catalogue_page(connection, after=after, limit=limit)
-    registry = request.app[keys.REGISTRY]
     items = []
     for event_id in page.event_ids:
         actor = registry.get(event_id)
