@@ -52,7 +52,8 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 async def read_json(request: web.Request, decoder: msgspec.json.Decoder[Any]) -> Any:
-    if request.content_type not in (JSON, "application/merge-patch+json") and request.can_read_body:
+    # The raw header first: the common, exact case skips aiohttp's full media-type parse.
+    if request.headers.get("Content-Type") != JSON and request.content_type not in (JSON, "application/merge-patch+json"):
         raise ProblemError(415, "unsupported_media_type", f"send {JSON}, not {request.content_type!r}")
     body = await request.read()
     if not body:
@@ -139,12 +140,17 @@ def _new_event_out(definition: EventDefinition) -> schemas.EventOut:
 
 async def run_idempotent(
     request: web.Request,
-    canonical_body: bytes,
+    canonical_body: Callable[[], bytes],
     perform: Callable[[IdempotencyClaim | None], Awaitable[Outcome]],
     render: Callable[[Any], web.Response],
     decode_answer: Callable[[bytes], Any],
 ) -> web.Response:
-    """Carry out a mutating request once per Idempotency-Key; a retry gets the first answer again."""
+    """Carry out a mutating request once per Idempotency-Key; a retry gets the first answer again.
+
+    `canonical_body` gives the request in canonical form (decoded, then encoded with the defaults
+    filled in): the same request, however it was spelled, has the same fingerprint. It is called
+    only when a key is given.
+    """
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return _render_outcome(await _perform(perform, None), render)
@@ -156,7 +162,7 @@ async def run_idempotent(
     idempotency = request.app[keys.IDEMPOTENCY]
     try:
         claim_or_replay = await idempotency.begin(
-            principal.id, key, fingerprint(request.method, request.path, canonical_body)
+            principal.id, key, fingerprint(request.method, request.path, canonical_body())
         )
     except IdempotencyConflict:
         raise ProblemError(
@@ -293,7 +299,7 @@ async def create_event(request: web.Request) -> web.Response:
         return json_response(_new_event_out(definition), status=201, headers={"Location": f"/v1/events/{definition.id}"})
 
     return await run_idempotent(
-        request, schemas.ENCODER.encode(body), perform, render, _DEFINITION_DECODER.decode
+        request, lambda: schemas.ENCODER.encode(body), perform, render, _DEFINITION_DECODER.decode
     )
 
 
@@ -347,10 +353,9 @@ async def create_reservation(request: web.Request) -> web.Response:
     async def perform(claim: IdempotencyClaim | None) -> Outcome:
         return await actor.reserve(user_id, body.ticket_type, body.quantity, claim=claim, request_id=request_id)
 
-    canonical = schemas.ENCODER.encode(msgspec.structs.replace(body, user_id=user_id))
     return await run_idempotent(
         request,
-        canonical,
+        lambda: schemas.ENCODER.encode(msgspec.structs.replace(body, user_id=user_id)),
         perform,
         lambda reservation: _reservation_response(reservation, created=True),
         _RESERVATION_DECODER.decode,
@@ -376,7 +381,7 @@ async def _reservation_command(request: web.Request, command: str) -> web.Respon
             reservation_id, privileged=principal.may_cancel_late(), claim=claim, request_id=request_id
         )
 
-    return await run_idempotent(request, b"", perform, _reservation_response, _RESERVATION_DECODER.decode)
+    return await run_idempotent(request, lambda: b"", perform, _reservation_response, _RESERVATION_DECODER.decode)
 
 
 async def confirm_reservation(request: web.Request) -> web.Response:
