@@ -121,18 +121,81 @@ class HoldExpired(msgspec.Struct, frozen=True, tag="hold_expired"):
     at: datetime
 
 
-Record = EventCreated | ReservationHeld | ReservationConfirmed | ReservationCancelled | HoldExpired
+class ReservationWaitlisted(msgspec.Struct, frozen=True, tag="reservation_waitlisted"):
+    reservation_id: str
+    user_id: str
+    ticket_type: str
+    quantity: int
+    amount: int
+    at: datetime
+
+
+class WaitlistPromoted(msgspec.Struct, frozen=True, tag="waitlist_promoted"):
+    """The head of a ticket type's waiting list got its seats: it is now held, with a fresh hold."""
+
+    reservation_id: str
+    at: datetime
+    expires_at: datetime
+
+
+class TicketCheckedIn(msgspec.Struct, frozen=True, tag="ticket_checked_in"):
+    ticket_id: str
+    reservation_id: str
+    at: datetime
+
+
+class EventUpdated(msgspec.Struct, frozen=True, tag="event_updated"):
+    """The event's descriptive fields, sale window or limits changed: `event` is the new whole."""
+
+    event: EventDefinition
+
+
+class TicketTypeAdded(msgspec.Struct, frozen=True, tag="ticket_type_added"):
+    ticket_type: TicketTypeDefinition
+
+
+class TicketTypeChanged(msgspec.Struct, frozen=True, tag="ticket_type_changed"):
+    code: str
+    name: str
+    price: int
+    capacity: int
+
+
+class EventCancelled(msgspec.Struct, frozen=True, tag="event_cancelled"):
+    """The organizer cancelled the event: holds released, confirmed reservations refunded, the
+    waiting lists emptied, all in this one record."""
+
+    at: datetime
+
+
+Record = (
+    EventCreated
+    | ReservationHeld
+    | ReservationConfirmed
+    | ReservationCancelled
+    | HoldExpired
+    | ReservationWaitlisted
+    | WaitlistPromoted
+    | TicketCheckedIn
+    | EventUpdated
+    | TicketTypeAdded
+    | TicketTypeChanged
+    | EventCancelled
+)
 
 # ---------------------------------------------------------------------------------------------
 # State.
 
-ReservationStatus = Literal["held", "confirmed", "cancelled", "expired"]
-TicketStatus = Literal["valid", "cancelled"]
+ReservationStatus = Literal["held", "confirmed", "cancelled", "expired", "waitlisted"]
+TicketStatus = Literal["valid", "checked_in", "cancelled"]
+# Statuses whose seats count against the per-user limit.
+COUNTED_STATUSES = ("held", "confirmed", "waitlisted")
 
 
 class Ticket(msgspec.Struct, frozen=True):
     id: str
     status: TicketStatus
+    checked_in_at: datetime | None = None
 
 
 class Reservation(msgspec.Struct, frozen=True):
@@ -152,6 +215,8 @@ class Reservation(msgspec.Struct, frozen=True):
     cancelled_at: datetime | None = None
     refunded: bool = False
     tickets: tuple[Ticket, ...] = ()
+    # Set while waitlisted, by the reader (it changes as the list moves); never stored.
+    position: int | None = None
 
 
 @dataclass(slots=True)
@@ -162,6 +227,16 @@ class TicketTypeState:
     capacity: int
     held: int = 0
     sold: int = 0
+    checked_in: int = 0
+    # Seats of reservations that were cancelled (held, confirmed or waitlisted ones).
+    cancelled: int = 0
+    # Sum of the amounts of confirmed reservations (refunded ones leave it again).
+    revenue: int = 0
+    # Reservation ids in the order they joined the waiting list; entries before `waitlist_head`
+    # have left it, and entries after it that are no longer waitlisted are skipped.
+    waitlist: list[str] = field(default_factory=list)
+    waitlist_head: int = 0
+    waiting: int = 0
 
     @property
     def available(self) -> int:
@@ -181,6 +256,8 @@ class Reserve(msgspec.Struct, frozen=True, tag="reserve"):
     ticket_type: str
     quantity: int
     now: datetime
+    # Join the waiting list when the seats are not there.
+    waitlist: bool = False
 
 
 class Confirm(msgspec.Struct, frozen=True, tag="confirm"):
@@ -199,7 +276,56 @@ class ExpireDue(msgspec.Struct, frozen=True, tag="expire_due"):
     now: datetime
 
 
-Command = CreateEvent | Reserve | Confirm | Cancel | ExpireDue
+class CheckIn(msgspec.Struct, frozen=True, tag="check_in"):
+    ticket_id: str
+    now: datetime
+
+
+EVENT_FIELDS_UPDATABLE = frozenset(
+    {
+        "name",
+        "description",
+        "venue",
+        "city",
+        "category",
+        "starts_at",
+        "ends_at",
+        "sale_starts_at",
+        "sale_ends_at",
+        "cancel_until",
+        "per_user_limit",
+        "hold_seconds",
+    }
+)
+
+
+class UpdateEvent(msgspec.Struct, frozen=True, tag="update_event"):
+    """Set these fields of the event (a field absent is left alone; None clears an optional one).
+    The changes, not a whole new definition, so that concurrent updates do not undo each other."""
+
+    changes: dict[str, Any]
+
+
+class AddTicketType(msgspec.Struct, frozen=True, tag="add_ticket_type"):
+    ticket_type: TicketTypeDefinition
+
+
+class ChangeTicketType(msgspec.Struct, frozen=True, tag="change_ticket_type"):
+    code: str
+    # Raised capacity may promote waiting buyers, whose holds start now.
+    now: datetime
+    name: str | None = None
+    price: int | None = None
+    capacity: int | None = None
+
+
+class CancelEvent(msgspec.Struct, frozen=True, tag="cancel_event"):
+    now: datetime
+
+
+Command = (
+    CreateEvent | Reserve | Confirm | Cancel | ExpireDue | CheckIn | UpdateEvent | AddTicketType | ChangeTicketType | CancelEvent
+)
 
 RejectionCode = Literal[
     "sold_out",
@@ -211,6 +337,9 @@ RejectionCode = Literal[
     "hold_expired",
     "conflict",
     "cancellation_closed",
+    "already_checked_in",
+    "capacity_below_reserved",
+    "invalid_request",
 ]
 
 
@@ -228,6 +357,10 @@ class Rejected(msgspec.Struct, frozen=True, tag="rejected"):
     detail: str
     # For insufficient_tickets: how many are left.
     available: int | None = None
+    # For already_checked_in: when.
+    checked_in_at: datetime | None = None
+    # For invalid_request: the field at fault.
+    field: str | None = None
 
 
 Reply = Accepted | Rejected
@@ -347,6 +480,15 @@ class Inventory:
     def availability(self) -> dict[str, int]:
         return {code: ticket_type.available for code, ticket_type in self.ticket_types.items()}
 
+    def waiting_list(self, code: str) -> list[str]:
+        """The ids waiting for a ticket type, first in line first."""
+        ticket_type = self.ticket_types[code]
+        return [
+            reservation_id
+            for reservation_id in ticket_type.waitlist[ticket_type.waitlist_head :]
+            if self.reservations[reservation_id].status == "waitlisted"
+        ]
+
     # -- decide ---------------------------------------------------------------------------------
 
     def decide(self, command: Command) -> Decision:
@@ -358,11 +500,24 @@ class Inventory:
             case Confirm():
                 return self._decide_confirm(command)
             case Cancel():
-                return self._decide_cancel(command)
+                decision = self._decide_cancel(command)
             case ExpireDue():
-                return self._decide_expire(command)
+                decision = self._decide_expire(command)
+            case CheckIn():
+                return self._decide_check_in(command)
+            case UpdateEvent():
+                return self._decide_update(command)
+            case AddTicketType():
+                return self._decide_add_ticket_type(command)
+            case ChangeTicketType():
+                decision = self._decide_change_ticket_type(command)
+            case CancelEvent():
+                return self._decide_cancel_event(command)
             case _:
                 assert_never(command)
+        # Seats freed, capacity raised, or a waiting entry left: the waiting lists may move.
+        decision.records.extend(self._promotions(decision.records, command.now))
+        return decision
 
     def _decide_create(self, command: CreateEvent) -> Decision:
         if self.status != "new":
@@ -370,12 +525,17 @@ class Inventory:
         invariant(command.event.id == self.event_id, "CreateEvent for another event")
         return Decision([EventCreated(command.event)], Accepted())
 
-    def _decide_reserve(self, command: Reserve) -> Decision:
+    def _refuse_unless_on_sale(self) -> Rejected | None:
         if self.status == "new":
-            return Decision([], Rejected("not_found", "no such event"))
-        assert self.definition is not None
+            return Rejected("not_found", "no such event")
         if self.status == "cancelled":
-            return Decision([], Rejected("event_cancelled", "the event has been cancelled"))
+            return Rejected("event_cancelled", "the event has been cancelled")
+        return None
+
+    def _decide_reserve(self, command: Reserve) -> Decision:
+        if refusal := self._refuse_unless_on_sale():
+            return Decision([], refusal)
+        assert self.definition is not None
         definition = self.definition
         if definition.sale_starts_at is not None and command.now < definition.sale_starts_at:
             return Decision([], Rejected("sale_not_open", f"the sale opens at {_rfc3339(definition.sale_starts_at)}"))
@@ -395,28 +555,35 @@ class Inventory:
                         f"at most {limit} tickets per user for this event; this user has {seats}",
                     ),
                 )
+        reservation_id = reservation_id_for(self.event_id, self.reservations_created + 1)
+        amount = ticket_type.price * command.quantity
         available = ticket_type.available
+        if command.quantity <= available:
+            record: Record = ReservationHeld(
+                reservation_id=reservation_id,
+                user_id=command.user_id,
+                ticket_type=ticket_type.code,
+                quantity=command.quantity,
+                amount=amount,
+                at=command.now,
+                expires_at=command.now + timedelta(seconds=definition.hold_seconds),
+            )
+            return Decision([record], Accepted(reservation_id))
+        if command.waitlist and command.quantity <= ticket_type.capacity:
+            record = ReservationWaitlisted(
+                reservation_id, command.user_id, ticket_type.code, command.quantity, amount, command.now
+            )
+            return Decision([record], Accepted(reservation_id))
         if available == 0:
             return Decision([], Rejected("sold_out", f"ticket type {ticket_type.code!r} is sold out", available=0))
-        if command.quantity > available:
-            return Decision(
-                [],
-                Rejected(
-                    "insufficient_tickets",
-                    f"only {available} tickets of type {ticket_type.code!r} are left",
-                    available=available,
-                ),
-            )
-        record = ReservationHeld(
-            reservation_id=reservation_id_for(self.event_id, self.reservations_created + 1),
-            user_id=command.user_id,
-            ticket_type=ticket_type.code,
-            quantity=command.quantity,
-            amount=ticket_type.price * command.quantity,
-            at=command.now,
-            expires_at=command.now + timedelta(seconds=definition.hold_seconds),
+        return Decision(
+            [],
+            Rejected(
+                "insufficient_tickets",
+                f"only {available} tickets of type {ticket_type.code!r} are left",
+                available=available,
+            ),
         )
-        return Decision([record], Accepted(record.reservation_id))
 
     def _decide_confirm(self, command: Confirm) -> Decision:
         reservation = self.reservations.get(command.reservation_id)
@@ -429,13 +596,16 @@ class Inventory:
                 return Decision([], Rejected("hold_expired", "the hold expired before it was confirmed"))
             case "cancelled":
                 return Decision([], Rejected("conflict", "the reservation was cancelled"))
+            case "waitlisted":
+                return Decision([], Rejected("conflict", "the reservation is still on the waiting list"))
             case "held":
                 assert reservation.expires_at is not None
                 if command.now >= reservation.expires_at:
                     # The timer has not run yet; the hold is over all the same. Expire it now, so
                     # the log says what happened, and refuse the confirmation.
-                    expired = HoldExpired(reservation.id, at=command.now)
-                    return Decision([expired], Rejected("hold_expired", "the hold expired before it was confirmed"))
+                    expired: list[Record] = [HoldExpired(reservation.id, at=command.now)]
+                    expired.extend(self._promotions(expired, command.now))
+                    return Decision(expired, Rejected("hold_expired", "the hold expired before it was confirmed"))
                 record = ReservationConfirmed(reservation.id, at=command.now)
                 return Decision([record], Accepted(reservation.id))
             case _:
@@ -451,7 +621,7 @@ class Inventory:
                 return Decision([], Accepted(reservation.id, unchanged=True))
             case "expired":
                 return Decision([], Rejected("conflict", "the hold already expired"))
-            case "held":
+            case "held" | "waitlisted":
                 record = ReservationCancelled(reservation.id, at=command.now, refunded=False)
                 return Decision([record], Accepted(reservation.id))
             case "confirmed":
@@ -461,6 +631,8 @@ class Inventory:
                         [],
                         Rejected("cancellation_closed", f"cancellation closed at {_rfc3339(cancel_until)}"),
                     )
+                if any(ticket.status == "checked_in" for ticket in reservation.tickets):
+                    return Decision([], Rejected("conflict", "a ticket of this reservation was already checked in"))
                 record = ReservationCancelled(reservation.id, at=command.now, refunded=True)
                 return Decision([record], Accepted(reservation.id))
             case _:
@@ -482,6 +654,137 @@ class Inventory:
                 records.append(HoldExpired(reservation_id, at=command.now))
         return Decision(records, Accepted())
 
+    def _decide_check_in(self, command: CheckIn) -> Decision:
+        reservation_id = reservation_id_of_ticket(command.ticket_id)
+        reservation = self.reservations.get(reservation_id) if reservation_id else None
+        ticket = next((t for t in reservation.tickets if t.id == command.ticket_id), None) if reservation else None
+        if reservation is None or ticket is None:
+            return Decision([], Rejected("not_found", "no such ticket"))
+        match ticket.status:
+            case "checked_in":
+                assert ticket.checked_in_at is not None
+                return Decision(
+                    [],
+                    Rejected(
+                        "already_checked_in",
+                        f"the ticket was checked in at {_rfc3339(ticket.checked_in_at)}",
+                        checked_in_at=ticket.checked_in_at,
+                    ),
+                )
+            case "cancelled":
+                return Decision([], Rejected("conflict", "the ticket was cancelled"))
+            case "valid":
+                return Decision([TicketCheckedIn(ticket.id, reservation.id, command.now)], Accepted(reservation.id))
+            case _:
+                assert_never(ticket.status)
+
+    def _decide_update(self, command: UpdateEvent) -> Decision:
+        if refusal := self._refuse_unless_on_sale():
+            return Decision([], refusal)
+        assert self.definition is not None
+        invariant(set(command.changes) <= EVENT_FIELDS_UPDATABLE, f"not updatable: {set(command.changes)}")
+        updated = msgspec.structs.replace(self.definition, **command.changes)
+        if updated.ends_at is not None and updated.ends_at < updated.starts_at:
+            return Decision([], Rejected("invalid_request", "ends_at is before starts_at", field="$.ends_at"))
+        if (
+            updated.sale_starts_at is not None
+            and updated.sale_ends_at is not None
+            and updated.sale_ends_at <= updated.sale_starts_at
+        ):
+            return Decision([], Rejected("invalid_request", "sale_ends_at must be after sale_starts_at", field="$.sale_ends_at"))
+        if updated.per_user_limit is not None:
+            most = max(self.seats_by_user.values(), default=0)
+            if most > updated.per_user_limit:
+                return Decision(
+                    [],
+                    Rejected(
+                        "conflict",
+                        f"a buyer already has {most} tickets; per_user_limit may not fall below that",
+                        field="$.per_user_limit",
+                    ),
+                )
+        if updated == self.definition:
+            return Decision([], Accepted(unchanged=True))
+        return Decision([EventUpdated(updated)], Accepted())
+
+    def _decide_add_ticket_type(self, command: AddTicketType) -> Decision:
+        if refusal := self._refuse_unless_on_sale():
+            return Decision([], refusal)
+        if command.ticket_type.code in self.ticket_types:
+            return Decision([], Rejected("conflict", f"ticket type {command.ticket_type.code!r} exists", field="$.code"))
+        if len(self.ticket_types) >= limits.TICKET_TYPES_PER_EVENT_MAX:
+            return Decision([], Rejected("conflict", f"at most {limits.TICKET_TYPES_PER_EVENT_MAX} ticket types"))
+        return Decision([TicketTypeAdded(command.ticket_type)], Accepted())
+
+    def _decide_change_ticket_type(self, command: ChangeTicketType) -> Decision:
+        if refusal := self._refuse_unless_on_sale():
+            return Decision([], refusal)
+        ticket_type = self.ticket_types.get(command.code)
+        if ticket_type is None:
+            return Decision([], Rejected("not_found", f"the event has no ticket type {command.code!r}"))
+        capacity = ticket_type.capacity if command.capacity is None else command.capacity
+        reserved = ticket_type.held + ticket_type.sold
+        if capacity < reserved:
+            return Decision(
+                [],
+                Rejected(
+                    "capacity_below_reserved",
+                    f"capacity may not fall below the {reserved} tickets held or sold",
+                    field="$.capacity",
+                ),
+            )
+        record = TicketTypeChanged(
+            code=ticket_type.code,
+            name=ticket_type.name if command.name is None else command.name,
+            price=ticket_type.price if command.price is None else command.price,
+            capacity=capacity,
+        )
+        if (record.name, record.price, record.capacity) == (ticket_type.name, ticket_type.price, ticket_type.capacity):
+            return Decision([], Accepted(unchanged=True))
+        return Decision([record], Accepted())
+
+    def _decide_cancel_event(self, command: CancelEvent) -> Decision:
+        if self.status == "new":
+            return Decision([], Rejected("not_found", "no such event"))
+        if self.status == "cancelled":
+            return Decision([], Accepted(unchanged=True))
+        return Decision([EventCancelled(command.now)], Accepted())
+
+    def _promotions(self, records: list[Record], now: datetime) -> list[Record]:
+        """The waiting-list promotions that `records` make possible, strictly first in, first out:
+        the head of a type's list is promoted when its whole quantity is free; nobody behind it
+        goes first. Computed from the state before `records` plus what they change."""
+        freed: dict[str, int] = {}
+        leaving: set[str] = set()
+        for record in records:
+            match record:
+                case ReservationCancelled() | HoldExpired():
+                    reservation = self.reservations[record.reservation_id]
+                    if reservation.status == "waitlisted":
+                        leaving.add(reservation.id)
+                        freed.setdefault(reservation.ticket_type, 0)
+                    else:
+                        freed[reservation.ticket_type] = freed.get(reservation.ticket_type, 0) + reservation.quantity
+                case TicketTypeChanged():
+                    delta = record.capacity - self.ticket_types[record.code].capacity
+                    freed[record.code] = freed.get(record.code, 0) + delta
+        if not freed or self.definition is None:
+            return []
+        hold = timedelta(seconds=self.definition.hold_seconds)
+        promotions: list[Record] = []
+        for code, extra in freed.items():
+            ticket_type = self.ticket_types[code]
+            available = ticket_type.available + extra
+            for reservation_id in ticket_type.waitlist[ticket_type.waitlist_head :]:
+                reservation = self.reservations[reservation_id]
+                if reservation.status != "waitlisted" or reservation_id in leaving:
+                    continue
+                if reservation.quantity > available:
+                    break
+                available -= reservation.quantity
+                promotions.append(WaitlistPromoted(reservation_id, at=now, expires_at=now + hold))
+        return promotions
+
     # -- apply ----------------------------------------------------------------------------------
 
     def apply(self, seq: int, record: Record) -> None:
@@ -495,15 +798,12 @@ class Inventory:
                 self._set_attr(self, "definition", definition)
                 self._set_attr(self, "status", "on_sale")
                 for ticket_type in definition.ticket_types:
-                    self._set_item(
-                        self.ticket_types,
-                        ticket_type.code,
-                        TicketTypeState(ticket_type.code, ticket_type.name, ticket_type.price, ticket_type.capacity),
-                    )
-            case ReservationHeld():
-                invariant(record.reservation_id not in self.reservations, f"{record.reservation_id} held twice")
+                    self._add_ticket_type(ticket_type)
+            case ReservationHeld() | ReservationWaitlisted():
+                invariant(record.reservation_id not in self.reservations, f"{record.reservation_id} made twice")
                 touched_type = self.ticket_types[record.ticket_type]
                 touched_user = record.user_id
+                held = isinstance(record, ReservationHeld)
                 self._set_attr(self, "reservations_created", self.reservations_created + 1)
                 self._set_item(
                     self.reservations,
@@ -514,37 +814,42 @@ class Inventory:
                         ticket_type=record.ticket_type,
                         quantity=record.quantity,
                         user_id=record.user_id,
-                        status="held",
+                        status="held" if held else "waitlisted",
                         amount=record.amount,
                         created_at=record.at,
-                        expires_at=record.expires_at,
+                        expires_at=record.expires_at if isinstance(record, ReservationHeld) else None,
                     ),
                 )
-                self._set_attr(touched_type, "held", touched_type.held + record.quantity)
                 self._add_user_seats(record.user_id, record.quantity)
+                if isinstance(record, ReservationHeld):
+                    self._set_attr(touched_type, "held", touched_type.held + record.quantity)
+                    self._heap_push((record.expires_at, record.reservation_id))
+                else:
+                    self._append(touched_type.waitlist, record.reservation_id)
+                    self._set_attr(touched_type, "waiting", touched_type.waiting + 1)
+            case WaitlistPromoted():
+                reservation = self._reservation(record.reservation_id, "waitlisted")
+                touched_type = self.ticket_types[reservation.ticket_type]
+                self._set_attr(touched_type, "held", touched_type.held + reservation.quantity)
+                self._set_attr(touched_type, "waiting", touched_type.waiting - 1)
+                self._replace(reservation, status="held", expires_at=record.expires_at)
                 self._heap_push((record.expires_at, record.reservation_id))
+                self._advance_waitlist_head(touched_type)
             case ReservationConfirmed():
                 reservation = self._reservation(record.reservation_id, "held")
                 touched_type = self.ticket_types[reservation.ticket_type]
                 self._set_attr(touched_type, "held", touched_type.held - reservation.quantity)
                 self._set_attr(touched_type, "sold", touched_type.sold + reservation.quantity)
+                self._set_attr(touched_type, "revenue", touched_type.revenue + reservation.amount)
                 tickets = tuple(
                     Ticket(ticket_id_for(reservation.id, index), "valid") for index in range(1, reservation.quantity + 1)
                 )
                 self._replace(reservation, status="confirmed", confirmed_at=record.at, tickets=tickets)
             case ReservationCancelled():
-                reservation = self._reservation(record.reservation_id, "held", "confirmed")
+                reservation = self._reservation(record.reservation_id, *COUNTED_STATUSES)
                 touched_type = self.ticket_types[reservation.ticket_type]
                 touched_user = reservation.user_id
-                if reservation.status == "held":
-                    self._set_attr(touched_type, "held", touched_type.held - reservation.quantity)
-                else:
-                    self._set_attr(touched_type, "sold", touched_type.sold - reservation.quantity)
-                self._add_user_seats(reservation.user_id, -reservation.quantity)
-                tickets = tuple(msgspec.structs.replace(ticket, status="cancelled") for ticket in reservation.tickets)
-                self._replace(
-                    reservation, status="cancelled", cancelled_at=record.at, refunded=record.refunded, tickets=tickets
-                )
+                self._cancel(reservation, record.at, record.refunded)
             case HoldExpired():
                 reservation = self._reservation(record.reservation_id, "held")
                 touched_type = self.ticket_types[reservation.ticket_type]
@@ -552,10 +857,86 @@ class Inventory:
                 self._set_attr(touched_type, "held", touched_type.held - reservation.quantity)
                 self._add_user_seats(reservation.user_id, -reservation.quantity)
                 self._replace(reservation, status="expired")
+            case TicketCheckedIn():
+                reservation = self._reservation(record.reservation_id, "confirmed")
+                touched_type = self.ticket_types[reservation.ticket_type]
+                tickets = tuple(
+                    msgspec.structs.replace(ticket, status="checked_in", checked_in_at=record.at)
+                    if ticket.id == record.ticket_id
+                    else ticket
+                    for ticket in reservation.tickets
+                )
+                invariant(
+                    any(ticket.id == record.ticket_id and ticket.status == "valid" for ticket in reservation.tickets),
+                    f"check-in of {record.ticket_id}, which is not a valid ticket",
+                )
+                self._set_attr(touched_type, "checked_in", touched_type.checked_in + 1)
+                self._replace(reservation, tickets=tickets)
+            case EventUpdated(event=definition):
+                invariant(self.status == "on_sale", "EventUpdated on an event not on sale")
+                invariant(definition.id == self.event_id, "EventUpdated for another event")
+                self._set_attr(self, "definition", definition)
+            case TicketTypeAdded(ticket_type=definition):
+                invariant(definition.code not in self.ticket_types, f"ticket type {definition.code} added twice")
+                self._add_ticket_type(definition)
+                touched_type = self.ticket_types[definition.code]
+            case TicketTypeChanged():
+                touched_type = self.ticket_types[record.code]
+                self._set_attr(touched_type, "name", record.name)
+                self._set_attr(touched_type, "price", record.price)
+                self._set_attr(touched_type, "capacity", record.capacity)
+            case EventCancelled():
+                invariant(self.status == "on_sale", "EventCancelled on an event not on sale")
+                self._set_attr(self, "status", "cancelled")
+                for reservation in list(self.reservations.values()):
+                    if reservation.status in COUNTED_STATUSES:
+                        self._cancel(reservation, record.at, refunded=reservation.status == "confirmed")
+                for ticket_type in self.ticket_types.values():
+                    invariant(ticket_type.held == ticket_type.sold == ticket_type.waiting == 0, "cancel left seats")
+                    self._check_local(ticket_type, None)
             case _:
                 assert_never(record)
         self._set_attr(self, "last_seq", seq)
         self._check_local(touched_type, touched_user)
+
+    def _add_ticket_type(self, definition: TicketTypeDefinition) -> None:
+        self._set_item(
+            self.ticket_types,
+            definition.code,
+            TicketTypeState(definition.code, definition.name, definition.price, definition.capacity),
+        )
+
+    def _cancel(self, reservation: Reservation, at: datetime, refunded: bool) -> None:
+        ticket_type = self.ticket_types[reservation.ticket_type]
+        match reservation.status:
+            case "held":
+                self._set_attr(ticket_type, "held", ticket_type.held - reservation.quantity)
+            case "confirmed":
+                self._set_attr(ticket_type, "sold", ticket_type.sold - reservation.quantity)
+                self._set_attr(ticket_type, "revenue", ticket_type.revenue - reservation.amount)
+            case "waitlisted":
+                self._set_attr(ticket_type, "waiting", ticket_type.waiting - 1)
+            case _:
+                raise InvariantViolation(f"cancel of {reservation.id} in status {reservation.status}")
+        self._set_attr(ticket_type, "cancelled", ticket_type.cancelled + reservation.quantity)
+        self._add_user_seats(reservation.user_id, -reservation.quantity)
+        tickets = tuple(msgspec.structs.replace(ticket, status="cancelled") for ticket in reservation.tickets)
+        self._replace(reservation, status="cancelled", cancelled_at=at, refunded=refunded, tickets=tickets)
+        if reservation.status == "waitlisted":
+            self._advance_waitlist_head(ticket_type)
+
+    def _append(self, sequence: list[str], item: str) -> None:
+        if self._undo is not None:
+            self._undo.entries.append(("truncate", sequence, len(sequence)))
+        sequence.append(item)
+
+    def _advance_waitlist_head(self, ticket_type: TicketTypeState) -> None:
+        """Move the head past entries that have left the list, so it stays short to walk."""
+        head = ticket_type.waitlist_head
+        while head < len(ticket_type.waitlist) and self.reservations[ticket_type.waitlist[head]].status != "waitlisted":
+            head += 1
+        if head != ticket_type.waitlist_head:
+            self._set_attr(ticket_type, "waitlist_head", head)
 
     def _reservation(self, reservation_id: str, *statuses: str) -> Reservation:
         reservation = self.reservations.get(reservation_id)
@@ -581,9 +962,15 @@ class Inventory:
         """The invariants a single record can break, checked after every apply in O(1)."""
         if ticket_type is not None:
             invariant(
-                0 <= ticket_type.held and 0 <= ticket_type.sold and ticket_type.held + ticket_type.sold <= ticket_type.capacity,
+                0 <= ticket_type.held
+                and 0 <= ticket_type.sold
+                and ticket_type.held + ticket_type.sold <= ticket_type.capacity,
                 f"event {self.event_id} type {ticket_type.code}: held {ticket_type.held} + sold {ticket_type.sold}"
                 f" exceeds capacity {ticket_type.capacity}",
+            )
+            invariant(
+                0 <= ticket_type.checked_in <= ticket_type.sold and ticket_type.waiting >= 0 and ticket_type.revenue >= 0,
+                f"event {self.event_id} type {ticket_type.code}: counters out of range",
             )
         if user_id is not None and self.definition is not None and self.definition.per_user_limit is not None:
             seats = self.seats_by_user.get(user_id, 0)
@@ -594,30 +981,44 @@ class Inventory:
 
     def check_invariants(self) -> None:
         """Recompute every counter from the reservations and compare: run after replay and in audits."""
-        held: dict[str, int] = {code: 0 for code in self.ticket_types}
-        sold: dict[str, int] = {code: 0 for code in self.ticket_types}
+        totals: dict[str, dict[str, int]] = {
+            code: {"held": 0, "sold": 0, "checked_in": 0, "cancelled": 0, "revenue": 0, "waiting": 0}
+            for code in self.ticket_types
+        }
         seats: dict[str, int] = {}
         for reservation in self.reservations.values():
             invariant(reservation.ticket_type in self.ticket_types, f"{reservation.id}: unknown ticket type")
-            if reservation.status == "held":
-                held[reservation.ticket_type] += reservation.quantity
-            elif reservation.status == "confirmed":
-                sold[reservation.ticket_type] += reservation.quantity
-                invariant(len(reservation.tickets) == reservation.quantity, f"{reservation.id}: ticket count")
-            if reservation.status in ("held", "confirmed"):
+            counts = totals[reservation.ticket_type]
+            match reservation.status:
+                case "held":
+                    counts["held"] += reservation.quantity
+                case "confirmed":
+                    counts["sold"] += reservation.quantity
+                    counts["revenue"] += reservation.amount
+                    invariant(len(reservation.tickets) == reservation.quantity, f"{reservation.id}: ticket count")
+                case "waitlisted":
+                    counts["waiting"] += 1
+                case "cancelled":
+                    counts["cancelled"] += reservation.quantity
+            counts["checked_in"] += sum(1 for ticket in reservation.tickets if ticket.status == "checked_in")
+            if reservation.status in COUNTED_STATUSES:
                 seats[reservation.user_id] = seats.get(reservation.user_id, 0) + reservation.quantity
         for code, ticket_type in self.ticket_types.items():
-            invariant(ticket_type.held == held[code], f"{self.event_id}/{code}: held {ticket_type.held} != {held[code]}")
-            invariant(ticket_type.sold == sold[code], f"{self.event_id}/{code}: sold {ticket_type.sold} != {sold[code]}")
+            actual = {name: getattr(ticket_type, name) for name in totals[code]}
+            invariant(actual == totals[code], f"{self.event_id}/{code}: counters {actual} != {totals[code]}")
             invariant(
                 ticket_type.held + ticket_type.sold <= ticket_type.capacity, f"{self.event_id}/{code}: oversold"
             )
+            waiting = self.waiting_list(code)
+            invariant(len(waiting) == ticket_type.waiting, f"{self.event_id}/{code}: waiting list length")
         nonzero = {user: count for user, count in self.seats_by_user.items() if count}
         invariant(nonzero == seats, f"{self.event_id}: per-user seat counts disagree with reservations")
         if self.definition is not None and self.definition.per_user_limit is not None:
             limit = self.definition.per_user_limit
             invariant(all(count <= limit for count in seats.values()), f"{self.event_id}: per-user limit exceeded")
         invariant(self.reservations_created == len(self.reservations), f"{self.event_id}: reservation numbering")
+        if self.status == "cancelled":
+            invariant(not any(r.status in COUNTED_STATUSES for r in self.reservations.values()), "cancelled event has seats")
 
     # -- replay ---------------------------------------------------------------------------------
 
