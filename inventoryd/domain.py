@@ -920,7 +920,11 @@ class Inventory:
                 raise InvariantViolation(f"cancel of {reservation.id} in status {reservation.status}")
         self._set_attr(ticket_type, "cancelled", ticket_type.cancelled + reservation.quantity)
         self._add_user_seats(reservation.user_id, -reservation.quantity)
-        tickets = tuple(msgspec.structs.replace(ticket, status="cancelled") for ticket in reservation.tickets)
+        # A ticket already used stays checked in: that is history, not a seat.
+        tickets = tuple(
+            msgspec.structs.replace(ticket, status="cancelled") if ticket.status == "valid" else ticket
+            for ticket in reservation.tickets
+        )
         self._replace(reservation, status="cancelled", cancelled_at=at, refunded=refunded, tickets=tickets)
         if reservation.status == "waitlisted":
             self._advance_waitlist_head(ticket_type)
@@ -969,7 +973,10 @@ class Inventory:
                 f" exceeds capacity {ticket_type.capacity}",
             )
             invariant(
-                0 <= ticket_type.checked_in <= ticket_type.sold and ticket_type.waiting >= 0 and ticket_type.revenue >= 0,
+                0 <= ticket_type.checked_in
+                and (ticket_type.checked_in <= ticket_type.sold or self.status == "cancelled")
+                and ticket_type.waiting >= 0
+                and ticket_type.revenue >= 0,
                 f"event {self.event_id} type {ticket_type.code}: counters out of range",
             )
         if user_id is not None and self.definition is not None and self.definition.per_user_limit is not None:

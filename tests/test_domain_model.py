@@ -23,7 +23,11 @@ import pytest
 from inventoryd import domain
 from inventoryd.domain import (
     Accepted,
+    AddTicketType,
     Cancel,
+    CancelEvent,
+    ChangeTicketType,
+    CheckIn,
     Confirm,
     CreateEvent,
     EventDefinition,
@@ -32,6 +36,7 @@ from inventoryd.domain import (
     Rejected,
     Reserve,
     TicketTypeDefinition,
+    UpdateEvent,
 )
 
 STEPS_PER_SEED = int(os.environ.get("INVENTORYD_MODEL_STEPS", "600"))
@@ -50,7 +55,10 @@ class ModelReservation:
     ticket_type: str
     quantity: int
     status: str
-    expires_at: datetime
+    expires_at: datetime | None
+    amount: int
+    checked_in: set[int] = field(default_factory=set)
+    confirmed_ever: bool = False
 
 
 @dataclass
@@ -62,6 +70,7 @@ class Model:
     sale_starts_at: datetime | None
     sale_ends_at: datetime | None
     cancel_until: datetime | None
+    cancelled: bool = False
     reservations: list[ModelReservation] = field(default_factory=list)
 
     def seats(self, status: str, ticket_type: str) -> int:
@@ -71,12 +80,28 @@ class Model:
         return self.capacity[ticket_type] - self.seats("held", ticket_type) - self.seats("confirmed", ticket_type)
 
     def user_seats(self, user: str) -> int:
-        return sum(r.quantity for r in self.reservations if r.user == user and r.status in ("held", "confirmed"))
+        return sum(r.quantity for r in self.reservations if r.user == user and r.status in ("held", "confirmed", "waitlisted"))
 
     def find(self, reservation_id: str) -> ModelReservation | None:
         return next((r for r in self.reservations if r.id == reservation_id), None)
 
+    def waiting(self, ticket_type: str) -> list[str]:
+        # Creation order is joining order.
+        return [r.id for r in self.reservations if r.status == "waitlisted" and r.ticket_type == ticket_type]
+
+    def promote(self, ticket_type: str, now: datetime) -> None:
+        """Strict FIFO: the head goes when its whole quantity fits; nobody overtakes it."""
+        for reservation_id in self.waiting(ticket_type):
+            reservation = self.find(reservation_id)
+            assert reservation is not None
+            if reservation.quantity > self.available(ticket_type):
+                return
+            reservation.status = "held"
+            reservation.expires_at = now + self.hold
+
     def reserve(self, command: Reserve) -> tuple[str, str | None]:
+        if self.cancelled:
+            return "event_cancelled", None
         if self.sale_starts_at and command.now < self.sale_starts_at:
             return "sale_not_open", None
         if self.sale_ends_at and command.now >= self.sale_ends_at:
@@ -85,16 +110,19 @@ class Model:
             return "not_found", None
         if self.per_user_limit is not None and self.user_seats(command.user_id) + command.quantity > self.per_user_limit:
             return "limit_exceeded", None
-        available = self.available(command.ticket_type)
-        if available == 0:
-            return "sold_out", None
-        if command.quantity > available:
-            return "insufficient_tickets", None
         reservation_id = domain.reservation_id_for(EVENT_ID, len(self.reservations) + 1)
+        available = self.available(command.ticket_type)
+        amount = self.price[command.ticket_type] * command.quantity
+        if command.quantity <= available:
+            status, expires_at = "held", command.now + self.hold
+        elif command.waitlist and command.quantity <= self.capacity[command.ticket_type]:
+            status, expires_at = "waitlisted", None
+        elif available == 0:
+            return "sold_out", None
+        else:
+            return "insufficient_tickets", None
         self.reservations.append(
-            ModelReservation(
-                reservation_id, command.user_id, command.ticket_type, command.quantity, "held", command.now + self.hold
-            )
+            ModelReservation(reservation_id, command.user_id, command.ticket_type, command.quantity, status, expires_at, amount)
         )
         return "accepted", reservation_id
 
@@ -102,49 +130,146 @@ class Model:
         reservation = self.find(command.reservation_id)
         if reservation is None:
             return "not_found", None
-        if reservation.status == "held" and command.now >= reservation.expires_at:
+        if reservation.status == "held" and reservation.expires_at is not None and command.now >= reservation.expires_at:
             reservation.status = "expired"
+            self.promote(reservation.ticket_type, command.now)
+            return "hold_expired", None
         if reservation.status == "expired":
             return "hold_expired", None
-        if reservation.status == "cancelled":
+        if reservation.status in ("cancelled", "waitlisted"):
             return "conflict", None
         reservation.status = "confirmed"
+        reservation.confirmed_ever = True
         return "accepted", reservation.id
 
     def cancel(self, command: Cancel) -> tuple[str, str | None]:
         reservation = self.find(command.reservation_id)
         if reservation is None:
             return "not_found", None
+        if reservation.status == "cancelled":
+            return "accepted", reservation.id
         if reservation.status == "expired":
             return "conflict", None
-        if (
-            reservation.status == "confirmed"
-            and self.cancel_until is not None
-            and command.now > self.cancel_until
-            and not command.privileged
-        ):
-            return "cancellation_closed", None
+        if reservation.status == "confirmed":
+            if self.cancel_until is not None and command.now > self.cancel_until and not command.privileged:
+                return "cancellation_closed", None
+            if reservation.checked_in:
+                return "conflict", None
         reservation.status = "cancelled"
+        self.promote(reservation.ticket_type, command.now)
         return "accepted", reservation.id
 
     def expire(self, command: ExpireDue) -> tuple[str, str | None]:
+        touched = set()
         for reservation in self.reservations:
-            if reservation.status == "held" and reservation.expires_at <= command.now:
+            if reservation.status == "held" and reservation.expires_at is not None and reservation.expires_at <= command.now:
                 reservation.status = "expired"
+                touched.add(reservation.ticket_type)
+        for ticket_type in sorted(touched):
+            self.promote(ticket_type, command.now)
         return "accepted", None
+
+    def check_in(self, command: CheckIn) -> tuple[str, str | None]:
+        reservation_id = domain.reservation_id_of_ticket(command.ticket_id)
+        reservation = self.find(reservation_id or "")
+        index = int(command.ticket_id.rpartition("_")[2])
+        if reservation is None or not reservation.confirmed_ever or not 1 <= index <= reservation.quantity:
+            return "not_found", None
+        if index in reservation.checked_in:
+            return "already_checked_in", None
+        if reservation.status == "cancelled":
+            return "conflict", None
+        reservation.checked_in.add(index)
+        return "accepted", reservation.id
+
+    def update(self, command: UpdateEvent) -> tuple[str, str | None]:
+        if self.cancelled:
+            return "event_cancelled", None
+        limit = command.changes.get("per_user_limit", self.per_user_limit)
+        users = {r.user for r in self.reservations}
+        if limit is not None and any(self.user_seats(user) > limit for user in users):
+            return "conflict", None
+        self.per_user_limit = limit
+        if "hold_seconds" in command.changes:
+            self.hold = timedelta(seconds=command.changes["hold_seconds"])
+        return "accepted", None
+
+    def add_type(self, command: AddTicketType) -> tuple[str, str | None]:
+        if self.cancelled:
+            return "event_cancelled", None
+        if command.ticket_type.code in self.capacity:
+            return "conflict", None
+        self.capacity[command.ticket_type.code] = command.ticket_type.capacity
+        self.price[command.ticket_type.code] = command.ticket_type.price
+        return "accepted", None
+
+    def change_type(self, command: ChangeTicketType) -> tuple[str, str | None]:
+        if self.cancelled:
+            return "event_cancelled", None
+        if command.code not in self.capacity:
+            return "not_found", None
+        assert command.capacity is not None
+        if command.capacity < self.seats("held", command.code) + self.seats("confirmed", command.code):
+            return "capacity_below_reserved", None
+        self.capacity[command.code] = command.capacity
+        self.promote(command.code, command.now)
+        return "accepted", None
+
+    def cancel_event(self, command: CancelEvent) -> tuple[str, str | None]:
+        if not self.cancelled:
+            self.cancelled = True
+            for reservation in self.reservations:
+                if reservation.status in ("held", "confirmed", "waitlisted"):
+                    reservation.status = "cancelled"
+        return "accepted", None
+
+    def handle(self, command: domain.Command) -> tuple[str, str | None]:
+        handlers = {
+            Reserve: self.reserve,
+            Confirm: self.confirm,
+            Cancel: self.cancel,
+            ExpireDue: self.expire,
+            CheckIn: self.check_in,
+            UpdateEvent: self.update,
+            AddTicketType: self.add_type,
+            ChangeTicketType: self.change_type,
+            CancelEvent: self.cancel_event,
+        }
+        return handlers[type(command)](command)  # type: ignore[operator]
 
 
 def observe(inventory: Inventory) -> dict[str, object]:
     return {
         "available": inventory.availability(),
-        "reservations": {r.id: (r.user_id, r.ticket_type, r.quantity, r.status) for r in inventory.reservations.values()},
+        "reservations": {
+            r.id: (r.user_id, r.ticket_type, r.quantity, r.status, r.expires_at if r.status == "held" else None)
+            for r in inventory.reservations.values()
+        },
+        "checked_in": {
+            r.id: {int(t.id.rpartition("_")[2]) for t in r.tickets if t.status == "checked_in"}
+            for r in inventory.reservations.values()
+            if r.tickets
+        },
+        "waiting": {code: inventory.waiting_list(code) for code in inventory.ticket_types},
+        "revenue": {code: t.revenue for code, t in inventory.ticket_types.items()},
+        "cancelled": inventory.status == "cancelled",
     }
 
 
 def observe_model(model: Model) -> dict[str, object]:
     return {
         "available": {code: model.available(code) for code in model.capacity},
-        "reservations": {r.id: (r.user, r.ticket_type, r.quantity, r.status) for r in model.reservations},
+        "reservations": {
+            r.id: (r.user, r.ticket_type, r.quantity, r.status, r.expires_at if r.status == "held" else None)
+            for r in model.reservations
+        },
+        "checked_in": {r.id: set(r.checked_in) for r in model.reservations if r.confirmed_ever},
+        "waiting": {code: model.waiting(code) for code in model.capacity},
+        "revenue": {
+            code: sum(r.amount for r in model.reservations if r.status == "confirmed" and r.ticket_type == code)
+            for code in model.capacity
+        },
+        "cancelled": model.cancelled,
     }
 
 
@@ -174,17 +299,38 @@ def random_event(rng: random.Random) -> EventDefinition:
 
 def random_command(rng: random.Random, now: datetime, model: Model) -> domain.Command:
     known = [r.id for r in model.reservations]
+    missing = domain.reservation_id_for(EVENT_ID, 999)
     pick = rng.random()
-    if pick < 0.45:
+    if pick < 0.40:
         return Reserve(
-            f"user{rng.randint(1, 6)}", rng.choice(["GA", "GA", "VIP", "NOPE"]), rng.randint(1, 4), now
+            f"user{rng.randint(1, 6)}",
+            rng.choice(["GA", "GA", "VIP", "NOPE"]),
+            rng.randint(1, 4),
+            now,
+            waitlist=rng.random() < 0.4,
         )
-    if pick < 0.65:
-        target = rng.choice(known) if known and rng.random() < 0.9 else domain.reservation_id_for(EVENT_ID, 999)
-        return Confirm(target, now)
-    if pick < 0.85:
-        target = rng.choice(known) if known and rng.random() < 0.9 else domain.reservation_id_for(EVENT_ID, 999)
-        return Cancel(target, now, privileged=rng.random() < 0.3)
+    if pick < 0.55:
+        return Confirm(rng.choice(known) if known and rng.random() < 0.9 else missing, now)
+    if pick < 0.70:
+        return Cancel(rng.choice(known) if known and rng.random() < 0.9 else missing, now, privileged=rng.random() < 0.3)
+    if pick < 0.78:
+        return ExpireDue(now)
+    if pick < 0.88:
+        confirmed = [r for r in model.reservations if r.confirmed_ever]
+        if confirmed and rng.random() < 0.9:
+            reservation = rng.choice(confirmed)
+            return CheckIn(domain.ticket_id_for(reservation.id, rng.randint(1, reservation.quantity)), now)
+        return CheckIn(domain.ticket_id_for(missing, 1), now)
+    if pick < 0.92:
+        return ChangeTicketType(rng.choice(["GA", "VIP", "NOPE"]), now, capacity=rng.randint(0, 15))
+    if pick < 0.95:
+        changes = rng.choice([{"per_user_limit": rng.choice([None, 2, 4, 6, 8])}, {"hold_seconds": rng.choice([60, 300])}])
+        return UpdateEvent(changes)
+    if pick < 0.98:
+        code = rng.choice(["GA", "VIP", "BALCONY"])
+        return AddTicketType(TicketTypeDefinition(code, code, rng.randint(0, 900), rng.randint(0, 8)))
+    if pick < 0.981:
+        return CancelEvent(now)
     return ExpireDue(now)
 
 
@@ -221,12 +367,7 @@ def run_seed(seed: int, steps: int) -> None:
             for record in decision.records:
                 inventory.apply(inventory.last_seq + 1, record)
                 batch_records.append((inventory.last_seq, msgspec.json.decode(msgspec.json.encode(record), type=domain.Record)))
-            expected = {
-                Reserve: model.reserve,
-                Confirm: model.confirm,
-                Cancel: model.cancel,
-                ExpireDue: model.expire,
-            }[type(command)](command)  # type: ignore[operator]
+            expected = model.handle(command)
             reply = decision.reply
             actual = (reply.code, None) if isinstance(reply, Rejected) else ("accepted", reply.reservation_id)
             assert isinstance(reply, Accepted | Rejected)
