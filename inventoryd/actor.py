@@ -25,7 +25,7 @@ import msgspec
 import structlog
 
 from inventoryd import domain, limits
-from inventoryd.domain import Accepted, EventDefinition, Inventory, Rejected, Reservation
+from inventoryd.domain import Accepted, EventDefinition, EventSummary, Inventory, Rejected, Reservation
 from persistence import limits as persistence_limits
 from persistence.journal import Append, AppendFailed, AppendOutcomeUnknown, CatalogueRow, IdempotencyRow, Journal
 
@@ -73,29 +73,8 @@ class Outcome:
     `stored_answer` is the encoded answer written under the request's Idempotency-Key, if one was.
     """
 
-    result: Reservation | EventDefinition | Rejected | None
+    result: Reservation | EventSummary | Rejected | None
     stored_answer: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TicketTypeView:
-    code: str
-    name: str
-    price: int
-    capacity: int
-    available: int
-    held: int
-    sold: int
-
-
-@dataclass(frozen=True, slots=True)
-class CommittedView:
-    """The event as of its last commit; published after every commit, read without the mailbox."""
-
-    definition: EventDefinition
-    status: str
-    ticket_types: tuple[TicketTypeView, ...]
-    last_seq: int
 
 
 @dataclass(slots=True, eq=False)
@@ -159,9 +138,11 @@ class EventActor:
     _running: bool = False
     # While a batch's append is in flight: the reservations it touched, as they were before it.
     _in_flight_previous: dict[str, Reservation | None] = field(default_factory=dict)
-    _view: CommittedView | None = None
+    _view: EventSummary | None = None
     _expiry_timer: asyncio.TimerHandle | None = None
     _expiry_queued: bool = False
+    # Made only while someone waits for a change, so that a commit pays nothing otherwise.
+    _next_change: asyncio.Future[None] | None = None
 
     # -- the callers' side ----------------------------------------------------------------------
 
@@ -174,10 +155,13 @@ class EventActor:
         ticket_type: str,
         quantity: int,
         *,
+        waitlist: bool = False,
         claim: IdempotencyClaim | None = None,
         request_id: str | None = None,
     ) -> Outcome:
-        return await self._ask(lambda now: domain.Reserve(user_id, ticket_type, quantity, now), claim, request_id)
+        return await self._ask(
+            lambda now: domain.Reserve(user_id, ticket_type, quantity, now, waitlist), claim, request_id
+        )
 
     async def confirm(
         self, reservation_id: str, *, claim: IdempotencyClaim | None = None, request_id: str | None = None
@@ -194,14 +178,81 @@ class EventActor:
     ) -> Outcome:
         return await self._ask(lambda now: domain.Cancel(reservation_id, now, privileged), claim, request_id)
 
+    async def check_in(self, ticket_id: str, *, request_id: str | None = None) -> Outcome:
+        return await self._ask(lambda now: domain.CheckIn(ticket_id, now), None, request_id)
+
+    async def update_event(
+        self, changes: dict[str, Any], *, claim: IdempotencyClaim | None = None, request_id: str | None = None
+    ) -> Outcome:
+        return await self._ask(lambda now: domain.UpdateEvent(changes), claim, request_id)
+
+    async def add_ticket_type(
+        self,
+        ticket_type: domain.TicketTypeDefinition,
+        *,
+        claim: IdempotencyClaim | None = None,
+        request_id: str | None = None,
+    ) -> Outcome:
+        return await self._ask(lambda now: domain.AddTicketType(ticket_type), claim, request_id)
+
+    async def change_ticket_type(
+        self,
+        code: str,
+        *,
+        name: str | None = None,
+        price: int | None = None,
+        capacity: int | None = None,
+        claim: IdempotencyClaim | None = None,
+        request_id: str | None = None,
+    ) -> Outcome:
+        return await self._ask(
+            lambda now: domain.ChangeTicketType(code, now, name=name, price=price, capacity=capacity), claim, request_id
+        )
+
+    async def cancel_event(self, *, claim: IdempotencyClaim | None = None, request_id: str | None = None) -> Outcome:
+        return await self._ask(lambda now: domain.CancelEvent(now), claim, request_id)
+
     def reservation(self, reservation_id: str) -> Reservation | None:
-        """The reservation as last committed."""
+        """The reservation as last committed (with its place in line, if it is waiting)."""
+        reservation = self._committed(reservation_id)
+        if reservation is not None and reservation.status == "waitlisted":
+            return msgspec.structs.replace(reservation, position=self._waitlist_position(reservation))
+        return reservation
+
+    def reservations(self) -> list[Reservation]:
+        """Every reservation as last committed, oldest first."""
+        found = []
+        for reservation_id in list(self.inventory.reservations):
+            reservation = self.reservation(reservation_id)
+            if reservation is not None:
+                found.append(reservation)
+        return found
+
+    def _committed(self, reservation_id: str) -> Reservation | None:
         previous = self._in_flight_previous.get(reservation_id, _NOT_IN_FLIGHT)
         if previous is not _NOT_IN_FLIGHT:
-            return previous  # type: ignore[return-value]
+            return previous  # type: ignore[no-any-return]
         return self.inventory.reservations.get(reservation_id)
 
-    def view(self) -> CommittedView | None:
+    def _waitlist_position(self, reservation: Reservation) -> int:
+        # Walk the list as committed: entries whose change is in flight count as they were.
+        ticket_type = self.inventory.ticket_types[reservation.ticket_type]
+        position = 0
+        for reservation_id in ticket_type.waitlist[ticket_type.waitlist_head :]:
+            entry = self._committed(reservation_id)
+            if entry is not None and entry.status == "waitlisted":
+                position += 1
+            if reservation_id == reservation.id:
+                return position
+        raise AssertionError(f"{reservation.id} is waitlisted but not in its list")
+
+    async def wait_changed(self) -> None:
+        """Return after the next commit that changed this event (for live availability)."""
+        if self._next_change is None:
+            self._next_change = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._next_change)
+
+    def view(self) -> EventSummary | None:
         """The event as last committed, or None before its creation is."""
         return self._view
 
@@ -283,8 +334,9 @@ class EventActor:
                     inventory.apply(inventory.last_seq + 1, record)
                     kinds.append(domain.record_kind(record))
                     bodies.append(_ENCODER.encode(record))
-                    if isinstance(record, domain.EventCreated):
-                        catalogue.append(_catalogue_row(record.event, "on_sale"))
+                    if isinstance(record, domain.EventCreated | domain.EventUpdated | domain.EventCancelled):
+                        assert inventory.definition is not None
+                        catalogue.append(_catalogue_row(inventory.definition, inventory.status))
                 outcome = self._outcome(command, decision, message.claim)
                 if outcome.stored_answer is not None:
                     assert message.claim is not None
@@ -359,34 +411,24 @@ class EventActor:
         if isinstance(reply, Rejected):
             return Outcome(reply)
         assert isinstance(reply, Accepted)
-        result: Reservation | EventDefinition | None
+        result: Reservation | EventSummary | None
         if reply.reservation_id is not None:
             result = self.inventory.reservations[reply.reservation_id]
-        elif isinstance(command, domain.CreateEvent):
-            result = self.inventory.definition
-        else:
+        elif isinstance(command, domain.ExpireDue):
             result = None
+        else:
+            # An event-level command: the event as this decision leaves it.
+            result = self.inventory.summary()
         # Only answers that changed something are remembered: a refused request changed nothing,
         # so a retry of it is simply decided again.
         stored = _ENCODER.encode(result) if claim is not None and decision.records and result is not None else None
         return Outcome(result, stored)
 
     def _publish(self) -> None:
-        inventory = self.inventory
-        if inventory.definition is None:
-            self._view = None
-            return
-        self._view = CommittedView(
-            definition=inventory.definition,
-            status=inventory.status,
-            ticket_types=tuple(
-                TicketTypeView(
-                    state.code, state.name, state.price, state.capacity, state.available, state.held, state.sold
-                )
-                for state in inventory.ticket_types.values()
-            ),
-            last_seq=inventory.last_seq,
-        )
+        self._view = self.inventory.summary() if self.inventory.definition is not None else None
+        if self._next_change is not None:
+            self._next_change.set_result(None)
+            self._next_change = None
 
     # -- hold expiry: a message the actor sends itself --------------------------------------------
 

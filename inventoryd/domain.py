@@ -243,6 +243,30 @@ class TicketTypeState:
         return self.capacity - self.held - self.sold
 
 
+class TicketTypeSummary(msgspec.Struct, frozen=True):
+    code: str
+    name: str
+    price: int
+    capacity: int
+    available: int
+    held: int
+    sold: int
+    waiting: int
+    checked_in: int
+    cancelled: int
+    revenue: int
+
+
+class EventSummary(msgspec.Struct, frozen=True):
+    """The event and its counters at one moment: what the actor publishes after every commit, and
+    the answer to event-level commands (so that an idempotent replay shows the same)."""
+
+    definition: EventDefinition
+    status: str
+    ticket_types: tuple[TicketTypeSummary, ...]
+    last_seq: int
+
+
 # ---------------------------------------------------------------------------------------------
 # Commands and replies.
 
@@ -479,6 +503,30 @@ class Inventory:
 
     def availability(self) -> dict[str, int]:
         return {code: ticket_type.available for code, ticket_type in self.ticket_types.items()}
+
+    def summary(self) -> EventSummary:
+        assert self.definition is not None
+        return EventSummary(
+            definition=self.definition,
+            status=self.status,
+            ticket_types=tuple(
+                TicketTypeSummary(
+                    code=state.code,
+                    name=state.name,
+                    price=state.price,
+                    capacity=state.capacity,
+                    available=state.available,
+                    held=state.held,
+                    sold=state.sold,
+                    waiting=state.waiting,
+                    checked_in=state.checked_in,
+                    cancelled=state.cancelled,
+                    revenue=state.revenue,
+                )
+                for state in self.ticket_types.values()
+            ),
+            last_seq=self.last_seq,
+        )
 
     def waiting_list(self, code: str) -> list[str]:
         """The ids waiting for a ticket type, first in line first."""

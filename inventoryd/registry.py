@@ -22,7 +22,7 @@ import structlog
 
 from inventoryd import domain, limits
 from inventoryd.actor import ActorRestartRequired, Clock, EventActor, IdempotencyClaim, Outcome, Unavailable, system_clock
-from inventoryd.domain import EventDefinition, Inventory, Record
+from inventoryd.domain import EventDefinition, EventSummary, Inventory, Record
 from persistence import store
 from persistence.journal import Journal
 
@@ -141,7 +141,7 @@ class Registry:
         except Unavailable:
             self._discard(definition.id)
             raise
-        if not isinstance(outcome.result, EventDefinition):
+        if not isinstance(outcome.result, EventSummary):
             self._discard(definition.id)
         return outcome
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 import asyncpg
 
@@ -71,32 +72,96 @@ async def forget_idempotency_before(connection: asyncpg.Connection, before: date
     return int(result.split()[-1])
 
 
+CatalogueSort = Literal["starts_at", "-starts_at", "name"]
+CatalogueKey = tuple[datetime | str, str]
+
+
 @dataclass(frozen=True, slots=True)
-class CataloguePage:
-    event_ids: list[str]
-    next_after: tuple[datetime, str] | None
+class CatalogueQuery:
+    text: str | None = None
+    category: str | None = None
+    city: str | None = None
+    venue: str | None = None
+    starts_from: datetime | None = None
+    starts_to: datetime | None = None
+    sort: CatalogueSort = "starts_at"
+    # The sort key and event id of the last row already seen (keyset pagination).
+    after: CatalogueKey | None = None
 
 
-async def catalogue_page(
-    connection: asyncpg.Connection, *, after: tuple[datetime, str] | None, limit: int
-) -> CataloguePage:
-    """Events by (starts_at, event_id): keyset pagination stays correct while events are added."""
-    if after is None:
-        rows = await connection.fetch(
-            "SELECT event_id, starts_at FROM events ORDER BY starts_at, event_id LIMIT $1", limit + 1
-        )
-    else:
-        rows = await connection.fetch(
-            "SELECT event_id, starts_at FROM events WHERE (starts_at, event_id) > ($1, $2)"
-            " ORDER BY starts_at, event_id LIMIT $3",
-            after[0],
-            after[1],
-            limit + 1,
-        )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_after = (rows[-1][1], rows[-1][0]) if more and rows else None
-    return CataloguePage([row[0] for row in rows], next_after)
+@dataclass(frozen=True, slots=True)
+class CatalogueRows:
+    rows: list[tuple[str, CatalogueKey]]  # (event_id, its key)
+    more: bool
+
+
+_SORTS: dict[str, tuple[str, str, str]] = {
+    # column, ORDER BY, keyset comparison
+    "starts_at": ("starts_at", "starts_at ASC, event_id ASC", ">"),
+    "-starts_at": ("starts_at", "starts_at DESC, event_id DESC", "<"),
+    "name": ("name", "name ASC, event_id ASC", ">"),
+}
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+async def catalogue_rows(connection: asyncpg.Connection, query: CatalogueQuery, limit: int) -> CatalogueRows:
+    """Events matching `query`, in its order, after its cursor: keyset pagination, which stays
+    correct while events are added (an event added before the cursor does not shift later pages)."""
+    column, order, comparison = _SORTS[query.sort]
+    conditions: list[str] = []
+    arguments: list[object] = []
+
+    def argument(value: object) -> str:
+        arguments.append(value)
+        return f"${len(arguments)}"
+
+    if query.text:
+        pattern = argument(_like_pattern(query.text))
+        conditions.append(f"(name ILIKE {pattern} OR description ILIKE {pattern} OR venue ILIKE {pattern})")
+    for name, value in (("category", query.category), ("city", query.city), ("venue", query.venue)):
+        if value is not None:
+            conditions.append(f"lower({name}) = lower({argument(value)})")
+    if query.starts_from is not None:
+        conditions.append(f"starts_at >= {argument(query.starts_from)}")
+    if query.starts_to is not None:
+        conditions.append(f"starts_at < {argument(query.starts_to)}")
+    if query.after is not None:
+        key, event_id = query.after
+        conditions.append(f"({column}, event_id) {comparison} ({argument(key)}, {argument(event_id)})")
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    sql = f"SELECT event_id, {column} FROM events {where} ORDER BY {order} LIMIT {argument(limit + 1)}"
+    rows = await connection.fetch(sql, *arguments)
+    return CatalogueRows([(row[0], (row[1], row[0])) for row in rows[:limit]], more=len(rows) > limit)
+
+
+HistoryKey = tuple[datetime, str, int]
+
+
+async def user_reservations(
+    connection: asyncpg.Connection, user_id: str, *, event_id: str | None, before: HistoryKey | None, limit: int
+) -> tuple[list[tuple[str, str, HistoryKey]], bool]:
+    """The reservations a user made, newest first: (event_id, reservation_id, key) and whether more."""
+    conditions = ["kind IN ('reservation_held', 'reservation_waitlisted')", "(body ->> 'user_id') = $1"]
+    arguments: list[object] = [user_id]
+    if event_id is not None:
+        arguments.append(event_id)
+        conditions.append(f"event_id = ${len(arguments)}")
+    if before is not None:
+        arguments.extend(before)
+        count = len(arguments)
+        conditions.append(f"(recorded_at, event_id, seq) < (${count - 2}, ${count - 1}, ${count})")
+    arguments.append(limit + 1)
+    rows = await connection.fetch(
+        f"SELECT event_id, body ->> 'reservation_id', recorded_at, seq FROM journal WHERE {' AND '.join(conditions)}"
+        f" ORDER BY recorded_at DESC, event_id DESC, seq DESC LIMIT ${len(arguments)}",
+        *arguments,
+    )
+    found = [(row[0], row[1], (row[2], row[0], row[3])) for row in rows[:limit]]
+    return found, len(rows) > limit
 
 
 async def committed_transactions(connection: asyncpg.Connection) -> int:

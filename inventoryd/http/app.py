@@ -20,6 +20,7 @@ from inventoryd.config import Settings
 from inventoryd.http import keys
 from inventoryd.http.auth import authenticate
 from inventoryd.http.problems import ProblemError, problem_response
+from inventoryd.http.events import StreamBudget
 from inventoryd.http.routes import ROUTES
 from inventoryd.idempotency import IdempotencyStore
 from inventoryd.registry import Registry
@@ -109,6 +110,7 @@ def create_app(
     app = web.Application(middlewares=[request_context], client_max_size=limits.REQUEST_BODY_BYTES_MAX)
     app[keys.SETTINGS] = settings
     app[keys.CLOCK] = clock
+    app[keys.STREAMS] = StreamBudget()
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, name=route.name)
 

@@ -1,9 +1,8 @@
-"""Who is asking, and what they may do.
+"""Who is asking, and what they may do (API.md, "Who may do what").
 
-Accounts, bearer tokens and roles arrive with the accounts issue; until then every caller is the
-anonymous *service* principal, which may act for any `user_id` (as an on-sale client or storefront
-does). Handlers already ask the principal every question the roles will answer, so those checks slot
-in here without touching the handlers.
+Every handler asks the principal before acting; the rules for each role are here and nowhere else.
+Authentication (accounts, bearer tokens, service tokens) arrives with the accounts issue; until then
+`authenticate` returns the anonymous operator, who may do everything, as on a machine of one's own.
 """
 
 from __future__ import annotations
@@ -11,10 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from inventoryd.domain import Reservation
+from inventoryd.domain import EventDefinition, Reservation
 from inventoryd.http.problems import ProblemError, invalid
 
 Role = Literal["attendee", "organizer", "service", "admin"]
+
+
+def _forbidden(detail: str) -> ProblemError:
+    return ProblemError(403, "forbidden", detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +26,9 @@ class Principal:
     role: Role
     # The account behind the principal (attendees, organizers); None for service and admin tokens.
     user_id: str | None = None
+
+    def _owns(self, definition: EventDefinition) -> bool:
+        return self.role == "organizer" and self.user_id is not None and definition.organizer_id == self.user_id
 
     def acting_for(self, requested_user_id: str | None) -> str:
         """The user a reservation is made for: oneself, or anyone for service and admin."""
@@ -35,19 +41,36 @@ class Principal:
             raise ProblemError(403, "forbidden", "you may reserve only for yourself", field="$.user_id")
         return self.user_id
 
-    def check_reservation_access(self, reservation: Reservation) -> None:
-        if self.role in ("service", "admin"):
+    def check_may_create_events(self) -> None:
+        if self.role not in ("organizer", "admin"):
+            raise _forbidden("only organizers and admins create events")
+
+    def check_may_manage(self, definition: EventDefinition) -> None:
+        """Update, cancel, add or change ticket types, read reports and reservations of an event."""
+        if self.role != "admin" and not self._owns(definition):
+            raise _forbidden("only the event's organizer and admins may do this")
+
+    def check_may_check_in(self, definition: EventDefinition) -> None:
+        if self.role not in ("service", "admin") and not self._owns(definition):
+            raise _forbidden("only the event's organizer, services and admins check tickets in")
+
+    def check_reservation_access(self, reservation: Reservation, definition: EventDefinition) -> None:
+        if self.role in ("service", "admin") or self._owns(definition):
             return
         if reservation.user_id != self.user_id:
-            raise ProblemError(403, "forbidden", "this reservation is someone else's")
+            raise _forbidden("this reservation is someone else's")
 
-    def may_cancel_late(self) -> bool:
-        """Organizers and admins may cancel a confirmed reservation after the event's cancel_until."""
-        return self.role in ("organizer", "admin")
+    def may_cancel_late(self, definition: EventDefinition) -> bool:
+        """Organizers (of the event) and admins may cancel a confirmed reservation after cancel_until."""
+        return self.role == "admin" or self._owns(definition)
+
+    def check_may_read_user(self, user_id: str) -> None:
+        if self.role not in ("service", "admin") and self.user_id != user_id:
+            raise _forbidden("only services and admins read other users' reservations")
 
 
-ANONYMOUS_SERVICE = Principal(id="service:anonymous", role="service")
+ANONYMOUS_OPERATOR = Principal(id="anonymous", role="admin")
 
 
 def authenticate(authorization: str | None) -> Principal:
-    return ANONYMOUS_SERVICE
+    return ANONYMOUS_OPERATOR

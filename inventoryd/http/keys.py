@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from datetime import datetime
 
 import asyncpg
@@ -10,6 +11,9 @@ from aiohttp import web
 
 from inventoryd.config import Settings
 from inventoryd.http.auth import Principal
+
+if TYPE_CHECKING:
+    from inventoryd.http.events import StreamBudget
 from inventoryd.idempotency import IdempotencyStore
 from inventoryd.registry import Registry
 from persistence.journal import Journal
@@ -20,6 +24,7 @@ JOURNAL = web.AppKey("journal", Journal)
 REGISTRY = web.AppKey("registry", Registry)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
+STREAMS: web.AppKey[StreamBudget] = web.AppKey("streams")
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from http import HTTPStatus
 
 import msgspec
@@ -26,6 +27,9 @@ _REJECTION_STATUS = {
     "hold_expired": 409,
     "conflict": 409,
     "cancellation_closed": 409,
+    "already_checked_in": 409,
+    "capacity_below_reserved": 409,
+    "invalid_request": 422,
 }
 
 
@@ -40,6 +44,7 @@ class ProblemError(Exception):
         *,
         field: str | None = None,
         available: int | None = None,
+        checked_in_at: datetime | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
@@ -48,11 +53,18 @@ class ProblemError(Exception):
         self.detail = detail
         self.field = field
         self.available = available
+        self.checked_in_at = checked_in_at
         self.headers = headers or {}
 
     def response(self) -> web.Response:
         return problem_response(
-            self.status, self.code, self.detail, field=self.field, available=self.available, headers=self.headers
+            self.status,
+            self.code,
+            self.detail,
+            field=self.field,
+            available=self.available,
+            checked_in_at=self.checked_in_at,
+            headers=self.headers,
         )
 
 
@@ -63,6 +75,7 @@ def problem_response(
     *,
     field: str | None = None,
     available: int | None = None,
+    checked_in_at: datetime | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
     body = Problem(
@@ -73,6 +86,7 @@ def problem_response(
         code=code,
         field=field,
         available=available,
+        checked_in_at=checked_in_at,
     )
     all_headers = dict(headers or {})
     if status in (429, 503) and "Retry-After" not in all_headers:
@@ -81,7 +95,14 @@ def problem_response(
 
 
 def rejection(rejected: Rejected) -> ProblemError:
-    return ProblemError(_REJECTION_STATUS[rejected.code], rejected.code, rejected.detail, available=rejected.available)
+    return ProblemError(
+        _REJECTION_STATUS[rejected.code],
+        rejected.code,
+        rejected.detail,
+        field=rejected.field,
+        available=rejected.available,
+        checked_in_at=rejected.checked_in_at,
+    )
 
 
 def invalid(detail: str, field: str | None = None, status: int = 422) -> ProblemError:

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 from inventoryd import limits
 from inventoryd.domain import Reservation
@@ -49,6 +49,29 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     cancel_until: Moment | None = None
     per_user_limit: PerUserLimit | None = None
     hold_seconds: HoldSeconds = limits.HOLD_SECONDS_DEFAULT
+
+
+class EventPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Fields absent are left alone; null clears an optional field."""
+
+    name: Name | UnsetType = UNSET
+    description: Description | None | UnsetType = UNSET
+    venue: ShortText | None | UnsetType = UNSET
+    city: ShortText | None | UnsetType = UNSET
+    category: ShortText | None | UnsetType = UNSET
+    starts_at: Moment | UnsetType = UNSET
+    ends_at: Moment | None | UnsetType = UNSET
+    sale_starts_at: Moment | None | UnsetType = UNSET
+    sale_ends_at: Moment | None | UnsetType = UNSET
+    cancel_until: Moment | None | UnsetType = UNSET
+    per_user_limit: PerUserLimit | None | UnsetType = UNSET
+    hold_seconds: HoldSeconds | UnsetType = UNSET
+
+
+class TicketTypePatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    name: Name | UnsetType = UNSET
+    price: Price | UnsetType = UNSET
+    capacity: Capacity | UnsetType = UNSET
 
 
 class ReservationIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -93,6 +116,45 @@ class EventPage(msgspec.Struct):
     next_cursor: str | None
 
 
+class ReservationPage(msgspec.Struct):
+    items: list[Reservation]
+    next_cursor: str | None
+
+
+class TicketOut(msgspec.Struct):
+    id: str
+    status: str
+    checked_in_at: datetime | None
+    reservation_id: str
+    event_id: str
+    ticket_type: str
+
+
+class ReportLine(msgspec.Struct):
+    capacity: int
+    available: int
+    held: int
+    sold: int
+    checked_in: int
+    cancelled: int
+    revenue: int
+    waitlist: int
+
+
+class TicketTypeReport(ReportLine):
+    code: str = ""
+    name: str = ""
+    price: int = 0
+
+
+class ReportOut(msgspec.Struct):
+    event_id: str
+    status: str
+    currency: str
+    ticket_types: list[TicketTypeReport]
+    total: ReportLine
+
+
 class TicketTypeAvailability(msgspec.Struct):
     available: int
     waitlist: int
@@ -115,6 +177,7 @@ class Problem(msgspec.Struct, omit_defaults=True):
     code: str
     field: str | None = None
     available: int | None = None
+    checked_in_at: datetime | None = None
 
 
 class Health(msgspec.Struct):
@@ -123,5 +186,8 @@ class Health(msgspec.Struct):
 
 
 EVENT_DECODER = msgspec.json.Decoder(EventIn)
+EVENT_PATCH_DECODER = msgspec.json.Decoder(EventPatch)
+TICKET_TYPE_DECODER = msgspec.json.Decoder(TicketTypeIn)
+TICKET_TYPE_PATCH_DECODER = msgspec.json.Decoder(TicketTypePatch)
 RESERVATION_DECODER = msgspec.json.Decoder(ReservationIn)
 ENCODER = msgspec.json.Encoder()

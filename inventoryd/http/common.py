@@ -1,0 +1,209 @@
+"""What every handler uses: JSON in and out, finding the actor, idempotent execution, queries."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from inventoryd import domain, limits
+from inventoryd.actor import EventActor, IdempotencyClaim, Outcome, Unavailable
+from inventoryd.domain import EventSummary, Rejected
+from inventoryd.http import keys, schemas
+from inventoryd.http.problems import ProblemError, from_decode_error, invalid, rejection
+from inventoryd.idempotency import IdempotencyConflict, Replay, fingerprint
+from inventoryd.registry import Registry
+
+JSON = "application/json"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One operation of the API: the app, the OpenAPI document and the access matrix are built
+    from the table of these in `routes.py`."""
+
+    method: str
+    path: str
+    handler: Handler
+    name: str
+    summary: str
+    request_body: type | None = None
+    response_body: Any = None
+    success_status: int = 200
+    public: bool = False
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=schemas.ENCODER.encode(body), content_type=JSON, headers=headers)
+
+
+async def read_json(request: web.Request, decoder: msgspec.json.Decoder[Any]) -> Any:
+    # The raw header first: the common, exact case skips aiohttp's full media-type parse.
+    if request.headers.get("Content-Type") != JSON and request.content_type not in (JSON, "application/merge-patch+json"):
+        raise ProblemError(415, "unsupported_media_type", f"send {JSON}, not {request.content_type!r}")
+    body = await request.read()
+    if not body:
+        raise invalid("the request needs a JSON body", status=400)
+    try:
+        return decoder.decode(body)
+    except msgspec.DecodeError as error:
+        raise from_decode_error(error) from None
+    except UnicodeDecodeError as error:
+        raise invalid(f"the body is not valid UTF-8 (byte {error.start})", status=400) from None
+
+
+async def refuse_body(request: web.Request, what: str) -> None:
+    """Commands without parameters take no body (an empty JSON object is tolerated)."""
+    if request.can_read_body and (await request.read()).strip() not in (b"", b"{}"):
+        raise invalid(f"{what} takes no body", "$")
+
+
+def registry_of(request: web.Request) -> Registry:
+    registry = request.app[keys.REGISTRY]
+    if not registry.ready:
+        raise ProblemError(503, "recovering", "the service is rebuilding its state from the log; retry shortly")
+    return registry
+
+
+def actor_of(request: web.Request, event_id: str) -> EventActor:
+    actor = registry_of(request).get(event_id)
+    if actor is None:
+        raise ProblemError(404, "not_found", f"no event {event_id!r}", field="event_id")
+    return actor
+
+
+def actor_for(request: web.Request, reservation_or_ticket_id: str, kind: str) -> EventActor:
+    event_id = domain.event_id_of(reservation_or_ticket_id)
+    actor = registry_of(request).get(event_id) if event_id else None
+    if actor is None:
+        raise ProblemError(404, "not_found", f"no {kind} {reservation_or_ticket_id!r}")
+    return actor
+
+
+def summary_of(actor: EventActor) -> EventSummary:
+    summary = actor.view()
+    if summary is None:
+        raise ProblemError(404, "not_found", f"no event {actor.event_id!r}")
+    return summary
+
+
+async def run_idempotent(
+    request: web.Request,
+    canonical_body: Callable[[], bytes],
+    perform: Callable[[IdempotencyClaim | None], Awaitable[Outcome]],
+    render: Callable[[Any], web.Response],
+    answer_type: Any,
+) -> web.Response:
+    """Carry out a mutating request once per Idempotency-Key; a retry gets the first answer again.
+
+    `canonical_body` gives the request in canonical form (decoded, then encoded with the defaults
+    filled in): the same request, however it was spelled, has the same fingerprint. It is called
+    only when a key is given. `answer_type` is what the stored answer decodes to for `render`.
+    """
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return render_outcome(await perform_or_503(perform, None), render)
+    if not key or len(key.encode()) > limits.IDEMPOTENCY_KEY_BYTES_MAX or not key.isprintable():
+        raise invalid(
+            f"Idempotency-Key must be 1 to {limits.IDEMPOTENCY_KEY_BYTES_MAX} printable bytes", "Idempotency-Key", 400
+        )
+    principal = request[keys.PRINCIPAL]
+    idempotency = request.app[keys.IDEMPOTENCY]
+    try:
+        claim_or_replay = await idempotency.begin(
+            principal.id, key, fingerprint(request.method, request.path, canonical_body())
+        )
+    except IdempotencyConflict:
+        raise ProblemError(
+            409, "idempotency_conflict", "this Idempotency-Key was used for a different request", field="Idempotency-Key"
+        ) from None
+    if isinstance(claim_or_replay, Replay):
+        response = render(msgspec.json.decode(claim_or_replay.answer, type=answer_type))
+        response.headers["Idempotent-Replayed"] = "true"
+        return response
+    claim = claim_or_replay
+    try:
+        outcome = await perform_or_503(perform, claim)
+    except BaseException:
+        idempotency.finish(claim, None, in_doubt=True)
+        raise
+    idempotency.finish(claim, outcome.stored_answer)
+    return render_outcome(outcome, render)
+
+
+async def perform_or_503(
+    perform: Callable[[IdempotencyClaim | None], Awaitable[Outcome]], claim: IdempotencyClaim | None
+) -> Outcome:
+    try:
+        return await perform(claim)
+    except Unavailable as error:
+        raise ProblemError(503, error.code, error.detail) from None
+
+
+def render_outcome(outcome: Outcome, render: Callable[[Any], web.Response]) -> web.Response:
+    if isinstance(outcome.result, Rejected):
+        raise rejection(outcome.result)
+    return render(outcome.result)
+
+
+def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise invalid(f"{name} must be an integer", name, 400) from None
+    if not low <= value <= high:
+        raise invalid(f"{name} must be between {low} and {high}", name)
+    return value
+
+
+def time_query(request: web.Request, name: str) -> datetime | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        moment = msgspec.json.decode(msgspec.json.encode(raw), type=datetime)
+    except msgspec.ValidationError:
+        raise invalid(f"{name} must be an RFC 3339 time", name, 400) from None
+    if moment.tzinfo is None:
+        raise invalid(f"{name} needs a time zone (e.g. Z)", name, 400)
+    return moment
+
+
+def choice_query(request: web.Request, name: str, choices: tuple[str, ...], default: str | None) -> str | None:
+    raw = request.query.get(name, default)
+    if raw is not None and raw not in choices:
+        raise invalid(f"{name} must be one of {', '.join(choices)}", name, 400)
+    return raw
+
+
+def text_query(request: web.Request, name: str) -> str | None:
+    raw = request.query.get(name)
+    if raw is not None and len(raw) > limits.NAME_CHARS_MAX:
+        raise invalid(f"{name} is longer than {limits.NAME_CHARS_MAX} characters", name, 400)
+    return raw or None
+
+
+def encode_cursor(values: Any) -> str:
+    return base64.urlsafe_b64encode(msgspec.json.encode(values)).decode().rstrip("=")
+
+
+def decode_cursor(request: web.Request, shape: Any) -> Any:
+    """The query's `cursor`, decoded to `shape`, or None; a cursor we did not issue is a 400."""
+    cursor = request.query.get("cursor")
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        return msgspec.json.decode(raw, type=shape)
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise invalid("cursor is not one this service issued", "cursor", 400) from None

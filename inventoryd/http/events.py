@@ -1,0 +1,375 @@
+"""Events: create, the catalogue, read, manage, cancel, availability (also live), reports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from inventoryd import domain, limits
+from inventoryd.domain import EventDefinition, EventSummary, TicketTypeDefinition, TicketTypeSummary
+from inventoryd.http import keys, schemas
+from inventoryd.http.common import (
+    actor_of,
+    choice_query,
+    decode_cursor,
+    encode_cursor,
+    int_query,
+    json_response,
+    read_json,
+    refuse_body,
+    registry_of,
+    run_idempotent,
+    summary_of,
+    text_query,
+    time_query,
+)
+from inventoryd.http.problems import ProblemError, invalid
+from inventoryd.registry import new_event_id
+from persistence import store
+
+# Rows of the catalogue looked at per request when `available=true` filters most of them out.
+CATALOGUE_SCAN_ROWS_MAX = 2000
+# Reservations looked at per request when a status filter skips most of them.
+RESERVATION_SCAN_MAX = 10_000
+# Live availability: updates per event are coalesced to one per interval; the connection carries a
+# comment when quiet (so proxies keep it open) and is closed after a while (clients reconnect).
+STREAM_SUBSCRIBERS_MAX = 1000
+STREAM_UPDATE_INTERVAL_S = 0.25
+STREAM_HEARTBEAT_S = 15.0
+STREAM_DURATION_MAX_S = 3600.0
+
+
+def event_out(summary: EventSummary) -> schemas.EventOut:
+    definition = summary.definition
+    return schemas.EventOut(
+        id=definition.id,
+        name=definition.name,
+        status=summary.status,
+        starts_at=definition.starts_at,
+        currency=definition.currency,
+        ticket_types=[ticket_type_out(state) for state in summary.ticket_types],
+        created_at=definition.created_at,
+        hold_seconds=definition.hold_seconds,
+        description=definition.description,
+        venue=definition.venue,
+        city=definition.city,
+        category=definition.category,
+        ends_at=definition.ends_at,
+        sale_starts_at=definition.sale_starts_at,
+        sale_ends_at=definition.sale_ends_at,
+        cancel_until=definition.cancel_until,
+        per_user_limit=definition.per_user_limit,
+    )
+
+
+def ticket_type_out(state: TicketTypeSummary) -> schemas.TicketTypeOut:
+    return schemas.TicketTypeOut(
+        code=state.code,
+        name=state.name,
+        price=state.price,
+        capacity=state.capacity,
+        available=state.available,
+        held=state.held,
+        sold=state.sold,
+    )
+
+
+def _check_event(body: schemas.EventIn) -> None:
+    """Rules that span fields; each failure names its field."""
+    codes = [ticket_type.code for ticket_type in body.ticket_types]
+    for index, code in enumerate(codes):
+        if code in codes[:index]:
+            raise invalid(f"ticket type code {code!r} appears twice", f"$.ticket_types[{index}].code")
+    if body.ends_at is not None and body.ends_at < body.starts_at:
+        raise invalid("ends_at is before starts_at", "$.ends_at")
+    if body.sale_starts_at is not None and body.sale_ends_at is not None and body.sale_ends_at <= body.sale_starts_at:
+        raise invalid("sale_ends_at must be after sale_starts_at", "$.sale_ends_at")
+
+
+async def create_event(request: web.Request) -> web.Response:
+    body: schemas.EventIn = await read_json(request, schemas.EVENT_DECODER)
+    _check_event(body)
+    registry = registry_of(request)
+    principal = request[keys.PRINCIPAL]
+    principal.check_may_create_events()
+    now = request.app[keys.CLOCK]()
+
+    async def perform(claim: Any) -> Any:
+        definition = EventDefinition(
+            id=new_event_id(),
+            name=body.name,
+            starts_at=body.starts_at,
+            currency=body.currency,
+            ticket_types=tuple(TicketTypeDefinition(t.code, t.name, t.price, t.capacity) for t in body.ticket_types),
+            created_at=now,
+            description=body.description,
+            venue=body.venue,
+            city=body.city,
+            category=body.category,
+            ends_at=body.ends_at,
+            sale_starts_at=body.sale_starts_at,
+            sale_ends_at=body.sale_ends_at,
+            cancel_until=body.cancel_until,
+            per_user_limit=body.per_user_limit,
+            hold_seconds=body.hold_seconds,
+            organizer_id=principal.user_id,
+        )
+        return await registry.create_event(definition, claim=claim)
+
+    def render(summary: EventSummary) -> web.Response:
+        return json_response(event_out(summary), status=201, headers={"Location": f"/v1/events/{summary.definition.id}"})
+
+    return await run_idempotent(request, lambda: schemas.ENCODER.encode(body), perform, render, EventSummary)
+
+
+_SORTS = ("starts_at", "-starts_at", "name")
+
+
+async def list_events(request: web.Request) -> web.Response:
+    limit = int_query(request, "limit", limits.PAGE_ITEMS_DEFAULT, 1, limits.PAGE_ITEMS_MAX)
+    sort = choice_query(request, "sort", _SORTS, "starts_at")
+    assert sort is not None
+    only_available = choice_query(request, "available", ("true", "false"), "false") == "true"
+    cursor = decode_cursor(request, tuple[str, str, str])
+    after: store.CatalogueKey | None = None
+    if cursor is not None:
+        cursor_sort, key, event_id = cursor
+        if cursor_sort != sort:
+            raise invalid("cursor belongs to another sort order", "cursor", 400)
+        try:
+            after = (key if sort == "name" else datetime.fromisoformat(key), event_id)
+        except ValueError:
+            raise invalid("cursor is not one this service issued", "cursor", 400) from None
+    query = store.CatalogueQuery(
+        text=text_query(request, "q"),
+        category=text_query(request, "category"),
+        city=text_query(request, "city"),
+        venue=text_query(request, "venue"),
+        starts_from=time_query(request, "from"),
+        starts_to=time_query(request, "to"),
+        sort=sort,  # type: ignore[arg-type]
+        after=after,
+    )
+    registry = registry_of(request)
+    items: list[schemas.EventOut] = []
+    scanned = 0
+    last_key = None
+    more = True
+    async with request.app[keys.POOL].acquire() as connection:
+        # Availability lives in the actors, not in the table: filter here, fetching more rows while
+        # the page is not full, up to a bound (then the cursor continues where the scan stopped).
+        while len(items) < limit and more and scanned < CATALOGUE_SCAN_ROWS_MAX:
+            page = await store.catalogue_rows(connection, query, limit - len(items))
+            more = page.more
+            for event_id, key in page.rows:
+                scanned += 1
+                last_key = key
+                actor = registry.get(event_id)
+                summary = actor.view() if actor is not None else None
+                if summary is None:
+                    continue
+                if only_available and not (
+                    summary.status == "on_sale" and any(state.available > 0 for state in summary.ticket_types)
+                ):
+                    continue
+                items.append(event_out(summary))
+            if last_key is not None:
+                query = dataclasses.replace(query, after=last_key)
+    next_cursor = encode_cursor([sort, last_key[0], last_key[1]]) if more and last_key is not None else None
+    return json_response(schemas.EventPage(items, next_cursor))
+
+
+async def get_event(request: web.Request) -> web.Response:
+    actor = actor_of(request, request.match_info["event_id"])
+    return json_response(event_out(summary_of(actor)))
+
+
+async def update_event(request: web.Request) -> web.Response:
+    actor = actor_of(request, request.match_info["event_id"])
+    request[keys.PRINCIPAL].check_may_manage(summary_of(actor).definition)
+    body: schemas.EventPatch = await read_json(request, schemas.EVENT_PATCH_DECODER)
+    changes = {name: value for name, value in msgspec.structs.asdict(body).items() if value is not msgspec.UNSET}
+    if not changes:
+        raise invalid("name at least one field to change", "$")
+
+    async def perform(claim: Any) -> Any:
+        return await actor.update_event(changes, claim=claim, request_id=request.get(keys.REQUEST_ID))
+
+    return await run_idempotent(
+        request,
+        lambda: schemas.ENCODER.encode(body),
+        perform,
+        lambda summary: json_response(event_out(summary)),
+        EventSummary,
+    )
+
+
+async def add_ticket_type(request: web.Request) -> web.Response:
+    actor = actor_of(request, request.match_info["event_id"])
+    request[keys.PRINCIPAL].check_may_manage(summary_of(actor).definition)
+    body: schemas.TicketTypeIn = await read_json(request, schemas.TICKET_TYPE_DECODER)
+    definition = TicketTypeDefinition(body.code, body.name, body.price, body.capacity)
+
+    async def perform(claim: Any) -> Any:
+        return await actor.add_ticket_type(definition, claim=claim, request_id=request.get(keys.REQUEST_ID))
+
+    def render(summary: EventSummary) -> web.Response:
+        state = next(state for state in summary.ticket_types if state.code == body.code)
+        location = f"/v1/events/{actor.event_id}/ticket-types/{body.code}"
+        return json_response(ticket_type_out(state), status=201, headers={"Location": location})
+
+    return await run_idempotent(request, lambda: schemas.ENCODER.encode(body), perform, render, EventSummary)
+
+
+async def change_ticket_type(request: web.Request) -> web.Response:
+    actor = actor_of(request, request.match_info["event_id"])
+    request[keys.PRINCIPAL].check_may_manage(summary_of(actor).definition)
+    code = request.match_info["code"]
+    body: schemas.TicketTypePatch = await read_json(request, schemas.TICKET_TYPE_PATCH_DECODER)
+
+    def given(value: Any) -> Any:
+        return None if value is msgspec.UNSET else value
+
+    async def perform(claim: Any) -> Any:
+        return await actor.change_ticket_type(
+            code,
+            name=given(body.name),
+            price=given(body.price),
+            capacity=given(body.capacity),
+            claim=claim,
+            request_id=request.get(keys.REQUEST_ID),
+        )
+
+    def render(summary: EventSummary) -> web.Response:
+        return json_response(ticket_type_out(next(state for state in summary.ticket_types if state.code == code)))
+
+    return await run_idempotent(request, lambda: schemas.ENCODER.encode(body), perform, render, EventSummary)
+
+
+async def cancel_event(request: web.Request) -> web.Response:
+    actor = actor_of(request, request.match_info["event_id"])
+    request[keys.PRINCIPAL].check_may_manage(summary_of(actor).definition)
+    await refuse_body(request, "cancelling an event")
+
+    async def perform(claim: Any) -> Any:
+        return await actor.cancel_event(claim=claim, request_id=request.get(keys.REQUEST_ID))
+
+    return await run_idempotent(
+        request, lambda: b"", perform, lambda summary: json_response(event_out(summary)), EventSummary
+    )
+
+
+def availability_out(summary: EventSummary) -> schemas.AvailabilityOut:
+    return schemas.AvailabilityOut(
+        event_id=summary.definition.id,
+        status=summary.status,
+        ticket_types={
+            state.code: schemas.TicketTypeAvailability(state.available, state.waiting) for state in summary.ticket_types
+        },
+    )
+
+
+async def get_availability(request: web.Request) -> web.Response:
+    actor = actor_of(request, request.match_info["event_id"])
+    return json_response(availability_out(summary_of(actor)))
+
+
+class StreamBudget:
+    """How many live-availability streams are open, against STREAM_SUBSCRIBERS_MAX."""
+
+    def __init__(self) -> None:
+        self.open = 0
+
+
+async def availability_stream(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: the availability now, then each change, at most one per interval."""
+    actor = actor_of(request, request.match_info["event_id"])
+    summary_of(actor)
+    budget = request.app[keys.STREAMS]
+    if budget.open >= STREAM_SUBSCRIBERS_MAX:
+        raise ProblemError(503, "overloaded", f"{STREAM_SUBSCRIBERS_MAX} availability streams are open already")
+    budget.open += 1
+    try:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+        await response.prepare(request)
+        loop = asyncio.get_running_loop()
+        closes_at = loop.time() + STREAM_DURATION_MAX_S
+        last_sent = b""
+        with contextlib.suppress(ConnectionError):
+            while loop.time() < closes_at:
+                summary = actor.view()
+                assert summary is not None
+                payload = schemas.ENCODER.encode(availability_out(summary))
+                if payload != last_sent:
+                    await response.write(b"event: availability\ndata: " + payload + b"\n\n")
+                    last_sent = payload
+                await asyncio.sleep(STREAM_UPDATE_INTERVAL_S)
+                try:
+                    async with asyncio.timeout(STREAM_HEARTBEAT_S):
+                        await actor.wait_changed()
+                except TimeoutError:
+                    await response.write(b": still here\n\n")
+        return response
+    finally:
+        budget.open -= 1
+
+
+def _report_line(states: list[TicketTypeSummary]) -> dict[str, int]:
+    return {
+        "capacity": sum(state.capacity for state in states),
+        "available": sum(state.available for state in states),
+        "held": sum(state.held for state in states),
+        "sold": sum(state.sold for state in states),
+        "checked_in": sum(state.checked_in for state in states),
+        "cancelled": sum(state.cancelled for state in states),
+        "revenue": sum(state.revenue for state in states),
+        "waitlist": sum(state.waiting for state in states),
+    }
+
+
+async def get_report(request: web.Request) -> web.Response:
+    actor = actor_of(request, request.match_info["event_id"])
+    summary = summary_of(actor)
+    request[keys.PRINCIPAL].check_may_manage(summary.definition)
+    return json_response(
+        schemas.ReportOut(
+            event_id=actor.event_id,
+            status=summary.status,
+            currency=summary.definition.currency,
+            ticket_types=[
+                schemas.TicketTypeReport(code=state.code, name=state.name, price=state.price, **_report_line([state]))
+                for state in summary.ticket_types
+            ],
+            total=schemas.ReportLine(**_report_line(list(summary.ticket_types))),
+        )
+    )
+
+
+_STATUSES = ("held", "confirmed", "cancelled", "expired", "waitlisted")
+
+
+async def event_reservations(request: web.Request) -> web.Response:
+    actor = actor_of(request, request.match_info["event_id"])
+    request[keys.PRINCIPAL].check_may_manage(summary_of(actor).definition)
+    status = choice_query(request, "status", _STATUSES, None)
+    limit = int_query(request, "limit", limits.PAGE_ITEMS_DEFAULT, 1, limits.PAGE_ITEMS_MAX)
+    after = decode_cursor(request, int) or 0
+    # Reservation ids are numbered in the order they were made: walk the numbers after the cursor.
+    items = []
+    number = after
+    last_number = actor.inventory.reservations_created
+    while number < last_number and len(items) < limit and number - after < RESERVATION_SCAN_MAX:
+        number += 1
+        reservation = actor.reservation(domain.reservation_id_for(actor.event_id, number))
+        if reservation is not None and (status is None or reservation.status == status):
+            items.append(reservation)
+    next_cursor = encode_cursor(number) if number < last_number else None  # type: ignore[arg-type]
+    return json_response(schemas.ReservationPage(items, next_cursor))

@@ -1,0 +1,29 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from inventoryd.http import keys, schemas
+from inventoryd.http.common import json_response
+from inventoryd.http.problems import problem_response
+
+READINESS_DB_TIMEOUT_S = 1.0
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response(schemas.Health("ok"))
+
+
+async def readyz(request: web.Request) -> web.Response:
+    registry = request.app[keys.REGISTRY]
+    if registry.recovery_error is not None:
+        return problem_response(503, "not_ready", f"recovery failed: {registry.recovery_error}")
+    if not registry.ready:
+        return problem_response(503, "not_ready", "recovery has not finished")
+    try:
+        async with request.app[keys.POOL].acquire(timeout=READINESS_DB_TIMEOUT_S) as connection:
+            await connection.fetchval("SELECT 1", timeout=READINESS_DB_TIMEOUT_S)
+    except Exception as error:  # noqa: BLE001 - any failure to reach the database means "not ready"
+        return problem_response(503, "not_ready", f"the database does not answer: {type(error).__name__}")
+    return json_response(schemas.Health("ready"))

@@ -1,0 +1,193 @@
+"""Reservations and tickets: hold (or wait), confirm, cancel, read, check in, a user's history."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from inventoryd import domain, limits
+from inventoryd.domain import Reservation, Ticket
+from inventoryd.http import keys, schemas
+from inventoryd.http.common import (
+    actor_for,
+    actor_of,
+    choice_query,
+    decode_cursor,
+    encode_cursor,
+    int_query,
+    json_response,
+    perform_or_503,
+    read_json,
+    refuse_body,
+    registry_of,
+    render_outcome,
+    run_idempotent,
+)
+from inventoryd.http.problems import ProblemError
+from persistence import store
+
+# Rows of a user's history looked at per request when a status filter skips most of them.
+HISTORY_SCAN_ROWS_MAX = 2000
+
+
+def reservation_response(reservation: Reservation, *, created: bool = False) -> web.Response:
+    if created:
+        return json_response(reservation, status=202 if reservation.status == "waitlisted" else 201)
+    return json_response(reservation)
+
+
+async def create_reservation(request: web.Request) -> web.Response:
+    actor = actor_of(request, request.match_info["event_id"])
+    body: schemas.ReservationIn = await read_json(request, schemas.RESERVATION_DECODER)
+    principal = request[keys.PRINCIPAL]
+    user_id = principal.acting_for(body.user_id)
+    request_id = request.get(keys.REQUEST_ID)
+
+    async def perform(claim: Any) -> Any:
+        return await actor.reserve(
+            user_id, body.ticket_type, body.quantity, waitlist=body.waitlist, claim=claim, request_id=request_id
+        )
+
+    def render(reservation: Reservation) -> web.Response:
+        if reservation.status == "waitlisted" and reservation.position is None:
+            # The answer as stored has no position (it moves); give the one it has now.
+            reservation = actor.reservation(reservation.id) or reservation
+        return reservation_response(reservation, created=True)
+
+    return await run_idempotent(
+        request,
+        lambda: schemas.ENCODER.encode(msgspec.structs.replace(body, user_id=user_id)),
+        perform,
+        render,
+        Reservation,
+    )
+
+
+async def _reservation_command(request: web.Request, command: str) -> web.Response:
+    reservation_id = request.match_info["reservation_id"]
+    actor = actor_for(request, reservation_id, "reservation")
+    await refuse_body(request, command)
+    reservation = actor.reservation(reservation_id)
+    if reservation is None:
+        raise ProblemError(404, "not_found", f"no reservation {reservation_id!r}")
+    principal = request[keys.PRINCIPAL]
+    definition = actor.view().definition  # type: ignore[union-attr]
+    principal.check_reservation_access(reservation, definition)
+    request_id = request.get(keys.REQUEST_ID)
+
+    async def perform(claim: Any) -> Any:
+        if command == "confirm":
+            return await actor.confirm(reservation_id, claim=claim, request_id=request_id)
+        return await actor.cancel(
+            reservation_id, privileged=principal.may_cancel_late(definition), claim=claim, request_id=request_id
+        )
+
+    return await run_idempotent(request, lambda: b"", perform, reservation_response, Reservation)
+
+
+async def confirm_reservation(request: web.Request) -> web.Response:
+    return await _reservation_command(request, "confirm")
+
+
+async def cancel_reservation(request: web.Request) -> web.Response:
+    return await _reservation_command(request, "cancel")
+
+
+async def get_reservation(request: web.Request) -> web.Response:
+    reservation_id = request.match_info["reservation_id"]
+    actor = actor_for(request, reservation_id, "reservation")
+    reservation = actor.reservation(reservation_id)
+    if reservation is None:
+        raise ProblemError(404, "not_found", f"no reservation {reservation_id!r}")
+    request[keys.PRINCIPAL].check_reservation_access(reservation, actor.view().definition)  # type: ignore[union-attr]
+    return json_response(reservation)
+
+
+def ticket_out(reservation: Reservation, ticket: Ticket) -> schemas.TicketOut:
+    return schemas.TicketOut(
+        id=ticket.id,
+        status=ticket.status,
+        checked_in_at=ticket.checked_in_at,
+        reservation_id=reservation.id,
+        event_id=reservation.event_id,
+        ticket_type=reservation.ticket_type,
+    )
+
+
+def _ticket(reservation: Reservation | None, ticket_id: str) -> Ticket:
+    ticket = next((t for t in reservation.tickets if t.id == ticket_id), None) if reservation else None
+    if ticket is None:
+        raise ProblemError(404, "not_found", f"no ticket {ticket_id!r}")
+    return ticket
+
+
+async def get_ticket(request: web.Request) -> web.Response:
+    ticket_id = request.match_info["ticket_id"]
+    actor = actor_for(request, ticket_id, "ticket")
+    reservation_id = domain.reservation_id_of_ticket(ticket_id)
+    reservation = actor.reservation(reservation_id) if reservation_id else None
+    ticket = _ticket(reservation, ticket_id)
+    assert reservation is not None
+    request[keys.PRINCIPAL].check_reservation_access(reservation, actor.view().definition)  # type: ignore[union-attr]
+    return json_response(ticket_out(reservation, ticket))
+
+
+async def check_in_ticket(request: web.Request) -> web.Response:
+    """A scan at the door. Not idempotent by key: a second scan must say it was already used."""
+    ticket_id = request.match_info["ticket_id"]
+    actor = actor_for(request, ticket_id, "ticket")
+    await refuse_body(request, "check-in")
+    reservation_id = domain.reservation_id_of_ticket(ticket_id)
+    _ticket(actor.reservation(reservation_id) if reservation_id else None, ticket_id)
+    request[keys.PRINCIPAL].check_may_check_in(actor.view().definition)  # type: ignore[union-attr]
+
+    async def perform(claim: Any) -> Any:
+        return await actor.check_in(ticket_id, request_id=request.get(keys.REQUEST_ID))
+
+    outcome = await perform_or_503(perform, None)
+    return render_outcome(outcome, lambda reservation: json_response(ticket_out(reservation, _ticket(reservation, ticket_id))))
+
+
+_STATUSES = ("held", "confirmed", "cancelled", "expired", "waitlisted")
+
+
+async def _user_reservations(request: web.Request, user_id: str) -> web.Response:
+    registry = registry_of(request)
+    status = choice_query(request, "status", _STATUSES, None)
+    event_id = request.query.get("event_id") or None
+    limit = int_query(request, "limit", limits.PAGE_ITEMS_DEFAULT, 1, limits.PAGE_ITEMS_MAX)
+    before = decode_cursor(request, tuple[datetime, str, int])
+    items: list[Reservation] = []
+    scanned = 0
+    more = True
+    async with request.app[keys.POOL].acquire() as connection:
+        # The log says which reservations the user made; their state now comes from their actors.
+        while len(items) < limit and more and scanned < HISTORY_SCAN_ROWS_MAX:
+            rows, more = await store.user_reservations(
+                connection, user_id, event_id=event_id, before=before, limit=limit - len(items)
+            )
+            for row_event_id, reservation_id, key in rows:
+                scanned += 1
+                before = key
+                actor = registry.get(row_event_id)
+                reservation = actor.reservation(reservation_id) if actor is not None else None
+                if reservation is not None and (status is None or reservation.status == status):
+                    items.append(reservation)
+    next_cursor = encode_cursor(list(before)) if more and before is not None else None
+    return json_response(schemas.ReservationPage(items, next_cursor))
+
+
+async def my_reservations(request: web.Request) -> web.Response:
+    principal = request[keys.PRINCIPAL]
+    if principal.user_id is None:
+        raise ProblemError(403, "forbidden", "this token belongs to no user; ask for /v1/users/{user_id}/reservations")
+    return await _user_reservations(request, principal.user_id)
+
+
+async def user_reservations(request: web.Request) -> web.Response:
+    user_id = request.match_info["user_id"]
+    request[keys.PRINCIPAL].check_may_read_user(user_id)
+    return await _user_reservations(request, user_id)
