@@ -27,6 +27,7 @@ def full_state(app: Any) -> dict[str, Any]:
             {user: seats for user, seats in inventory.seats_by_user.items() if seats},
             inventory.reservations_created,
             inventory.last_seq,
+            {code: (t.waitlist[t.waitlist_head :], t.waiting, t.checked_in, t.cancelled, t.revenue) for code, t in inventory.ticket_types.items()},
         )
     return state
 
@@ -48,6 +49,7 @@ async def test_restart_rebuilds_exactly_the_same_state(start: Any) -> None:
         for index in range(4)
     ]
     reservations: list[str] = []
+    tickets: list[str] = []
     for step in range(300):
         clock.advance(rng.choice([0, 1, 10]))
         action = rng.random()
@@ -55,20 +57,30 @@ async def test_restart_rebuilds_exactly_the_same_state(start: Any) -> None:
             event = rng.choice(events)
             response = await client.post(
                 f"/v1/events/{event['id']}/reservations",
-                json={"ticket_type": rng.choice(["GA", "VIP"]), "quantity": rng.randint(1, 3), "user_id": f"u{rng.randint(1, 9)}"},
+                json={
+                    "ticket_type": rng.choice(["GA", "VIP"]),
+                    "quantity": rng.randint(1, 3),
+                    "user_id": f"u{rng.randint(1, 9)}",
+                    "waitlist": rng.random() < 0.3,
+                },
             )
-            if response.status == 201:
+            if response.status in (201, 202):
                 reservations.append((await response.json())["id"])
+        elif action < 0.9 or not tickets:
+            verb = "confirm" if action < 0.75 else "cancel"
+            response = await client.post(f"/v1/reservations/{rng.choice(reservations)}/{verb}")
+            if verb == "confirm" and response.status == 200:
+                tickets.extend(ticket["id"] for ticket in (await response.json())["tickets"])
         else:
-            verb = "confirm" if action < 0.8 else "cancel"
-            await client.post(f"/v1/reservations/{rng.choice(reservations)}/{verb}")
+            await client.post(f"/v1/tickets/{rng.choice(tickets)}/check-in")
     clock.advance(400)  # some holds expire before the restart
     for actor in client.app[keys.REGISTRY].actors():
         actor.wake_expiry()
     await wait_until(lambda: all(a.inventory.next_expiry() is None or a.inventory.next_expiry() > clock() for a in client.app[keys.REGISTRY].actors()))
     before = full_state(client.app)
     statuses = {r.status for state in before.values() for r in state[3].values()}
-    assert statuses == {"held", "confirmed", "cancelled", "expired"}, statuses
+    assert statuses == {"held", "confirmed", "cancelled", "expired", "waitlisted"}, statuses
+    assert any(t.checked_in for a in client.app[keys.REGISTRY].actors() for t in a.inventory.ticket_types.values())
     await client.close()
 
     restarted = await start(clock=clock)

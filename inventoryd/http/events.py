@@ -311,7 +311,9 @@ async def availability_stream(request: web.Request) -> web.StreamResponse:
                 if payload != last_sent:
                     await response.write(b"event: availability\ndata: " + payload + b"\n\n")
                     last_sent = payload
-                await asyncio.sleep(STREAM_UPDATE_INTERVAL_S)
+                    # Changes during the pause are sent together after it: coalescing.
+                    await asyncio.sleep(STREAM_UPDATE_INTERVAL_S)
+                    continue
                 try:
                     async with asyncio.timeout(STREAM_HEARTBEAT_S):
                         await actor.wait_changed()
