@@ -40,6 +40,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     add_database_options(migrate)
+
+    token = commands.add_parser("token", help="API tokens for services and admins")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", help="make a token; it is shown once")
+    create.add_argument("--role", choices=["service", "admin"], required=True)
+    create.add_argument("--name", required=True, help="who or what uses it (unique among live tokens)")
+    add_database_options(create)
+    revoke = token_commands.add_parser("revoke", help="revoke a token by name or id")
+    revoke.add_argument("name")
+    add_database_options(revoke)
+    listing = token_commands.add_parser("list", help="list tokens (never their secrets)")
+    add_database_options(listing)
     return parser
 
 
@@ -77,6 +89,8 @@ def serve(settings: Settings) -> None:
 
     from inventoryd.http.app import create_app  # noqa: PLC0415
 
+    if settings.auth == "off" and settings.host not in ("127.0.0.1", "::1", "localhost"):
+        raise SystemExit("INVENTORYD_AUTH=off is allowed only when serving on loopback (127.0.0.1)")
     with database(settings) as url:
         loop = _new_event_loop()
         app = create_app(settings, database_url=url)
@@ -112,6 +126,42 @@ def migrate(settings: Settings) -> None:
         asyncio.run(run(url))
 
 
+def token(settings: Settings, arguments: argparse.Namespace) -> int:
+    from inventoryd.accounts import new_api_token  # noqa: PLC0415
+    from persistence import accounts as store  # noqa: PLC0415
+    from persistence.journal import connect  # noqa: PLC0415
+    from persistence.migrate import migrate as apply_migrations  # noqa: PLC0415
+
+    async def run(url: str) -> int:
+        connection = await connect(url)
+        try:
+            await apply_migrations(connection)
+            match arguments.token_command:
+                case "create":
+                    token_id, secret, token_hash = new_api_token()
+                    try:
+                        await store.insert_api_token(connection, token_id, arguments.name, arguments.role, token_hash)
+                    except Exception as error:  # noqa: BLE001 - a unique name is the usual reason
+                        print(f"could not create the token: {error}", file=sys.stderr)
+                        return 1
+                    print(secret)
+                    print(f"# {arguments.role} token {arguments.name!r} (id {token_id}); shown only now", file=sys.stderr)
+                case "revoke":
+                    revoked = await store.revoke_api_token(connection, arguments.name)
+                    print(f"revoked {revoked} token(s)")
+                    return 0 if revoked else 1
+                case "list":
+                    for row in await store.api_tokens(connection):
+                        state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "live"
+                        print(f"{row.token_id}  {row.role:8} {row.name:30} created {row.created_at:%Y-%m-%d %H:%M}  {state}")
+            return 0
+        finally:
+            await connection.close()
+
+    with database(settings) as url:
+        return asyncio.run(run(url))
+
+
 def _new_event_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop  # noqa: PLC0415
@@ -130,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
             serve(settings)
         case "migrate":
             migrate(settings)
+        case "token":
+            raise SystemExit(token(settings, arguments))
         case _:
             raise SystemExit(f"unknown command {arguments.command}")
 

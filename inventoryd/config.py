@@ -23,6 +23,16 @@ def _env_int(name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, not {raw!r}") from None
 
 
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, not {raw!r}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     # Unset: start the embedded PostgreSQL in `data_dir`.
@@ -34,6 +44,24 @@ class Settings:
     log_format: LogFormat = field(default_factory=lambda: os.environ.get("INVENTORYD_LOG_FORMAT", "auto"))  # type: ignore[assignment]
     db_pool_size: int = field(default_factory=lambda: _env_int("INVENTORYD_DB_POOL_SIZE", 10))
     access_log: bool = field(default_factory=lambda: os.environ.get("INVENTORYD_ACCESS_LOG", "1") not in ("0", "false"))
+    # Authentication; "off" makes every caller an admin and is refused unless serving on loopback.
+    auth: Literal["on", "off"] = field(default_factory=lambda: os.environ.get("INVENTORYD_AUTH", "on"))  # type: ignore[assignment]
+    admin_token: str | None = field(default_factory=lambda: os.environ.get("INVENTORYD_ADMIN_TOKEN") or None)
+    jwt_secret: str | None = field(default_factory=lambda: os.environ.get("INVENTORYD_JWT_SECRET") or None)
+    # Token buckets: per attendee or organizer, per service token, per client address on /v1/auth.
+    rate_user_per_s: float = field(default_factory=lambda: _env_float("INVENTORYD_RATE_USER_PER_S", 10.0))
+    rate_user_burst: int = field(default_factory=lambda: _env_int("INVENTORYD_RATE_USER_BURST", 30))
+    rate_service_per_s: float = field(default_factory=lambda: _env_float("INVENTORYD_RATE_SERVICE_PER_S", 50_000.0))
+    rate_service_burst: int = field(default_factory=lambda: _env_int("INVENTORYD_RATE_SERVICE_BURST", 100_000))
+    rate_auth_per_s: float = field(default_factory=lambda: _env_float("INVENTORYD_RATE_AUTH_PER_S", 0.5))
+    rate_auth_burst: int = field(default_factory=lambda: _env_int("INVENTORYD_RATE_AUTH_BURST", 10))
+    rate_limits: bool = field(default_factory=lambda: os.environ.get("INVENTORYD_RATE_LIMITS", "on") != "off")
+    # Origins allowed to call from a browser (comma-separated); none by default: CORS off.
+    cors_origins: tuple[str, ...] = field(
+        default_factory=lambda: tuple(
+            origin.strip() for origin in os.environ.get("INVENTORYD_CORS_ORIGINS", "").split(",") if origin.strip()
+        )
+    )
 
     def __post_init__(self) -> None:
         if self.log_format not in ("auto", "json", "console"):
@@ -42,3 +70,12 @@ class Settings:
             raise SystemExit(f"port must be 1..65535, not {self.port}")
         if not 2 <= self.db_pool_size <= 100:
             raise SystemExit(f"INVENTORYD_DB_POOL_SIZE must be 2..100, not {self.db_pool_size}")
+        if self.auth not in ("on", "off"):
+            raise SystemExit(f"INVENTORYD_AUTH must be on or off, not {self.auth!r}")
+        if self.admin_token is not None and len(self.admin_token) < 24:
+            raise SystemExit("INVENTORYD_ADMIN_TOKEN must be at least 24 characters")
+        if self.jwt_secret is not None and len(self.jwt_secret) < 32:
+            raise SystemExit("INVENTORYD_JWT_SECRET must be at least 32 characters")
+        for name in ("rate_user_per_s", "rate_service_per_s", "rate_auth_per_s"):
+            if getattr(self, name) <= 0:
+                raise SystemExit(f"{name} must be positive")

@@ -29,6 +29,7 @@ from inventoryd.http.app import create_app
 from persistence.embedded import EmbeddedPostgres
 from persistence.journal import connect
 from persistence.migrate import migrate
+from tests.helpers import ADMIN, ADMIN_TOKEN
 
 TEMPLATE_DATABASE = "inventoryd_test_template"
 
@@ -111,7 +112,12 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 @pytest.fixture
 def make_app(database_url: str) -> Callable[..., web.Application]:
     def make(**options: Any) -> web.Application:
-        settings = Settings(database_url=database_url, access_log=options.pop("access_log", False))
+        settings = Settings(
+            database_url=database_url,
+            access_log=options.pop("access_log", False),
+            admin_token=ADMIN_TOKEN,
+            **options.pop("settings", {}),
+        )
         return create_app(settings, database_url=database_url, **options)
 
     return make
@@ -121,8 +127,9 @@ def make_app(database_url: str) -> Callable[..., web.Application]:
 def start(aiohttp_client: Any, make_app: Callable[..., web.Application]) -> Callable[..., Any]:
     """Start the app (with `make_app` options) and wait until it is ready: recovery is done."""
 
-    async def start_app(**options: Any) -> Any:
-        client = await aiohttp_client(make_app(**options))
+    async def start_app(*, headers: dict[str, str] | None = ADMIN, **options: Any) -> Any:
+        """`headers` go with every request of the client: the bootstrap admin's token by default."""
+        client = await aiohttp_client(make_app(**options), headers=headers)
         for _ in range(1000):
             if (await client.get("/readyz")).status == 200:
                 return client

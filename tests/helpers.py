@@ -9,6 +9,10 @@ from typing import Any
 
 from persistence.journal import Append, AppendFailed, AppendOutcomeUnknown, Journal
 
+# The bootstrap admin token the test apps are started with (INVENTORYD_ADMIN_TOKEN).
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
 
 class FakeClock:
     """A clock the test moves by hand."""

@@ -27,6 +27,7 @@ import aiohttp
 from inventoryd.domain import Inventory
 from inventoryd.registry import decode_log
 from persistence import store
+from tests.helpers import ADMIN, ADMIN_TOKEN
 
 CAPACITY = 3000
 PER_USER_LIMIT = 6
@@ -51,7 +52,7 @@ def running_server(database_url: str, port: int) -> Iterator[subprocess.Popen[by
         cwd=ROOT,
         stdout=log,
         stderr=log,
-        env=dict(os.environ, INVENTORYD_LOG_FORMAT="json", INVENTORYD_ACCESS_LOG="0"),
+        env=dict(os.environ, INVENTORYD_LOG_FORMAT="json", INVENTORYD_ACCESS_LOG="0", INVENTORYD_ADMIN_TOKEN=ADMIN_TOKEN),
     )
     try:
         yield process
@@ -82,7 +83,7 @@ async def test_sigkill_mid_stream_loses_nothing_acknowledged(database_url: str, 
     acknowledged: dict[str, dict[str, Any]] = {}  # idempotency key -> the 201 body
     attempted: dict[str, dict[str, Any]] = {}  # idempotency key -> the request body
     timeout = aiohttp.ClientTimeout(total=15)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with aiohttp.ClientSession(timeout=timeout, headers=ADMIN) as session:
         with running_server(database_url, port) as process:
             await wait_ready(session, base, process)
             async with session.post(

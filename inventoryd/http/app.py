@@ -9,6 +9,7 @@ import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import asyncpg
 import structlog
@@ -18,11 +19,13 @@ from inventoryd import limits
 from inventoryd.actor import Clock, system_clock
 from inventoryd.config import Settings
 from inventoryd.http import keys
-from inventoryd.http.auth import authenticate
+from inventoryd.accounts import Accounts, unauthorized
+from inventoryd.http.auth import ANONYMOUS_OPERATOR, Principal
 from inventoryd.http.problems import ProblemError, problem_response
 from inventoryd.http.events import StreamBudget
-from inventoryd.http.routes import ROUTES
+from inventoryd.http.routes import ROUTES, ROUTES_BY_NAME
 from inventoryd.idempotency import IdempotencyStore
+from inventoryd.ratelimit import TokenBuckets, Verdict
 from inventoryd.registry import Registry
 from persistence import store
 from persistence.journal import Journal, connect
@@ -50,18 +53,75 @@ _HTTP_CODES = {
 }
 
 
+@dataclass(slots=True)
+class RateLimits:
+    users: TokenBuckets
+    services: TokenBuckets
+    auth_by_address: TokenBuckets
+
+
+_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+_CORS_ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
+_CORS_EXPOSED_HEADERS = (
+    "Location, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, X-Request-ID, Idempotent-Replayed"
+)
+_CORS_MAX_AGE_S = 600
+_RATE_VERDICT = web.RequestKey("rate_verdict", Verdict)
+
+
+async def _principal(request: web.Request) -> Principal | None:
+    settings = request.app[keys.SETTINGS]
+    if settings.auth == "off":
+        return ANONYMOUS_OPERATOR
+    return await request.app[keys.ACCOUNTS].authenticate(request.headers.get("Authorization"))
+
+
+def _rate_verdict(request: web.Request, principal: Principal | None) -> Verdict | None:
+    if not request.app[keys.SETTINGS].rate_limits:
+        return None
+    buckets = request.app[keys.RATE_LIMITS]
+    now = time.monotonic()
+    if request.path.startswith("/v1/auth/"):
+        # Against credential stuffing: by client address, whoever the caller claims to be.
+        return buckets.auth_by_address.take(f"address:{request.remote}", now)
+    if principal is None or principal.role == "admin":
+        return None
+    bucket = buckets.services if principal.role == "service" else buckets.users
+    return bucket.take(principal.id, now)
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
-    """Request id, principal, problem documents for every error, and the access line."""
+    """Request id, who is asking, rate limits, problem documents for every error, one access line."""
     started = time.perf_counter()
     request_id = request.headers.get("X-Request-ID", "")
     if not request_id or len(request_id) > _REQUEST_ID_CHARS_MAX or not request_id.isprintable():
         request_id = f"{_REQUEST_ID_PREFIX}-{next(_request_numbers)}"
     request[keys.REQUEST_ID] = request_id
+    principal: Principal | None = None
     response: web.StreamResponse
     try:
-        request[keys.PRINCIPAL] = authenticate(request.headers.get("Authorization"))
-        response = await handler(request)
+        if request.method == "OPTIONS" and _cors_origin(request) is not None:
+            response = web.Response(status=204)
+        else:
+            principal = await _principal(request)
+            route = ROUTES_BY_NAME.get(request.match_info.route.name or "")
+            if route is not None and not route.public and principal is None:
+                raise unauthorized("this route needs a bearer token")
+            if principal is not None:
+                request[keys.PRINCIPAL] = principal
+            verdict = _rate_verdict(request, principal)
+            if verdict is not None:
+                request[_RATE_VERDICT] = verdict
+                if not verdict.allowed:
+                    raise ProblemError(429, "rate_limited", "too many requests; slow down", headers=verdict.headers())
+            response = await handler(request)
     except ProblemError as problem:
         response = problem.response()
     except web.HTTPException as error:
@@ -74,28 +134,55 @@ async def request_context(request: web.Request, handler: web.RequestHandler) -> 
         elif error.status == 404:
             detail = f"no route {request.method} {request.path}"
         response = problem_response(error.status, code, detail)
-        for header in ("Allow",):
-            if header in error.headers:
-                response.headers[header] = error.headers[header]
+        if "Allow" in error.headers:
+            response.headers["Allow"] = error.headers["Allow"]
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("request_failed", request_id=request_id, method=request.method, path=request.path)
         response = problem_response(500, "internal_error", "an unexpected error; it has been logged")
-    response.headers["X-Request-ID"] = request_id
     if request.app[keys.SETTINGS].access_log:
-        route = request.match_info.route.resource.canonical if request.match_info.route.resource else None
-        principal = request.get(keys.PRINCIPAL)
+        resource = request.match_info.route.resource
         access_log.info(
             "request",
             request_id=request_id,
             method=request.method,
-            route=route,
+            route=resource.canonical if resource is not None else None,
             status=response.status,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
             principal=principal.id if principal is not None else None,
         )
     return response
+
+
+def _cors_origin(request: web.Request) -> str | None:
+    origin = request.headers.get("Origin")
+    if origin is not None and origin in request.app[keys.SETTINGS].cors_origins:
+        return origin
+    return None
+
+
+async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response, streams included, just before its headers are sent."""
+    headers = response.headers
+    headers["X-Request-ID"] = request.get(keys.REQUEST_ID, "")
+    for name, value in _SECURITY_HEADERS.items():
+        headers.setdefault(name, value)
+    if request.method != "GET":
+        headers.setdefault("Cache-Control", "no-store")
+    verdict = request.get(_RATE_VERDICT)
+    if verdict is not None:
+        for name, value in verdict.headers().items():
+            headers.setdefault(name, value)
+    origin = _cors_origin(request)
+    if origin is not None:
+        headers["Access-Control-Allow-Origin"] = origin
+        headers["Vary"] = "Origin"
+        headers["Access-Control-Expose-Headers"] = _CORS_EXPOSED_HEADERS
+        if request.method == "OPTIONS":
+            headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, OPTIONS"
+            headers["Access-Control-Allow-Headers"] = _CORS_ALLOWED_HEADERS
+            headers["Access-Control-Max-Age"] = str(_CORS_MAX_AGE_S)
 
 
 def create_app(
@@ -111,6 +198,12 @@ def create_app(
     app[keys.SETTINGS] = settings
     app[keys.CLOCK] = clock
     app[keys.STREAMS] = StreamBudget()
+    app[keys.RATE_LIMITS] = RateLimits(
+        users=TokenBuckets(settings.rate_user_per_s, settings.rate_user_burst),
+        services=TokenBuckets(settings.rate_service_per_s, settings.rate_service_burst),
+        auth_by_address=TokenBuckets(settings.rate_auth_per_s, settings.rate_auth_burst),
+    )
+    app.on_response_prepare.append(_add_headers)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, name=route.name)
 
@@ -127,6 +220,9 @@ def create_app(
         await journal.start()
         idempotency = IdempotencyStore(pool)
         await idempotency.load()
+        accounts = Accounts(pool, admin_token=settings.admin_token, jwt_secret=settings.jwt_secret)
+        await accounts.start()
+        app[keys.ACCOUNTS] = accounts
         registry = Registry(journal, pool, clock)
         app[keys.POOL] = pool
         app[keys.JOURNAL] = journal
@@ -144,6 +240,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await registry.stop()
+            await accounts.stop()
             await journal.close()
             await pool.close()
 

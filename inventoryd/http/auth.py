@@ -1,8 +1,7 @@
 """Who is asking, and what they may do (API.md, "Who may do what").
 
 Every handler asks the principal before acting; the rules for each role are here and nowhere else.
-Authentication (accounts, bearer tokens, service tokens) arrives with the accounts issue; until then
-`authenticate` returns the anonymous operator, who may do everything, as on a machine of one's own.
+Who the principal is (tokens, sessions) is `inventoryd.accounts`' business.
 """
 
 from __future__ import annotations
@@ -26,6 +25,8 @@ class Principal:
     role: Role
     # The account behind the principal (attendees, organizers); None for service and admin tokens.
     user_id: str | None = None
+    # The login session an access token belongs to (what logout ends).
+    session_id: str | None = None
 
     def _owns(self, definition: EventDefinition) -> bool:
         return self.role == "organizer" and self.user_id is not None and definition.organizer_id == self.user_id
@@ -69,8 +70,5 @@ class Principal:
             raise _forbidden("only services and admins read other users' reservations")
 
 
+# When authentication is switched off (INVENTORYD_AUTH=off, allowed on loopback only): everyone.
 ANONYMOUS_OPERATOR = Principal(id="anonymous", role="admin")
-
-
-def authenticate(authorization: str | None) -> Principal:
-    return ANONYMOUS_OPERATOR

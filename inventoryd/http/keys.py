@@ -13,6 +13,8 @@ from inventoryd.config import Settings
 from inventoryd.http.auth import Principal
 
 if TYPE_CHECKING:
+    from inventoryd.accounts import Accounts
+    from inventoryd.http.app import RateLimits
     from inventoryd.http.events import StreamBudget
 from inventoryd.idempotency import IdempotencyStore
 from inventoryd.registry import Registry
@@ -25,6 +27,8 @@ REGISTRY = web.AppKey("registry", Registry)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
 STREAMS: web.AppKey[StreamBudget] = web.AppKey("streams")
+ACCOUNTS: web.AppKey[Accounts] = web.AppKey("accounts")
+RATE_LIMITS: web.AppKey[RateLimits] = web.AppKey("rate_limits")
 
-PRINCIPAL = web.RequestKey("principal", Principal)
+PRINCIPAL = web.RequestKey("principal", Principal)  # absent on public routes called without a token
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -4,7 +4,7 @@ and the access-matrix test are generated from them, so a new route cannot be for
 from __future__ import annotations
 
 from inventoryd.domain import Reservation
-from inventoryd.http import events, operations, reservations, schemas
+from inventoryd.http import account_routes, events, operations, reservations, schemas
 from inventoryd.http.common import Route
 
 ROUTES: tuple[Route, ...] = (
@@ -13,6 +13,25 @@ ROUTES: tuple[Route, ...] = (
         "GET", "/readyz", operations.readyz, "readyz", "Recovery is done and the database answers",
         response_body=schemas.Health, public=True,
     ),
+    # Accounts.
+    Route(
+        "POST", "/v1/auth/register", account_routes.register, "register", "Create an attendee or organizer account",
+        request_body=account_routes.RegisterIn, response_body=account_routes.UserOut, success_status=201, public=True,
+    ),
+    Route(
+        "POST", "/v1/auth/login", account_routes.login, "login", "Exchange email and password for tokens",
+        request_body=account_routes.LoginIn, response_body=account_routes.TokensOut, public=True,
+    ),
+    Route(
+        "POST", "/v1/auth/refresh", account_routes.refresh, "refresh",
+        "A new token pair for a refresh token (which stops working: rotation)",
+        request_body=account_routes.RefreshIn, response_body=account_routes.TokensOut, public=True,
+    ),
+    Route(
+        "POST", "/v1/auth/logout", account_routes.logout, "logout", "End the session: its refresh token is revoked",
+        success_status=204,
+    ),
+    Route("GET", "/v1/users/me", account_routes.me, "me", "The caller's account", response_body=account_routes.UserOut),
     # Events.
     Route(
         "POST", "/v1/events", events.create_event, "create_event", "Create an event with its ticket types",
@@ -100,3 +119,6 @@ ROUTES: tuple[Route, ...] = (
         response_body=schemas.ReservationPage,
     ),
 )
+
+ROUTES_BY_NAME = {route.name: route for route in ROUTES}
+assert len(ROUTES_BY_NAME) == len(ROUTES), "route names must be unique"

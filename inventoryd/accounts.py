@@ -1,0 +1,335 @@
+"""Accounts and credentials: registration, login, refresh-token rotation, logout, API tokens.
+
+Three kinds of bearer token reach `authenticate`, which runs on every request and so never touches
+the database or hashes a password:
+- an access token: a JWT (HS256, short-lived, `exp` and `iat` checked), verified once and then
+  cached until it expires;
+- an API token `ivd_<id>_<secret>` (services, admins) made by `inventoryd token create`, checked
+  against the SHA-256 of its secret (constant-time) from a table the service reloads every
+  API_TOKENS_RELOAD_S, so a revocation takes effect within that;
+- the bootstrap admin token from INVENTORYD_ADMIN_TOKEN (constant-time comparison).
+Passwords are hashed with argon2id in worker threads, at most PASSWORD_HASHES_WAITING_MAX waiting:
+a login flood gets 503s, never a stalled event loop. A failed login costs the same whether or not
+the email exists, and says the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import os
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import jwt
+import structlog
+from argon2 import PasswordHasher
+from argon2.exceptions import VerificationError, VerifyMismatchError
+
+from inventoryd.http.auth import Principal
+from inventoryd.http.problems import ProblemError
+from persistence import accounts as store
+
+log = structlog.get_logger("inventoryd.accounts")
+
+ACCESS_TOKEN_TTL_S = 15 * 60
+REFRESH_TOKEN_TTL_S = 30 * 24 * 3600
+API_TOKENS_RELOAD_S = 5.0
+# An unknown API token id reloads the table at once (a token made a moment ago), at most this often.
+API_TOKENS_MISS_RELOAD_S = 1.0
+# Verified access tokens kept in memory (each until its own expiry).
+ACCESS_TOKEN_CACHE_ENTRIES_MAX = 100_000
+# Sessions logged out recently: their access tokens stop working at once, not at expiry.
+REVOKED_SESSIONS_MAX = 100_000
+PASSWORD_HASH_THREADS = 2
+PASSWORD_HASHES_WAITING_MAX = 32
+PASSWORD_CHARS_MIN = 10
+JWT_ALGORITHM = "HS256"
+JWT_ISSUER = "inventoryd"
+API_TOKEN_PREFIX = "ivd_"
+REFRESH_TOKEN_PREFIX = "ivr_"
+
+
+def _random_token(bytes_count: int = 32) -> str:
+    return base64.urlsafe_b64encode(os.urandom(bytes_count)).decode().rstrip("=")
+
+
+def _sha256(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+def unauthorized(detail: str) -> ProblemError:
+    return ProblemError(401, "unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="inventoryd"'})
+
+
+class _UnknownApiToken(Exception):
+    """An API token id not in memory: perhaps made since the last reload."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+@dataclass(frozen=True, slots=True)
+class _ApiToken:
+    token_id: str
+    name: str
+    role: str
+    token_hash: bytes
+
+
+class Accounts:
+    def __init__(self, pool: asyncpg.Pool, *, admin_token: str | None, jwt_secret: str | None) -> None:
+        self._pool = pool
+        self._admin_token = admin_token.encode() if admin_token else None
+        self._configured_secret = jwt_secret
+        self._jwt_key = b""
+        self._api_tokens: dict[str, _ApiToken] = {}
+        self._access_cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._revoked_sessions: OrderedDict[str, float] = OrderedDict()
+        self._hasher = PasswordHasher()  # argon2id, RFC 9106's second recommended parameters
+        self._executor = ThreadPoolExecutor(PASSWORD_HASH_THREADS, thread_name_prefix="password-hash")
+        self._hashes_waiting = 0
+        self._dummy_hash = ""
+        self._reloader: asyncio.Task[None] | None = None
+        self._miss_reload: asyncio.Task[None] | None = None
+        self._miss_reloaded_at = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        async with self._pool.acquire() as connection:
+            if self._configured_secret:
+                self._jwt_key = self._configured_secret.encode()
+            else:
+                # No secret configured: one made once and kept in the database, so that tokens
+                # survive restarts and every node of the service agrees.
+                self._jwt_key = await store.service_secret(connection, "jwt_signing_key", os.urandom(32))
+            await self._reload_api_tokens(connection)
+        self._dummy_hash = await self._hash_password(_random_token())
+        self._reloader = asyncio.create_task(self._reload_forever(), name="api-token-reloader")
+
+    async def stop(self) -> None:
+        for task in (self._reloader, self._miss_reload):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _reload_forever(self) -> None:
+        while True:
+            await asyncio.sleep(API_TOKENS_RELOAD_S)
+            try:
+                async with self._pool.acquire() as connection:
+                    await self._reload_api_tokens(connection)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+                log.warning("api_token_reload_failed", error=repr(error))
+
+    async def _reload_api_tokens(self, connection: asyncpg.Connection) -> None:
+        self._api_tokens = {
+            row.token_id: _ApiToken(row.token_id, row.name, row.role, bytes(row.token_hash))
+            for row in await store.api_tokens(connection)
+            if row.revoked_at is None
+        }
+
+    # -- every request --------------------------------------------------------------------------
+
+    async def authenticate(self, authorization: str | None) -> Principal | None:
+        """The principal an Authorization header names, None without one; 401 if it is not valid."""
+        try:
+            return self.authenticate_nowait(authorization)
+        except _UnknownApiToken:
+            await self._reload_after_miss()
+            return self.authenticate_nowait(authorization, reloaded=True)
+
+    async def _reload_after_miss(self) -> None:
+        if self._miss_reload is None or self._miss_reload.done():
+            if time.monotonic() - self._miss_reloaded_at < API_TOKENS_MISS_RELOAD_S:
+                return
+            self._miss_reloaded_at = time.monotonic()
+
+            async def reload() -> None:
+                async with self._pool.acquire() as connection:
+                    await self._reload_api_tokens(connection)
+
+            self._miss_reload = asyncio.create_task(reload(), name="api-token-reload-on-miss")
+        try:
+            await asyncio.shield(self._miss_reload)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+            log.warning("api_token_reload_failed", error=repr(error))
+
+    def authenticate_nowait(self, authorization: str | None, *, reloaded: bool = False) -> Principal | None:
+        """`authenticate` from memory alone: raises _UnknownApiToken when a reload might help."""
+        if authorization is None:
+            return None
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise unauthorized("send Authorization: Bearer <token>")
+        token = token.strip()
+        if self._admin_token is not None and hmac.compare_digest(token.encode(), self._admin_token):
+            return Principal(id="admin:bootstrap", role="admin")
+        if token.startswith(API_TOKEN_PREFIX):
+            return self._api_token_principal(token, reloaded)
+        return self._access_token_principal(token)
+
+    def _api_token_principal(self, token: str, reloaded: bool) -> Principal:
+        token_id, _, secret = token.removeprefix(API_TOKEN_PREFIX).partition("_")
+        known = self._api_tokens.get(token_id)
+        if known is None and not reloaded:
+            raise _UnknownApiToken
+        if known is None or not secret or not hmac.compare_digest(_sha256(secret), known.token_hash):
+            raise unauthorized("the API token is not valid, or was revoked")
+        return Principal(id=f"token:{known.name}", role=known.role)  # type: ignore[arg-type]
+
+    def _access_token_principal(self, token: str) -> Principal:
+        now = time.time()
+        cached = self._access_cache.get(token)
+        if cached is not None:
+            principal, expires_at = cached
+            if now < expires_at and principal.session_id not in self._revoked_sessions:
+                return principal
+            del self._access_cache[token]
+        try:
+            claims = jwt.decode(
+                token,
+                self._jwt_key,
+                algorithms=[JWT_ALGORITHM],
+                issuer=JWT_ISSUER,
+                options={"require": ["exp", "iat", "sub", "role", "sid"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise unauthorized("the access token has expired; refresh it") from None
+        except jwt.InvalidTokenError:
+            raise unauthorized("the access token is not valid") from None
+        if claims["iat"] > now + 60:
+            raise unauthorized("the access token was issued in the future")
+        if claims["role"] not in ("attendee", "organizer"):
+            raise unauthorized("the access token is not valid")
+        if claims["sid"] in self._revoked_sessions:
+            raise unauthorized("the session has ended; log in again")
+        principal = Principal(
+            id=f"user:{claims['sub']}", role=claims["role"], user_id=claims["sub"], session_id=claims["sid"]
+        )
+        self._access_cache[token] = (principal, float(claims["exp"]))
+        while len(self._access_cache) > ACCESS_TOKEN_CACHE_ENTRIES_MAX:
+            self._access_cache.popitem(last=False)
+        return principal
+
+    # -- accounts -------------------------------------------------------------------------------
+
+    async def register(self, email: str, password: str, name: str, role: str) -> store.UserRow:
+        password_hash = await self._hash_password(password)
+        user_id = "usr_" + base64.b32encode(os.urandom(10)).decode().lower()
+        async with self._pool.acquire() as connection:
+            try:
+                user = await store.insert_user(connection, user_id, email, password_hash, name, role)
+            except store.EmailTaken:
+                raise ProblemError(409, "conflict", "an account with this email exists", field="$.email") from None
+        log.info("user_registered", user_id=user.user_id, role=role)
+        return user
+
+    async def login(self, email: str, password: str) -> TokenPair:
+        async with self._pool.acquire() as connection:
+            user = await store.user_by_email(connection, email)
+        # Verify against a dummy hash when there is no such user: the same time, the same answer.
+        stored = user.password_hash if user is not None else self._dummy_hash
+        valid = await self._verify_password(stored, password)
+        if user is None or not valid:
+            raise unauthorized("wrong email or password")
+        if self._hasher.check_needs_rehash(user.password_hash):
+            new_hash = await self._hash_password(password)
+            async with self._pool.acquire() as connection:
+                await store.update_password_hash(connection, user.user_id, new_hash)
+        session_id = "ses_" + _random_token(12)
+        refresh_token = REFRESH_TOKEN_PREFIX + _random_token()
+        async with self._pool.acquire() as connection:
+            await store.insert_refresh_token(
+                connection, _sha256(refresh_token), session_id, user.user_id, _now() + timedelta(seconds=REFRESH_TOKEN_TTL_S)
+            )
+        return TokenPair(self._access_token(user.user_id, user.role, session_id), refresh_token, ACCESS_TOKEN_TTL_S)
+
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        new_refresh = REFRESH_TOKEN_PREFIX + _random_token()
+        now = _now()
+        async with self._pool.acquire() as connection:
+            outcome = await store.rotate_refresh_token(
+                connection, _sha256(refresh_token), _sha256(new_refresh), now, now + timedelta(seconds=REFRESH_TOKEN_TTL_S)
+            )
+            user = await store.user_by_id(connection, outcome.user_id) if outcome.user_id else None
+        if outcome.problem == "reused" and outcome.session_id is not None:
+            self._revoke_session_locally(outcome.session_id)
+            log.warning("refresh_token_reused", session_id=outcome.session_id, user_id=outcome.user_id)
+        if outcome.problem is not None or outcome.session_id is None or user is None:
+            raise unauthorized("the refresh token is not valid")
+        return TokenPair(self._access_token(user.user_id, user.role, outcome.session_id), new_refresh, ACCESS_TOKEN_TTL_S)
+
+    async def logout(self, principal: Principal) -> None:
+        if principal.session_id is None:
+            raise ProblemError(400, "invalid_request", "only a user's session can log out; revoke API tokens instead")
+        async with self._pool.acquire() as connection:
+            await store.revoke_session(connection, principal.session_id, _now())
+        self._revoke_session_locally(principal.session_id)
+
+    async def user(self, user_id: str) -> store.UserRow | None:
+        async with self._pool.acquire() as connection:
+            return await store.user_by_id(connection, user_id)
+
+    def _revoke_session_locally(self, session_id: str) -> None:
+        self._revoked_sessions[session_id] = time.time()
+        while len(self._revoked_sessions) > REVOKED_SESSIONS_MAX:
+            self._revoked_sessions.popitem(last=False)
+
+    def _access_token(self, user_id: str, role: str, session_id: str) -> str:
+        issued = int(time.time())
+        claims = {
+            "iss": JWT_ISSUER,
+            "sub": user_id,
+            "role": role,
+            "sid": session_id,
+            "iat": issued,
+            "exp": issued + ACCESS_TOKEN_TTL_S,
+        }
+        return jwt.encode(claims, self._jwt_key, algorithm=JWT_ALGORITHM)
+
+    # -- password hashing, off the event loop ---------------------------------------------------
+
+    async def _in_hash_thread(self, function: object, *arguments: object) -> object:
+        if self._hashes_waiting >= PASSWORD_HASHES_WAITING_MAX:
+            raise ProblemError(503, "overloaded", "too many logins at once; retry shortly")
+        self._hashes_waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *arguments)  # type: ignore[arg-type]
+        finally:
+            self._hashes_waiting -= 1
+
+    async def _hash_password(self, password: str) -> str:
+        return str(await self._in_hash_thread(self._hasher.hash, password))
+
+    async def _verify_password(self, password_hash: str, password: str) -> bool:
+        def verify() -> bool:
+            try:
+                return bool(self._hasher.verify(password_hash, password))
+            except (VerifyMismatchError, VerificationError):
+                return False
+
+        return bool(await self._in_hash_thread(verify))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_api_token() -> tuple[str, str, bytes]:
+    """(token id, the whole token to show once, the hash to store)."""
+    token_id = os.urandom(4).hex()
+    secret = _random_token()
+    return token_id, f"{API_TOKEN_PREFIX}{token_id}_{secret}", _sha256(secret)

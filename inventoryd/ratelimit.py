@@ -1,0 +1,58 @@
+"""Token buckets in memory: per principal on the API, per client address on the auth routes.
+
+A bucket holds up to `burst` tokens and refills at `rate_per_s`; a request takes one. The number of
+buckets is bounded (least recently used go first: a bucket not used lately is full anyway, so
+forgetting it changes nothing for its owner).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+BUCKETS_MAX = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    allowed: bool
+    limit: int
+    remaining: int
+    # Seconds until a token is back (when refused) / until the bucket is full (when allowed).
+    reset_s: int
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_s),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(max(1, self.reset_s))
+        return headers
+
+
+class TokenBuckets:
+    __slots__ = ("rate_per_s", "burst", "_buckets")
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        assert rate_per_s > 0 and burst >= 1
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+
+    def take(self, key: str, now: float) -> Verdict:
+        tokens, at = self._buckets.pop(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate_per_s)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        self._buckets[key] = (tokens, now)
+        if len(self._buckets) > BUCKETS_MAX:
+            self._buckets.popitem(last=False)
+        if allowed:
+            reset_s = math.ceil((self.burst - tokens) / self.rate_per_s)
+        else:
+            reset_s = math.ceil((1.0 - tokens) / self.rate_per_s)
+        return Verdict(allowed, self.burst, int(tokens), reset_s)
