@@ -68,7 +68,7 @@ def unauthorized(detail: str) -> ProblemError:
     return ProblemError(401, "unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="inventoryd"'})
 
 
-class _UnknownApiToken(Exception):
+class UnknownApiToken(Exception):
     """An API token id not in memory: perhaps made since the last reload."""
 
 
@@ -94,6 +94,9 @@ class Accounts:
         self._configured_secret = jwt_secret
         self._jwt_key = b""
         self._api_tokens: dict[str, _ApiToken] = {}
+        # Whole tokens already checked against their hash, cleared on every reload (so a
+        # revocation still takes effect within API_TOKENS_RELOAD_S); at most one per live token.
+        self._api_token_principals: dict[str, Principal] = {}
         self._access_cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
         self._revoked_sessions: OrderedDict[str, float] = OrderedDict()
         self._hasher = PasswordHasher()  # argon2id, RFC 9106's second recommended parameters
@@ -140,6 +143,7 @@ class Accounts:
             for row in await store.api_tokens(connection)
             if row.revoked_at is None
         }
+        self._api_token_principals = {}
 
     # -- every request --------------------------------------------------------------------------
 
@@ -147,7 +151,7 @@ class Accounts:
         """The principal an Authorization header names, None without one; 401 if it is not valid."""
         try:
             return self.authenticate_nowait(authorization)
-        except _UnknownApiToken:
+        except UnknownApiToken:
             await self._reload_after_miss()
             return self.authenticate_nowait(authorization, reloaded=True)
 
@@ -168,7 +172,7 @@ class Accounts:
             log.warning("api_token_reload_failed", error=repr(error))
 
     def authenticate_nowait(self, authorization: str | None, *, reloaded: bool = False) -> Principal | None:
-        """`authenticate` from memory alone: raises _UnknownApiToken when a reload might help."""
+        """`authenticate` from memory alone: raises UnknownApiToken when a reload might help."""
         if authorization is None:
             return None
         scheme, _, token = authorization.partition(" ")
@@ -182,13 +186,18 @@ class Accounts:
         return self._access_token_principal(token)
 
     def _api_token_principal(self, token: str, reloaded: bool) -> Principal:
+        checked = self._api_token_principals.get(token)
+        if checked is not None:
+            return checked
         token_id, _, secret = token.removeprefix(API_TOKEN_PREFIX).partition("_")
         known = self._api_tokens.get(token_id)
         if known is None and not reloaded:
-            raise _UnknownApiToken
+            raise UnknownApiToken
         if known is None or not secret or not hmac.compare_digest(_sha256(secret), known.token_hash):
             raise unauthorized("the API token is not valid, or was revoked")
-        return Principal(id=f"token:{known.name}", role=known.role)  # type: ignore[arg-type]
+        principal = Principal(id=f"token:{known.name}", role=known.role)  # type: ignore[arg-type]
+        self._api_token_principals[token] = principal
+        return principal
 
     def _access_token_principal(self, token: str) -> Principal:
         now = time.time()

@@ -5,7 +5,8 @@
 Targets, each a separate process on 127.0.0.1, measured one after the other in the same run:
   (a) noop      aiohttp + msgspec POST that decodes the body and answers 201: the HTTP ceiling
   (b) baseline  the conventional design on the same stack: SELECT … FOR UPDATE, UPDATE, INSERT, COMMIT
-  (c) inventoryd
+  (c) inventoryd, as shipped: a service token, authentication and rate limits on
+  (c0) inventoryd-open: the same with INVENTORYD_AUTH=off and INVENTORYD_RATE_LIMITS=off, to price them
 Scenarios: every reservation at one hot event, and spread over --events events. Load comes from wrk
 (--connections connections, 2 threads) with loadtests/wrk_reserve.lua. Reported per target: accepted
 reservations per second, p50/p99 latency, and PostgreSQL transactions and WAL syncs (pg_stat_wal)
@@ -77,7 +78,7 @@ def parse_duration_ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
-def run_wrk(url: str, events_file: Path, duration_s: int, connections: int) -> dict[str, float]:
+def run_wrk(url: str, events_file: Path, duration_s: int, connections: int, token: str = "") -> dict[str, float]:
     output = subprocess.run(
         [
             "wrk",
@@ -92,6 +93,7 @@ def run_wrk(url: str, events_file: Path, duration_s: int, connections: int) -> d
             url,
             "--",
             str(events_file),
+            token,
         ],
         capture_output=True,
         text=True,
@@ -176,9 +178,29 @@ async def create_database(admin_url: str, name: str) -> str:
     return with_database(admin_url, name)
 
 
+ADMIN_TOKEN = "bench-admin-token-" + os.urandom(12).hex()
+
+
+def make_service_token(database_url: str) -> str:
+    """A service token made the way an operator makes one: `inventoryd token create`."""
+    return subprocess.run(
+        [sys.executable, "-m", "inventoryd", "token", "create", "--role", "service", "--name", "bench",
+         "--database-url", database_url],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()
+
+
 async def setup_inventoryd(base: str, events: int) -> list[str]:
     ids = []
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as session:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            async with session.get(f"{base}/readyz") as response:
+                if response.status == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("inventoryd did not become ready")
+            await asyncio.sleep(0.1)
         for index in range(events):
             async with session.post(
                 f"{base}/v1/events",
@@ -222,11 +244,19 @@ async def measure(
     elif target == "baseline":
         server = Server([python, "-m", "loadtests.baseline_server", str(port), database_url], port)
     else:
-        env = {"INVENTORYD_LOG_FORMAT": "json", "INVENTORYD_ACCESS_LOG": "1" if args.access_log else "0"}
+        env = {
+            "INVENTORYD_LOG_FORMAT": "json",
+            "INVENTORYD_ACCESS_LOG": "1" if args.access_log else "0",
+            "INVENTORYD_ADMIN_TOKEN": ADMIN_TOKEN,
+        }
+        if target == "inventoryd-open":
+            env |= {"INVENTORYD_AUTH": "off", "INVENTORYD_RATE_LIMITS": "off"}
         server = Server([python, "-m", "inventoryd", "serve", "--port", str(port), "--database-url", database_url], port, env)
+    token = ""
     try:
         await wait_listening(port)
-        if target == "inventoryd":
+        if target.startswith("inventoryd"):
+            token = make_service_token(database_url) if target == "inventoryd" else ""
             ids = await setup_inventoryd(base, events)
             accepted_query = "SELECT count(*) FROM journal WHERE kind = 'reservation_held'"
         elif target == "baseline":
@@ -237,11 +267,11 @@ async def measure(
             accepted_query = ""
         events_file = scratch / f"{target}-{scenario}.txt"
         events_file.write_text("\n".join(ids) + "\n")
-        run_wrk(base, events_file, WARMUP_S, args.connections)
+        run_wrk(base, events_file, WARMUP_S, args.connections, token)
         before_rows = await count_rows(database_url, accepted_query) if accepted_query else 0
         commits_before, wal_before = await counters(database_url)
         cpu_before = process_cpu_seconds(server.process.pid)
-        stats = run_wrk(base, events_file, args.duration, args.connections)
+        stats = run_wrk(base, events_file, args.duration, args.connections, token)
         cpu_seconds = process_cpu_seconds(server.process.pid) - cpu_before
         commits_after, wal_after = await counters(database_url)
         if accepted_query:
@@ -289,31 +319,49 @@ def table(results: list[Result]) -> str:
         if {"baseline", "inventoryd"} <= by_target.keys() and by_target["baseline"].accepted_per_s:
             ratio = by_target["inventoryd"].accepted_per_s / by_target["baseline"].accepted_per_s
             lines.append(f"- {scenario}: c/b (inventoryd / FOR UPDATE baseline) = {ratio:.2f}")
+        if {"inventoryd-open", "inventoryd"} <= by_target.keys():
+            secured, open_ = by_target["inventoryd"], by_target["inventoryd-open"]
+            lines.append(
+                f"- {scenario}: auth + rate limits cost {1 - secured.accepted_per_s / open_.accepted_per_s:+.1%} of"
+                f" throughput, {secured.server_cpu_us_per_request - open_.server_cpu_us_per_request:+.0f} µs CPU per request"
+            )
     return "\n".join(lines)
 
 
 async def run(args: argparse.Namespace, admin_url: str, scratch: Path) -> list[Result]:
-    results = []
+    """Every target, --repeat times, interleaved (a b c a b c …) so that a slow spell of the
+    machine hits them alike; the table shows each one's median run."""
     scenarios = {"hot": 1, "spread": args.events}
+    results = []
     for scenario in args.scenarios.split(","):
-        for target in args.targets.split(","):
-            result = await measure(target, scenario, scenarios[scenario], admin_url, args, scratch)
-            print(f"{scenario:7} {target:10} {result.accepted_per_s:10,.0f}/s  p99 {result.p99_ms:.2f} ms", flush=True)
-            results.append(result)
+        runs: dict[str, list[Result]] = {target: [] for target in args.targets.split(",")}
+        for attempt in range(args.repeat):
+            for target in runs:
+                result = await measure(target, scenario, scenarios[scenario], admin_url, args, scratch)
+                print(
+                    f"{scenario:7} {target:16} run {attempt + 1}: {result.accepted_per_s:8,.0f}/s"
+                    f"  {result.server_cpu_us_per_request:5.0f} µs CPU/request  p99 {result.p99_ms:.2f} ms",
+                    flush=True,
+                )
+                runs[target].append(result)
+        for target, measured in runs.items():
+            measured.sort(key=lambda result: result.accepted_per_s)
+            results.append(measured[len(measured) // 2])
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds of measured load per target")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per target, interleaved; the median is shown")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--events", type=int, default=1000, help="events in the spread scenario")
     parser.add_argument("--scenarios", default="hot,spread")
-    parser.add_argument("--targets", default="noop,baseline,inventoryd")
+    parser.add_argument("--targets", default="noop,baseline,inventoryd-open,inventoryd")
     parser.add_argument("--no-access-log", dest="access_log", action="store_false", help="inventoryd without access lines")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    assert 1 <= args.duration <= 600 and 1 <= args.connections <= 1024
+    assert 1 <= args.duration <= 600 and 1 <= args.connections <= 1024 and 1 <= args.repeat <= 9
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
     scratch = Path(tempfile.mkdtemp(prefix="inventoryd-bench-"))
@@ -331,7 +379,10 @@ def main() -> None:
             embedded.stop()
         shutil.rmtree(scratch, ignore_errors=True)
     print()
-    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, wrk -t{WRK_THREADS} -c{args.connections} -d{args.duration}s")
+    print(
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, wrk -t{WRK_THREADS} -c{args.connections}"
+        f" -d{args.duration}s, median of {args.repeat} interleaved run(s)"
+    )
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps([result.__dict__ for result in results], indent=2))

@@ -19,7 +19,7 @@ from inventoryd import limits
 from inventoryd.actor import Clock, system_clock
 from inventoryd.config import Settings
 from inventoryd.http import keys
-from inventoryd.accounts import Accounts, unauthorized
+from inventoryd.accounts import Accounts, UnknownApiToken, unauthorized
 from inventoryd.http.auth import ANONYMOUS_OPERATOR, Principal
 from inventoryd.http.problems import ProblemError, problem_response
 from inventoryd.http.events import StreamBudget
@@ -76,10 +76,16 @@ _RATE_VERDICT = web.RequestKey("rate_verdict", Verdict)
 
 
 async def _principal(request: web.Request) -> Principal | None:
-    settings = request.app[keys.SETTINGS]
-    if settings.auth == "off":
+    if request.app[keys.SETTINGS].auth == "off":
         return ANONYMOUS_OPERATOR
     return await request.app[keys.ACCOUNTS].authenticate(request.headers.get("Authorization"))
+
+
+def _principal_nowait(request: web.Request) -> Principal | None:
+    """Who is asking, from memory; raises UnknownApiToken when only a reload can tell."""
+    if request.app[keys.SETTINGS].auth == "off":
+        return ANONYMOUS_OPERATOR
+    return request.app[keys.ACCOUNTS].authenticate_nowait(request.headers.get("Authorization"))
 
 
 def _rate_verdict(request: web.Request, principal: Principal | None) -> Verdict | None:
@@ -110,7 +116,10 @@ async def request_context(request: web.Request, handler: web.RequestHandler) -> 
         if request.method == "OPTIONS" and _cors_origin(request) is not None:
             response = web.Response(status=204)
         else:
-            principal = await _principal(request)
+            try:
+                principal = _principal_nowait(request)
+            except UnknownApiToken:
+                principal = await _principal(request)
             route = ROUTES_BY_NAME.get(request.match_info.route.name or "")
             if route is not None and not route.public and principal is None:
                 raise unauthorized("this route needs a bearer token")
