@@ -15,7 +15,7 @@ from the values the batch replaced, and availability comes from a view published
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -133,7 +133,8 @@ class EventActor:
     inventory: Inventory
     clock: Clock = system_clock
     epoch: int = 0
-    on_batch: Callable[[EventActor, int, int], None] | None = None
+    # Told of every committed batch: (messages decided, messages that were waiting when it began).
+    on_batch: Callable[[int, int], None] | None = None
     _mailbox: _Mailbox = field(default_factory=lambda: _Mailbox(limits.MAILBOX_MESSAGES_MAX))
     _running: bool = False
     # While a batch's append is in flight: the reservations it touched, as they were before it.
@@ -305,12 +306,14 @@ class EventActor:
         assert self._running
         while True:
             await self._mailbox.wait_not_empty()
+            depth = len(self._mailbox)
             batch = self._mailbox.take_nowait(limits.BATCH_MESSAGES_MAX)
-            await self._process(batch)
+            await self._process(batch, depth)
 
-    async def _process(self, batch: list[_Message]) -> None:
+    async def _process(self, batch: list[_Message], depth: int) -> None:
         inventory = self.inventory
         now = self.clock()
+        available_before = [state.available for state in inventory.ticket_types.values()]
         first_seq = inventory.last_seq + 1
         kinds: list[str] = []
         bodies: list[bytes] = []
@@ -401,8 +404,26 @@ class EventActor:
             if message.future is not None and not message.future.done():
                 message.future.set_result(outcome)
         if self.on_batch is not None:
-            self.on_batch(self, len(batch), len(kinds))
+            self.on_batch(len(batch), depth)
+        if kinds:
+            self._log_domain_events(kinds, available_before)
         self._schedule_expiry()
+
+    def _log_domain_events(self, kinds: list[str], available_before: list[int]) -> None:
+        """What an operator wants to see as its own line, once it is durable."""
+        counts = Counter(kinds)
+        if counts["event_created"]:
+            assert self.inventory.definition is not None
+            log.info("event_created", event_id=self.event_id, name=self.inventory.definition.name)
+        if counts["event_cancelled"]:
+            log.info("event_cancelled", event_id=self.event_id)
+        if counts["hold_expired"]:
+            log.info("holds_expired", event_id=self.event_id, count=counts["hold_expired"])
+        if counts["waitlist_promoted"]:
+            log.info("waitlist_promoted", event_id=self.event_id, count=counts["waitlist_promoted"])
+        for before, state in zip(available_before, self.inventory.ticket_types.values(), strict=False):
+            if before > 0 and state.available == 0:
+                log.info("sold_out", event_id=self.event_id, ticket_type=state.code, capacity=state.capacity)
 
     def _outcome(
         self, command: domain.Command, decision: domain.Decision, claim: IdempotencyClaim | None

@@ -54,11 +54,13 @@ class Registry:
     journal: Journal
     pool: asyncpg.Pool
     clock: Clock = system_clock
-    on_batch: Callable[[EventActor, int, int], None] | None = None
+    on_batch: Callable[[int, int], None] | None = None
     stats: RegistryStats = field(default_factory=RegistryStats)
     _actors: dict[str, EventActor] = field(default_factory=dict)
     _supervisors: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     ready: bool = False
+    # Set when a shutdown begins: /readyz answers 503 so that traffic goes elsewhere.
+    draining: bool = False
     recovery_error: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -139,6 +139,8 @@ class Journal:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self.stats = JournalStats()
+        # Told of every commit: (seconds, records, appends coalesced); metrics hook in here.
+        self.on_commit: Callable[[float, int, int], None] | None = None
 
     async def start(self) -> None:
         assert self._writer is None
@@ -235,6 +237,8 @@ class Journal:
         self.stats.appends += len(batches)
         self.stats.records += len(arguments[0])
         self.stats.last_commit_seconds = elapsed
+        if self.on_commit is not None:
+            self.on_commit(elapsed, len(arguments[0]), len(batches))
 
     async def _ensure_connection(self) -> asyncpg.Connection:
         if self._connection is None or self._connection.is_closed():

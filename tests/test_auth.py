@@ -270,6 +270,10 @@ SIGNED_IN = EVERYONE - {"anonymous"}
 MAY: dict[str, set[str]] = {
     "healthz": EVERYONE,
     "readyz": EVERYONE,
+    "metrics": EVERYONE,
+    "openapi": EVERYONE,
+    "docs": EVERYONE,
+    "docs_init": EVERYONE,
     "list_events": EVERYONE,
     "get_event": EVERYONE,
     "get_availability": EVERYONE,

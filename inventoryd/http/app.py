@@ -12,19 +12,21 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import asyncpg
+import msgspec
 import structlog
 from aiohttp import web
 
 from inventoryd import limits
 from inventoryd.actor import Clock, system_clock
 from inventoryd.config import Settings
-from inventoryd.http import keys
+from inventoryd.http import keys, openapi
 from inventoryd.accounts import Accounts, UnknownApiToken, unauthorized
 from inventoryd.http.auth import ANONYMOUS_OPERATOR, Principal
 from inventoryd.http.problems import ProblemError, problem_response
 from inventoryd.http.events import StreamBudget
 from inventoryd.http.routes import ROUTES, ROUTES_BY_NAME
 from inventoryd.idempotency import IdempotencyStore
+from inventoryd.metrics import Metrics
 from inventoryd.ratelimit import TokenBuckets, Verdict
 from inventoryd.registry import Registry
 from persistence import store
@@ -150,15 +152,18 @@ async def request_context(request: web.Request, handler: web.RequestHandler) -> 
     except Exception:
         log.exception("request_failed", request_id=request_id, method=request.method, path=request.path)
         response = problem_response(500, "internal_error", "an unexpected error; it has been logged")
+    elapsed_s = time.perf_counter() - started
+    resource = request.match_info.route.resource
+    route_template = resource.canonical if resource is not None else "unmatched"
+    request.app[keys.METRICS].observe_request(route_template, request.method, response.status, elapsed_s)
     if request.app[keys.SETTINGS].access_log:
-        resource = request.match_info.route.resource
         access_log.info(
             "request",
             request_id=request_id,
             method=request.method,
-            route=resource.canonical if resource is not None else None,
+            route=route_template,
             status=response.status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            duration_ms=round(elapsed_s * 1000, 3),
             principal=principal.id if principal is not None else None,
         )
     return response
@@ -213,6 +218,10 @@ def create_app(
         auth_by_address=TokenBuckets(settings.rate_auth_per_s, settings.rate_auth_burst),
     )
     app.on_response_prepare.append(_add_headers)
+    metrics = Metrics()
+    app[keys.METRICS] = metrics
+    app[keys.OPENAPI] = msgspec.json.encode(openapi.build(ROUTES))
+    openapi.add_static(app)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, name=route.name)
 
@@ -226,13 +235,15 @@ def create_app(
             log.info("migrations_applied", versions=[migration.version for migration in applied])
         pool = await store.create_pool(database_url, max_size=settings.db_pool_size)
         journal = journal_factory(database_url)
+        journal.on_commit = metrics.observe_commit
         await journal.start()
         idempotency = IdempotencyStore(pool)
         await idempotency.load()
         accounts = Accounts(pool, admin_token=settings.admin_token, jwt_secret=settings.jwt_secret)
         await accounts.start()
         app[keys.ACCOUNTS] = accounts
-        registry = Registry(journal, pool, clock)
+        registry = Registry(journal, pool, clock, on_batch=metrics.observe_batch)
+        metrics.watch(registry, journal)
         app[keys.POOL] = pool
         app[keys.JOURNAL] = journal
         app[keys.IDEMPOTENCY] = idempotency

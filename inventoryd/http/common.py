@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +25,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True, slots=True)
+class QueryParameter:
+    name: str
+    description: str
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One operation of the API: the app, the OpenAPI document and the access matrix are built
     from the table of these in `routes.py`."""
@@ -38,6 +45,11 @@ class Route:
     response_body: Any = None
     success_status: int = 200
     public: bool = False
+    # Accepts an Idempotency-Key header.
+    idempotent: bool = False
+    query: tuple[QueryParameter, ...] = ()
+    # The media type of a successful answer.
+    media_type: str = "application/json"
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from inventoryd.http.app import RateLimits
     from inventoryd.http.events import StreamBudget
 from inventoryd.idempotency import IdempotencyStore
+from inventoryd.metrics import Metrics
 from inventoryd.registry import Registry
 from persistence.journal import Journal
 
@@ -29,6 +30,8 @@ CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
 STREAMS: web.AppKey[StreamBudget] = web.AppKey("streams")
 ACCOUNTS: web.AppKey[Accounts] = web.AppKey("accounts")
 RATE_LIMITS: web.AppKey[RateLimits] = web.AppKey("rate_limits")
+METRICS = web.AppKey("metrics", Metrics)
+OPENAPI = web.AppKey("openapi", bytes)
 
 PRINCIPAL = web.RequestKey("principal", Principal)  # absent on public routes called without a token
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -7,6 +7,7 @@ from aiohttp import web
 from inventoryd.http import keys, schemas
 from inventoryd.http.common import json_response
 from inventoryd.http.problems import problem_response
+from inventoryd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 READINESS_DB_TIMEOUT_S = 1.0
 
@@ -19,6 +20,8 @@ async def readyz(request: web.Request) -> web.Response:
     registry = request.app[keys.REGISTRY]
     if registry.recovery_error is not None:
         return problem_response(503, "not_ready", f"recovery failed: {registry.recovery_error}")
+    if registry.draining:
+        return problem_response(503, "not_ready", "the service is shutting down")
     if not registry.ready:
         return problem_response(503, "not_ready", "recovery has not finished")
     try:
@@ -27,3 +30,9 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as error:  # noqa: BLE001 - any failure to reach the database means "not ready"
         return problem_response(503, "not_ready", f"the database does not answer: {type(error).__name__}")
     return json_response(schemas.Health("ready"))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    response = web.Response(body=request.app[keys.METRICS].render())
+    response.headers["Content-Type"] = METRICS_CONTENT_TYPE
+    return response

@@ -9,7 +9,8 @@ import msgspec
 from aiohttp import web
 
 from inventoryd import domain, limits
-from inventoryd.domain import Reservation, Ticket
+from inventoryd.actor import Unavailable
+from inventoryd.domain import Rejected, Reservation, Ticket
 from inventoryd.http import keys, schemas
 from inventoryd.http.common import (
     actor_for,
@@ -46,10 +47,19 @@ async def create_reservation(request: web.Request) -> web.Response:
     user_id = principal.acting_for(body.user_id)
     request_id = request.get(keys.REQUEST_ID)
 
+    metrics = request.app[keys.METRICS]
+
     async def perform(claim: Any) -> Any:
-        return await actor.reserve(
-            user_id, body.ticket_type, body.quantity, waitlist=body.waitlist, claim=claim, request_id=request_id
-        )
+        try:
+            outcome = await actor.reserve(
+                user_id, body.ticket_type, body.quantity, waitlist=body.waitlist, claim=claim, request_id=request_id
+            )
+        except Unavailable as error:
+            metrics.count_reservation(error.code)
+            raise
+        result = outcome.result
+        metrics.count_reservation(result.code if isinstance(result, Rejected) else result.status)  # type: ignore[union-attr]
+        return outcome
 
     def render(reservation: Reservation) -> web.Response:
         if reservation.status == "waitlisted" and reservation.position is None:

@@ -3,15 +3,51 @@ and the access-matrix test are generated from them, so a new route cannot be for
 
 from __future__ import annotations
 
+from inventoryd import limits
 from inventoryd.domain import Reservation
-from inventoryd.http import account_routes, events, operations, reservations, schemas
-from inventoryd.http.common import Route
+from inventoryd.http import account_routes, events, openapi, operations, reservations, schemas
+from inventoryd.http.common import QueryParameter, Route
+
+_LIMIT = QueryParameter(
+    "limit",
+    f"items per page (1..{limits.PAGE_ITEMS_MAX}, default {limits.PAGE_ITEMS_DEFAULT})",
+    {"type": "integer", "minimum": 1, "maximum": limits.PAGE_ITEMS_MAX},
+)
+_CURSOR = QueryParameter("cursor", "next_cursor of the previous page")
+_STATUS = QueryParameter(
+    "status",
+    "only reservations in this status",
+    {"type": "string", "enum": ["held", "confirmed", "cancelled", "expired", "waitlisted"]},
+)
+_CATALOGUE_QUERY = (
+    QueryParameter("q", "words in the name, description or venue (any case)"),
+    QueryParameter("category", "exact category (any case)"),
+    QueryParameter("city", "exact city (any case)"),
+    QueryParameter("venue", "exact venue (any case)"),
+    QueryParameter("from", "starts at or after (RFC 3339)", {"type": "string", "format": "date-time"}),
+    QueryParameter("to", "starts before (RFC 3339)", {"type": "string", "format": "date-time"}),
+    QueryParameter("available", "only events with seats to sell", {"type": "string", "enum": ["true", "false"]}),
+    QueryParameter("sort", "order", {"type": "string", "enum": ["starts_at", "-starts_at", "name"]}),
+    _LIMIT,
+    _CURSOR,
+)
+_HISTORY_QUERY = (QueryParameter("event_id", "only this event's"), _STATUS, _LIMIT, _CURSOR)
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", operations.healthz, "healthz", "The process is alive", response_body=schemas.Health, public=True),
     Route(
         "GET", "/readyz", operations.readyz, "readyz", "Recovery is done and the database answers",
         response_body=schemas.Health, public=True,
+    ),
+    Route(
+        "GET", "/metrics", operations.metrics, "metrics", "Prometheus metrics", public=True,
+        media_type="text/plain",
+    ),
+    Route("GET", "/openapi.json", openapi.openapi_json, "openapi", "This document", public=True),
+    Route("GET", "/docs", openapi.docs, "docs", "The API reference (Swagger UI)", public=True, media_type="text/html"),
+    Route(
+        "GET", "/docs/init.js", openapi.docs_init, "docs_init", "The reference page's script", public=True,
+        media_type="text/javascript",
     ),
     # Accounts.
     Route(
@@ -36,10 +72,12 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "POST", "/v1/events", events.create_event, "create_event", "Create an event with its ticket types",
         request_body=schemas.EventIn, response_body=schemas.EventOut, success_status=201,
+        idempotent=True,
     ),
     Route(
         "GET", "/v1/events", events.list_events, "list_events",
         "The catalogue: search (q), filters, sort, cursor pagination", response_body=schemas.EventPage, public=True,
+        query=_CATALOGUE_QUERY,
     ),
     Route(
         "GET", "/v1/events/{event_id}", events.get_event, "get_event", "One event with its ticket types and counts",
@@ -49,20 +87,24 @@ ROUTES: tuple[Route, ...] = (
         "PATCH", "/v1/events/{event_id}", events.update_event, "update_event",
         "Change descriptive fields, the sale window or limits", request_body=schemas.EventPatch,
         response_body=schemas.EventOut,
+        idempotent=True,
     ),
     Route(
         "POST", "/v1/events/{event_id}/ticket-types", events.add_ticket_type, "add_ticket_type", "Add a ticket type",
         request_body=schemas.TicketTypeIn, response_body=schemas.TicketTypeOut, success_status=201,
+        idempotent=True,
     ),
     Route(
         "PATCH", "/v1/events/{event_id}/ticket-types/{code}", events.change_ticket_type, "change_ticket_type",
         "Change a ticket type's name, price or capacity (never below held + sold)",
         request_body=schemas.TicketTypePatch, response_body=schemas.TicketTypeOut,
+        idempotent=True,
     ),
     Route(
         "POST", "/v1/events/{event_id}/cancel", events.cancel_event, "cancel_event",
         "Cancel the event: holds released, confirmed reservations refunded, waiting lists emptied",
         response_body=schemas.EventOut,
+        idempotent=True,
     ),
     Route(
         "GET", "/v1/events/{event_id}/availability", events.get_availability, "get_availability",
@@ -72,7 +114,7 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET", "/v1/events/{event_id}/availability/stream", events.availability_stream, "availability_stream",
         "Server-sent events: availability now and on every change, a few updates a second at most",
-        response_body=schemas.AvailabilityOut, public=True,
+        public=True, media_type="text/event-stream",
     ),
     Route(
         "GET", "/v1/events/{event_id}/report", events.get_report, "get_report",
@@ -81,21 +123,24 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET", "/v1/events/{event_id}/reservations", events.event_reservations, "event_reservations",
-        "The event's reservations, oldest first", response_body=schemas.ReservationPage,
+        "The event's reservations, oldest first", response_body=schemas.ReservationPage, query=(_STATUS, _LIMIT, _CURSOR),
     ),
     # Reservations and tickets.
     Route(
         "POST", "/v1/events/{event_id}/reservations", reservations.create_reservation, "create_reservation",
         "Hold seats (201), or join the waiting list when sold out and asked to (202)",
         request_body=schemas.ReservationIn, response_body=Reservation, success_status=201,
+        idempotent=True,
     ),
     Route(
         "POST", "/v1/reservations/{reservation_id}/confirm", reservations.confirm_reservation, "confirm_reservation",
         "Confirm a held reservation: its tickets are issued", response_body=Reservation,
+        idempotent=True,
     ),
     Route(
         "POST", "/v1/reservations/{reservation_id}/cancel", reservations.cancel_reservation, "cancel_reservation",
         "Cancel a reservation; its seats return to the pool", response_body=Reservation,
+        idempotent=True,
     ),
     Route(
         "GET", "/v1/reservations/{reservation_id}", reservations.get_reservation, "get_reservation",
@@ -112,11 +157,12 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET", "/v1/users/me/reservations", reservations.my_reservations, "my_reservations",
         "The caller's reservations across events, newest first", response_body=schemas.ReservationPage,
+        query=_HISTORY_QUERY,
     ),
     Route(
         "GET", "/v1/users/{user_id}/reservations", reservations.user_reservations, "user_reservations",
         "A user's reservations across events, newest first (services, admins)",
-        response_body=schemas.ReservationPage,
+        response_body=schemas.ReservationPage, query=_HISTORY_QUERY,
     ),
 )
 
