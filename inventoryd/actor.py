@@ -137,6 +137,9 @@ class EventActor:
     on_batch: Callable[[int, int], None] | None = None
     _mailbox: _Mailbox = field(default_factory=lambda: _Mailbox(limits.MAILBOX_MESSAGES_MAX))
     _running: bool = False
+    # False once a drain begins: new requests are refused, queued ones are still decided.
+    _accepting: bool = False
+    _processing: bool = False
     # While a batch's append is in flight: the reservations it touched, as they were before it.
     _in_flight_previous: dict[str, Reservation | None] = field(default_factory=dict)
     _view: EventSummary | None = None
@@ -274,8 +277,8 @@ class EventActor:
         # No timer per request: the actor refuses a message that waited past REQUEST_TIMEOUT_S when
         # its turn comes, and every wait before that is bounded (a batch's commit by DB_TIMEOUT_S; a
         # stopping actor fails what is queued at once).
-        if not self._running:
-            raise Unavailable("the event's actor is recovering; retry shortly")
+        if not self._accepting:
+            raise Unavailable("the event's actor is recovering or shutting down; retry shortly")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         if not self._mailbox.put_nowait(_Message(build, claim, request_id, future, loop.time())):
@@ -289,11 +292,21 @@ class EventActor:
         self.inventory.next_expiry()
         self._publish()
         self._running = True
+        self._accepting = True
         self._schedule_expiry()
+
+    def stop_accepting(self) -> None:
+        """Begin a drain: refuse new requests; what is queued or in flight is still answered."""
+        self._accepting = False
+
+    @property
+    def idle(self) -> bool:
+        return not self._processing and not self._mailbox
 
     def stop(self, reason: str) -> None:
         """Stop accepting; answer every waiting message with a retryable error."""
         self._running = False
+        self._accepting = False
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
             self._expiry_timer = None
@@ -308,7 +321,11 @@ class EventActor:
             await self._mailbox.wait_not_empty()
             depth = len(self._mailbox)
             batch = self._mailbox.take_nowait(limits.BATCH_MESSAGES_MAX)
-            await self._process(batch, depth)
+            self._processing = True
+            try:
+                await self._process(batch, depth)
+            finally:
+                self._processing = False
 
     async def _process(self, batch: list[_Message], depth: int) -> None:
         inventory = self.inventory

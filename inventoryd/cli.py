@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
@@ -21,7 +22,9 @@ log = structlog.get_logger("inventoryd.cli")
 HEADER_FIELD_BYTES_MAX = 8190
 REQUEST_LINE_BYTES_MAX = 8190
 HEADERS_MAX = 64
-SHUTDOWN_TIMEOUT_S = 10.0
+# A SIGTERM's drain must end within this (in-flight requests, batches, closing the database).
+SHUTDOWN_TIMEOUT_S = 20.0
+LISTEN_BACKLOG = 1024
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,29 +88,56 @@ def database(settings: Settings) -> Iterator[str]:
 
 
 def serve(settings: Settings) -> None:
-    from aiohttp import web  # noqa: PLC0415
-
-    from inventoryd.http.app import create_app  # noqa: PLC0415
-
     if settings.auth == "off" and settings.host not in ("127.0.0.1", "::1", "localhost"):
         raise SystemExit("INVENTORYD_AUTH=off is allowed only when serving on loopback (127.0.0.1)")
     with database(settings) as url:
         loop = _new_event_loop()
-        app = create_app(settings, database_url=url)
-        log.info("serving", host=settings.host, port=settings.port, embedded_database=not settings.database_url)
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            loop=loop,
-            access_log=None,
-            print=None,
-            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-            max_field_size=HEADER_FIELD_BYTES_MAX,
-            max_line_size=REQUEST_LINE_BYTES_MAX,
-            max_headers=HEADERS_MAX,
-        )
+        try:
+            loop.run_until_complete(_serve(settings, url))
+        finally:
+            loop.close()
         log.info("stopped")
+
+
+async def _serve(settings: Settings, database_url: str) -> None:
+    """Serve until SIGTERM or SIGINT, then drain: /readyz turns 503 at once, the listener closes after
+    DRAIN_GRACE_S (load balancers notice), requests in flight get their answers, actors finish their
+    batches, the database is closed; all within SHUTDOWN_TIMEOUT_S."""
+    from aiohttp import web  # noqa: PLC0415
+
+    from inventoryd.http import keys  # noqa: PLC0415
+    from inventoryd.http.app import create_app  # noqa: PLC0415
+
+    app = create_app(settings, database_url=database_url)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        max_field_size=HEADER_FIELD_BYTES_MAX,
+        max_line_size=REQUEST_LINE_BYTES_MAX,
+        max_headers=HEADERS_MAX,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
+    await site.start()
+    log.info("serving", host=settings.host, port=settings.port, embedded_database=not settings.database_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, stop.set)
+    await stop.wait()
+    started = loop.time()
+    log.info("draining", grace_s=settings.drain_grace_s, timeout_s=SHUTDOWN_TIMEOUT_S)
+    app[keys.REGISTRY].draining = True
+    await asyncio.sleep(settings.drain_grace_s)
+    try:
+        async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
+            await runner.cleanup()
+    except TimeoutError:
+        log.error("shutdown_timed_out", timeout_s=SHUTDOWN_TIMEOUT_S)
+        raise SystemExit(1) from None
+    log.info("drained", seconds=round(loop.time() - started, 3))
 
 
 def migrate(settings: Settings) -> None:

@@ -43,6 +43,8 @@ class Settings:
     log_level: str = field(default_factory=lambda: os.environ.get("INVENTORYD_LOG_LEVEL", "info"))
     log_format: LogFormat = field(default_factory=lambda: os.environ.get("INVENTORYD_LOG_FORMAT", "auto"))  # type: ignore[assignment]
     db_pool_size: int = field(default_factory=lambda: _env_int("INVENTORYD_DB_POOL_SIZE", 10))
+    # After SIGTERM, how long /readyz says 503 while still serving, before the listener closes.
+    drain_grace_s: float = field(default_factory=lambda: _env_float("INVENTORYD_DRAIN_GRACE_S", 1.0))
     access_log: bool = field(default_factory=lambda: os.environ.get("INVENTORYD_ACCESS_LOG", "1") not in ("0", "false"))
     # Authentication; "off" makes every caller an admin and is refused unless serving on loopback.
     auth: Literal["on", "off"] = field(default_factory=lambda: os.environ.get("INVENTORYD_AUTH", "on"))  # type: ignore[assignment]
@@ -70,6 +72,8 @@ class Settings:
             raise SystemExit(f"port must be 1..65535, not {self.port}")
         if not 2 <= self.db_pool_size <= 100:
             raise SystemExit(f"INVENTORYD_DB_POOL_SIZE must be 2..100, not {self.db_pool_size}")
+        if not 0 <= self.drain_grace_s <= 30:
+            raise SystemExit("INVENTORYD_DRAIN_GRACE_S must be between 0 and 30")
         if self.auth not in ("on", "off"):
             raise SystemExit(f"INVENTORYD_AUTH must be on or off, not {self.auth!r}")
         if self.admin_token is not None and len(self.admin_token) < 24:

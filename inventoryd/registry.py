@@ -29,6 +29,8 @@ from persistence.journal import Journal
 log = structlog.get_logger("inventoryd.registry")
 
 _RECORD_DECODER = domain.RECORD_DECODER
+# How long a shutdown waits for the actors to finish what they hold.
+DRAIN_ACTORS_S = 10.0
 
 
 def new_event_id() -> str:
@@ -108,7 +110,18 @@ class Registry:
         return records
 
     async def stop(self) -> None:
+        """Drain, then stop: no new requests, every queued and in-flight batch decided, committed
+        and answered (for at most DRAIN_ACTORS_S), then the actors' tasks end."""
         self.ready = False
+        self.draining = True
+        for actor in self._actors.values():
+            actor.stop_accepting()
+        deadline = asyncio.get_running_loop().time() + DRAIN_ACTORS_S
+        while not all(actor.idle for actor in self._actors.values()):
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("drain_timed_out", busy=sum(not actor.idle for actor in self._actors.values()))
+                break
+            await asyncio.sleep(0.01)
         supervisors = list(self._supervisors.values())
         for task in supervisors:
             task.cancel()

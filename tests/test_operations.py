@@ -1,0 +1,194 @@
+"""What operators rely on: metrics, the API reference, structured logs, and a clean SIGTERM.
+
+Method: scrape /metrics and parse it as Prometheus does; validate /openapi.json with an OpenAPI 3.1
+validator and compare it with the route table; capture log events as data; send SIGTERM to a real
+`inventoryd serve` under load and check that it drains, answers, and exits 0 in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import msgspec
+import structlog
+from openapi_spec_validator import validate
+from prometheus_client.parser import text_string_to_metric_families
+
+from inventoryd.cli import SHUTDOWN_TIMEOUT_S
+from inventoryd.http import keys
+from inventoryd.http.routes import ROUTES
+from tests.helpers import ADMIN, ADMIN_TOKEN, FakeClock, create_event, wait_until
+from tests.test_durability import free_port, running_server, wait_ready
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+async def test_metrics(client: Any) -> None:
+    event = await create_event(client, ticket_types=[{"code": "GA", "name": "GA", "price": 1, "capacity": 3}])
+    for user in ("a", "b", "c", "d"):
+        await client.post(f"/v1/events/{event['id']}/reservations", json={"ticket_type": "GA", "quantity": 1, "user_id": user})
+    response = await client.get("/metrics")
+    assert response.status == 200 and response.content_type == "text/plain"
+    found = samples(await response.text())
+    route = "/v1/events/{event_id}/reservations"
+    assert found[("inventoryd_http_requests_total", (("method", "POST"), ("route", route), ("status", "201")))] == 3
+    assert found[("inventoryd_http_requests_total", (("method", "POST"), ("route", route), ("status", "409")))] == 1
+    assert found[("inventoryd_http_request_duration_seconds_count", (("method", "POST"), ("route", route)))] == 4
+    assert found[("inventoryd_reservations_total", (("outcome", "held"),))] == 3
+    assert found[("inventoryd_reservations_total", (("outcome", "sold_out"),))] == 1
+    assert found[("inventoryd_journal_commit_duration_seconds_count", ())] >= 4
+    assert found[("inventoryd_journal_commit_records_sum", ())] >= 4
+    assert found[("inventoryd_actor_batch_messages_count", ())] >= 4
+    assert found[("inventoryd_actors", ())] == 1 and found[("inventoryd_actors_running", ())] == 1
+    assert found[("inventoryd_ready", ())] == 1
+    assert ("inventoryd_actor_restarts_total", ()) in found and ("inventoryd_recovery_duration_seconds", ()) in found
+
+
+async def test_openapi_document_is_valid_and_complete(client: Any) -> None:
+    response = await client.get("/openapi.json")
+    assert response.status == 200
+    document = await response.json()
+    validate(document)
+    assert document["openapi"] == "3.1.0"
+    documented = {(method.upper(), path) for path, operations in document["paths"].items() for method in operations}
+    assert documented == {(route.method, route.path) for route in ROUTES}
+    operation_ids = [op["operationId"] for ops in document["paths"].values() for op in ops.values()]
+    assert len(operation_ids) == len(set(operation_ids))
+    reserve = document["paths"]["/v1/events/{event_id}/reservations"]["post"]
+    assert {p["name"] for p in reserve["parameters"]} == {"event_id", "Idempotency-Key"}
+    assert {"201", "202", "401", "403", "404", "409", "422", "429", "503"} <= set(reserve["responses"])
+    assert reserve["security"] == [{"bearer": []}]
+    assert document["paths"]["/v1/events"]["get"]["security"] == []
+    schema = document["components"]["schemas"]["ReservationIn"]
+    assert schema["properties"]["quantity"]["minimum"] == 1 and schema["additionalProperties"] is False
+
+
+async def test_docs_page_works_offline(client: Any) -> None:
+    page = await client.get("/docs")
+    assert page.status == 200 and page.content_type == "text/html"
+    html = await page.text()
+    assert "/docs/static/swagger-ui-bundle.js" in html and "http" not in html.replace("http-equiv", "")
+    for asset in ("/docs/static/swagger-ui-bundle.js", "/docs/static/swagger-ui.css", "/docs/init.js"):
+        response = await client.get(asset)
+        assert response.status == 200, asset
+    assert "script-src" not in page.headers["Content-Security-Policy"] or "'self'" in page.headers["Content-Security-Policy"]
+
+
+async def test_one_access_line_per_request_and_domain_events(start: Any) -> None:
+    clock = FakeClock()
+    client = await start(clock=clock, access_log=True)
+    with structlog.testing.capture_logs() as logs:
+        event = await create_event(client, hold_seconds=60, ticket_types=[{"code": "GA", "name": "GA", "price": 1, "capacity": 2}])
+        response = await client.post(
+            f"/v1/events/{event['id']}/reservations",
+            json={"ticket_type": "GA", "quantity": 2, "user_id": "u"},
+            headers={"X-Request-ID": "req-42"},
+        )
+        assert response.headers["X-Request-ID"] == "req-42"
+        clock.advance(61)
+        registry = client.app[keys.REGISTRY]
+        registry.get(event["id"]).wake_expiry()
+        await wait_until(lambda: any(entry["event"] == "holds_expired" for entry in logs))
+    access = [entry for entry in logs if entry["event"] == "request"]
+    assert len(access) == 2
+    reserve_line = next(entry for entry in access if entry["request_id"] == "req-42")
+    assert reserve_line["route"] == "/v1/events/{event_id}/reservations"
+    assert reserve_line["status"] == 201 and reserve_line["method"] == "POST"
+    assert reserve_line["principal"] == "admin:bootstrap" and reserve_line["duration_ms"] > 0
+    events = {entry["event"] for entry in logs}
+    assert {"event_created", "sold_out", "holds_expired"} <= events
+    sold_out = next(entry for entry in logs if entry["event"] == "sold_out")
+    assert sold_out["event_id"] == event["id"] and sold_out["ticket_type"] == "GA"
+
+
+async def test_sigterm_drains_and_exits_cleanly(database_url: str) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    environment = dict(
+        os.environ,
+        INVENTORYD_ADMIN_TOKEN=ADMIN_TOKEN,
+        INVENTORYD_LOG_FORMAT="json",
+        INVENTORYD_ACCESS_LOG="0",
+        INVENTORYD_DRAIN_GRACE_S="0.5",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inventoryd", "serve", "--port", str(port), "--database-url", database_url],
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        async with aiohttp.ClientSession(headers=ADMIN, timeout=aiohttp.ClientTimeout(total=30)) as session:
+            await wait_ready(session, base, process)
+            async with session.post(
+                f"{base}/v1/events",
+                json={"name": "Drain", "starts_at": "2027-01-01T00:00:00Z", "currency": "EUR",
+                      "ticket_types": [{"code": "GA", "name": "GA", "price": 1, "capacity": 100000}]},
+            ) as response:
+                event = await response.json()
+            answered: list[dict[str, Any]] = []
+            stop = asyncio.Event()
+
+            async def buyer(index: int) -> None:
+                attempt = 0
+                while not stop.is_set():
+                    attempt += 1
+                    try:
+                        async with session.post(
+                            f"{base}/v1/events/{event['id']}/reservations",
+                            json={"ticket_type": "GA", "quantity": 1, "user_id": f"u{index}-{attempt}"},
+                        ) as response:
+                            if response.status == 201:
+                                answered.append(await response.json())
+                            else:
+                                assert response.status == 503, await response.text()
+                    except aiohttp.ClientConnectionError:
+                        return  # the listener closed
+
+            buyers = [asyncio.create_task(buyer(index)) for index in range(16)]
+            await wait_until(lambda: len(answered) >= 100)
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            # While draining, readiness says no, and requests are still answered.
+            await asyncio.sleep(0.1)
+            async with session.get(f"{base}/readyz") as response:
+                assert response.status == 503
+            await asyncio.wait_for(asyncio.gather(*buyers), timeout=SHUTDOWN_TIMEOUT_S)
+            stop.set()
+            code = await asyncio.to_thread(process.wait, SHUTDOWN_TIMEOUT_S)
+            assert code == 0, process.stderr.read().decode()[-2000:] if process.stderr else ""
+            assert time.monotonic() - signalled < SHUTDOWN_TIMEOUT_S
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    log_lines = [msgspec.json.decode(line) for line in (process.stderr.read() if process.stderr else b"").splitlines() if line.startswith(b"{")]
+    assert [entry["event"] for entry in log_lines if entry["event"] in ("draining", "drained", "stopped")] == [
+        "draining",
+        "drained",
+        "stopped",
+    ]
+    # Everything answered 201 is in the log.
+    port = free_port()
+    with running_server(database_url, port) as restarted:
+        async with aiohttp.ClientSession(headers=ADMIN) as session:
+            await wait_ready(session, f"http://127.0.0.1:{port}", restarted)
+            async with session.get(f"http://127.0.0.1:{port}/v1/events/{event['id']}") as response:
+                held = (await response.json())["ticket_types"][0]["held"]
+    assert held == len(answered)
