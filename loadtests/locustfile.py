@@ -27,7 +27,8 @@ from typing import Any
 
 from locust import FastHttpUser, between, events, task
 
-SERVICE_TOKEN = os.environ.get("INVENTORYD_SERVICE_TOKEN", "")
+# Buyers use the service token; without one, the admin token (which may also act for any user).
+SERVICE_TOKEN = os.environ.get("INVENTORYD_SERVICE_TOKEN") or os.environ.get("INVENTORYD_ADMIN_TOKEN", "")
 ADMIN_TOKEN = os.environ.get("INVENTORYD_ADMIN_TOKEN", "")
 EVENT_COUNT = int(os.environ.get("LOCUST_EVENTS", "3"))
 CAPACITY = int(os.environ.get("LOCUST_CAPACITY", "2000"))
