@@ -1,4 +1,4 @@
-"""`inventoryd serve | migrate`: the operator's entry points."""
+"""`inventoryd serve | migrate | token | audit`: the operator's entry points."""
 
 from __future__ import annotations
 
@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     add_database_options(revoke)
     listing = token_commands.add_parser("list", help="list tokens (never their secrets)")
     add_database_options(listing)
+
+    audit = commands.add_parser("audit", help="replay the log and check every invariant; non-zero exit on a violation")
+    audit.add_argument("--event", help="only this event")
+    add_database_options(audit)
     return parser
 
 
@@ -192,6 +196,30 @@ def token(settings: Settings, arguments: argparse.Namespace) -> int:
         return asyncio.run(run(url))
 
 
+def audit(settings: Settings, event_id: str | None) -> int:
+    from inventoryd.audit import audit as run_audit  # noqa: PLC0415
+    from persistence.journal import connect  # noqa: PLC0415
+
+    async def run(url: str) -> int:
+        connection = await connect(url)
+        try:
+            results = await run_audit(connection, event_id)
+        finally:
+            await connection.close()
+        for result in results:
+            print(result.line())
+        violations = sum(1 for result in results if result.problems)
+        records = sum(result.records for result in results)
+        print(f"audited {len(results)} event(s), {records} records: {violations} with violations")
+        if event_id is not None and not results:
+            print(f"no event {event_id!r}", file=sys.stderr)
+            return 2
+        return 1 if violations else 0
+
+    with database(settings) as url:
+        return asyncio.run(run(url))
+
+
 def _new_event_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop  # noqa: PLC0415
@@ -212,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
             migrate(settings)
         case "token":
             raise SystemExit(token(settings, arguments))
+        case "audit":
+            raise SystemExit(audit(settings, arguments.event))
         case _:
             raise SystemExit(f"unknown command {arguments.command}")
 
