@@ -40,6 +40,11 @@ class AppendOutcomeUnknown(Exception):
     """The append may or may not have been committed; the log must be read to know."""
 
 
+class LogAhead(AppendOutcomeUnknown):
+    """The log already holds records at the positions appended to: this writer's state is behind
+    the log (or another writer owns the event). Nothing was written; rebuild from the log."""
+
+
 @dataclass(slots=True)
 class IdempotencyRow:
     scope: str
@@ -217,13 +222,20 @@ class Journal:
         try:
             async with asyncio.timeout(limits.DB_TIMEOUT_S):
                 await connection.execute(_WRITE, *arguments)
-        except asyncpg.PostgresError as error:
-            # The server answered with an error: the single-statement transaction rolled back. A
-            # fatal error (admin shutdown) also ends the session, which rolls back too.
-            if connection.is_closed() or isinstance(error, asyncpg.exceptions.AdminShutdownError):
-                self._drop_connection()
+        except asyncpg.UniqueViolationError as error:
+            if error.constraint_name == "journal_pkey":
+                raise LogAhead(f"the log already has records where this append goes: {error!r}") from error
             raise AppendFailed(f"the database refused the append: {error!r}") from error
-        except (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError) as error:
+        except (
+            OSError,
+            asyncio.TimeoutError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            # A connection cut or terminated mid-statement: the server may have committed first.
+            asyncpg.PostgresConnectionError,
+            asyncpg.exceptions.AdminShutdownError,
+            asyncpg.exceptions.CrashShutdownError,
+        ) as error:
             # Sent, but no answer: it may have committed.
             self._drop_connection()
             log.warning("journal_commit_in_doubt", error=repr(error), batches=len(batches))
@@ -232,6 +244,11 @@ class Journal:
             else:
                 self.stats.settled_failed += 1
                 raise AppendFailed(f"the commit was cut off and did not happen: {error!r}") from error
+        except asyncpg.PostgresError as error:
+            # The server answered with an error: the single-statement transaction rolled back.
+            if connection.is_closed():
+                self._drop_connection()
+            raise AppendFailed(f"the database refused the append: {error!r}") from error
         elapsed = time.perf_counter() - started
         self.stats.commits += 1
         self.stats.appends += len(batches)

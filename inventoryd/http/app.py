@@ -149,6 +149,11 @@ async def request_context(request: web.Request, handler: web.RequestHandler) -> 
             response.headers["Allow"] = error.headers["Allow"]
     except asyncio.CancelledError:
         raise
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+        # The database is unreachable (or slower than DB_TIMEOUT_S): not the caller's fault, and
+        # not a bug; retrying later is the right thing to do.
+        log.warning("database_unavailable", request_id=request_id, path=request.path, error=repr(error))
+        response = problem_response(503, "unavailable", "the database is not answering; retry shortly")
     except Exception:
         log.exception("request_failed", request_id=request_id, method=request.method, path=request.path)
         response = problem_response(500, "internal_error", "an unexpected error; it has been logged")
