@@ -379,7 +379,7 @@ class EventActor:
                 request_ids=[message.request_id for message in batch if message.request_id],
             )
             raise ActorRestartRequired(repr(error)) from error
-        if kinds:
+        if kinds or answers:
             try:
                 await self.journal.append(
                     Append(
@@ -457,9 +457,10 @@ class EventActor:
         else:
             # An event-level command: the event as this decision leaves it.
             result = self.inventory.summary()
-        # Only answers that changed something are remembered: a refused request changed nothing,
-        # so a retry of it is simply decided again.
-        stored = _ENCODER.encode(result) if claim is not None and decision.records and result is not None else None
+        # Every accepted answer is remembered under its key, also one that changed nothing (a
+        # repeated confirm): its retry must get the same answer even after the state moved on.
+        # Refusals (sold out, …) are not: they changed nothing, a retry is decided afresh.
+        stored = _ENCODER.encode(result) if claim is not None and result is not None else None
         return Outcome(result, stored)
 
     def _publish(self) -> None:

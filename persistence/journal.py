@@ -83,6 +83,7 @@ class Append:
     def __post_init__(self) -> None:
         assert len(self.kinds) == len(self.bodies)
         assert self.first_seq >= 1
+        assert self.kinds or self.idempotency, "an append writes records, idempotency answers, or both"
 
 
 @dataclass(slots=True)
@@ -239,7 +240,7 @@ class Journal:
             # Sent, but no answer: it may have committed.
             self._drop_connection()
             log.warning("journal_commit_in_doubt", error=repr(error), batches=len(batches))
-            if await self._settle_in_doubt(server_pid, batches[0]):
+            if await self._settle_in_doubt(server_pid, batches):
                 self.stats.settled_committed += 1
             else:
                 self.stats.settled_failed += 1
@@ -267,8 +268,14 @@ class Journal:
             self._connection.terminate()
             self._connection = None
 
-    async def _settle_in_doubt(self, server_pid: int, first: Append) -> bool:
-        """Did the cut-off transaction commit? True or False from the log, else AppendOutcomeUnknown."""
+    async def _settle_in_doubt(self, server_pid: int, batches: list[Append]) -> bool:
+        """Did the cut-off transaction commit? True or False from the log, else AppendOutcomeUnknown.
+
+        One row the transaction wrote answers for all of it: a log record if it had any, else an
+        idempotency answer (a transaction can carry only those)."""
+        with_record = next((batch for batch in batches if batch.kinds), None)
+        with_answer = next((batch for batch in batches if batch.idempotency), None)
+        assert with_record is not None or with_answer is not None, "an append writes something"
         try:
             async with asyncio.timeout(limits.DB_TIMEOUT_S):
                 connection = await connect(self._dsn)
@@ -278,14 +285,26 @@ class Journal:
                     await connection.execute("SELECT pg_terminate_backend($1)", server_pid)
                     while await connection.fetchval("SELECT 1 FROM pg_stat_activity WHERE pid = $1", server_pid):
                         await asyncio.sleep(0.01)
-                    found = await connection.fetchval(
-                        "SELECT 1 FROM journal WHERE event_id = $1 AND seq = $2", first.event_id, first.first_seq
-                    )
+                    if with_record is not None:
+                        found = await connection.fetchval(
+                            "SELECT 1 FROM journal WHERE event_id = $1 AND seq = $2",
+                            with_record.event_id,
+                            with_record.first_seq,
+                        )
+                    else:
+                        assert with_answer is not None
+                        answer = with_answer.idempotency[0]
+                        found = await connection.fetchval(
+                            "SELECT 1 FROM idempotency_keys WHERE scope = $1 AND key = $2 AND fingerprint = $3",
+                            answer.scope,
+                            answer.key,
+                            answer.fingerprint,
+                        )
                 finally:
                     await connection.close()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
             raise AppendOutcomeUnknown(f"could not settle an in-doubt commit: {error!r}") from error
-        log.info("journal_commit_settled", committed=bool(found), event_id=first.event_id, seq=first.first_seq)
+        log.info("journal_commit_settled", committed=bool(found), batches=len(batches))
         return bool(found)
 
 

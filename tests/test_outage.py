@@ -174,8 +174,8 @@ async def test_settling_reads_the_log(database_url: str, db: Any) -> None:
         never = Append("evt_settle", 2, ["kind"], [b'{"a": 2}'])
         other = await asyncpg.connect(database_url)
         pid = other.get_server_pid()
-        assert await journal._settle_in_doubt(pid, written) is True
+        assert await journal._settle_in_doubt(pid, [written]) is True
         other = await asyncpg.connect(database_url)
-        assert await journal._settle_in_doubt(other.get_server_pid(), never) is False
+        assert await journal._settle_in_doubt(other.get_server_pid(), [never]) is False
     finally:
         await journal.close()
