@@ -35,6 +35,12 @@ log = structlog.get_logger("persistence.journal")
 class AppendFailed(Exception):
     """The append was certainly not committed."""
 
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        # The server answered "no" to the statement (rather than being unreachable): something in
+        # the data, which retrying each append of a coalesced transaction alone will isolate.
+        self.refused = refused
+
 
 class AppendOutcomeUnknown(Exception):
     """The append may or may not have been committed; the log must be read to know."""
@@ -193,7 +199,12 @@ class Journal:
                 await self._write(taken)
             except AppendFailed as error:
                 self.stats.failures += 1
-                _settle(taken, error)
+                if error.refused and len(taken) > 1:
+                    # One append's data made the server refuse the whole transaction: write each
+                    # on its own, so that it fails alone and its neighbours commit.
+                    await self._write_one_by_one(taken)
+                else:
+                    _settle(taken, error)
             except AppendOutcomeUnknown as error:
                 self.stats.failures += 1
                 _settle(taken, error)
@@ -202,6 +213,16 @@ class Journal:
                 raise
             else:
                 _settle(taken, None)
+
+    async def _write_one_by_one(self, batches: list[Append]) -> None:
+        for batch in batches:
+            try:
+                await self._write([batch])
+            except (AppendFailed, AppendOutcomeUnknown) as error:
+                self.stats.failures += 1
+                _settle([batch], error)
+            else:
+                _settle([batch], None)
 
     def _take(self) -> list[Append]:
         taken = [self._pending.popleft()]
@@ -226,7 +247,7 @@ class Journal:
         except asyncpg.UniqueViolationError as error:
             if error.constraint_name == "journal_pkey":
                 raise LogAhead(f"the log already has records where this append goes: {error!r}") from error
-            raise AppendFailed(f"the database refused the append: {error!r}") from error
+            raise AppendFailed(f"the database refused the append: {error!r}", refused=True) from error
         except (
             OSError,
             asyncio.TimeoutError,
@@ -249,7 +270,7 @@ class Journal:
             # The server answered with an error: the single-statement transaction rolled back.
             if connection.is_closed():
                 self._drop_connection()
-            raise AppendFailed(f"the database refused the append: {error!r}") from error
+            raise AppendFailed(f"the database refused the append: {error!r}", refused=True) from error
         elapsed = time.perf_counter() - started
         self.stats.commits += 1
         self.stats.appends += len(batches)

@@ -28,7 +28,7 @@ from inventoryd.config import Settings
 from inventoryd.http import keys
 from inventoryd.http.app import create_app
 from persistence.embedded import EmbeddedPostgres
-from persistence.journal import Append, Journal, connect
+from persistence.journal import Append, AppendFailed, Journal, connect
 from tests.helpers import ADMIN, ADMIN_TOKEN, create_event, wait_until
 
 OUTAGE_S = 3.0
@@ -177,5 +177,23 @@ async def test_settling_reads_the_log(database_url: str, db: Any) -> None:
         assert await journal._settle_in_doubt(pid, [written]) is True
         other = await asyncpg.connect(database_url)
         assert await journal._settle_in_doubt(other.get_server_pid(), [never]) is False
+    finally:
+        await journal.close()
+
+
+async def test_a_refused_append_fails_alone(database_url: str, db: Any) -> None:
+    """If the server refuses a coalesced transaction for one append's data, the others still commit."""
+    journal = Journal(database_url)
+    await journal.start()
+    try:
+        good = [Append(f"evt_good{index}", 1, ["kind"], [b'{"ok": true}']) for index in range(3)]
+        poisoned = Append("evt_poison", 1, ["kind"], [b'{"bad": "\\u0000"}'])
+        outcomes = await asyncio.gather(
+            *(journal.append(batch) for batch in [good[0], poisoned, good[1], good[2]]), return_exceptions=True
+        )
+        assert outcomes[0] is None and outcomes[2] is None and outcomes[3] is None
+        assert isinstance(outcomes[1], AppendFailed)
+        assert await db.fetchval("SELECT count(*) FROM journal WHERE event_id LIKE 'evt_good%'") == 3
+        assert await db.fetchval("SELECT count(*) FROM journal WHERE event_id = 'evt_poison'") == 0
     finally:
         await journal.close()

@@ -13,23 +13,30 @@ from inventoryd.accounts import PASSWORD_CHARS_MIN
 from inventoryd.http import keys
 from inventoryd.http.common import json_response, read_json, refuse_body
 from inventoryd.http.problems import ProblemError
+from inventoryd.http.schemas import STORABLE_TEXT
 
 Email = Annotated[
-    str, Meta(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", description="an email address")
+    str,
+    Meta(
+        min_length=3,
+        max_length=254,
+        pattern=r"^[^@\s\x00\ud800-\udfff]+@[^@\s\x00\ud800-\udfff]+\.[^@\s\x00\ud800-\udfff]+$",
+        description="an email address",
+    ),
 ]
-Password = Annotated[str, Meta(min_length=PASSWORD_CHARS_MIN, max_length=256)]
+Password = Annotated[str, Meta(min_length=PASSWORD_CHARS_MIN, max_length=256, pattern=STORABLE_TEXT)]
 
 
 class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):
     email: Email
     password: Password
-    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    name: Annotated[str, Meta(min_length=1, max_length=200, pattern=STORABLE_TEXT)]
     role: Literal["attendee", "organizer"] = "attendee"
 
 
 class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
     email: Email
-    password: Annotated[str, Meta(min_length=1, max_length=256)]
+    password: Annotated[str, Meta(min_length=1, max_length=256, pattern=STORABLE_TEXT)]
 
 
 class RefreshIn(msgspec.Struct, forbid_unknown_fields=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +22,8 @@ from inventoryd.idempotency import IdempotencyConflict, Replay, fingerprint
 from inventoryd.registry import Registry
 
 JSON = "application/json"
+IDEMPOTENCY_KEY_PATTERN = re.compile(rf"[ -~]{{1,{limits.IDEMPOTENCY_KEY_BYTES_MAX}}}")
+CURSOR_PATTERN = "^[A-Za-z0-9_-]+$"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -122,9 +125,11 @@ async def run_idempotent(
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return render_outcome(await perform_or_503(perform, None), render)
-    if not key or len(key.encode()) > limits.IDEMPOTENCY_KEY_BYTES_MAX or not key.isprintable():
+    if not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
         raise invalid(
-            f"Idempotency-Key must be 1 to {limits.IDEMPOTENCY_KEY_BYTES_MAX} printable bytes", "Idempotency-Key", 400
+            f"Idempotency-Key must be 1 to {limits.IDEMPOTENCY_KEY_BYTES_MAX} printable ASCII characters",
+            "Idempotency-Key",
+            400,
         )
     principal = request[keys.PRINCIPAL]
     idempotency = request.app[keys.IDEMPOTENCY]
@@ -174,7 +179,7 @@ def int_query(request: web.Request, name: str, default: int, low: int, high: int
     except ValueError:
         raise invalid(f"{name} must be an integer", name, 400) from None
     if not low <= value <= high:
-        raise invalid(f"{name} must be between {low} and {high}", name)
+        raise invalid(f"{name} must be between {low} and {high}", name, 400)
     return value
 
 
@@ -198,11 +203,21 @@ def choice_query(request: web.Request, name: str, choices: tuple[str, ...], defa
     return raw
 
 
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def storable(value: str, name: str) -> str:
+    """A query or path parameter that will reach SQL: 400 if PostgreSQL could not take it."""
+    if _UNSTORABLE.search(value):
+        raise invalid(f"{name} contains a NUL or an unpaired surrogate", name, 400)
+    return value
+
+
 def text_query(request: web.Request, name: str) -> str | None:
     raw = request.query.get(name)
     if raw is not None and len(raw) > limits.NAME_CHARS_MAX:
         raise invalid(f"{name} is longer than {limits.NAME_CHARS_MAX} characters", name, 400)
-    return raw or None
+    return storable(raw, name) if raw else None
 
 
 def encode_cursor(values: Any) -> str:

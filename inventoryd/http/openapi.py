@@ -58,7 +58,11 @@ def build(routes: tuple[Route, ...]) -> dict[str, Any]:
                     "in": "header",
                     "required": False,
                     "description": "A retry with the same key and body gets the original answer and changes nothing",
-                    "schema": {"type": "string", "minLength": 1, "maxLength": limits.IDEMPOTENCY_KEY_BYTES_MAX},
+                    "schema": {
+                        "type": "string",
+                        "pattern": f"^[ -~]{{1,{limits.IDEMPOTENCY_KEY_BYTES_MAX}}}$",
+                        "description": "printable ASCII",
+                    },
                 }
             )
         if parameters:
@@ -70,6 +74,8 @@ def build(routes: tuple[Route, ...]) -> dict[str, Any]:
             success["content"] = {route.media_type: {"schema": schema_of[route.response_body]}}
         elif route.media_type != "application/json":
             success["content"] = {route.media_type: {"schema": {"type": "string"}}}
+        if route.name in _LINKS:
+            success["links"] = _LINKS[route.name]
         responses: dict[str, Any] = {str(route.success_status): success}
         if route.name == "create_reservation":
             responses["202"] = {"description": "Joined the waiting list", "content": success["content"]}
@@ -100,6 +106,27 @@ def build(routes: tuple[Route, ...]) -> dict[str, Any]:
     }
 
 
+def _link(operation_id: str, **parameters: str) -> dict[str, Any]:
+    return {"operationId": operation_id, "parameters": parameters}
+
+
+# What an answer's ids lead to: clients (and schemathesis' stateful phase) follow these.
+_EVENT_ID = "$response.body#/id"
+_LINKS: dict[str, dict[str, Any]] = {
+    "create_event": {
+        name: _link(name, event_id=_EVENT_ID)
+        for name in ("get_event", "create_reservation", "get_availability", "get_report", "event_reservations", "update_event")
+    },
+    "create_reservation": {
+        name: _link(name, reservation_id="$response.body#/id")
+        for name in ("get_reservation", "confirm_reservation", "cancel_reservation")
+    },
+    "confirm_reservation": {
+        name: _link(name, ticket_id="$response.body#/tickets/0/id") for name in ("get_ticket", "check_in_ticket")
+    },
+}
+
+
 def _path_parameters(path: str) -> list[str]:
     return [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
 
@@ -120,6 +147,8 @@ def _error_statuses(route: Route) -> list[int]:
     statuses = {429, 503}
     if route.query or route.idempotent:
         statuses.add(400)
+    if route.path.startswith("/v1/auth/"):
+        statuses.add(401)  # wrong password, spent refresh token
     if not route.public:
         statuses |= {401, 403}
     if "{" in route.path:

@@ -26,6 +26,7 @@ from inventoryd.http.common import (
     registry_of,
     render_outcome,
     run_idempotent,
+    storable,
 )
 from inventoryd.http.problems import ProblemError
 from persistence import store
@@ -168,6 +169,8 @@ async def _user_reservations(request: web.Request, user_id: str) -> web.Response
     registry = registry_of(request)
     status = choice_query(request, "status", _STATUSES, None)
     event_id = request.query.get("event_id") or None
+    if event_id is not None:
+        storable(event_id, "event_id")
     limit = int_query(request, "limit", limits.PAGE_ITEMS_DEFAULT, 1, limits.PAGE_ITEMS_MAX)
     before = decode_cursor(request, tuple[datetime, str, int])
     items: list[Reservation] = []
@@ -198,6 +201,6 @@ async def my_reservations(request: web.Request) -> web.Response:
 
 
 async def user_reservations(request: web.Request) -> web.Response:
-    user_id = request.match_info["user_id"]
+    user_id = storable(request.match_info["user_id"], "user_id")
     request[keys.PRINCIPAL].check_may_read_user(user_id)
     return await _user_reservations(request, user_id)

@@ -6,14 +6,14 @@ from __future__ import annotations
 from inventoryd import limits
 from inventoryd.domain import Reservation
 from inventoryd.http import account_routes, events, openapi, operations, reservations, schemas
-from inventoryd.http.common import QueryParameter, Route
+from inventoryd.http.common import CURSOR_PATTERN, QueryParameter, Route
 
 _LIMIT = QueryParameter(
     "limit",
     f"items per page (1..{limits.PAGE_ITEMS_MAX}, default {limits.PAGE_ITEMS_DEFAULT})",
     {"type": "integer", "minimum": 1, "maximum": limits.PAGE_ITEMS_MAX},
 )
-_CURSOR = QueryParameter("cursor", "next_cursor of the previous page")
+_CURSOR = QueryParameter("cursor", "next_cursor of the previous page", {"type": "string", "pattern": CURSOR_PATTERN})
 _STATUS = QueryParameter(
     "status",
     "only reservations in this status",

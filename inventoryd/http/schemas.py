@@ -12,10 +12,14 @@ from msgspec import UNSET, Meta, UnsetType
 from inventoryd import limits
 from inventoryd.domain import Reservation
 
+# Text PostgreSQL can store: no NUL, no unpaired surrogate. Checked while decoding, so such a request
+# is refused with the field named and never reaches the journal (where it would fail the shared
+# transaction of every event whose batch was coalesced with it).
+STORABLE_TEXT = r"^[^\x00\ud800-\udfff]*$"
 Code = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
-Name = Annotated[str, Meta(min_length=1, max_length=limits.NAME_CHARS_MAX)]
-ShortText = Annotated[str, Meta(max_length=limits.NAME_CHARS_MAX)]
-Description = Annotated[str, Meta(max_length=limits.DESCRIPTION_CHARS_MAX)]
+Name = Annotated[str, Meta(min_length=1, max_length=limits.NAME_CHARS_MAX, pattern=STORABLE_TEXT)]
+ShortText = Annotated[str, Meta(max_length=limits.NAME_CHARS_MAX, pattern=STORABLE_TEXT)]
+Description = Annotated[str, Meta(max_length=limits.DESCRIPTION_CHARS_MAX, pattern=STORABLE_TEXT)]
 Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
 # Money in minor units; bounded so that price × capacity stays well inside a 64-bit integer.
 Price = Annotated[int, Meta(ge=0, le=100_000_000_000)]
