@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import asyncpg
 import msgspec
 import structlog
 
@@ -147,6 +148,9 @@ class EventActor:
     _expiry_queued: bool = False
     # Made only while someone waits for a change, so that a commit pays nothing otherwise.
     _next_change: asyncio.Future[None] | None = None
+    # Stores a snapshot (event id, seq, state); the log position of the latest one written.
+    write_snapshot: Callable[[str, int, bytes], Awaitable[None]] | None = None
+    snapshot_seq: int = 0
 
     # -- the callers' side ----------------------------------------------------------------------
 
@@ -425,6 +429,21 @@ class EventActor:
         if kinds:
             self._log_domain_events(kinds, available_before)
         self._schedule_expiry()
+        if inventory.last_seq - self.snapshot_seq >= limits.SNAPSHOT_EVERY_RECORDS:
+            await self.snapshot_now()
+
+    async def snapshot_now(self) -> None:
+        """Write a snapshot of the committed state (between batches). A failure costs only a longer
+        recovery: it is logged, never raised."""
+        if self.write_snapshot is None or self.inventory.definition is None:
+            return
+        seq = self.inventory.last_seq
+        try:
+            await self.write_snapshot(self.event_id, seq, self.inventory.snapshot())
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+            log.warning("snapshot_failed", event_id=self.event_id, seq=seq, error=repr(error))
+            return
+        self.snapshot_seq = seq
 
     def _log_domain_events(self, kinds: list[str], available_before: list[int]) -> None:
         """What an operator wants to see as its own line, once it is durable."""

@@ -49,12 +49,22 @@ async def audit(connection: asyncpg.Connection, event_id: str | None = None) -> 
         logs = store.stream_all_logs(connection)
     else:
         logs = _one(connection, event_id)
+    snapshots = await store.latest_snapshots(connection)
     async for logged_event_id, rows in logs:
         seen.add(logged_event_id)
         result = EventAudit(logged_event_id, len(rows))
         results.append(result)
+        snapshot = snapshots.get(logged_event_id)
         try:
-            result.inventory = Inventory.replay(logged_event_id, decode_log(rows))
+            inventory = Inventory(logged_event_id)
+            for seq, record in decode_log(rows):
+                inventory.apply(seq, record)
+                if snapshot is not None and seq == snapshot[0] and inventory.snapshot() != snapshot[1]:
+                    result.problems.append(f"the snapshot at seq {seq} differs from the log's state there")
+            inventory.check_invariants()
+            result.inventory = inventory
+            if snapshot is not None and snapshot[0] > inventory.last_seq:
+                result.problems.append(f"a snapshot at seq {snapshot[0]} is past the log's end ({inventory.last_seq})")
         except InvariantViolation as violation:
             result.problems.append(str(violation))
             continue

@@ -267,6 +267,31 @@ class EventSummary(msgspec.Struct, frozen=True):
     last_seq: int
 
 
+class TicketTypeSnapshot(msgspec.Struct, frozen=True, array_like=True):
+    code: str
+    name: str
+    price: int
+    capacity: int
+    # Ids still waiting, first in line first.
+    waiting: tuple[str, ...]
+
+
+class InventorySnapshot(msgspec.Struct, frozen=True, array_like=True):
+    """What cannot be derived of an inventory at `last_seq`: counters, per-user seats and the
+    expiry heap are rebuilt from the reservations on restore (and then checked)."""
+
+    definition: EventDefinition
+    status: str
+    ticket_types: tuple[TicketTypeSnapshot, ...]
+    reservations: tuple[Reservation, ...]
+    reservations_created: int
+    last_seq: int
+
+
+SNAPSHOT_ENCODER = msgspec.msgpack.Encoder()
+SNAPSHOT_DECODER = msgspec.msgpack.Decoder(InventorySnapshot)
+
+
 # ---------------------------------------------------------------------------------------------
 # Commands and replies.
 
@@ -1075,11 +1100,68 @@ class Inventory:
         if self.status == "cancelled":
             invariant(not any(r.status in COUNTED_STATUSES for r in self.reservations.values()), "cancelled event has seats")
 
+    # -- snapshots ------------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        invariant(self._undo is None, "snapshot inside a batch: it would hold uncommitted changes")
+        assert self.definition is not None
+        return SNAPSHOT_ENCODER.encode(
+            InventorySnapshot(
+                definition=self.definition,
+                status=self.status,
+                ticket_types=tuple(
+                    TicketTypeSnapshot(t.code, t.name, t.price, t.capacity, tuple(self.waiting_list(t.code)))
+                    for t in self.ticket_types.values()
+                ),
+                reservations=tuple(self.reservations.values()),
+                reservations_created=self.reservations_created,
+                last_seq=self.last_seq,
+            )
+        )
+
+    @classmethod
+    def restore(cls, event_id: str, state: bytes) -> Inventory:
+        snapshot = SNAPSHOT_DECODER.decode(state)
+        invariant(snapshot.definition.id == event_id, f"snapshot of {snapshot.definition.id} restored as {event_id}")
+        inventory = cls(event_id)
+        inventory.definition = snapshot.definition
+        inventory.status = snapshot.status  # type: ignore[assignment]
+        inventory.reservations_created = snapshot.reservations_created
+        inventory.last_seq = snapshot.last_seq
+        for saved in snapshot.ticket_types:
+            inventory.ticket_types[saved.code] = TicketTypeState(
+                saved.code, saved.name, saved.price, saved.capacity, waitlist=list(saved.waiting), waiting=len(saved.waiting)
+            )
+        for reservation in snapshot.reservations:
+            inventory.reservations[reservation.id] = reservation
+            state = inventory.ticket_types[reservation.ticket_type]
+            match reservation.status:
+                case "held":
+                    state.held += reservation.quantity
+                    assert reservation.expires_at is not None
+                    inventory.expiry_heap.append((reservation.expires_at, reservation.id))
+                case "confirmed":
+                    state.sold += reservation.quantity
+                    state.revenue += reservation.amount
+                case "cancelled":
+                    state.cancelled += reservation.quantity
+            state.checked_in += sum(1 for ticket in reservation.tickets if ticket.status == "checked_in")
+            if reservation.status in COUNTED_STATUSES:
+                inventory.seats_by_user[reservation.user_id] = (
+                    inventory.seats_by_user.get(reservation.user_id, 0) + reservation.quantity
+                )
+        heapq.heapify(inventory.expiry_heap)
+        inventory.check_invariants()
+        return inventory
+
     # -- replay ---------------------------------------------------------------------------------
 
     @classmethod
-    def replay(cls, event_id: str, records: Iterable[tuple[int, Record]]) -> Inventory:
-        inventory = cls(event_id)
+    def replay(
+        cls, event_id: str, records: Iterable[tuple[int, Record]], *, snapshot: bytes | None = None
+    ) -> Inventory:
+        """The state the log describes: from the snapshot if one is given, then the records after it."""
+        inventory = cls.restore(event_id, snapshot) if snapshot is not None else cls(event_id)
         for seq, record in records:
             inventory.apply(seq, record)
         inventory.check_invariants()

@@ -39,6 +39,9 @@ IDEMPOTENCY_KEY_BYTES_MAX: Final = 255
 ACTOR_RESTARTS_MAX: Final = 5
 ACTOR_RESTART_WINDOW_S: Final = 60.0
 ACTOR_RESTART_BACKOFF_MAX_S: Final = 1.0
+# An actor snapshots its state after this many records since its last snapshot; recovery replays
+# at most about this many records per event.
+SNAPSHOT_EVERY_RECORDS: Final = 10_000
 # Pages of list endpoints.
 PAGE_ITEMS_MAX: Final = 200
 PAGE_ITEMS_DEFAULT: Final = 50

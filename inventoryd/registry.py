@@ -97,17 +97,50 @@ class Registry:
             records=records,
             duration_s=round(self.stats.recovery_seconds, 3),
         )
+        snapshots = await self.snapshot_long_tails()
+        if snapshots:
+            log.info("snapshots_after_recovery", events=snapshots)
 
     async def _recover_all(self) -> int:
+        """Every event from its latest snapshot and the log after it, in one consistent read."""
         for event_id in list(self._actors):
             self._discard(event_id)  # a failed earlier attempt's partial work
         records = 0
-        async with self.pool.acquire() as connection:
-            async for event_id, rows in store.stream_all_logs(connection):
-                inventory = Inventory.replay(event_id, decode_log(rows))
+        async with self.pool.acquire() as connection, store.recovery_snapshot(connection):
+            snapshots = await store.latest_snapshots(connection)
+            async for event_id, rows in store.stream_all_logs(connection, after_snapshots=True):
+                snapshot = snapshots.pop(event_id, None)
+                inventory = Inventory.replay(event_id, decode_log(rows), snapshot=snapshot[1] if snapshot else None)
                 records += len(rows)
-                self._launch(EventActor(event_id, self.journal, inventory, self.clock, on_batch=self.on_batch))
+                self._launch(self._actor(event_id, inventory, snapshot[0] if snapshot else 0))
+            for event_id, (seq, state) in snapshots.items():  # nothing logged since the snapshot
+                self._launch(self._actor(event_id, Inventory.restore(event_id, state), seq))
         return records
+
+    def _actor(self, event_id: str, inventory: Inventory, snapshot_seq: int) -> EventActor:
+        return EventActor(
+            event_id,
+            self.journal,
+            inventory,
+            self.clock,
+            on_batch=self.on_batch,
+            write_snapshot=self._write_snapshot,
+            snapshot_seq=snapshot_seq,
+        )
+
+    async def _write_snapshot(self, event_id: str, seq: int, state: bytes) -> None:
+        async with self.pool.acquire() as connection:
+            await store.write_snapshot(connection, event_id, seq, state)
+
+    async def snapshot_long_tails(self) -> int:
+        """After recovery: snapshot every event whose replayed tail was long, so that the next
+        start is quick even if nothing is written in between."""
+        written = 0
+        for actor in list(self._actors.values()):
+            if actor.running and actor.inventory.last_seq - actor.snapshot_seq >= limits.SNAPSHOT_EVERY_RECORDS:
+                await actor.snapshot_now()
+                written += 1
+        return written
 
     async def stop(self) -> None:
         """Drain, then stop: no new requests, every queued and in-flight batch decided, committed
@@ -149,7 +182,7 @@ class Registry:
     async def create_event(self, definition: EventDefinition, *, claim: IdempotencyClaim | None = None) -> Outcome:
         """Create the event's actor and its first record; the event exists once that is committed."""
         assert definition.id not in self._actors
-        actor = EventActor(definition.id, self.journal, Inventory(definition.id), self.clock, on_batch=self.on_batch)
+        actor = self._actor(definition.id, Inventory(definition.id), 0)
         self._launch(actor)
         try:
             outcome = await actor.create(definition, claim=claim)
@@ -207,19 +240,22 @@ class Registry:
                     error=repr(error),
                     expected=isinstance(error, ActorRestartRequired),
                 )
-                actor.inventory = await self._recover(actor.event_id)
+                actor.inventory, actor.snapshot_seq = await self._recover(actor.event_id)
                 actor.start()
                 self.stats.actors_restarted += 1
                 log.info("actor_restarted", event_id=actor.event_id, last_seq=actor.inventory.last_seq)
 
-    async def _recover(self, event_id: str) -> Inventory:
-        """The event's inventory from the log, waiting (with backoff) while the database is away."""
+    async def _recover(self, event_id: str) -> tuple[Inventory, int]:
+        """The event's inventory (and its snapshot's seq) from its latest snapshot and the log after
+        it, waiting (with backoff) while the database is away."""
         backoff_s = 0.05
         while True:
             try:
-                async with self.pool.acquire() as connection:
-                    rows = await store.read_event_log(connection, event_id)
-                return Inventory.replay(event_id, decode_log(rows))
+                async with self.pool.acquire() as connection, store.recovery_snapshot(connection):
+                    snapshot = await store.latest_snapshot(connection, event_id)
+                    after = snapshot[0] if snapshot else 0
+                    rows = await store.read_event_log(connection, event_id, after_seq=after)
+                return Inventory.replay(event_id, decode_log(rows), snapshot=snapshot[1] if snapshot else None), after
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
                 log.warning("actor_recovery_waiting", event_id=event_id, error=repr(error), retry_in_s=backoff_s)
                 await asyncio.sleep(backoff_s)

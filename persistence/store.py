@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 
@@ -35,14 +36,27 @@ async def read_event_log(connection: asyncpg.Connection, event_id: str, after_se
     return [(row[0], row[1]) for row in rows]
 
 
-async def stream_all_logs(connection: asyncpg.Connection) -> AsyncIterator[tuple[str, LogRows]]:
-    """Every event's log, one event at a time, in one pass over the journal's primary key."""
-    async with connection.transaction(isolation="repeatable_read", readonly=True):
-        current: str | None = None
-        rows: LogRows = []
-        cursor = connection.cursor(
-            "SELECT event_id, seq, body FROM journal ORDER BY event_id, seq", prefetch=limits.RECOVERY_FETCH_ROWS
-        )
+async def stream_all_logs(
+    connection: asyncpg.Connection, *, after_snapshots: bool = False
+) -> AsyncIterator[tuple[str, LogRows]]:
+    """Every event's log, one event at a time, in one pass over the journal's primary key; with
+    `after_snapshots`, only the records after each event's latest snapshot (events whose log ends
+    at their snapshot are not yielded). Must run inside a transaction (see `recovery_snapshot`)."""
+    current: str | None = None
+    rows: LogRows = []
+    if after_snapshots:
+        query = """
+            SELECT j.event_id, j.seq, j.body
+            FROM journal j
+            LEFT JOIN (SELECT event_id, max(seq) AS seq FROM snapshots GROUP BY event_id) s USING (event_id)
+            WHERE j.seq > coalesce(s.seq, 0)
+            ORDER BY j.event_id, j.seq"""
+    else:
+        query = "SELECT event_id, seq, body FROM journal ORDER BY event_id, seq"
+    async with contextlib.AsyncExitStack() as stack:
+        if not connection.is_in_transaction():
+            await stack.enter_async_context(connection.transaction(isolation="repeatable_read", readonly=True))
+        cursor = connection.cursor(query, prefetch=limits.RECOVERY_FETCH_ROWS)
         async for event_id, seq, body in cursor:
             if event_id != current:
                 if current is not None:
@@ -51,6 +65,34 @@ async def stream_all_logs(connection: asyncpg.Connection) -> AsyncIterator[tuple
             rows.append((seq, body))
         if current is not None:
             yield current, rows
+
+
+def recovery_snapshot(connection: asyncpg.Connection) -> Any:
+    """One consistent view of snapshots and log for a recovery (repeatable read, read only)."""
+    return connection.transaction(isolation="repeatable_read", readonly=True)
+
+
+async def latest_snapshots(connection: asyncpg.Connection) -> dict[str, tuple[int, bytes]]:
+    rows = await connection.fetch(
+        "SELECT DISTINCT ON (event_id) event_id, seq, state FROM snapshots ORDER BY event_id, seq DESC"
+    )
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+async def latest_snapshot(connection: asyncpg.Connection, event_id: str) -> tuple[int, bytes] | None:
+    row = await connection.fetchrow(
+        "SELECT seq, state FROM snapshots WHERE event_id = $1 ORDER BY seq DESC LIMIT 1", event_id
+    )
+    return None if row is None else (row[0], row[1])
+
+
+async def write_snapshot(connection: asyncpg.Connection, event_id: str, seq: int, state: bytes) -> None:
+    """Store a snapshot and drop the older ones of the event (the log keeps everything)."""
+    async with connection.transaction():
+        await connection.execute(
+            "INSERT INTO snapshots (event_id, seq, state) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", event_id, seq, state
+        )
+        await connection.execute("DELETE FROM snapshots WHERE event_id = $1 AND seq < $2", event_id, seq)
 
 
 async def find_idempotency(connection: asyncpg.Connection, scope: str, key: str) -> tuple[bytes, bytes] | None:

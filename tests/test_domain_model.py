@@ -382,6 +382,16 @@ def run_seed(seed: int, steps: int) -> None:
         inventory.check_invariants()
     replayed = Inventory.replay(EVENT_ID, committed)
     assert observe(replayed) == observe(inventory)
+    # From a snapshot taken halfway, plus the records after it: the same state again.
+    halfway = len(committed) // 2
+    middle = Inventory.replay(EVENT_ID, committed[:halfway])
+    resumed = Inventory.replay(EVENT_ID, committed[halfway:], snapshot=middle.snapshot())
+    assert observe(resumed) == observe(inventory)
+    def nonzero(seats: dict[str, int]) -> dict[str, int]:
+        return {user: count for user, count in seats.items() if count}
+
+    assert nonzero(resumed.seats_by_user) == nonzero(inventory.seats_by_user)
+    assert resumed.last_seq == inventory.last_seq and resumed.next_expiry() == inventory.next_expiry()
     assert replayed.last_seq == inventory.last_seq
     assert replayed.seats_by_user == inventory.seats_by_user
 
