@@ -429,8 +429,12 @@ class EventActor:
         if kinds:
             self._log_domain_events(kinds, available_before)
         self._schedule_expiry()
-        if inventory.last_seq - self.snapshot_seq >= limits.SNAPSHOT_EVERY_RECORDS:
+        if self.snapshot_due():
             await self.snapshot_now()
+
+    def snapshot_due(self) -> bool:
+        tail = self.inventory.last_seq - self.snapshot_seq
+        return tail >= max(limits.SNAPSHOT_EVERY_RECORDS, limits.SNAPSHOT_TAIL_RATIO * len(self.inventory.reservations))
 
     async def snapshot_now(self) -> None:
         """Write a snapshot of the committed state (between batches). A failure costs only a longer

@@ -425,10 +425,11 @@ class InvariantViolation(AssertionError):
     """A state that must never exist. Not an outcome: a bug, or a corrupt log."""
 
 
-def invariant(condition: bool, message: str) -> None:
-    # Not `assert`: these checks must survive `python -O`.
+def invariant(condition: bool, message: str, *arguments: object) -> None:
+    """Raise InvariantViolation unless `condition`. Not `assert`: it must survive `python -O`.
+    The message is %-formatted with `arguments` only on failure: these run on every apply."""
     if not condition:
-        raise InvariantViolation(message)
+        raise InvariantViolation(message % arguments if arguments else message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -861,7 +862,7 @@ class Inventory:
     # -- apply ----------------------------------------------------------------------------------
 
     def apply(self, seq: int, record: Record) -> None:
-        invariant(seq == self.last_seq + 1, f"event {self.event_id}: record seq {seq} after {self.last_seq}")
+        invariant(seq == self.last_seq + 1, "event %s: record seq %s after %s", self.event_id, seq, self.last_seq)
         touched_type: TicketTypeState | None = None
         touched_user: str | None = None
         match record:
@@ -873,7 +874,7 @@ class Inventory:
                 for ticket_type in definition.ticket_types:
                     self._add_ticket_type(ticket_type)
             case ReservationHeld() | ReservationWaitlisted():
-                invariant(record.reservation_id not in self.reservations, f"{record.reservation_id} made twice")
+                invariant(record.reservation_id not in self.reservations, "%s made twice", record.reservation_id)
                 touched_type = self.ticket_types[record.ticket_type]
                 touched_user = record.user_id
                 held = isinstance(record, ReservationHeld)
@@ -1017,11 +1018,14 @@ class Inventory:
 
     def _reservation(self, reservation_id: str, *statuses: str) -> Reservation:
         reservation = self.reservations.get(reservation_id)
-        invariant(reservation is not None, f"record for unknown reservation {reservation_id}")
+        invariant(reservation is not None, "record for unknown reservation %s", reservation_id)
         assert reservation is not None
         invariant(
             reservation.status in statuses,
-            f"record for {reservation_id} in status {reservation.status}, expected one of {statuses}",
+            "record for %s in status %s, expected one of %s",
+            reservation_id,
+            reservation.status,
+            statuses,
         )
         return reservation
 
@@ -1030,7 +1034,7 @@ class Inventory:
 
     def _add_user_seats(self, user_id: str, delta: int) -> None:
         seats = self.seats_by_user.get(user_id, 0) + delta
-        invariant(seats >= 0, f"user {user_id} would hold {seats} seats")
+        invariant(seats >= 0, "user %s would hold %s seats", user_id, seats)
         self._set_item(self.seats_by_user, user_id, seats)
 
     # -- invariants -----------------------------------------------------------------------------
@@ -1042,32 +1046,46 @@ class Inventory:
                 0 <= ticket_type.held
                 and 0 <= ticket_type.sold
                 and ticket_type.held + ticket_type.sold <= ticket_type.capacity,
-                f"event {self.event_id} type {ticket_type.code}: held {ticket_type.held} + sold {ticket_type.sold}"
-                f" exceeds capacity {ticket_type.capacity}",
+                "event %s type %s: held %s + sold %s exceeds capacity %s",
+                self.event_id,
+                ticket_type.code,
+                ticket_type.held,
+                ticket_type.sold,
+                ticket_type.capacity,
             )
             invariant(
                 0 <= ticket_type.checked_in
                 and (ticket_type.checked_in <= ticket_type.sold or self.status == "cancelled")
                 and ticket_type.waiting >= 0
                 and ticket_type.revenue >= 0,
-                f"event {self.event_id} type {ticket_type.code}: counters out of range",
+                "event %s type %s: counters out of range",
+                self.event_id,
+                ticket_type.code,
             )
         if user_id is not None and self.definition is not None and self.definition.per_user_limit is not None:
             seats = self.seats_by_user.get(user_id, 0)
             invariant(
                 seats <= self.definition.per_user_limit,
-                f"event {self.event_id}: user {user_id} holds {seats} > limit {self.definition.per_user_limit}",
+                "event %s: user %s holds %s > limit %s",
+                self.event_id,
+                user_id,
+                seats,
+                self.definition.per_user_limit,
             )
 
-    def check_invariants(self) -> None:
-        """Recompute every counter from the reservations and compare: run after replay and in audits."""
+    def check_invariants(self, *, counters: bool = True) -> None:
+        """Recompute every counter from the reservations and compare: run after replay and in audits.
+        Without `counters`, only capacity, per-user limits, waiting lists and numbering (O(types + users))."""
+        if not counters:
+            self._check_without_counters()
+            return
         totals: dict[str, dict[str, int]] = {
             code: {"held": 0, "sold": 0, "checked_in": 0, "cancelled": 0, "revenue": 0, "waiting": 0}
             for code in self.ticket_types
         }
         seats: dict[str, int] = {}
         for reservation in self.reservations.values():
-            invariant(reservation.ticket_type in self.ticket_types, f"{reservation.id}: unknown ticket type")
+            invariant(reservation.ticket_type in self.ticket_types, "%s: unknown ticket type", reservation.id)
             counts = totals[reservation.ticket_type]
             match reservation.status:
                 case "held":
@@ -1075,7 +1093,7 @@ class Inventory:
                 case "confirmed":
                     counts["sold"] += reservation.quantity
                     counts["revenue"] += reservation.amount
-                    invariant(len(reservation.tickets) == reservation.quantity, f"{reservation.id}: ticket count")
+                    invariant(len(reservation.tickets) == reservation.quantity, "%s: ticket count", reservation.id)
                 case "waitlisted":
                     counts["waiting"] += 1
                 case "cancelled":
@@ -1099,6 +1117,15 @@ class Inventory:
         invariant(self.reservations_created == len(self.reservations), f"{self.event_id}: reservation numbering")
         if self.status == "cancelled":
             invariant(not any(r.status in COUNTED_STATUSES for r in self.reservations.values()), "cancelled event has seats")
+
+    def _check_without_counters(self) -> None:
+        for code, ticket_type in self.ticket_types.items():
+            self._check_local(ticket_type, None)
+            invariant(len(self.waiting_list(code)) == ticket_type.waiting, "%s/%s: waiting list", self.event_id, code)
+        limit = self.definition.per_user_limit if self.definition is not None else None
+        if limit is not None:
+            invariant(all(count <= limit for count in self.seats_by_user.values()), "%s: per-user limit", self.event_id)
+        invariant(self.reservations_created == len(self.reservations), "%s: reservation numbering", self.event_id)
 
     # -- snapshots ------------------------------------------------------------------------------
 
@@ -1132,26 +1159,34 @@ class Inventory:
             inventory.ticket_types[saved.code] = TicketTypeState(
                 saved.code, saved.name, saved.price, saved.capacity, waitlist=list(saved.waiting), waiting=len(saved.waiting)
             )
+        reservations = inventory.reservations
+        seats = inventory.seats_by_user
+        types = inventory.ticket_types
+        heap = inventory.expiry_heap
         for reservation in snapshot.reservations:
-            inventory.reservations[reservation.id] = reservation
-            state = inventory.ticket_types[reservation.ticket_type]
-            match reservation.status:
-                case "held":
-                    state.held += reservation.quantity
-                    assert reservation.expires_at is not None
-                    inventory.expiry_heap.append((reservation.expires_at, reservation.id))
-                case "confirmed":
-                    state.sold += reservation.quantity
-                    state.revenue += reservation.amount
-                case "cancelled":
-                    state.cancelled += reservation.quantity
-            state.checked_in += sum(1 for ticket in reservation.tickets if ticket.status == "checked_in")
-            if reservation.status in COUNTED_STATUSES:
-                inventory.seats_by_user[reservation.user_id] = (
-                    inventory.seats_by_user.get(reservation.user_id, 0) + reservation.quantity
-                )
+            reservations[reservation.id] = reservation
+            state = types[reservation.ticket_type]
+            status = reservation.status
+            if status == "held":
+                state.held += reservation.quantity
+                heap.append((reservation.expires_at, reservation.id))  # type: ignore[arg-type]
+            elif status == "confirmed":
+                state.sold += reservation.quantity
+                state.revenue += reservation.amount
+                for ticket in reservation.tickets:
+                    if ticket.status == "checked_in":
+                        state.checked_in += 1
+            elif status == "cancelled":
+                state.cancelled += reservation.quantity
+                for ticket in reservation.tickets:
+                    if ticket.status == "checked_in":
+                        state.checked_in += 1
+            if status == "held" or status == "confirmed" or status == "waitlisted":
+                seats[reservation.user_id] = seats.get(reservation.user_id, 0) + reservation.quantity
         heapq.heapify(inventory.expiry_heap)
-        inventory.check_invariants()
+        # The counters were just derived from the reservations, so recounting them would prove
+        # nothing; what derivation cannot guarantee is checked.
+        inventory.check_invariants(counters=False)
         return inventory
 
     # -- replay ---------------------------------------------------------------------------------

@@ -39,9 +39,11 @@ IDEMPOTENCY_KEY_BYTES_MAX: Final = 255
 ACTOR_RESTARTS_MAX: Final = 5
 ACTOR_RESTART_WINDOW_S: Final = 60.0
 ACTOR_RESTART_BACKOFF_MAX_S: Final = 1.0
-# An actor snapshots its state after this many records since its last snapshot; recovery replays
-# at most about this many records per event.
-SNAPSHOT_EVERY_RECORDS: Final = 10_000
+# An actor snapshots its state once the records since its last snapshot reach SNAPSHOT_TAIL_RATIO
+# of its reservations, and at least SNAPSHOT_EVERY_RECORDS: a snapshot costs O(state), so this
+# amortises to a small constant per record, and recovery replays at most about that tail.
+SNAPSHOT_EVERY_RECORDS: Final = 256
+SNAPSHOT_TAIL_RATIO: Final = 0.25
 # Pages of list endpoints.
 PAGE_ITEMS_MAX: Final = 200
 PAGE_ITEMS_DEFAULT: Final = 50

@@ -137,7 +137,7 @@ class Registry:
         start is quick even if nothing is written in between."""
         written = 0
         for actor in list(self._actors.values()):
-            if actor.running and actor.inventory.last_seq - actor.snapshot_seq >= limits.SNAPSHOT_EVERY_RECORDS:
+            if actor.running and actor.snapshot_due():
                 await actor.snapshot_now()
                 written += 1
         return written

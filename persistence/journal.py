@@ -106,7 +106,7 @@ class JournalStats:
 _WRITE = """
 WITH log AS (
     INSERT INTO journal (event_id, seq, epoch, kind, body)
-    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::jsonb[])
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::json[])
 ), answers AS (
     INSERT INTO idempotency_keys (scope, key, fingerprint, response)
     SELECT * FROM unnest($6::text[], $7::text[], $8::bytea[], $9::bytea[])
@@ -126,11 +126,14 @@ SELECT 1
 
 
 async def init_connection(connection: asyncpg.Connection) -> None:
-    """jsonb travels as raw JSON bytes (binary format: a version byte, then the text)."""
+    """JSON travels as raw bytes both ways: the service encodes and decodes it with msgspec."""
+    await connection.set_type_codec(
+        "json", schema="pg_catalog", encoder=bytes, decoder=bytes, format="binary"
+    )
     await connection.set_type_codec(
         "jsonb",
         schema="pg_catalog",
-        encoder=lambda data: b"\x01" + data,
+        encoder=lambda data: b"\x01" + data,  # binary jsonb: a version byte, then the text
         decoder=lambda data: data[1:],
         format="binary",
     )

@@ -56,13 +56,16 @@ async def stream_all_logs(
     async with contextlib.AsyncExitStack() as stack:
         if not connection.is_in_transaction():
             await stack.enter_async_context(connection.transaction(isolation="repeatable_read", readonly=True))
-        cursor = connection.cursor(query, prefetch=limits.RECOVERY_FETCH_ROWS)
-        async for event_id, seq, body in cursor:
-            if event_id != current:
-                if current is not None:
-                    yield current, rows
-                current, rows = event_id, []
-            rows.append((seq, body))
+        # Chunks, not `async for` row by row: a coroutine step per row would cost as much as
+        # decoding and applying the record.
+        cursor = await connection.cursor(query)
+        while chunk := await cursor.fetch(limits.RECOVERY_FETCH_ROWS):
+            for event_id, seq, body in chunk:
+                if event_id != current:
+                    if current is not None:
+                        yield current, rows
+                    current, rows = event_id, []
+                rows.append((seq, body))
         if current is not None:
             yield current, rows
 

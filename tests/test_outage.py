@@ -187,7 +187,7 @@ async def test_a_refused_append_fails_alone(database_url: str, db: Any) -> None:
     await journal.start()
     try:
         good = [Append(f"evt_good{index}", 1, ["kind"], [b'{"ok": true}']) for index in range(3)]
-        poisoned = Append("evt_poison", 1, ["kind"], [b'{"bad": "\\u0000"}'])
+        poisoned = Append("evt_poison", 1, ["kind"], [b'{"not": json'])  # the server refuses this statement
         outcomes = await asyncio.gather(
             *(journal.append(batch) for batch in [good[0], poisoned, good[1], good[2]]), return_exceptions=True
         )

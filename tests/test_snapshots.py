@@ -23,6 +23,7 @@ EVERY = 25
 
 async def test_restart_from_snapshot_and_tail(start: Any, db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(limits, "SNAPSHOT_EVERY_RECORDS", EVERY)
+    monkeypatch.setattr(limits, "SNAPSHOT_TAIL_RATIO", 0.0)
     client = await start()
     event = await create_event(client, ticket_types=[{"code": "GA", "name": "GA", "price": 10, "capacity": 40}])
     made = []

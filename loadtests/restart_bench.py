@@ -1,0 +1,161 @@
+"""Restart and memory benchmark: how long recovery takes, and what the actors cost in memory.
+
+    python -m loadtests.restart_bench [--events 1000] [--records-per-event 1000] [--idle-events 100000]
+
+1. A log of events × records-per-event records (event_created, then reservation_held records) is
+   written straight into PostgreSQL with SQL (generating it through the API would take minutes), in
+   exactly the encoding the service writes. Then the registry recovers it twice, in-process: first
+   from the log alone (a full replay; it writes snapshots as it finishes), then from the snapshots.
+   Reported: seconds to ready for each, and the process's RSS.
+2. Memory: --idle-events events with a handful of records each, recovered; RSS per event.
+Runs on its own embedded PostgreSQL in a temporary directory, which it removes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+
+from inventoryd.domain import EventCreated, EventDefinition, TicketTypeDefinition
+from inventoryd.registry import Registry
+from persistence import store
+from persistence.embedded import EmbeddedPostgres
+from persistence.journal import Journal, connect
+from persistence.migrate import migrate
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def write_log(url: str, events: int, records_per_event: int, prefix: str) -> None:
+    connection = await connect(url)
+    try:
+        await migrate(connection)
+        created = datetime(2026, 1, 1, tzinfo=UTC)
+        rows = []
+        for index in range(events):
+            key = f"{prefix}{index:07d}"
+            definition = EventDefinition(
+                id=f"evt_{key}",
+                name=f"Bench {index}",
+                starts_at=datetime(2027, 6, 1, 19, tzinfo=UTC),
+                currency="EUR",
+                ticket_types=(TicketTypeDefinition("GA", "GA", 100, records_per_event * 2),),
+                created_at=created,
+            )
+            rows.append((definition.id, key, msgspec.json.encode(EventCreated(definition))))
+        await connection.executemany(
+            "INSERT INTO journal (event_id, seq, kind, body) VALUES ($1, 1, 'event_created', $2)",
+            [(event_id, body) for event_id, _, body in rows],
+        )
+        await connection.executemany(
+            "INSERT INTO events (event_id, name, starts_at, status, created_at) VALUES ($1, $2, '2027-06-01T19:00:00Z', 'on_sale', now())",
+            [(event_id, f"Bench {event_id}") for event_id, _, _ in rows],
+        )
+        if records_per_event > 1:
+            # The same JSON the service writes for ReservationHeld (msgspec's field order).
+            await connection.execute(
+                """
+                INSERT INTO journal (event_id, seq, kind, body)
+                SELECT 'evt_' || k.key, g, 'reservation_held',
+                       ('{"type":"reservation_held","reservation_id":"rsv_' || k.key || '_' || (g - 1)
+                        || '","user_id":"u' || g || '","ticket_type":"GA","quantity":1,"amount":100,'
+                        || '"at":"2026-06-01T00:00:00Z","expires_at":"2099-01-01T00:00:00Z"}')::json
+                FROM unnest($1::text[]) AS k(key), generate_series(2, $2::int) AS g
+                """,
+                [key for _, key, _ in rows],
+                records_per_event,
+            )
+        await connection.execute("VACUUM ANALYZE journal")
+    finally:
+        await connection.close()
+
+
+async def recover(url: str) -> tuple[float, int, int]:
+    pool = await store.create_pool(url)
+    journal = Journal(url)
+    await journal.start()
+    registry = Registry(journal, pool)
+    try:
+        await registry.start()
+        return registry.stats.recovery_seconds, registry.stats.recovered_records, len(registry.actors())
+    finally:
+        await registry.stop()
+        await journal.close()
+        await pool.close()
+
+
+async def main(arguments: argparse.Namespace, url_of: dict[str, str]) -> None:
+    started = time.perf_counter()
+    await write_log(url_of["restart"], arguments.events, arguments.records_per_event, "r")
+    total = arguments.events * arguments.records_per_event
+    print(f"wrote {total:,} records over {arguments.events:,} events in {time.perf_counter() - started:.1f} s", flush=True)
+    seconds, records, actors = await recover(url_of["restart"])
+    print(f"first start (no snapshots, then snapshots written): ready in {seconds:.2f} s, replayed {records:,} records, {actors:,} actors, RSS {rss_mib():.0f} MiB", flush=True)
+    seconds, records, actors = await recover(url_of["restart"])
+    print(f"second start (from snapshots): ready in {seconds:.2f} s, replayed {records:,} records, {actors:,} actors", flush=True)
+    if arguments.idle_events:
+        await write_log(url_of["memory"], arguments.idle_events, 3, "m")
+        before = rss_mib()
+        pool = await store.create_pool(url_of["memory"])
+        journal = Journal(url_of["memory"])
+        await journal.start()
+        registry = Registry(journal, pool)
+        await registry.start()
+        after = rss_mib()
+        print(
+            f"{arguments.idle_events:,} events recovered in {registry.stats.recovery_seconds:.2f} s: RSS {after:.0f} MiB"
+            f" ({(after - before) * 1024 / arguments.idle_events:.1f} KiB per event)",
+            flush=True,
+        )
+        await registry.stop()
+        await journal.close()
+        await pool.close()
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1000)
+    parser.add_argument("--records-per-event", type=int, default=1000)
+    parser.add_argument("--idle-events", type=int, default=100_000)
+    arguments = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="inventoryd-restart-bench-"))
+    scratch.chmod(0o755)
+    server = EmbeddedPostgres(scratch / "pgdata")
+    try:
+        server.start()
+        admin = server.dsn("postgres")
+
+        async def databases() -> dict[str, str]:
+            connection = await connect(admin)
+            try:
+                for name in ("restart", "memory"):
+                    await connection.execute(f'CREATE DATABASE "bench_{name}"')
+            finally:
+                await connection.close()
+            return {name: server.dsn(f"bench_{name}") for name in ("restart", "memory")}
+
+        urls = asyncio.run(databases())
+        import uvloop
+
+        uvloop.run(main(arguments, urls))
+    finally:
+        server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores")
+    cli()
