@@ -151,6 +151,7 @@ class EventActor:
     # Stores a snapshot (event id, seq, state); the log position of the latest one written.
     write_snapshot: Callable[[str, int, bytes], Awaitable[None]] | None = None
     snapshot_seq: int = 0
+    _snapshot_task: asyncio.Task[None] | None = None
 
     # -- the callers' side ----------------------------------------------------------------------
 
@@ -429,25 +430,36 @@ class EventActor:
         if kinds:
             self._log_domain_events(kinds, available_before)
         self._schedule_expiry()
-        if self.snapshot_due():
-            await self.snapshot_now()
+        if self.snapshot_due() and (self._snapshot_task is None or self._snapshot_task.done()):
+            # Encoded now, between batches (so it is committed state), written by a task the
+            # actor owns: the next batch does not wait for PostgreSQL to store it.
+            self._snapshot_task = asyncio.create_task(
+                self._store_snapshot(self.inventory.last_seq, self.inventory.snapshot()), name=f"snapshot:{self.event_id}"
+            )
 
     def snapshot_due(self) -> bool:
         tail = self.inventory.last_seq - self.snapshot_seq
         return tail >= max(limits.SNAPSHOT_EVERY_RECORDS, limits.SNAPSHOT_TAIL_RATIO * len(self.inventory.reservations))
 
     async def snapshot_now(self) -> None:
-        """Write a snapshot of the committed state (between batches). A failure costs only a longer
-        recovery: it is logged, never raised."""
-        if self.write_snapshot is None or self.inventory.definition is None:
+        """Write a snapshot of the committed state (call between batches)."""
+        if self.inventory.definition is not None:
+            await self._store_snapshot(self.inventory.last_seq, self.inventory.snapshot())
+
+    async def _store_snapshot(self, seq: int, state: bytes) -> None:
+        # A failure costs only a longer recovery: logged, never raised.
+        if self.write_snapshot is None:
             return
-        seq = self.inventory.last_seq
         try:
-            await self.write_snapshot(self.event_id, seq, self.inventory.snapshot())
+            await self.write_snapshot(self.event_id, seq, state)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
             log.warning("snapshot_failed", event_id=self.event_id, seq=seq, error=repr(error))
             return
-        self.snapshot_seq = seq
+        self.snapshot_seq = max(self.snapshot_seq, seq)
+
+    async def wait_snapshot_written(self) -> None:
+        if self._snapshot_task is not None:
+            await asyncio.gather(self._snapshot_task, return_exceptions=True)
 
     def _log_domain_events(self, kinds: list[str], available_before: list[int]) -> None:
         """What an operator wants to see as its own line, once it is durable."""

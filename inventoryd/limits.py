@@ -43,7 +43,7 @@ ACTOR_RESTART_BACKOFF_MAX_S: Final = 1.0
 # of its reservations, and at least SNAPSHOT_EVERY_RECORDS: a snapshot costs O(state), so this
 # amortises to a small constant per record, and recovery replays at most about that tail.
 SNAPSHOT_EVERY_RECORDS: Final = 256
-SNAPSHOT_TAIL_RATIO: Final = 0.25
+SNAPSHOT_TAIL_RATIO: Final = 1.0
 # Pages of list endpoints.
 PAGE_ITEMS_MAX: Final = 200
 PAGE_ITEMS_DEFAULT: Final = 50

@@ -159,6 +159,8 @@ class Registry:
         for task in supervisors:
             task.cancel()
         await asyncio.gather(*supervisors, return_exceptions=True)
+        # Snapshot writes in flight finish (they are bounded by DB_TIMEOUT_S).
+        await asyncio.gather(*(actor.wait_snapshot_written() for actor in self._actors.values()))
         self._supervisors.clear()
         for actor in self._actors.values():
             actor.stop("the service is shutting down")
