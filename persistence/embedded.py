@@ -157,10 +157,6 @@ class EmbeddedPostgres:
         )
         self.started_here = False
 
-    def restart_stopped(self) -> None:
-        """Start a server this object stopped (for outage tests)."""
-        self.start()
-
     # -- internals ------------------------------------------------------------------------------
 
     def _prepare_directory(self) -> None:
