@@ -179,10 +179,11 @@ class Accounts:
         if scheme.lower() != "bearer" or not token:
             raise unauthorized("send Authorization: Bearer <token>")
         token = token.strip()
-        if self._admin_token is not None and hmac.compare_digest(token.encode(), self._admin_token):
-            return Principal(id="admin:bootstrap", role="admin")
+        # Service tokens first: they carry the on-sale traffic.
         if token.startswith(API_TOKEN_PREFIX):
             return self._api_token_principal(token, reloaded)
+        if self._admin_token is not None and hmac.compare_digest(token.encode(), self._admin_token):
+            return Principal(id="admin:bootstrap", role="admin")
         return self._access_token_principal(token)
 
     def _api_token_principal(self, token: str, reloaded: bool) -> Principal:

@@ -1,6 +1,7 @@
 """Token buckets in memory: per principal on the API, per client address on the auth routes.
 
-A bucket holds up to `burst` tokens and refills at `rate_per_s`; a request takes one. The number of
+A bucket holds up to `burst` tokens and refills at `rate_per_s`; a request takes one. RateLimit-*
+headers are sent once a bucket is below half full and with every 429. The number of
 buckets is bounded (least recently used go first: a bucket not used lately is full anyway, so
 forgetting it changes nothing for its owner).
 """
@@ -42,7 +43,9 @@ class TokenBuckets:
         self.burst = burst
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
 
-    def take(self, key: str, now: float) -> Verdict:
+    def take(self, key: str, now: float) -> Verdict | None:
+        """Take a token. None means allowed with at least half the bucket left: nothing worth
+        telling the client (RateLimit-* headers go out as a client nears its limit, and on 429)."""
         tokens, at = self._buckets.pop(key, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - at) * self.rate_per_s)
         allowed = tokens >= 1.0
@@ -51,6 +54,8 @@ class TokenBuckets:
         self._buckets[key] = (tokens, now)
         if len(self._buckets) > BUCKETS_MAX:
             self._buckets.popitem(last=False)
+        if allowed and tokens * 2 >= self.burst:
+            return None
         if allowed:
             reset_s = math.ceil((self.burst - tokens) / self.rate_per_s)
         else:

@@ -218,7 +218,9 @@ async def test_rate_limits_per_principal_and_per_address(start: Any) -> None:
     assert problem["code"] == "rate_limited"
     assert int(limited.headers["Retry-After"]) >= 1
     assert limited.headers["RateLimit-Limit"] == "3" and limited.headers["RateLimit-Remaining"] == "0"
-    assert statuses[0].headers["RateLimit-Remaining"] == "2"
+    # The headers come as the bucket runs low (below half), not on every answer.
+    assert "RateLimit-Remaining" not in statuses[0].headers
+    assert statuses[1].headers["RateLimit-Remaining"] == "1" and statuses[2].headers["RateLimit-Remaining"] == "0"
     # The auth routes count by address: two were spent above (register, login), two more pass.
     attempts = [
         (await client.post("/v1/auth/login", json={"email": "quick@example.org", "password": "wrong-wrong-wrong"})).status
