@@ -7,7 +7,7 @@ with a service token; prints the total profiled time per request and the functio
 wrk on a 2-core machine shared with PostgreSQL cannot resolve a few-percent difference (its medians
 have ranged from -14% to +18% for the same code); this can.
 """
-import asyncio, cProfile, pstats, io, tempfile, shutil, subprocess, sys
+import asyncio, cProfile, pstats, tempfile, shutil, subprocess, sys
 from pathlib import Path
 from aiohttp.test_utils import TestServer, TestClient
 from inventoryd.config import Settings
