@@ -1208,7 +1208,6 @@ def _rfc3339(moment: datetime) -> str:
 
 
 RECORD_DECODER = msgspec.json.Decoder(Record)
-RECORD_ENCODER = msgspec.json.Encoder()
 
 
 def record_kind(record: Record) -> str:

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 
+from persistence import store
 from persistence.embedded import EmbeddedPostgres
 
 HERE = Path(__file__).resolve().parent
@@ -144,18 +145,11 @@ async def wait_listening(port: int) -> None:
 
 
 async def counters(database_url: str) -> tuple[int, int | None]:
+    """This database's committed transactions and the cluster's WAL syncs, so far."""
     connection = await asyncpg.connect(database_url)
     try:
         await asyncio.sleep(0.6)  # let the statistics collector report
-        await connection.execute("SELECT pg_stat_clear_snapshot()")
-        commits = await connection.fetchval(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
-        )
-        try:
-            wal_syncs = await connection.fetchval("SELECT wal_sync FROM pg_stat_wal")
-        except asyncpg.UndefinedTableError:
-            wal_syncs = None
-        return int(commits), (int(wal_syncs) if wal_syncs is not None else None)
+        return await store.committed_transactions(connection), await store.wal_syncs(connection)
     finally:
         await connection.close()
 

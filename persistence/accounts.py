@@ -131,14 +131,6 @@ async def revoke_session(connection: asyncpg.Connection, session_id: str, now: d
     return int(result.split()[-1])
 
 
-async def session_revoked(connection: asyncpg.Connection, session_id: str) -> bool:
-    """True if no live refresh token remains in the session (logged out, or revoked for reuse)."""
-    live = await connection.fetchval(
-        "SELECT 1 FROM refresh_tokens WHERE session_id = $1 AND revoked_at IS NULL LIMIT 1", session_id
-    )
-    return live is None
-
-
 async def insert_api_token(connection: asyncpg.Connection, token_id: str, name: str, role: str, token_hash: bytes) -> None:
     await connection.execute(
         "INSERT INTO api_tokens (token_id, name, role, token_hash) VALUES ($1, $2, $3, $4)", token_id, name, role, token_hash

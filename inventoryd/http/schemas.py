@@ -170,9 +170,6 @@ class AvailabilityOut(msgspec.Struct):
     ticket_types: dict[str, TicketTypeAvailability]
 
 
-ReservationOut = Reservation
-
-
 class Problem(msgspec.Struct, omit_defaults=True):
     type: str
     title: str
