@@ -228,15 +228,6 @@ class EventActor:
             return msgspec.structs.replace(reservation, position=self._waitlist_position(reservation))
         return reservation
 
-    def reservations(self) -> list[Reservation]:
-        """Every reservation as last committed, oldest first."""
-        found = []
-        for reservation_id in list(self.inventory.reservations):
-            reservation = self.reservation(reservation_id)
-            if reservation is not None:
-                found.append(reservation)
-        return found
-
     def _committed(self, reservation_id: str) -> Reservation | None:
         previous = self._in_flight_previous.get(reservation_id, _NOT_IN_FLIGHT)
         if previous is not _NOT_IN_FLIGHT:

@@ -6,31 +6,26 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from persistence.embedded import default_data_dir
 
 LogFormat = Literal["auto", "json", "console"]
 
 
-def _env_int(name: str, default: int) -> int:
+Number = TypeVar("Number", int, float)
+
+
+def _env_number(name: str, default: Number) -> Number:
+    """The variable parsed as the default's type (int or float), or the default when unset."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        return type(default)(raw)
     except ValueError:
-        raise SystemExit(f"{name} must be an integer, not {raw!r}") from None
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SystemExit(f"{name} must be a number, not {raw!r}") from None
+        kind = "an integer" if isinstance(default, int) else "a number"
+        raise SystemExit(f"{name} must be {kind}, not {raw!r}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,24 +34,24 @@ class Settings:
     database_url: str | None = field(default_factory=lambda: os.environ.get("DATABASE_URL") or None)
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("INVENTORYD_DATA_DIR") or default_data_dir()))
     host: str = field(default_factory=lambda: os.environ.get("INVENTORYD_HOST", "127.0.0.1"))
-    port: int = field(default_factory=lambda: _env_int("INVENTORYD_PORT", 8080))
+    port: int = field(default_factory=lambda: _env_number("INVENTORYD_PORT", 8080))
     log_level: str = field(default_factory=lambda: os.environ.get("INVENTORYD_LOG_LEVEL", "info"))
     log_format: LogFormat = field(default_factory=lambda: os.environ.get("INVENTORYD_LOG_FORMAT", "auto"))  # type: ignore[assignment]
-    db_pool_size: int = field(default_factory=lambda: _env_int("INVENTORYD_DB_POOL_SIZE", 10))
+    db_pool_size: int = field(default_factory=lambda: _env_number("INVENTORYD_DB_POOL_SIZE", 10))
     # After SIGTERM, how long /readyz says 503 while still serving, before the listener closes.
-    drain_grace_s: float = field(default_factory=lambda: _env_float("INVENTORYD_DRAIN_GRACE_S", 1.0))
+    drain_grace_s: float = field(default_factory=lambda: _env_number("INVENTORYD_DRAIN_GRACE_S", 1.0))
     access_log: bool = field(default_factory=lambda: os.environ.get("INVENTORYD_ACCESS_LOG", "1") not in ("0", "false"))
     # Authentication; "off" makes every caller an admin and is refused unless serving on loopback.
     auth: Literal["on", "off"] = field(default_factory=lambda: os.environ.get("INVENTORYD_AUTH", "on"))  # type: ignore[assignment]
     admin_token: str | None = field(default_factory=lambda: os.environ.get("INVENTORYD_ADMIN_TOKEN") or None)
     jwt_secret: str | None = field(default_factory=lambda: os.environ.get("INVENTORYD_JWT_SECRET") or None)
     # Token buckets: per attendee or organizer, per service token, per client address on /v1/auth.
-    rate_user_per_s: float = field(default_factory=lambda: _env_float("INVENTORYD_RATE_USER_PER_S", 10.0))
-    rate_user_burst: int = field(default_factory=lambda: _env_int("INVENTORYD_RATE_USER_BURST", 30))
-    rate_service_per_s: float = field(default_factory=lambda: _env_float("INVENTORYD_RATE_SERVICE_PER_S", 50_000.0))
-    rate_service_burst: int = field(default_factory=lambda: _env_int("INVENTORYD_RATE_SERVICE_BURST", 100_000))
-    rate_auth_per_s: float = field(default_factory=lambda: _env_float("INVENTORYD_RATE_AUTH_PER_S", 0.5))
-    rate_auth_burst: int = field(default_factory=lambda: _env_int("INVENTORYD_RATE_AUTH_BURST", 10))
+    rate_user_per_s: float = field(default_factory=lambda: _env_number("INVENTORYD_RATE_USER_PER_S", 10.0))
+    rate_user_burst: int = field(default_factory=lambda: _env_number("INVENTORYD_RATE_USER_BURST", 30))
+    rate_service_per_s: float = field(default_factory=lambda: _env_number("INVENTORYD_RATE_SERVICE_PER_S", 50_000.0))
+    rate_service_burst: int = field(default_factory=lambda: _env_number("INVENTORYD_RATE_SERVICE_BURST", 100_000))
+    rate_auth_per_s: float = field(default_factory=lambda: _env_number("INVENTORYD_RATE_AUTH_PER_S", 0.5))
+    rate_auth_burst: int = field(default_factory=lambda: _env_number("INVENTORYD_RATE_AUTH_BURST", 10))
     rate_limits: bool = field(default_factory=lambda: os.environ.get("INVENTORYD_RATE_LIMITS", "on") != "off")
     # Origins allowed to call from a browser (comma-separated); none by default: CORS off.
     cors_origins: tuple[str, ...] = field(

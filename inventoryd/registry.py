@@ -47,7 +47,6 @@ class RegistryStats:
     actors_restarted: int = 0
     actors_failed: int = 0
     recovery_seconds: float = 0.0
-    recovered_events: int = 0
     recovered_records: int = 0
 
 
@@ -88,7 +87,6 @@ class Registry:
                 log.critical("recovery_failed", error=repr(error))
                 raise
         self.stats.recovery_seconds = time.perf_counter() - started
-        self.stats.recovered_events = len(self._actors)
         self.stats.recovered_records = records
         self.ready = True
         log.info(

@@ -100,7 +100,6 @@ class JournalStats:
     failures: int = 0
     settled_committed: int = 0
     settled_failed: int = 0
-    last_commit_seconds: float = 0.0
 
 
 _WRITE = """
@@ -278,7 +277,6 @@ class Journal:
         self.stats.commits += 1
         self.stats.appends += len(batches)
         self.stats.records += len(arguments[0])
-        self.stats.last_commit_seconds = elapsed
         if self.on_commit is not None:
             self.on_commit(elapsed, len(arguments[0]), len(batches))
 

@@ -85,12 +85,6 @@ _CORS_MAX_AGE_S = 600
 _RATE_VERDICT = web.RequestKey("rate_verdict", Verdict)
 
 
-async def _principal(request: web.Request) -> Principal | None:
-    if request.app[keys.SETTINGS].auth == "off":
-        return ANONYMOUS_OPERATOR
-    return await request.app[keys.ACCOUNTS].authenticate(request.headers.get("Authorization"))
-
-
 def _principal_nowait(request: web.Request) -> Principal | None:
     """Who is asking, from memory; raises UnknownApiToken when only a reload can tell."""
     if request.app[keys.SETTINGS].auth == "off":
@@ -129,7 +123,8 @@ async def request_context(request: web.Request, handler: web.RequestHandler) -> 
             try:
                 principal = _principal_nowait(request)
             except UnknownApiToken:
-                principal = await _principal(request)
+                # A token made since the last reload, perhaps: reload, then look again.
+                principal = await request.app[keys.ACCOUNTS].authenticate(request.headers.get("Authorization"))
             route = ROUTES_BY_NAME.get(request.match_info.route.name or "")
             if route is not None and not route.public and principal is None:
                 raise unauthorized("this route needs a bearer token")
