@@ -45,14 +45,24 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(database_url: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    log = open(os.devnull, "wb")  # noqa: SIM115 - closed below
+def running_server(
+    database_url: str, port: int, *, env: dict[str, str] | None = None, log_path: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`inventoryd serve` on the test's database, with the test admin token, JSON logs, no access
+    lines, and `env` on top; its output goes to `log_path` (else nowhere). Killed on exit if alive."""
+    log = open(log_path or os.devnull, "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [sys.executable, "-m", "inventoryd", "serve", "--port", str(port), "--database-url", database_url],
         cwd=ROOT,
         stdout=log,
         stderr=log,
-        env=dict(os.environ, INVENTORYD_LOG_FORMAT="json", INVENTORYD_ACCESS_LOG="0", INVENTORYD_ADMIN_TOKEN=ADMIN_TOKEN),
+        env=dict(
+            os.environ,
+            INVENTORYD_LOG_FORMAT="json",
+            INVENTORYD_ACCESS_LOG="0",
+            INVENTORYD_ADMIN_TOKEN=ADMIN_TOKEN,
+            **(env or {}),
+        ),
     )
     try:
         yield process

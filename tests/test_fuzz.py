@@ -23,11 +23,10 @@ import aiohttp
 import pytest
 
 from tests.helpers import ADMIN, ADMIN_TOKEN
-from tests.test_durability import free_port, wait_ready
+from tests.test_durability import free_port, running_server, wait_ready
 
 EXAMPLES = int(os.environ.get("INVENTORYD_FUZZ_EXAMPLES", "8"))
 SEED = os.environ.get("INVENTORYD_FUZZ_SEED", "1")
-ROOT = Path(__file__).resolve().parent.parent
 CHECKS = ",".join(
     [
         "not_a_server_error",
@@ -45,49 +44,37 @@ async def test_schemathesis_finds_no_server_error_and_no_contract_break(database
         pytest.fail("schemathesis is a test dependency")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    environment = dict(os.environ, INVENTORYD_ADMIN_TOKEN=ADMIN_TOKEN, INVENTORYD_LOG_FORMAT="json", INVENTORYD_ACCESS_LOG="0")
     log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as server_log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "inventoryd", "serve", "--port", str(port), "--database-url", database_url],
-            cwd=ROOT,
-            env=environment,
-            stdout=server_log,
-            stderr=server_log,
+    with running_server(database_url, port, log_path=log_path) as server:
+        async with aiohttp.ClientSession(headers=ADMIN) as session:
+            await wait_ready(session, base, server)
+            event: Any = None
+            async with session.post(
+                f"{base}/v1/events",
+                json={"name": "Fuzz", "starts_at": "2027-06-01T19:00:00Z", "currency": "EUR",
+                      "ticket_types": [{"code": "GA", "name": "GA", "price": 100, "capacity": 1000}]},
+            ) as response:
+                event = await response.json()
+            assert event["id"]
+        result = subprocess.run(
+            [
+                schemathesis, "run", f"{base}/openapi.json",
+                "-H", f"Authorization: Bearer {ADMIN_TOKEN}",
+                # The stream never ends by design; the docs page is HTML for people.
+                "--exclude-operation-id", "availability_stream",
+                "--exclude-operation-id", "docs",
+                "--exclude-operation-id", "docs_init",
+                "--checks", CHECKS,
+                "-n", str(EXAMPLES),
+                "--seed", SEED,
+                "--request-timeout", "15",
+                "--no-color",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=tmp_path,
         )
-        try:
-            async with aiohttp.ClientSession(headers=ADMIN) as session:
-                await wait_ready(session, base, server)
-                event: Any = None
-                async with session.post(
-                    f"{base}/v1/events",
-                    json={"name": "Fuzz", "starts_at": "2027-06-01T19:00:00Z", "currency": "EUR",
-                          "ticket_types": [{"code": "GA", "name": "GA", "price": 100, "capacity": 1000}]},
-                ) as response:
-                    event = await response.json()
-                assert event["id"]
-            result = subprocess.run(
-                [
-                    schemathesis, "run", f"{base}/openapi.json",
-                    "-H", f"Authorization: Bearer {ADMIN_TOKEN}",
-                    # The stream never ends by design; the docs page is HTML for people.
-                    "--exclude-operation-id", "availability_stream",
-                    "--exclude-operation-id", "docs",
-                    "--exclude-operation-id", "docs_init",
-                    "--checks", CHECKS,
-                    "-n", str(EXAMPLES),
-                    "--seed", SEED,
-                    "--request-timeout", "15",
-                    "--no-color",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=900,
-                cwd=tmp_path,
-            )
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     summary = result.stdout[-6000:]
     assert result.returncode == 0, summary + result.stderr[-2000:]
     print(next((line for line in summary.splitlines() if "generated" in line and "Test cases" not in line), ""))

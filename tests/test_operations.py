@@ -8,11 +8,9 @@ validator and compare it with the route table; capture log events as data; send 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,10 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from inventoryd.cli import SHUTDOWN_TIMEOUT_S
 from inventoryd.http import keys
 from inventoryd.http.routes import ROUTES
-from tests.helpers import ADMIN, ADMIN_TOKEN, FakeClock, create_event, wait_until
+from tests.helpers import ADMIN, FakeClock, create_event, wait_until
 from tests.test_durability import free_port, running_server, wait_ready
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -116,24 +113,11 @@ async def test_one_access_line_per_request_and_domain_events(start: Any) -> None
     assert sold_out["event_id"] == event["id"] and sold_out["ticket_type"] == "GA"
 
 
-async def test_sigterm_drains_and_exits_cleanly(database_url: str) -> None:
+async def test_sigterm_drains_and_exits_cleanly(database_url: str, tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    environment = dict(
-        os.environ,
-        INVENTORYD_ADMIN_TOKEN=ADMIN_TOKEN,
-        INVENTORYD_LOG_FORMAT="json",
-        INVENTORYD_ACCESS_LOG="0",
-        INVENTORYD_DRAIN_GRACE_S="0.5",
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "inventoryd", "serve", "--port", str(port), "--database-url", database_url],
-        cwd=ROOT,
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
+    log_path = tmp_path / "server.log"
+    with running_server(database_url, port, env={"INVENTORYD_DRAIN_GRACE_S": "0.5"}, log_path=log_path) as process:
         async with aiohttp.ClientSession(headers=ADMIN, timeout=aiohttp.ClientTimeout(total=30)) as session:
             await wait_ready(session, base, process)
             async with session.post(
@@ -172,13 +156,9 @@ async def test_sigterm_drains_and_exits_cleanly(database_url: str) -> None:
             await asyncio.wait_for(asyncio.gather(*buyers), timeout=SHUTDOWN_TIMEOUT_S)
             stop.set()
             code = await asyncio.to_thread(process.wait, SHUTDOWN_TIMEOUT_S)
-            assert code == 0, process.stderr.read().decode()[-2000:] if process.stderr else ""
+            assert code == 0, log_path.read_text()[-2000:]
             assert time.monotonic() - signalled < SHUTDOWN_TIMEOUT_S
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    log_lines = [msgspec.json.decode(line) for line in (process.stderr.read() if process.stderr else b"").splitlines() if line.startswith(b"{")]
+    log_lines = [msgspec.json.decode(line) for line in log_path.read_bytes().splitlines() if line.startswith(b"{")]
     assert [entry["event"] for entry in log_lines if entry["event"] in ("draining", "drained", "stopped")] == [
         "draining",
         "drained",
