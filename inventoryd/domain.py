@@ -62,16 +62,20 @@ def reservation_id_of_ticket(ticket_id: str) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # The event's definition (as created) and the log records. Records are the durable schema: add
 # fields with defaults, never change the meaning of an existing one.
+#
+# These value types, like the reservations and replies below, are immutable and hold only
+# immutables, so they can never be part of a reference cycle: `gc=False` keeps them out of the
+# cyclic collector, whose full passes would otherwise walk every reservation an on-sale creates.
 
 
-class TicketTypeDefinition(msgspec.Struct, frozen=True):
+class TicketTypeDefinition(msgspec.Struct, frozen=True, gc=False):
     code: str
     name: str
     price: int
     capacity: int
 
 
-class EventDefinition(msgspec.Struct, frozen=True):
+class EventDefinition(msgspec.Struct, frozen=True, gc=False):
     id: str
     name: str
     starts_at: datetime
@@ -91,11 +95,11 @@ class EventDefinition(msgspec.Struct, frozen=True):
     organizer_id: str | None = None
 
 
-class EventCreated(msgspec.Struct, frozen=True, tag="event_created"):
+class EventCreated(msgspec.Struct, frozen=True, gc=False, tag="event_created"):
     event: EventDefinition
 
 
-class ReservationHeld(msgspec.Struct, frozen=True, tag="reservation_held"):
+class ReservationHeld(msgspec.Struct, frozen=True, gc=False, tag="reservation_held"):
     reservation_id: str
     user_id: str
     ticket_type: str
@@ -105,23 +109,23 @@ class ReservationHeld(msgspec.Struct, frozen=True, tag="reservation_held"):
     expires_at: datetime
 
 
-class ReservationConfirmed(msgspec.Struct, frozen=True, tag="reservation_confirmed"):
+class ReservationConfirmed(msgspec.Struct, frozen=True, gc=False, tag="reservation_confirmed"):
     reservation_id: str
     at: datetime
 
 
-class ReservationCancelled(msgspec.Struct, frozen=True, tag="reservation_cancelled"):
+class ReservationCancelled(msgspec.Struct, frozen=True, gc=False, tag="reservation_cancelled"):
     reservation_id: str
     at: datetime
     refunded: bool
 
 
-class HoldExpired(msgspec.Struct, frozen=True, tag="hold_expired"):
+class HoldExpired(msgspec.Struct, frozen=True, gc=False, tag="hold_expired"):
     reservation_id: str
     at: datetime
 
 
-class ReservationWaitlisted(msgspec.Struct, frozen=True, tag="reservation_waitlisted"):
+class ReservationWaitlisted(msgspec.Struct, frozen=True, gc=False, tag="reservation_waitlisted"):
     reservation_id: str
     user_id: str
     ticket_type: str
@@ -130,7 +134,7 @@ class ReservationWaitlisted(msgspec.Struct, frozen=True, tag="reservation_waitli
     at: datetime
 
 
-class WaitlistPromoted(msgspec.Struct, frozen=True, tag="waitlist_promoted"):
+class WaitlistPromoted(msgspec.Struct, frozen=True, gc=False, tag="waitlist_promoted"):
     """The head of a ticket type's waiting list got its seats: it is now held, with a fresh hold."""
 
     reservation_id: str
@@ -138,30 +142,30 @@ class WaitlistPromoted(msgspec.Struct, frozen=True, tag="waitlist_promoted"):
     expires_at: datetime
 
 
-class TicketCheckedIn(msgspec.Struct, frozen=True, tag="ticket_checked_in"):
+class TicketCheckedIn(msgspec.Struct, frozen=True, gc=False, tag="ticket_checked_in"):
     ticket_id: str
     reservation_id: str
     at: datetime
 
 
-class EventUpdated(msgspec.Struct, frozen=True, tag="event_updated"):
+class EventUpdated(msgspec.Struct, frozen=True, gc=False, tag="event_updated"):
     """The event's descriptive fields, sale window or limits changed: `event` is the new whole."""
 
     event: EventDefinition
 
 
-class TicketTypeAdded(msgspec.Struct, frozen=True, tag="ticket_type_added"):
+class TicketTypeAdded(msgspec.Struct, frozen=True, gc=False, tag="ticket_type_added"):
     ticket_type: TicketTypeDefinition
 
 
-class TicketTypeChanged(msgspec.Struct, frozen=True, tag="ticket_type_changed"):
+class TicketTypeChanged(msgspec.Struct, frozen=True, gc=False, tag="ticket_type_changed"):
     code: str
     name: str
     price: int
     capacity: int
 
 
-class EventCancelled(msgspec.Struct, frozen=True, tag="event_cancelled"):
+class EventCancelled(msgspec.Struct, frozen=True, gc=False, tag="event_cancelled"):
     """The organizer cancelled the event: holds released, confirmed reservations refunded, the
     waiting lists emptied, all in this one record."""
 
@@ -192,13 +196,13 @@ TicketStatus = Literal["valid", "checked_in", "cancelled"]
 COUNTED_STATUSES = ("held", "confirmed", "waitlisted")
 
 
-class Ticket(msgspec.Struct, frozen=True):
+class Ticket(msgspec.Struct, frozen=True, gc=False):
     id: str
     status: TicketStatus
     checked_in_at: datetime | None = None
 
 
-class Reservation(msgspec.Struct, frozen=True):
+class Reservation(msgspec.Struct, frozen=True, gc=False):
     """One reservation as the API shows it. Immutable: a change replaces it, which keeps the
     committed copy the actor publishes safe from the next batch's uncommitted changes."""
 
@@ -243,7 +247,7 @@ class TicketTypeState:
         return self.capacity - self.held - self.sold
 
 
-class TicketTypeSummary(msgspec.Struct, frozen=True):
+class TicketTypeSummary(msgspec.Struct, frozen=True, gc=False):
     code: str
     name: str
     price: int
@@ -257,7 +261,7 @@ class TicketTypeSummary(msgspec.Struct, frozen=True):
     revenue: int
 
 
-class EventSummary(msgspec.Struct, frozen=True):
+class EventSummary(msgspec.Struct, frozen=True, gc=False):
     """The event and its counters at one moment: what the actor publishes after every commit, and
     the answer to event-level commands (so that an idempotent replay shows the same)."""
 
@@ -267,7 +271,7 @@ class EventSummary(msgspec.Struct, frozen=True):
     last_seq: int
 
 
-class TicketTypeSnapshot(msgspec.Struct, frozen=True, array_like=True):
+class TicketTypeSnapshot(msgspec.Struct, frozen=True, gc=False, array_like=True):
     code: str
     name: str
     price: int
@@ -276,7 +280,7 @@ class TicketTypeSnapshot(msgspec.Struct, frozen=True, array_like=True):
     waiting: tuple[str, ...]
 
 
-class InventorySnapshot(msgspec.Struct, frozen=True, array_like=True):
+class InventorySnapshot(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """What cannot be derived of an inventory at `last_seq`: counters, per-user seats and the
     expiry heap are rebuilt from the reservations on restore (and then checked)."""
 
@@ -296,11 +300,11 @@ SNAPSHOT_DECODER = msgspec.msgpack.Decoder(InventorySnapshot)
 # Commands and replies.
 
 
-class CreateEvent(msgspec.Struct, frozen=True, tag="create_event"):
+class CreateEvent(msgspec.Struct, frozen=True, gc=False, tag="create_event"):
     event: EventDefinition
 
 
-class Reserve(msgspec.Struct, frozen=True, tag="reserve"):
+class Reserve(msgspec.Struct, frozen=True, gc=False, tag="reserve"):
     user_id: str
     ticket_type: str
     quantity: int
@@ -309,23 +313,23 @@ class Reserve(msgspec.Struct, frozen=True, tag="reserve"):
     waitlist: bool = False
 
 
-class Confirm(msgspec.Struct, frozen=True, tag="confirm"):
+class Confirm(msgspec.Struct, frozen=True, gc=False, tag="confirm"):
     reservation_id: str
     now: datetime
 
 
-class Cancel(msgspec.Struct, frozen=True, tag="cancel"):
+class Cancel(msgspec.Struct, frozen=True, gc=False, tag="cancel"):
     reservation_id: str
     now: datetime
     # Organizers and admins may cancel after the event's cancel_until; buyers may not.
     privileged: bool = False
 
 
-class ExpireDue(msgspec.Struct, frozen=True, tag="expire_due"):
+class ExpireDue(msgspec.Struct, frozen=True, gc=False, tag="expire_due"):
     now: datetime
 
 
-class CheckIn(msgspec.Struct, frozen=True, tag="check_in"):
+class CheckIn(msgspec.Struct, frozen=True, gc=False, tag="check_in"):
     ticket_id: str
     now: datetime
 
@@ -355,11 +359,11 @@ class UpdateEvent(msgspec.Struct, frozen=True, tag="update_event"):
     changes: dict[str, Any]
 
 
-class AddTicketType(msgspec.Struct, frozen=True, tag="add_ticket_type"):
+class AddTicketType(msgspec.Struct, frozen=True, gc=False, tag="add_ticket_type"):
     ticket_type: TicketTypeDefinition
 
 
-class ChangeTicketType(msgspec.Struct, frozen=True, tag="change_ticket_type"):
+class ChangeTicketType(msgspec.Struct, frozen=True, gc=False, tag="change_ticket_type"):
     code: str
     # Raised capacity may promote waiting buyers, whose holds start now.
     now: datetime
@@ -368,7 +372,7 @@ class ChangeTicketType(msgspec.Struct, frozen=True, tag="change_ticket_type"):
     capacity: int | None = None
 
 
-class CancelEvent(msgspec.Struct, frozen=True, tag="cancel_event"):
+class CancelEvent(msgspec.Struct, frozen=True, gc=False, tag="cancel_event"):
     now: datetime
 
 
@@ -392,7 +396,7 @@ RejectionCode = Literal[
 ]
 
 
-class Accepted(msgspec.Struct, frozen=True, tag="accepted"):
+class Accepted(msgspec.Struct, frozen=True, gc=False, tag="accepted"):
     """The command succeeded. `reservation_id` names the reservation it made or changed (None for
     event-level commands); the caller reads its state once the decision's records are applied."""
 
@@ -401,7 +405,7 @@ class Accepted(msgspec.Struct, frozen=True, tag="accepted"):
     unchanged: bool = False
 
 
-class Rejected(msgspec.Struct, frozen=True, tag="rejected"):
+class Rejected(msgspec.Struct, frozen=True, gc=False, tag="rejected"):
     code: RejectionCode
     detail: str
     # For insufficient_tickets: how many are left.

@@ -60,6 +60,8 @@ class Registry:
     _actors: dict[str, EventActor] = field(default_factory=dict)
     _supervisors: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     ready: bool = False
+    # Set once, when recovery has rebuilt every actor.
+    recovered: asyncio.Event = field(default_factory=asyncio.Event)
     # Set when a shutdown begins: /readyz answers 503 so that traffic goes elsewhere.
     draining: bool = False
     recovery_error: str | None = None
@@ -89,6 +91,7 @@ class Registry:
         self.stats.recovery_seconds = time.perf_counter() - started
         self.stats.recovered_records = records
         self.ready = True
+        self.recovered.set()
         log.info(
             "recovery_done",
             events=len(self._actors),

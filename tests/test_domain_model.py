@@ -425,3 +425,23 @@ def test_ids_route_to_their_event() -> None:
     assert domain.reservation_id_of_ticket(ticket_id) == reservation_id
     assert domain.event_id_of("garbage") is None
     assert domain.event_id_of("rsv_../etc_1") is None
+
+
+def test_the_inventory_state_is_invisible_to_the_cyclic_collector() -> None:
+    # A full collection during an on-sale must not walk every reservation: the domain's values are
+    # immutable and untracked (gc=False); only the inventory's containers are tracked.
+    import gc  # noqa: PLC0415
+
+    inventory = Inventory(EVENT_ID)
+    definition = msgspec.structs.replace(
+        random_event(random.Random(2)), ticket_types=(TicketTypeDefinition("GA", "GA", 1000, 10),)
+    )
+    inventory.apply(1, domain.EventCreated(definition))
+    code = "GA"
+    inventory.apply(2, domain.ReservationHeld("rsv_model_1", "u", code, 2, 0, START, START))
+    inventory.apply(3, domain.ReservationConfirmed("rsv_model_1", START))
+    reservation = inventory.reservations["rsv_model_1"]
+    assert len(reservation.tickets) == 2
+    assert not gc.is_tracked(reservation)
+    assert not gc.is_tracked(definition)
+    assert not gc.is_tracked(domain.ReservationHeld("rsv_model_2", "u", code, 1, 0, START, START))
