@@ -149,6 +149,7 @@ async def _serve(settings: Settings, database_url: str) -> None:
         log.error("shutdown_timed_out", timeout_s=SHUTDOWN_TIMEOUT_S)
         raise SystemExit(1) from None
     gc_tuning.cancel()
+    logs.flush()
     log.info("drained", seconds=round(loop.time() - started, 3))
 
 

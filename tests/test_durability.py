@@ -56,13 +56,13 @@ def running_server(
         cwd=ROOT,
         stdout=log,
         stderr=log,
-        env=dict(
-            os.environ,
-            INVENTORYD_LOG_FORMAT="json",
-            INVENTORYD_ACCESS_LOG="0",
-            INVENTORYD_ADMIN_TOKEN=ADMIN_TOKEN,
+        env={
+            **os.environ,
+            "INVENTORYD_LOG_FORMAT": "json",
+            "INVENTORYD_ACCESS_LOG": "0",
+            "INVENTORYD_ADMIN_TOKEN": ADMIN_TOKEN,
             **(env or {}),
-        ),
+        },
     )
     try:
         yield process

@@ -117,7 +117,8 @@ async def test_sigterm_drains_and_exits_cleanly(database_url: str, tmp_path: Pat
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "server.log"
-    with running_server(database_url, port, env={"INVENTORYD_DRAIN_GRACE_S": "0.5"}, log_path=log_path) as process:
+    env = {"INVENTORYD_DRAIN_GRACE_S": "0.5", "INVENTORYD_ACCESS_LOG": "1"}
+    with running_server(database_url, port, env=env, log_path=log_path) as process:
         async with aiohttp.ClientSession(headers=ADMIN, timeout=aiohttp.ClientTimeout(total=30)) as session:
             await wait_ready(session, base, process)
             async with session.post(
@@ -164,6 +165,13 @@ async def test_sigterm_drains_and_exits_cleanly(database_url: str, tmp_path: Pat
         "drained",
         "stopped",
     ]
+    # The access lines (written in blocks) were all flushed by the drain: one per answer at least.
+    reserve_lines = [
+        entry for entry in log_lines
+        if entry["event"] == "request" and entry["route"] == "/v1/events/{event_id}/reservations"
+    ]
+    assert sum(entry["status"] == 201 for entry in reserve_lines) >= len(answered)
+    assert {"request_id", "method", "status", "duration_ms", "principal", "level", "timestamp"} <= set(reserve_lines[0])
     # Everything answered 201 is in the log.
     port = free_port()
     with running_server(database_url, port) as restarted:

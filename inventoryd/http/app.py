@@ -16,7 +16,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from inventoryd import limits
+from inventoryd import limits, logs
 from inventoryd.actor import Clock, system_clock
 from inventoryd.config import Settings
 from inventoryd.http import keys, openapi
@@ -34,7 +34,6 @@ from persistence.journal import Journal, connect
 from persistence.migrate import migrate
 
 log = structlog.get_logger("inventoryd.http")
-access_log = structlog.get_logger("inventoryd.access")
 
 IDEMPOTENCY_SWEEP_INTERVAL_S = 3600.0
 HOT_ROUTES = (
@@ -165,8 +164,7 @@ async def request_context(request: web.Request, handler: web.RequestHandler) -> 
     route_template = resource.canonical if resource is not None else "unmatched"
     request.app[keys.METRICS].observe_request(route_template, request.method, response.status, elapsed_s)
     if request.app[keys.SETTINGS].access_log:
-        access_log.info(
-            "request",
+        logs.access(
             request_id=request_id,
             method=request.method,
             route=route_template,
