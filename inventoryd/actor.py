@@ -15,7 +15,7 @@ from the values the batch replaced, and availability comes from a view published
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -145,6 +145,7 @@ class EventActor:
     _in_flight_previous: dict[str, Reservation | None] = field(default_factory=dict)
     _view: EventSummary | None = None
     _expiry_timer: asyncio.TimerHandle | None = None
+    _expiry_timer_due: datetime = datetime.min.replace(tzinfo=UTC)
     _expiry_queued: bool = False
     # Made only while someone waits for a change, so that a commit pays nothing otherwise.
     _next_change: asyncio.Future[None] | None = None
@@ -454,16 +455,15 @@ class EventActor:
 
     def _log_domain_events(self, kinds: list[str], available_before: list[int]) -> None:
         """What an operator wants to see as its own line, once it is durable."""
-        counts = Counter(kinds)
-        if counts["event_created"]:
+        if "event_created" in kinds:
             assert self.inventory.definition is not None
             log.info("event_created", event_id=self.event_id, name=self.inventory.definition.name)
-        if counts["event_cancelled"]:
+        if "event_cancelled" in kinds:
             log.info("event_cancelled", event_id=self.event_id)
-        if counts["hold_expired"]:
-            log.info("holds_expired", event_id=self.event_id, count=counts["hold_expired"])
-        if counts["waitlist_promoted"]:
-            log.info("waitlist_promoted", event_id=self.event_id, count=counts["waitlist_promoted"])
+        if expired := kinds.count("hold_expired"):
+            log.info("holds_expired", event_id=self.event_id, count=expired)
+        if promoted := kinds.count("waitlist_promoted"):
+            log.info("waitlist_promoted", event_id=self.event_id, count=promoted)
         for before, state in zip(available_before, self.inventory.ticket_types.values(), strict=False):
             if before > 0 and state.available == 0:
                 log.info("sold_out", event_id=self.event_id, ticket_type=state.code, capacity=state.capacity)
@@ -498,16 +498,21 @@ class EventActor:
     # -- hold expiry: a message the actor sends itself --------------------------------------------
 
     def _schedule_expiry(self) -> None:
+        """After every batch: make sure a timer wakes the actor when the next hold falls due. A timer
+        already set for no later than that is kept (on a busy event the earliest hold rarely
+        changes, and re-arming per batch costs a timer each time); one that fires early finds
+        nothing due, and sets the next."""
+        due = self.inventory.next_expiry() if self._running and not self._expiry_queued else None
+        if due is not None and self._expiry_timer is not None and self._expiry_timer_due <= due:
+            return
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
             self._expiry_timer = None
-        if not self._running or self._expiry_queued:
-            return
-        due = self.inventory.next_expiry()
         if due is None:
             return
         delay_s = max(0.0, (due - self.clock()).total_seconds())
         self._expiry_timer = asyncio.get_running_loop().call_later(delay_s, self._enqueue_expiry)
+        self._expiry_timer_due = due
 
     def _enqueue_expiry(self) -> None:
         self._expiry_timer = None

@@ -237,6 +237,11 @@ async def test_security_headers_and_cors(start: Any) -> None:
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["X-Frame-Options"] == "DENY"
     assert "Access-Control-Allow-Origin" not in response.headers
+    # Errors too: a problem document from the middleware, and aiohttp's own 404 for no route.
+    for path in ("/v1/events/evt_missing", "/nowhere"):
+        missing = await closed.get(path, headers={"X-Request-ID": "req-404"})
+        assert missing.status == 404 and missing.headers["X-Content-Type-Options"] == "nosniff"
+        assert missing.headers["X-Request-ID"] == "req-404"
     assert (await closed.options("/v1/events", headers={"Origin": "https://shop.example"})).status == 405
     opened = await start(settings={"cors_origins": ("https://shop.example",)})
     preflight = await opened.options(

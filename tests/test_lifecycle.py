@@ -304,6 +304,8 @@ async def test_live_availability_stream(client: Any) -> None:
     event = await create_event(client)
     async with client.get(f"/v1/events/{event['id']}/availability/stream") as stream:
         assert stream.status == 200 and stream.content_type == "text/event-stream"
+        # A stream sends its headers itself: the common ones are there all the same.
+        assert stream.headers["X-Content-Type-Options"] == "nosniff" and stream.headers["X-Request-ID"]
 
         async def next_event() -> dict[str, Any]:
             import json

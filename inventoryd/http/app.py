@@ -20,6 +20,7 @@ from inventoryd import limits, logs
 from inventoryd.actor import Clock, system_clock
 from inventoryd.config import Settings
 from inventoryd.http import keys, openapi
+from inventoryd.http.headers import RATE_VERDICT, add_response_headers, cors_origin
 from inventoryd.accounts import Accounts, UnknownApiToken, unauthorized
 from inventoryd.http.auth import ANONYMOUS_OPERATOR, Principal
 from inventoryd.http.problems import ProblemError, problem_response
@@ -69,19 +70,6 @@ class RateLimits:
     auth_by_address: TokenBuckets
 
 
-_SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-    "Cross-Origin-Resource-Policy": "same-origin",
-}
-_CORS_ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
-_CORS_EXPOSED_HEADERS = (
-    "Location, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, X-Request-ID, Idempotent-Replayed"
-)
-_CORS_MAX_AGE_S = 600
-_RATE_VERDICT = web.RequestKey("rate_verdict", Verdict)
 
 
 def _principal_nowait(request: web.Request) -> Principal | None:
@@ -116,7 +104,7 @@ async def request_context(request: web.Request, handler: web.RequestHandler) -> 
     principal: Principal | None = None
     response: web.StreamResponse
     try:
-        if request.method == "OPTIONS" and _cors_origin(request) is not None:
+        if request.method == "OPTIONS" and cors_origin(request) is not None:
             response = web.Response(status=204)
         else:
             try:
@@ -131,7 +119,7 @@ async def request_context(request: web.Request, handler: web.RequestHandler) -> 
                 request[keys.PRINCIPAL] = principal
             verdict = _rate_verdict(request, principal)
             if verdict is not None:
-                request[_RATE_VERDICT] = verdict
+                request[RATE_VERDICT] = verdict
                 if not verdict.allowed:
                     raise ProblemError(429, "rate_limited", "too many requests; slow down", headers=verdict.headers())
             response = await handler(request)
@@ -172,37 +160,9 @@ async def request_context(request: web.Request, handler: web.RequestHandler) -> 
             duration_ms=round(elapsed_s * 1000, 3),
             principal=principal.id if principal is not None else None,
         )
+    if not response.prepared:  # a stream sent its headers itself, with add_response_headers
+        add_response_headers(request, response)
     return response
-
-
-def _cors_origin(request: web.Request) -> str | None:
-    origin = request.headers.get("Origin")
-    if origin is not None and origin in request.app[keys.SETTINGS].cors_origins:
-        return origin
-    return None
-
-
-async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """Every response, streams included, just before its headers are sent."""
-    headers = response.headers
-    headers["X-Request-ID"] = request.get(keys.REQUEST_ID, "")
-    for name, value in _SECURITY_HEADERS.items():
-        headers.setdefault(name, value)
-    if request.method != "GET":
-        headers.setdefault("Cache-Control", "no-store")
-    verdict = request.get(_RATE_VERDICT)
-    if verdict is not None:
-        for name, value in verdict.headers().items():
-            headers.setdefault(name, value)
-    origin = _cors_origin(request)
-    if origin is not None:
-        headers["Access-Control-Allow-Origin"] = origin
-        headers["Vary"] = "Origin"
-        headers["Access-Control-Expose-Headers"] = _CORS_EXPOSED_HEADERS
-        if request.method == "OPTIONS":
-            headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, OPTIONS"
-            headers["Access-Control-Allow-Headers"] = _CORS_ALLOWED_HEADERS
-            headers["Access-Control-Max-Age"] = str(_CORS_MAX_AGE_S)
 
 
 def create_app(
@@ -223,7 +183,6 @@ def create_app(
         services=TokenBuckets(settings.rate_service_per_s, settings.rate_service_burst),
         auth_by_address=TokenBuckets(settings.rate_auth_per_s, settings.rate_auth_burst),
     )
-    app.on_response_prepare.append(_add_headers)
     metrics = Metrics()
     app[keys.METRICS] = metrics
     app[keys.OPENAPI] = msgspec.json.encode(openapi.build(ROUTES))

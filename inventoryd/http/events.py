@@ -29,6 +29,7 @@ from inventoryd.http.common import (
     text_query,
     time_query,
 )
+from inventoryd.http.headers import add_response_headers
 from inventoryd.http.problems import ProblemError, invalid
 from inventoryd.registry import new_event_id
 from persistence import store
@@ -299,6 +300,7 @@ async def availability_stream(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
+        add_response_headers(request, response)
         await response.prepare(request)
         loop = asyncio.get_running_loop()
         closes_at = loop.time() + STREAM_DURATION_MAX_S

@@ -1,0 +1,53 @@
+"""Headers every response carries: its request id, security headers, rate-limit state, CORS."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from inventoryd.http import keys
+from inventoryd.ratelimit import Verdict
+
+_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+_CORS_ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
+_CORS_EXPOSED_HEADERS = (
+    "Location, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, X-Request-ID, Idempotent-Replayed"
+)
+_CORS_MAX_AGE_S = 600
+RATE_VERDICT = web.RequestKey("rate_verdict", Verdict)
+
+
+def cors_origin(request: web.Request) -> str | None:
+    origin = request.headers.get("Origin")
+    if origin is not None and origin in request.app[keys.SETTINGS].cors_origins:
+        return origin
+    return None
+
+
+def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response gets these: the middleware adds them to what handlers return, and a handler
+    that streams calls this before it prepares its response."""
+    headers = response.headers
+    headers["X-Request-ID"] = request.get(keys.REQUEST_ID, "")
+    for name, value in _SECURITY_HEADERS.items():
+        headers.setdefault(name, value)
+    if request.method != "GET":
+        headers.setdefault("Cache-Control", "no-store")
+    verdict = request.get(RATE_VERDICT)
+    if verdict is not None:
+        for name, value in verdict.headers().items():
+            headers.setdefault(name, value)
+    origin = cors_origin(request)
+    if origin is not None:
+        headers["Access-Control-Allow-Origin"] = origin
+        headers["Vary"] = "Origin"
+        headers["Access-Control-Expose-Headers"] = _CORS_EXPOSED_HEADERS
+        if request.method == "OPTIONS":
+            headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, OPTIONS"
+            headers["Access-Control-Allow-Headers"] = _CORS_ALLOWED_HEADERS
+            headers["Access-Control-Max-Age"] = str(_CORS_MAX_AGE_S)
