@@ -149,6 +149,8 @@ class Journal:
         self._dsn = dsn
         self._pending: deque[Append] = deque()
         self._wakeup = asyncio.Event()
+        # Pending appends that wake the writer (more than one while it lingers for a group commit).
+        self._wanted = 1
         self._connection: asyncpg.Connection | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -183,12 +185,15 @@ class Journal:
             raise AppendFailed("the journal has too many appends waiting")
         batch.future = asyncio.get_running_loop().create_future()
         self._pending.append(batch)
-        self._wakeup.set()
+        if len(self._pending) >= self._wanted:
+            self._wakeup.set()
         await batch.future
 
     # -- the writer -----------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
+        # Appenders active around the last commit: those it answered, and those who queued meanwhile.
+        active = 0
         while True:
             if not self._pending:
                 if self._closing:
@@ -196,6 +201,8 @@ class Journal:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            if active >= limits.JOURNAL_LINGER_FROM_APPENDS and len(self._pending) < active and not self._closing:
+                await self._linger(active)
             taken = self._take()
             try:
                 await self._write(taken)
@@ -215,6 +222,21 @@ class Journal:
                 raise
             else:
                 _settle(taken, None)
+            active = len(taken) + len(self._pending)
+
+    async def _linger(self, appends: int) -> None:
+        """Group commit across events: many actors append one batch each; those just answered come
+        back with their next ones within a few round trips. Wait (at most JOURNAL_LINGER_S) until
+        as many appends are pending, so that they share one transaction instead of alternating."""
+        self._wanted = min(appends, limits.JOURNAL_PENDING_APPENDS_MAX)
+        self._wakeup.clear()
+        try:
+            async with asyncio.timeout(limits.JOURNAL_LINGER_S):
+                await self._wakeup.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._wanted = 1
 
     async def _write_one_by_one(self, batches: list[Append]) -> None:
         for batch in batches:

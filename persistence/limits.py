@@ -6,9 +6,14 @@ from typing import Final
 JOURNAL_COMMIT_RECORDS_MAX: Final = 8192
 # Appends waiting for the journal writer; beyond this an append fails at once (retryable).
 JOURNAL_PENDING_APPENDS_MAX: Final = 4096
+# Group commit across events: when at least JOURNAL_LINGER_FROM_APPENDS appends were active around
+# the last commit, the writer waits up to JOURNAL_LINGER_S for as many before the next one.
+JOURNAL_LINGER_FROM_APPENDS: Final = 8
+JOURNAL_LINGER_S: Final = 0.010
 # How long one database round trip (connect, commit, query) may take.
 DB_TIMEOUT_S: Final = 5.0
 # Rows fetched per round trip while replaying the log.
 RECOVERY_FETCH_ROWS: Final = 10_000
 
 assert JOURNAL_PENDING_APPENDS_MAX >= 1 and JOURNAL_COMMIT_RECORDS_MAX >= 1
+assert 1 < JOURNAL_LINGER_FROM_APPENDS <= JOURNAL_PENDING_APPENDS_MAX and JOURNAL_LINGER_S < DB_TIMEOUT_S

@@ -197,3 +197,55 @@ async def test_a_crashing_actor_is_restarted_and_the_others_run_on(
     assert (await client.get(f"/v1/events/{doomed['id']}")).status == 200  # reads still answer
     assert await available(client, doomed["id"]) == 99
     await assert_memory_matches_log(client, db, healthy["id"])
+
+
+async def test_a_busy_event_waits_for_its_buyers_to_share_one_commit(
+    faulty: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Group commit under load: 21 buyers were active around the last batch, so the actor waits for
+    # 21 messages before it takes the next one (here with a long linger, so the test sees it
+    # waiting); the buyer who comes back during the wait joins that batch instead of the next.
+    monkeypatch.setattr(limits, "BATCH_LINGER_S", 30.0)
+    client, journal = faulty
+    event = await create_event(client, ticket_types=[{"code": "GA", "name": "GA", "price": 1, "capacity": 1000}])
+    actor = client.app[keys.REGISTRY].get(event["id"])
+    batches: list[int] = []
+    actor.on_batch = lambda messages, depth: batches.append(messages)
+    journal.gate = asyncio.Event()
+    first = asyncio.create_task(actor.reserve("u0", "GA", 1))
+    await wait_until(lambda: journal.waiting_at_gate == 1)
+    queued = [asyncio.create_task(actor.reserve(f"u{i}", "GA", 1)) for i in range(1, 21)]
+    await wait_until(lambda: actor.mailbox_depth() == 20)
+    journal.gate.set()
+    await first
+    await wait_until(lambda: actor._mailbox._wanted == 21)  # lingering, with 20 queued
+    late = asyncio.create_task(actor.reserve("u21", "GA", 1))
+    await asyncio.wait_for(asyncio.gather(late, *queued), timeout=5)
+    assert batches == [1, 21]
+
+
+async def test_the_journal_waits_for_many_events_to_share_one_commit(
+    faulty: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Group commit across events: ten actors' appends shared the last commit, so the writer waits
+    # for ten before the next one, and their next appends share one transaction again.
+    from persistence import limits as journal_limits  # noqa: PLC0415
+
+    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_S", 30.0)
+    client, journal = faulty
+    actors = []
+    for _ in range(10):
+        event = await create_event(client, ticket_types=[{"code": "GA", "name": "GA", "price": 1, "capacity": 10}])
+        actors.append(client.app[keys.REGISTRY].get(event["id"]))
+    journal.gate = asyncio.Event()
+    first = [asyncio.create_task(actor.reserve("a", "GA", 1)) for actor in actors]
+    await wait_until(lambda: journal.waiting_at_gate == 10)
+    commits = journal.stats.commits
+    journal.gate.set()
+    await asyncio.gather(*first)
+    assert journal.stats.commits == commits + 1
+    second = [asyncio.create_task(actors[0].reserve("b", "GA", 1))]
+    await wait_until(lambda: journal._wanted == 10)  # lingering, with one append pending
+    second += [asyncio.create_task(actor.reserve("b", "GA", 1)) for actor in actors[1:]]
+    await asyncio.wait_for(asyncio.gather(*second), timeout=5)
+    assert journal.stats.commits == commits + 2
