@@ -23,10 +23,11 @@ RATE_VERDICT = web.RequestKey("rate_verdict", Verdict)
 
 
 def cors_origin(request: web.Request) -> str | None:
+    allowed = request.app[keys.SETTINGS].cors_origins
+    if not allowed:  # CORS is off by default: no header to look up
+        return None
     origin = request.headers.get("Origin")
-    if origin is not None and origin in request.app[keys.SETTINGS].cors_origins:
-        return origin
-    return None
+    return origin if origin in allowed else None
 
 
 def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
