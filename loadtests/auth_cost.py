@@ -1,60 +1,141 @@
-"""The cost of authentication and rate limits, measured deterministically: the same 3,000 reserves
-in-process (aiohttp's test server, a real PostgreSQL), profiled with cProfile, with auth off and
-with a service token; prints the total profiled time per request and the functions that differ.
+"""What authentication and rate limits cost on the hot path, counted in instructions.
 
-    PYTHONPATH=. python loadtests/auth_cost.py
+    python -m loadtests.auth_cost [--requests 3000] [--concurrency 32]
 
-wrk on a 2-core machine shared with PostgreSQL cannot resolve a few-percent difference (its medians
-have ranged from -14% to +18% for the same code); this can.
+`inventoryd serve` runs under valgrind's callgrind twice on one embedded PostgreSQL: open
+(INVENTORYD_AUTH=off, INVENTORYD_RATE_LIMITS=off) and as shipped, called with a service token.
+The same client sends the same number of reservations to one hot event; callgrind counts only
+the measured window (instrumentation is switched on and off with `callgrind_control`). Printed: instructions the
+server executed per reservation, each way, and the difference.
+
+Why instructions: throughput with wrk on this 2-core machine, shared by wrk, the server and
+PostgreSQL, varies by ±15% between identical runs, more than the few percent to be measured.
+An instruction count is repeatable to a fraction of a percent. Valgrind makes the server ~50x
+slower, so both runs are equally saturated by the client, and batches form alike.
+Everything stays on 127.0.0.1 and the servers are stopped by their PID.
 """
-import asyncio, cProfile, pstats, tempfile, shutil, subprocess, sys
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
-from aiohttp.test_utils import TestServer, TestClient
-from inventoryd.config import Settings
-from inventoryd.http.app import create_app
-from inventoryd import logs
+
+import aiohttp
+
+from loadtests.bench import ADMIN_TOKEN, ROOT, create_database, free_port, make_service_token, setup_inventoryd
 from persistence.embedded import EmbeddedPostgres
 
-ADMIN = "prof-admin-token-0123456789abcdef"
-N = 3000
+# Python's imports alone take ~30 s under valgrind.
+VALGRIND_READY_TIMEOUT_S = 300.0
+WARMUP_REQUESTS = 200
 
-async def run(url, auth, token):
-    settings = Settings(database_url=url, admin_token=ADMIN, auth=auth, rate_limits=(auth == "on"), access_log=True)
-    client = TestClient(TestServer(create_app(settings, database_url=url)))
-    await client.start_server()
-    while (await client.get("/readyz")).status != 200:
-        await asyncio.sleep(0.05)
-    event = await (await client.post("/v1/events", headers={"Authorization": f"Bearer {ADMIN}"}, json={"name":"P","starts_at":"2027-06-01T19:00:00Z","currency":"EUR","ticket_types":[{"code":"GA","name":"GA","price":1,"capacity":10000000}]})).json()
+
+async def drive(base: str, event_id: str, token: str, requests: int, concurrency: int, offset: int) -> int:
+    """`requests` reservations from `concurrency` buyers; returns how many were answered 201."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async def burst(n, offset):
-        await asyncio.gather(*(client.post(f"/v1/events/{event['id']}/reservations", json={"ticket_type":"GA","quantity":1,"user_id":f"u{offset+i}"}, headers=headers) for i in range(n)))
-    await burst(200, 0)
-    profile = cProfile.Profile()
-    profile.enable()
-    for round_ in range(N // 60):
-        await burst(60, 1000 + round_ * 60)
-    profile.disable()
-    await client.close()
-    return profile
+    created = 0
+    numbers = iter(range(offset, offset + requests))
 
-def main():
-    logs.configure("info", "json")
-    d = Path(tempfile.mkdtemp()); d.chmod(0o755)
-    pg = EmbeddedPostgres(d / "pg"); url = pg.start()
+    async def buyer(session: aiohttp.ClientSession) -> None:
+        nonlocal created
+        for number in numbers:
+            body = {"ticket_type": "GA", "quantity": 1, "user_id": f"u{number}"}
+            async with session.post(f"{base}/v1/events/{event_id}/reservations", json=body, headers=headers) as response:
+                await response.read()
+                created += response.status == 201
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        await asyncio.gather(*(buyer(session) for _ in range(concurrency)))
+    return created
+
+
+def callgrind_control(*arguments: str) -> None:
+    subprocess.run(["callgrind_control", *arguments], check=True, capture_output=True, timeout=120)
+
+
+async def measure(mode: str, admin_url: str, scratch: Path, args: argparse.Namespace) -> tuple[int, int]:
+    """(instructions in the window, reservations created in it) for one server."""
+    database_url = await create_database(admin_url, f"auth_cost_{mode}")
+    port = free_port()
+    out_file = scratch / f"callgrind.{mode}.out"
+    env = {
+        **os.environ,
+        "INVENTORYD_LOG_FORMAT": "json",
+        "INVENTORYD_ADMIN_TOKEN": ADMIN_TOKEN,
+        "INVENTORYD_DRAIN_GRACE_S": "0",
+    }
+    if mode == "open":
+        env |= {"INVENTORYD_AUTH": "off", "INVENTORYD_RATE_LIMITS": "off"}
+    token = make_service_token(database_url) if mode == "secured" else ""
+    server = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_file}",
+         sys.executable, "-m", "inventoryd", "serve", "--port", str(port), "--database-url", database_url],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
     try:
-        token = subprocess.run([sys.executable, "-m", "inventoryd", "token", "create", "--role", "service", "--name", "p", "--database-url", url], capture_output=True, text=True, check=True).stdout.strip()
-        results = {}
-        for auth, tok in (("off", None), ("on", token)):
-            profile = asyncio.run(run(url, auth, tok))
-            stats = pstats.Stats(profile)
-            results[auth] = {f"{k[0].split('site-packages/')[-1].split('/work/main/')[-1]}:{k[2]}": (v[1], v[2]) for k, v in stats.stats.items()}  # (calls, tottime)
-        off, on = results["off"], results["on"]
-        total_off = sum(t for _, t in off.values()); total_on = sum(t for _, t in on.values())
-        print(f"total tottime per request: off {total_off/N*1e6:.0f} us, on {total_on/N*1e6:.0f} us")
-        diffs = sorted(((on.get(k, (0,0))[1] - off.get(k, (0,0))[1], k) for k in set(on) | set(off)), reverse=True)
-        for delta, k in diffs[:18]:
-            print(f"{delta/N*1e6:+7.2f} us/request  calls {on.get(k,(0,0))[0]:>7} vs {off.get(k,(0,0))[0]:>7}  {k}")
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + VALGRIND_READY_TIMEOUT_S
+        while True:
+            try:
+                (event_id,) = await setup_inventoryd(base, 1)
+                break
+            except aiohttp.ClientConnectionError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"inventoryd under valgrind did not start ({mode})") from None
+                await asyncio.sleep(1)
+        await drive(base, event_id, token, WARMUP_REQUESTS, args.concurrency, 0)
+        callgrind_control("--instr=on", str(server.pid))
+        created = await drive(base, event_id, token, args.requests, args.concurrency, WARMUP_REQUESTS)
+        callgrind_control("--instr=off", str(server.pid))
     finally:
-        pg.stop(); shutil.rmtree(d, ignore_errors=True)
+        server.terminate()
+        server.wait(timeout=120)
+    totals = re.search(rb"^totals:\s*(\d+)", out_file.read_bytes(), re.MULTILINE)
+    if totals is None:
+        raise RuntimeError(f"no totals in {out_file}")
+    return int(totals.group(1)), created
 
-main()
+
+async def run(args: argparse.Namespace, admin_url: str, scratch: Path) -> None:
+    results = {}
+    for mode in ("open", "secured"):
+        instructions, created = await measure(mode, admin_url, scratch, args)
+        if created != args.requests:
+            raise RuntimeError(f"{mode}: {created} of {args.requests} reservations were created")
+        results[mode] = instructions / created
+        print(f"{mode:8} {created:,} reservations, {instructions:,} instructions: {results[mode]:,.0f} per reservation")
+    extra = results["secured"] - results["open"]
+    print(
+        f"authentication + rate limits: {extra:+,.0f} instructions per reservation, "
+        f"{100 * extra / results['open']:+.1f}% of the open server's"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("needs valgrind (apt install valgrind)")
+    scratch = Path(tempfile.mkdtemp(prefix="inventoryd-auth-cost-"))
+    scratch.chmod(0o755)  # the embedded server may run as another user
+    embedded = EmbeddedPostgres(scratch / "pgdata")
+    embedded.start()
+    try:
+        asyncio.run(run(args, embedded.dsn("postgres"), scratch))
+    finally:
+        embedded.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
