@@ -236,6 +236,7 @@ async def test_security_headers_and_cors(start: Any) -> None:
     response = await closed.get("/v1/events", headers={"Origin": "https://shop.example"})
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Server"] == "inventoryd"  # no versions for scanners
     assert "Access-Control-Allow-Origin" not in response.headers
     # Errors too: a problem document from the middleware, and aiohttp's own 404 for no route.
     for path in ("/v1/events/evt_missing", "/nowhere"):

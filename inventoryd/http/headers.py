@@ -13,6 +13,8 @@ _SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
     "Cross-Origin-Resource-Policy": "same-origin",
+    # Instead of aiohttp's default, which names the Python and aiohttp versions to every scanner.
+    "Server": "inventoryd",
 }
 _CORS_ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
 _CORS_EXPOSED_HEADERS = (
