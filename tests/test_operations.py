@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from inventoryd.cli import SHUTDOWN_TIMEOUT_S
 from inventoryd.http import keys
 from inventoryd.http.routes import ROUTES
+from inventoryd.metrics import Histogram
 from tests.helpers import ADMIN, FakeClock, create_event, wait_until
 from tests.test_durability import free_port, running_server, wait_ready
 
@@ -54,6 +55,15 @@ async def test_metrics(client: Any) -> None:
     assert found[("inventoryd_actors", ())] == 1 and found[("inventoryd_actors_running", ())] == 1
     assert found[("inventoryd_ready", ())] == 1
     assert ("inventoryd_actor_restarts_total", ()) in found and ("inventoryd_recovery_duration_seconds", ()) in found
+
+
+def test_histograms_count_as_prometheus_buckets_do() -> None:
+    # A bucket counts the values up to and including its bound; the last one is +Inf.
+    histogram = Histogram((1, 2, 4))
+    for value in (0.5, 1, 1.5, 4, 9):
+        histogram.observe(value)
+    assert histogram.cumulative() == [("1", 2), ("2", 3), ("4", 4), ("+Inf", 5)]
+    assert histogram.sum == 16
 
 
 async def test_openapi_document_is_valid_and_complete(client: Any) -> None:
