@@ -1,10 +1,11 @@
 """What authentication and rate limits cost on the hot path, counted in instructions.
 
-    python -m loadtests.auth_cost [--requests 3000] [--concurrency 32]
+    python -m loadtests.auth_cost [--requests 3000] [--concurrency 32] [--events 1]
 
 `inventoryd serve` runs under valgrind's callgrind twice on one embedded PostgreSQL: open
 (INVENTORYD_AUTH=off, INVENTORYD_RATE_LIMITS=off) and as shipped, called with a service token.
-The same client sends the same number of reservations to one hot event; callgrind counts only
+The same client sends the same number of reservations to one hot event (or spread over
+--events events); callgrind counts only
 the measured window (instrumentation is switched on and off with `callgrind_control`). Printed: instructions the
 server executed per reservation, each way, and the difference.
 
@@ -38,7 +39,7 @@ VALGRIND_READY_TIMEOUT_S = 300.0
 WARMUP_REQUESTS = 200
 
 
-async def drive(base: str, event_id: str, token: str, requests: int, concurrency: int, offset: int) -> int:
+async def drive(base: str, event_ids: list[str], token: str, requests: int, concurrency: int, offset: int) -> int:
     """`requests` reservations from `concurrency` buyers; returns how many were answered 201."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     created = 0
@@ -48,6 +49,7 @@ async def drive(base: str, event_id: str, token: str, requests: int, concurrency
         nonlocal created
         for number in numbers:
             body = {"ticket_type": "GA", "quantity": 1, "user_id": f"u{number}"}
+            event_id = event_ids[number % len(event_ids)]
             async with session.post(f"{base}/v1/events/{event_id}/reservations", json=body, headers=headers) as response:
                 await response.read()
                 created += response.status == 201
@@ -85,15 +87,15 @@ async def measure(mode: str, admin_url: str, scratch: Path, args: argparse.Names
         deadline = time.monotonic() + VALGRIND_READY_TIMEOUT_S
         while True:
             try:
-                (event_id,) = await setup_inventoryd(base, 1)
+                event_ids = await setup_inventoryd(base, args.events)
                 break
             except aiohttp.ClientConnectionError:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise RuntimeError(f"inventoryd under valgrind did not start ({mode})") from None
                 await asyncio.sleep(1)
-        await drive(base, event_id, token, WARMUP_REQUESTS, args.concurrency, 0)
+        await drive(base, event_ids, token, WARMUP_REQUESTS, args.concurrency, 0)
         callgrind_control("--instr=on", str(server.pid))
-        created = await drive(base, event_id, token, args.requests, args.concurrency, WARMUP_REQUESTS)
+        created = await drive(base, event_ids, token, args.requests, args.concurrency, WARMUP_REQUESTS)
         callgrind_control("--instr=off", str(server.pid))
     finally:
         server.terminate()
@@ -123,6 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--events", type=int, default=1)
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("needs valgrind (apt install valgrind)")

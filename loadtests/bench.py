@@ -250,7 +250,9 @@ async def measure(
     try:
         await wait_listening(port)
         if target.startswith("inventoryd"):
-            token = make_service_token(database_url) if target == "inventoryd" else ""
+            # Both get the same requests, token included (the open server ignores it): wrk's own
+            # work, on the same two cores, must not differ between them.
+            token = make_service_token(database_url)
             ids = await setup_inventoryd(base, events)
             accepted_query = "SELECT count(*) FROM journal WHERE kind = 'reservation_held'"
         elif target == "baseline":
@@ -323,14 +325,15 @@ def table(results: list[Result]) -> str:
 
 
 async def run(args: argparse.Namespace, admin_url: str, scratch: Path) -> list[Result]:
-    """Every target, --repeat times, interleaved (a b c a b c …) so that a slow spell of the
-    machine hits them alike; the table shows each one's median run."""
+    """Every target, --repeat times, interleaved and in alternating order (a b c, c b a, a b c …)
+    so that a slow spell of the machine, or PostgreSQL's checkpoint after the previous target's
+    writes, hits them alike; the table shows each one's median run."""
     scenarios = {"hot": 1, "spread": args.events}
     results = []
     for scenario in args.scenarios.split(","):
         runs: dict[str, list[Result]] = {target: [] for target in args.targets.split(",")}
         for attempt in range(args.repeat):
-            for target in runs:
+            for target in list(runs) if attempt % 2 == 0 else reversed(runs):
                 result = await measure(target, scenario, scenarios[scenario], admin_url, args, scratch)
                 print(
                     f"{scenario:7} {target:16} run {attempt + 1}: {result.accepted_per_s:8,.0f}/s"
