@@ -153,12 +153,24 @@ async def _serve(settings: Settings, database_url: str) -> None:
     log.info("drained", seconds=round(loop.time() - started, 3))
 
 
+def set_gc_threshold() -> None:
+    """Collect the young generation every GC_YOUNG_OBJECTS_THRESHOLD new objects, not 700."""
+    gc.set_threshold(GC_YOUNG_OBJECTS_THRESHOLD, *gc.get_threshold()[1:])
+
+
 async def _tune_gc(registry: Registry) -> None:
     """Once recovery is done, move everything alive (modules, the app, the recovered state) out of
     the collector's sight, and collect the young generation less often: a full collection then walks
-    only what the on-sale itself created. The domain's values are not tracked at all (`gc=False`)."""
-    gc.set_threshold(GC_YOUNG_OBJECTS_THRESHOLD, *gc.get_threshold()[1:])
+    only what the on-sale itself created. The domain's values are not tracked at all (`gc=False`).
+    Recovery itself keeps the default threshold: with 100,000 events its short-lived cycles would
+    otherwise wait longer for a full collection, and RSS, which Python rarely returns, would grow."""
     await registry.recovered.wait()
+    freeze_after_recovery()
+    set_gc_threshold()
+
+
+def freeze_after_recovery() -> None:
+    """Free recovery's garbage, then move what is alive out of the collector's sight."""
     gc.collect()
     gc.freeze()
     log.info("gc_frozen", objects=gc.get_freeze_count())

@@ -6,7 +6,8 @@
    written straight into PostgreSQL with SQL (generating it through the API would take minutes), in
    exactly the encoding the service writes. Then the registry recovers it twice, in-process: first
    from the log alone (a full replay; it writes snapshots as it finishes), then from the snapshots.
-   Reported: seconds to ready for each, and the process's RSS.
+   Reported: seconds to ready for each, and the process's RSS (after recovery, collected and
+   frozen as `inventoryd serve` does).
 2. Memory: --idle-events events with a handful of records each, recovered; RSS per event.
 Runs on its own embedded PostgreSQL in a temporary directory, which it removes.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import msgspec
 
+from inventoryd.cli import freeze_after_recovery
 from inventoryd.domain import EventCreated, EventDefinition, TicketTypeDefinition
 from inventoryd.registry import Registry
 from persistence import store
@@ -114,6 +116,7 @@ async def main(arguments: argparse.Namespace, url_of: dict[str, str]) -> None:
         await journal.start()
         registry = Registry(journal, pool)
         await registry.start()
+        freeze_after_recovery()
         after = rss_mib()
         print(
             f"{arguments.idle_events:,} events recovered in {registry.stats.recovery_seconds:.2f} s: RSS {after:.0f} MiB"
