@@ -24,7 +24,7 @@ _structlog_access = structlog.get_logger("inventoryd.access")
 
 class JsonLines:
     """Access lines in the same JSON shape as every other line (event, level, timestamp, fields),
-    without structlog's processor chain: one line costs about 1.5 µs instead of 10, and lines are
+    without structlog's processor chain: one line costs under 2 µs instead of 10, and lines are
     written in blocks, not one write(2) each. Only whole lines are written, so they never
     interleave with other lines mid-way; a crash can lose the last ACCESS_LOG_FLUSH_S of them."""
 

@@ -1,8 +1,8 @@
 """Prometheus metrics, in a registry of the app's own (not the process-global one).
 
 The hot path counts in plain integers and lists (the event loop is their only writer, so no
-locks): an HTTP request's counter and latency cost about 0.5 µs here, against 2.9 µs through
-prometheus_client's locked values. They become metric families when Prometheus scrapes, as do the
+locks): a reservation's request counter, latency and outcome cost about 1.3 µs here, against
+2.9 µs through prometheus_client's locked values. They become metric families when Prometheus scrapes, as do the
 gauges (actors, mailboxes, recovery, readiness), read then from the registry and the journal.
 """
 

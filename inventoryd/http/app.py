@@ -70,8 +70,6 @@ class RateLimits:
     auth_by_address: TokenBuckets
 
 
-
-
 def _principal_nowait(request: web.Request) -> Principal | None:
     """Who is asking, from memory; raises UnknownApiToken when only a reload can tell."""
     if request.app[keys.SETTINGS].auth == "off":
