@@ -20,6 +20,9 @@ BATCH_MESSAGES_MAX: Final = 512
 # with it (loadtests/bench.py); 5 ms is a few HTTP round trips' worth of this server's CPU.
 BATCH_LINGER_FROM_MESSAGES: Final = 8
 BATCH_LINGER_S: Final = 0.005
+# After a wait that ran out (the buyers think between requests: nobody to wait for), this many
+# batches are taken without waiting before the actor tries again.
+BATCH_LINGER_BACKOFF_BATCHES: Final = 16
 # How long a request may wait for its actor before it is answered 503 (if not yet decided).
 REQUEST_TIMEOUT_S: Final = 10.0
 # Request bodies larger than this are refused with 413 before they are read.
@@ -66,6 +69,7 @@ RETRY_AFTER_S: Final = 1
 
 assert BATCH_MESSAGES_MAX <= MAILBOX_MESSAGES_MAX
 assert 1 < BATCH_LINGER_FROM_MESSAGES <= BATCH_MESSAGES_MAX and BATCH_LINGER_S < REQUEST_TIMEOUT_S
+assert BATCH_LINGER_BACKOFF_BATCHES >= 1
 assert HOLD_SECONDS_MIN <= HOLD_SECONDS_DEFAULT <= HOLD_SECONDS_MAX
 assert PAGE_ITEMS_DEFAULT <= PAGE_ITEMS_MAX
 assert IDEMPOTENCY_RETENTION_S >= 24 * 3600

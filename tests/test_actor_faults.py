@@ -249,3 +249,39 @@ async def test_the_journal_waits_for_many_events_to_share_one_commit(
     second += [asyncio.create_task(actor.reserve("b", "GA", 1)) for actor in actors[1:]]
     await asyncio.wait_for(asyncio.gather(*second), timeout=5)
     assert journal.stats.commits == commits + 2
+
+
+async def test_buyers_who_think_between_requests_are_not_waited_for(
+    faulty: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 21 buyers were active, then one comes back and the others do not (they think): the wait runs
+    # out with fewer than half back, and the next batches are taken at once, even when a batch
+    # later sees many buyers again (here the wait would otherwise last 30 s).
+    client, journal = faulty
+    event = await create_event(client, ticket_types=[{"code": "GA", "name": "GA", "price": 1, "capacity": 1000}])
+    actor = client.app[keys.REGISTRY].get(event["id"])
+    batches: list[int] = []
+    actor.on_batch = lambda messages, depth: batches.append(messages)
+    monkeypatch.setattr(limits, "BATCH_LINGER_S", 30.0)
+    journal.gate = asyncio.Event()
+    first = asyncio.create_task(actor.reserve("u0", "GA", 1))
+    await wait_until(lambda: journal.waiting_at_gate == 1)
+    queued = [asyncio.create_task(actor.reserve(f"u{i}", "GA", 1)) for i in range(1, 21)]
+    await wait_until(lambda: actor.mailbox_depth() == 20)
+    journal.gate.set()
+    await first
+    await wait_until(lambda: actor._mailbox._wanted == 21)
+    queued.append(asyncio.create_task(actor.reserve("u21", "GA", 1)))
+    await asyncio.wait_for(asyncio.gather(*queued), timeout=5)
+    assert batches == [1, 21]
+    # One buyer back, twenty thinking: the wait (short now) runs out.
+    monkeypatch.setattr(limits, "BATCH_LINGER_S", 0.05)
+    journal.gate = asyncio.Event()
+    alone = asyncio.create_task(actor.reserve("u22", "GA", 1))
+    await wait_until(lambda: journal.waiting_at_gate == 1)
+    later = [asyncio.create_task(actor.reserve(f"u{i}", "GA", 1)) for i in range(23, 33)]
+    await wait_until(lambda: actor.mailbox_depth() == 10)
+    monkeypatch.setattr(limits, "BATCH_LINGER_S", 30.0)
+    journal.gate.set()
+    await asyncio.wait_for(asyncio.gather(alone, *later), timeout=5)
+    assert batches == [1, 21, 1, 10]
