@@ -199,14 +199,10 @@ async def test_a_crashing_actor_is_restarted_and_the_others_run_on(
     await assert_memory_matches_log(client, db, healthy["id"])
 
 
-async def test_a_busy_event_waits_for_its_buyers_to_share_one_commit(
-    faulty: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Group commit under load: 21 buyers were active around the last batch, so the actor waits for
-    # 21 messages before it takes the next one (here with a long linger, so the test sees it
-    # waiting); the buyer who comes back during the wait joins that batch instead of the next.
-    monkeypatch.setattr(limits, "BATCH_LINGER_S", 30.0)
-    client, journal = faulty
+async def twenty_one_buyers_waited_for(client: Any, journal: FaultyJournal) -> tuple[Any, list[int]]:
+    """A new event's actor: one reservation held at the journal's gate and twenty queued behind it;
+    once the gate opens the actor has seen 21 buyers, so it waits for 21 (with 20 queued), and a
+    21st buyer's return ends the wait. Returns the actor and the sizes of its batches so far."""
     event = await create_event(client, ticket_types=[{"code": "GA", "name": "GA", "price": 1, "capacity": 1000}])
     actor = client.app[keys.REGISTRY].get(event["id"])
     batches: list[int] = []
@@ -218,9 +214,20 @@ async def test_a_busy_event_waits_for_its_buyers_to_share_one_commit(
     await wait_until(lambda: actor.mailbox_depth() == 20)
     journal.gate.set()
     await first
-    await wait_until(lambda: actor._mailbox._wanted == 21)  # lingering, with 20 queued
-    late = asyncio.create_task(actor.reserve("u21", "GA", 1))
-    await asyncio.wait_for(asyncio.gather(late, *queued), timeout=5)
+    await wait_until(lambda: actor._mailbox._wanted == 21)  # waiting, with 20 queued
+    queued.append(asyncio.create_task(actor.reserve("u21", "GA", 1)))
+    await asyncio.wait_for(asyncio.gather(*queued), timeout=5)
+    return actor, batches
+
+
+async def test_a_busy_event_waits_for_its_buyers_to_share_one_commit(
+    faulty: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Group commit under load: 21 buyers were active around the last batch, so the actor waits for
+    # 21 messages before it takes the next one (here with a long linger, so the test sees it
+    # waiting); the buyer who comes back during the wait joins that batch instead of the next.
+    monkeypatch.setattr(limits, "BATCH_LINGER_S", 30.0)
+    _, batches = await twenty_one_buyers_waited_for(*faulty)
     assert batches == [1, 21]
 
 
@@ -258,21 +265,8 @@ async def test_buyers_who_think_between_requests_are_not_waited_for(
     # out with fewer than half back, and the next batches are taken at once, even when a batch
     # later sees many buyers again (here the wait would otherwise last 30 s).
     client, journal = faulty
-    event = await create_event(client, ticket_types=[{"code": "GA", "name": "GA", "price": 1, "capacity": 1000}])
-    actor = client.app[keys.REGISTRY].get(event["id"])
-    batches: list[int] = []
-    actor.on_batch = lambda messages, depth: batches.append(messages)
     monkeypatch.setattr(limits, "BATCH_LINGER_S", 30.0)
-    journal.gate = asyncio.Event()
-    first = asyncio.create_task(actor.reserve("u0", "GA", 1))
-    await wait_until(lambda: journal.waiting_at_gate == 1)
-    queued = [asyncio.create_task(actor.reserve(f"u{i}", "GA", 1)) for i in range(1, 21)]
-    await wait_until(lambda: actor.mailbox_depth() == 20)
-    journal.gate.set()
-    await first
-    await wait_until(lambda: actor._mailbox._wanted == 21)
-    queued.append(asyncio.create_task(actor.reserve("u21", "GA", 1)))
-    await asyncio.wait_for(asyncio.gather(*queued), timeout=5)
+    actor, batches = await twenty_one_buyers_waited_for(client, journal)
     assert batches == [1, 21]
     # One buyer back, twenty thinking: the wait (short now) runs out.
     monkeypatch.setattr(limits, "BATCH_LINGER_S", 0.05)
