@@ -49,49 +49,29 @@ class ProblemError(Exception):
     ) -> None:
         super().__init__(detail)
         self.status = status
-        self.code = code
-        self.detail = detail
-        self.field = field
-        self.available = available
-        self.checked_in_at = checked_in_at
-        self.headers = headers or {}
+        self.body = Problem(
+            type=f"urn:inventoryd:problem:{code}",
+            title=HTTPStatus(status).phrase,
+            status=status,
+            detail=detail,
+            code=code,
+            field=field,
+            available=available,
+            checked_in_at=checked_in_at,
+        )
+        self.headers = dict(headers or {})
+        if status in (429, 503) and "Retry-After" not in self.headers:
+            self.headers["Retry-After"] = str(limits.RETRY_AFTER_S)
 
     def response(self) -> web.Response:
-        return problem_response(
-            self.status,
-            self.code,
-            self.detail,
-            field=self.field,
-            available=self.available,
-            checked_in_at=self.checked_in_at,
-            headers=self.headers,
+        return web.Response(
+            status=self.status, body=ENCODER.encode(self.body), content_type=CONTENT_TYPE, headers=self.headers
         )
 
 
-def problem_response(
-    status: int,
-    code: str,
-    detail: str,
-    *,
-    field: str | None = None,
-    available: int | None = None,
-    checked_in_at: datetime | None = None,
-    headers: dict[str, str] | None = None,
-) -> web.Response:
-    body = Problem(
-        type=f"urn:inventoryd:problem:{code}",
-        title=HTTPStatus(status).phrase,
-        status=status,
-        detail=detail,
-        code=code,
-        field=field,
-        available=available,
-        checked_in_at=checked_in_at,
-    )
-    all_headers = dict(headers or {})
-    if status in (429, 503) and "Retry-After" not in all_headers:
-        all_headers["Retry-After"] = str(limits.RETRY_AFTER_S)
-    return web.Response(status=status, body=ENCODER.encode(body), content_type=CONTENT_TYPE, headers=all_headers)
+def problem_response(status: int, code: str, detail: str) -> web.Response:
+    """A problem document where there is nothing to raise through (middleware, probes)."""
+    return ProblemError(status, code, detail).response()
 
 
 def rejection(rejected: Rejected) -> ProblemError:
