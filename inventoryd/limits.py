@@ -54,6 +54,13 @@ ACTOR_RESTART_BACKOFF_MAX_S: Final = 1.0
 # amortises to a small constant per record, and recovery replays at most about that tail.
 SNAPSHOT_EVERY_RECORDS: Final = 256
 SNAPSHOT_TAIL_RATIO: Final = 1.0
+# Start-up: the service is ready once it knows which events exist; their actors are rebuilt after,
+# RECOVERY_BATCH_EVENTS per read in the background (which lets requests in between two events once
+# it has held the loop for RECOVERY_SLICE_S), and at once for an event a request asks for. Such a
+# request waits at most COLD_ACTOR_WAIT_S for its event's actor (then 503, Retry-After).
+RECOVERY_BATCH_EVENTS: Final = 256
+RECOVERY_SLICE_S: Final = 0.002
+COLD_ACTOR_WAIT_S: Final = 5.0
 # Pages of list endpoints.
 PAGE_ITEMS_MAX: Final = 200
 PAGE_ITEMS_DEFAULT: Final = 50
@@ -70,6 +77,7 @@ RETRY_AFTER_S: Final = 1
 assert BATCH_MESSAGES_MAX <= MAILBOX_MESSAGES_MAX
 assert 1 < BATCH_LINGER_FROM_MESSAGES <= BATCH_MESSAGES_MAX and BATCH_LINGER_S < REQUEST_TIMEOUT_S
 assert BATCH_LINGER_BACKOFF_BATCHES >= 1
+assert RECOVERY_BATCH_EVENTS >= 1 and RECOVERY_SLICE_S > 0 and COLD_ACTOR_WAIT_S < REQUEST_TIMEOUT_S
 assert HOLD_SECONDS_MIN <= HOLD_SECONDS_DEFAULT <= HOLD_SECONDS_MAX
 assert PAGE_ITEMS_DEFAULT <= PAGE_ITEMS_MAX
 assert IDEMPOTENCY_RETENTION_S >= 24 * 3600

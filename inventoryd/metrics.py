@@ -154,7 +154,15 @@ class _StateCollector(Collector):
         yield CounterMetricFamily(
             "inventoryd_actor_failures", "Actors left down after too many restarts", value=stats.actors_failed
         )
-        yield GaugeMetricFamily("inventoryd_recovery_duration_seconds", "How long start-up recovery took", value=stats.recovery_seconds)
+        yield GaugeMetricFamily(
+            "inventoryd_actors_cold", "Events whose actor start-up has not rebuilt from the log yet", value=registry.cold
+        )
+        yield GaugeMetricFamily(
+            "inventoryd_ready_duration_seconds", "How long start-up took to be ready (to know every event)", value=stats.ready_seconds
+        )
+        yield GaugeMetricFamily(
+            "inventoryd_recovery_duration_seconds", "How long start-up took to rebuild every actor", value=stats.recovery_seconds
+        )
         yield GaugeMetricFamily("inventoryd_recovery_records", "Log records replayed at start-up", value=stats.recovered_records)
         yield GaugeMetricFamily("inventoryd_ready", "1 once recovery is done and while not draining", value=float(registry.ready))
         journal = self._journal.stats

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncpg
 import structlog
@@ -27,6 +29,17 @@ from persistence import store
 from persistence.journal import Journal
 
 log = structlog.get_logger("inventoryd.registry")
+T = TypeVar("T")
+
+
+async def _let_requests_in(since: float) -> float:
+    """Between two events' rebuilds: give the loop to requests if the rebuild has held it for
+    RECOVERY_SLICE_S; returns when the current slice began."""
+    now = time.perf_counter()
+    if now - since < limits.RECOVERY_SLICE_S:
+        return since
+    await asyncio.sleep(0)
+    return time.perf_counter()
 
 _RECORD_DECODER = domain.RECORD_DECODER
 # How long a shutdown waits for the actors to finish what they hold.
@@ -46,6 +59,8 @@ def decode_log(rows: store.LogRows) -> list[tuple[int, Record]]:
 class RegistryStats:
     actors_restarted: int = 0
     actors_failed: int = 0
+    # Start-up: until ready (the events are known), and until every actor is rebuilt.
+    ready_seconds: float = 0.0
     recovery_seconds: float = 0.0
     recovered_records: int = 0
 
@@ -62,6 +77,11 @@ class Registry:
     ready: bool = False
     # Set once, when recovery has rebuilt every actor.
     recovered: asyncio.Event = field(default_factory=asyncio.Event)
+    # Events in the log whose actors start-up has not rebuilt yet; those being rebuilt because a
+    # request asked (their requests wait for the task); those whose log failed recovery (and why).
+    _cold: set[str] = field(default_factory=set)
+    _on_demand: dict[str, asyncio.Task[EventActor | None]] = field(default_factory=dict)
+    _failed: dict[str, str] = field(default_factory=dict)
     # Set when a shutdown begins: /readyz answers 503 so that traffic goes elsewhere.
     draining: bool = False
     recovery_error: str | None = None
@@ -69,54 +89,89 @@ class Registry:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Rebuild every event's actor from the log and start it; then the registry is ready.
+        """Find every event in the log: then the registry is ready. Then rebuild their actors in
+        the background, RECOVERY_BATCH_EVENTS events per consistent read of their latest snapshots
+        and the records after them; an event that a request asks for meanwhile is rebuilt at once,
+        by itself (see `actor`). So the time to ready does not grow with the state, and a hot event
+        is served again in the time its own state takes to load.
 
-        While the database is unreachable it waits and tries again (the service stays not ready);
-        a log that breaks an invariant stops recovery loudly: serving from it would be wrong.
+        While the database is unreachable it waits and tries again (the service stays not ready).
+        An event whose log breaks an invariant is not served (its requests get 503) and readiness
+        turns 503, loudly: serving from a broken log would be wrong.
         """
         started = time.perf_counter()
-        backoff_s = 0.05
-        while True:
-            try:
-                records = await self._recover_all()
-                break
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
-                log.warning("recovery_waiting", error=repr(error), retry_in_s=backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, limits.ACTOR_RESTART_BACKOFF_MAX_S)
-            except Exception as error:
-                self.recovery_error = repr(error)
-                log.critical("recovery_failed", error=repr(error))
-                raise
-        self.stats.recovery_seconds = time.perf_counter() - started
-        self.stats.recovered_records = records
+        event_ids = await self._retrying("recovery_waiting", self._logged_event_ids)
+        self._cold.update(event_id for event_id in event_ids if event_id not in self._actors)
+        self.stats.ready_seconds = time.perf_counter() - started
         self.ready = True
+        log.info("ready", events=len(event_ids), duration_s=round(self.stats.ready_seconds, 3))
+        for index in range(0, len(event_ids), limits.RECOVERY_BATCH_EVENTS):
+            batch = [event_id for event_id in event_ids[index : index + limits.RECOVERY_BATCH_EVENTS] if event_id in self._cold]
+            if batch:
+                await self._retrying("recovery_waiting", functools.partial(self._rebuild_batch, batch), events=f"{batch[0]}..")
+        self.stats.recovery_seconds = time.perf_counter() - started
         self.recovered.set()
         log.info(
             "recovery_done",
             events=len(self._actors),
-            records=records,
+            records=self.stats.recovered_records,
             duration_s=round(self.stats.recovery_seconds, 3),
         )
         snapshots = await self.snapshot_long_tails()
         if snapshots:
             log.info("snapshots_after_recovery", events=snapshots)
 
-    async def _recover_all(self) -> int:
-        """Every event from its latest snapshot and the log after it, in one consistent read."""
-        for event_id in list(self._actors):
-            self._discard(event_id)  # a failed earlier attempt's partial work
-        records = 0
+    async def _logged_event_ids(self) -> list[str]:
+        async with self.pool.acquire() as connection:
+            return await store.logged_event_ids(connection)
+
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]], **context: str) -> T:
+        """`attempt()`, again and again (with backoff) while the database is away."""
+        backoff_s = 0.05
+        while True:
+            try:
+                return await attempt()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+                log.warning(what, error=repr(error), retry_in_s=backoff_s, **context)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, limits.ACTOR_RESTART_BACKOFF_MAX_S)
+
+    async def _rebuild_batch(self, batch: list[str]) -> None:
+        """Rebuild the actors of `batch` (event ids in order) from one consistent read, skipping
+        those rebuilt on demand meanwhile. A cold event has no actor, so nothing writes its log: the
+        background and an on-demand read see the same records, and whichever is first starts it."""
+        batch = [event_id for event_id in batch if event_id in self._cold]
+        if not batch:
+            return
         async with self.pool.acquire() as connection, store.recovery_snapshot(connection):
-            snapshots = await store.latest_snapshots(connection)
-            async for event_id, rows in store.stream_all_logs(connection, after_snapshots=True):
-                snapshot = snapshots.pop(event_id, None)
-                inventory = Inventory.replay(event_id, decode_log(rows), snapshot=snapshot[1] if snapshot else None)
-                records += len(rows)
-                self._launch(self._actor(event_id, inventory, snapshot[0] if snapshot else 0))
-            for event_id, (seq, state) in snapshots.items():  # nothing logged since the snapshot
-                self._launch(self._actor(event_id, Inventory.restore(event_id, state), seq))
-        return records
+            snapshots = await store.latest_snapshots(connection, events=batch)
+            yielded = time.perf_counter()
+            async for event_id, rows in store.stream_all_logs(connection, after_snapshots=True, events=batch):
+                self._rebuild(event_id, rows, snapshots.pop(event_id, None))
+                yielded = await _let_requests_in(yielded)
+            for event_id, snapshot in snapshots.items():  # nothing logged since the snapshot
+                self._rebuild(event_id, [], snapshot)
+                yielded = await _let_requests_in(yielded)
+
+    def _rebuild(self, event_id: str, rows: store.LogRows, snapshot: tuple[int, bytes] | None) -> EventActor | None:
+        """Rebuild one event's actor from its snapshot and the records after it, and start it
+        (unless that is done, or being done on demand). An event whose log fails the invariants
+        stays down, and readiness with it."""
+        if event_id not in self._cold:
+            return self._actors.get(event_id)
+        self._cold.discard(event_id)
+        try:
+            inventory = Inventory.replay(event_id, decode_log(rows), snapshot=snapshot[1] if snapshot else None)
+        except Exception as error:  # noqa: BLE001 - InvariantViolation, or a record this version cannot read
+            self._failed[event_id] = repr(error)
+            self.recovery_error = f"{event_id}: {error!r}"
+            self.stats.actors_failed += 1
+            log.critical("recovery_failed", event_id=event_id, error=repr(error))
+            return None
+        self.stats.recovered_records += len(rows)
+        actor = self._actor(event_id, inventory, snapshot[0] if snapshot else 0)
+        self._launch(actor)
+        return actor
 
     def _actor(self, event_id: str, inventory: Inventory, snapshot_seq: int) -> EventActor:
         return EventActor(
@@ -148,6 +203,9 @@ class Registry:
         and answered (for at most DRAIN_ACTORS_S), then the actors' tasks end."""
         self.ready = False
         self.draining = True
+        for task in list(self._on_demand.values()):
+            task.cancel()
+        await asyncio.gather(*self._on_demand.values(), return_exceptions=True)
         for actor in self._actors.values():
             actor.stop_accepting()
         deadline = asyncio.get_running_loop().time() + DRAIN_ACTORS_S
@@ -169,10 +227,53 @@ class Registry:
     # -- lookups --------------------------------------------------------------------------------
 
     def get(self, event_id: str) -> EventActor | None:
+        """The event's actor if it is rebuilt (see `actor` for one that may not be yet)."""
         actor = self._actors.get(event_id)
         if actor is None or actor.inventory.status == "new":
             return None
         return actor
+
+    async def actor(self, event_id: str) -> EventActor | None:
+        """The event's actor, rebuilt now if start-up has not come to it yet; None if there is no
+        such event. Raises Unavailable if it cannot be served (yet)."""
+        actor = self._actors.get(event_id)
+        if actor is None:
+            if event_id in self._failed:
+                raise Unavailable("this event's log failed its recovery checks; an operator has been alerted")
+            rebuilt = self._on_demand.get(event_id)
+            if rebuilt is None:
+                if event_id not in self._cold:
+                    return None
+                rebuilt = self._on_demand[event_id] = asyncio.create_task(self._rebuild_one(event_id), name=f"recover:{event_id}")
+                rebuilt.add_done_callback(lambda _: self._on_demand.pop(event_id, None))
+            try:
+                actor = await asyncio.wait_for(asyncio.shield(rebuilt), limits.COLD_ACTOR_WAIT_S)
+            except asyncio.TimeoutError:
+                raise Unavailable("the event's actor is still being rebuilt from the log; retry shortly") from None
+            except asyncio.CancelledError:
+                if rebuilt.cancelled():  # the service is shutting down, not this request
+                    raise Unavailable("the service is shutting down") from None
+                raise
+            if actor is None:
+                raise Unavailable("this event's log failed its recovery checks; an operator has been alerted")
+        return None if actor.inventory.status == "new" else actor
+
+    async def _rebuild_one(self, event_id: str) -> EventActor | None:
+        """Rebuild one event's actor ahead of the background: a request is waiting for it."""
+
+        async def read() -> tuple[store.LogRows, tuple[int, bytes] | None]:
+            async with self.pool.acquire() as connection, store.recovery_snapshot(connection):
+                snapshot = await store.latest_snapshot(connection, event_id)
+                rows = await store.read_event_log(connection, event_id, after_seq=snapshot[0] if snapshot else 0)
+                return rows, snapshot
+
+        rows, snapshot = await self._retrying("actor_recovery_waiting", read, event_id=event_id)
+        return self._rebuild(event_id, rows, snapshot)
+
+    @property
+    def cold(self) -> int:
+        """Events in the log whose actor is not rebuilt yet."""
+        return len(self._cold)
 
     def actors(self) -> list[EventActor]:
         return list(self._actors.values())
@@ -251,15 +352,12 @@ class Registry:
     async def _recover(self, event_id: str) -> tuple[Inventory, int]:
         """The event's inventory (and its snapshot's seq) from its latest snapshot and the log after
         it, waiting (with backoff) while the database is away."""
-        backoff_s = 0.05
-        while True:
-            try:
-                async with self.pool.acquire() as connection, store.recovery_snapshot(connection):
-                    snapshot = await store.latest_snapshot(connection, event_id)
-                    after = snapshot[0] if snapshot else 0
-                    rows = await store.read_event_log(connection, event_id, after_seq=after)
-                return Inventory.replay(event_id, decode_log(rows), snapshot=snapshot[1] if snapshot else None), after
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
-                log.warning("actor_recovery_waiting", event_id=event_id, error=repr(error), retry_in_s=backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, limits.ACTOR_RESTART_BACKOFF_MAX_S)
+
+        async def read() -> tuple[Inventory, int]:
+            async with self.pool.acquire() as connection, store.recovery_snapshot(connection):
+                snapshot = await store.latest_snapshot(connection, event_id)
+                after = snapshot[0] if snapshot else 0
+                rows = await store.read_event_log(connection, event_id, after_seq=after)
+            return Inventory.replay(event_id, decode_log(rows), snapshot=snapshot[1] if snapshot else None), after
+
+        return await self._retrying("actor_recovery_waiting", read, event_id=event_id)

@@ -36,15 +36,46 @@ async def read_event_log(connection: asyncpg.Connection, event_id: str, after_se
     return [(row[0], row[1]) for row in rows]
 
 
+async def logged_event_ids(connection: asyncpg.Connection) -> list[str]:
+    """Every event that has a log, in order. A loose index scan of the journal's primary key: one
+    probe per event, not a read of every record."""
+    rows = await connection.fetch(
+        """
+        WITH RECURSIVE ids (event_id) AS (
+            (SELECT event_id FROM journal ORDER BY event_id LIMIT 1)
+            UNION ALL
+            SELECT (SELECT j.event_id FROM journal j WHERE j.event_id > ids.event_id ORDER BY j.event_id LIMIT 1)
+            FROM ids WHERE ids.event_id IS NOT NULL
+        )
+        SELECT event_id FROM ids WHERE event_id IS NOT NULL"""
+    )
+    return [row[0] for row in rows]
+
+
 async def stream_all_logs(
-    connection: asyncpg.Connection, *, after_snapshots: bool = False
+    connection: asyncpg.Connection, *, after_snapshots: bool = False, events: list[str] | None = None
 ) -> AsyncIterator[tuple[str, LogRows]]:
-    """Every event's log, one event at a time, in one pass over the journal's primary key; with
-    `after_snapshots`, only the records after each event's latest snapshot (events whose log ends
-    at their snapshot are not yielded). Must run inside a transaction (see `recovery_snapshot`)."""
+    """Every event's log (or only these `events`'), one event at a time, in the order of the
+    journal's primary key; with `after_snapshots`, only the records after each event's latest
+    snapshot (events whose log ends at their snapshot are not yielded). Must run inside a
+    transaction (see `recovery_snapshot`)."""
     current: str | None = None
     rows: LogRows = []
-    if after_snapshots:
+    arguments: tuple[list[str], ...] = () if events is None else (events,)
+    if after_snapshots and events is not None:
+        # An index range scan per event, from its snapshot on: the records a snapshot covers are
+        # never read (a join would read them all, then drop them).
+        query = """
+            SELECT e.event_id, j.seq, j.body
+            FROM unnest($1::text[]) AS e (event_id)
+            CROSS JOIN LATERAL (
+                SELECT j.seq, j.body FROM journal j
+                WHERE j.event_id = e.event_id
+                  AND j.seq > coalesce((SELECT max(s.seq) FROM snapshots s WHERE s.event_id = e.event_id), 0)
+                ORDER BY j.seq
+            ) j
+            ORDER BY e.event_id, j.seq"""
+    elif after_snapshots:
         query = """
             SELECT j.event_id, j.seq, j.body
             FROM journal j
@@ -52,13 +83,14 @@ async def stream_all_logs(
             WHERE j.seq > coalesce(s.seq, 0)
             ORDER BY j.event_id, j.seq"""
     else:
-        query = "SELECT event_id, seq, body FROM journal ORDER BY event_id, seq"
+        in_events = "" if events is None else "WHERE event_id = ANY($1::text[])"
+        query = f"SELECT event_id, seq, body FROM journal {in_events} ORDER BY event_id, seq"
     async with contextlib.AsyncExitStack() as stack:
         if not connection.is_in_transaction():
             await stack.enter_async_context(connection.transaction(isolation="repeatable_read", readonly=True))
         # Chunks, not `async for` row by row: a coroutine step per row would cost as much as
         # decoding and applying the record.
-        cursor = await connection.cursor(query)
+        cursor = await connection.cursor(query, *arguments)
         while chunk := await cursor.fetch(limits.RECOVERY_FETCH_ROWS):
             for event_id, seq, body in chunk:
                 if event_id != current:
@@ -75,9 +107,14 @@ def recovery_snapshot(connection: asyncpg.Connection) -> Any:
     return connection.transaction(isolation="repeatable_read", readonly=True)
 
 
-async def latest_snapshots(connection: asyncpg.Connection) -> dict[str, tuple[int, bytes]]:
+async def latest_snapshots(
+    connection: asyncpg.Connection, *, events: list[str] | None = None
+) -> dict[str, tuple[int, bytes]]:
+    """The latest snapshot of every event (or of these `events`) that has one."""
+    in_events = "" if events is None else "WHERE event_id = ANY($1::text[])"
     rows = await connection.fetch(
-        "SELECT DISTINCT ON (event_id) event_id, seq, state FROM snapshots ORDER BY event_id, seq DESC"
+        f"SELECT DISTINCT ON (event_id) event_id, seq, state FROM snapshots {in_events} ORDER BY event_id, seq DESC",
+        *(() if events is None else (events,)),
     )
     return {row[0]: (row[1], row[2]) for row in rows}
 

@@ -25,6 +25,7 @@ import pytest
 from aiohttp import web
 
 from inventoryd.config import Settings
+from inventoryd.http import keys
 from inventoryd.http.app import create_app
 from persistence.embedded import EmbeddedPostgres
 from persistence.journal import connect
@@ -125,13 +126,21 @@ def make_app(database_url: str) -> Callable[..., web.Application]:
 
 @pytest.fixture
 def start(aiohttp_client: Any, make_app: Callable[..., web.Application]) -> Callable[..., Any]:
-    """Start the app (with `make_app` options) and wait until it is ready: recovery is done."""
+    """Start the app (with `make_app` options) and wait until it is ready and (unless `warm=False`)
+    every actor is rebuilt, so that tests may look at the actors directly; `ready=False` waits for
+    neither."""
 
-    async def start_app(*, headers: dict[str, str] | None = ADMIN, **options: Any) -> Any:
+    async def start_app(
+        *, headers: dict[str, str] | None = ADMIN, ready: bool = True, warm: bool = True, **options: Any
+    ) -> Any:
         """`headers` go with every request of the client: the bootstrap admin's token by default."""
         client = await aiohttp_client(make_app(**options), headers=headers)
+        if not ready:
+            return client
         for _ in range(1000):
             if (await client.get("/readyz")).status == 200:
+                if warm:
+                    await asyncio.wait_for(client.app[keys.REGISTRY].recovered.wait(), 10)
                 return client
             await asyncio.sleep(0.01)
         raise AssertionError("the app did not become ready")

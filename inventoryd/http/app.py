@@ -213,8 +213,9 @@ def create_app(
         app[keys.JOURNAL] = journal
         app[keys.IDEMPOTENCY] = idempotency
         app[keys.REGISTRY] = registry
-        # Recovery runs while the server already answers: /healthz says alive, /readyz says not
-        # ready, and inventory routes answer 503 + Retry-After until every actor is rebuilt.
+        # Recovery runs while the server already answers: /healthz says alive; until the events
+        # are known, /readyz says not ready and inventory routes answer 503 + Retry-After. Then the
+        # actors are rebuilt in the background, and on demand for the events requests ask for.
         recovery = asyncio.create_task(registry.start(), name="recovery")
         sweeper = asyncio.create_task(_sweep_idempotency(idempotency), name="idempotency-sweeper")
         try:

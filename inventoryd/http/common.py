@@ -87,19 +87,37 @@ def registry_of(request: web.Request) -> Registry:
     return registry
 
 
-def actor_of(request: web.Request, event_id: str) -> EventActor:
-    actor = registry_of(request).get(event_id)
+async def actor_of(request: web.Request, event_id: str) -> EventActor:
+    registry = registry_of(request)
+    actor = registry.get(event_id) or await _cold_actor(registry, event_id)
     if actor is None:
         raise ProblemError(404, "not_found", f"no event {event_id!r}", field="event_id")
     return actor
 
 
-def actor_for(request: web.Request, reservation_or_ticket_id: str, kind: str) -> EventActor:
+async def actor_for(request: web.Request, reservation_or_ticket_id: str, kind: str) -> EventActor:
+    registry = registry_of(request)
     event_id = domain.event_id_of(reservation_or_ticket_id)
-    actor = registry_of(request).get(event_id) if event_id else None
+    actor = (registry.get(event_id) or await _cold_actor(registry, event_id)) if event_id else None
     if actor is None:
         raise ProblemError(404, "not_found", f"no {kind} {reservation_or_ticket_id!r}")
     return actor
+
+
+async def actor_or_none(registry: Registry, event_id: str) -> EventActor | None:
+    """For listings: the event's actor, or None if there is none or it cannot be served now."""
+    try:
+        return registry.get(event_id) or await registry.actor(event_id)
+    except Unavailable:
+        return None
+
+
+async def _cold_actor(registry: Registry, event_id: str) -> EventActor | None:
+    """An actor start-up has not rebuilt yet (or None: no such event)."""
+    try:
+        return await registry.actor(event_id)
+    except Unavailable as error:
+        raise ProblemError(503, error.code, error.detail) from None
 
 
 def summary_of(actor: EventActor) -> EventSummary:

@@ -16,6 +16,7 @@ from inventoryd.domain import EventDefinition, EventSummary, TicketTypeDefinitio
 from inventoryd.http import keys, schemas
 from inventoryd.http.common import (
     actor_of,
+    actor_or_none,
     choice_query,
     decode_cursor,
     encode_cursor,
@@ -171,7 +172,7 @@ async def list_events(request: web.Request) -> web.Response:
             for event_id, key in page.rows:
                 scanned += 1
                 last_key = key
-                actor = registry.get(event_id)
+                actor = await actor_or_none(registry, event_id)
                 summary = actor.view() if actor is not None else None
                 if summary is None:
                     continue
@@ -187,12 +188,12 @@ async def list_events(request: web.Request) -> web.Response:
 
 
 async def get_event(request: web.Request) -> web.Response:
-    actor = actor_of(request, request.match_info["event_id"])
+    actor = await actor_of(request, request.match_info["event_id"])
     return json_response(event_out(summary_of(actor)))
 
 
 async def update_event(request: web.Request) -> web.Response:
-    actor = actor_of(request, request.match_info["event_id"])
+    actor = await actor_of(request, request.match_info["event_id"])
     request[keys.PRINCIPAL].check_may_manage(summary_of(actor).definition)
     body: schemas.EventPatch = await read_json(request, schemas.EVENT_PATCH_DECODER)
     changes = {name: value for name, value in msgspec.structs.asdict(body).items() if value is not msgspec.UNSET}
@@ -212,7 +213,7 @@ async def update_event(request: web.Request) -> web.Response:
 
 
 async def add_ticket_type(request: web.Request) -> web.Response:
-    actor = actor_of(request, request.match_info["event_id"])
+    actor = await actor_of(request, request.match_info["event_id"])
     request[keys.PRINCIPAL].check_may_manage(summary_of(actor).definition)
     body: schemas.TicketTypeIn = await read_json(request, schemas.TICKET_TYPE_DECODER)
     definition = TicketTypeDefinition(body.code, body.name, body.price, body.capacity)
@@ -229,7 +230,7 @@ async def add_ticket_type(request: web.Request) -> web.Response:
 
 
 async def change_ticket_type(request: web.Request) -> web.Response:
-    actor = actor_of(request, request.match_info["event_id"])
+    actor = await actor_of(request, request.match_info["event_id"])
     request[keys.PRINCIPAL].check_may_manage(summary_of(actor).definition)
     code = request.match_info["code"]
     body: schemas.TicketTypePatch = await read_json(request, schemas.TICKET_TYPE_PATCH_DECODER)
@@ -254,7 +255,7 @@ async def change_ticket_type(request: web.Request) -> web.Response:
 
 
 async def cancel_event(request: web.Request) -> web.Response:
-    actor = actor_of(request, request.match_info["event_id"])
+    actor = await actor_of(request, request.match_info["event_id"])
     request[keys.PRINCIPAL].check_may_manage(summary_of(actor).definition)
     await refuse_body(request, "cancelling an event")
 
@@ -277,7 +278,7 @@ def availability_out(summary: EventSummary) -> schemas.AvailabilityOut:
 
 
 async def get_availability(request: web.Request) -> web.Response:
-    actor = actor_of(request, request.match_info["event_id"])
+    actor = await actor_of(request, request.match_info["event_id"])
     return json_response(availability_out(summary_of(actor)))
 
 
@@ -290,7 +291,7 @@ class StreamBudget:
 
 async def availability_stream(request: web.Request) -> web.StreamResponse:
     """Server-sent events: the availability now, then each change, at most one per interval."""
-    actor = actor_of(request, request.match_info["event_id"])
+    actor = await actor_of(request, request.match_info["event_id"])
     summary_of(actor)
     budget = request.app[keys.STREAMS]
     if budget.open >= STREAM_SUBSCRIBERS_MAX:
@@ -340,7 +341,7 @@ def _report_line(states: list[TicketTypeSummary]) -> dict[str, int]:
 
 
 async def get_report(request: web.Request) -> web.Response:
-    actor = actor_of(request, request.match_info["event_id"])
+    actor = await actor_of(request, request.match_info["event_id"])
     summary = summary_of(actor)
     request[keys.PRINCIPAL].check_may_manage(summary.definition)
     return json_response(
@@ -361,7 +362,7 @@ _STATUSES = ("held", "confirmed", "cancelled", "expired", "waitlisted")
 
 
 async def event_reservations(request: web.Request) -> web.Response:
-    actor = actor_of(request, request.match_info["event_id"])
+    actor = await actor_of(request, request.match_info["event_id"])
     request[keys.PRINCIPAL].check_may_manage(summary_of(actor).definition)
     status = choice_query(request, "status", _STATUSES, None)
     limit = int_query(request, "limit", limits.PAGE_ITEMS_DEFAULT, 1, limits.PAGE_ITEMS_MAX)

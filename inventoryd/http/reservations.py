@@ -15,6 +15,7 @@ from inventoryd.http import keys, schemas
 from inventoryd.http.common import (
     actor_for,
     actor_of,
+    actor_or_none,
     choice_query,
     decode_cursor,
     encode_cursor,
@@ -42,7 +43,7 @@ def reservation_response(reservation: Reservation, *, created: bool = False) -> 
 
 
 async def create_reservation(request: web.Request) -> web.Response:
-    actor = actor_of(request, request.match_info["event_id"])
+    actor = await actor_of(request, request.match_info["event_id"])
     body: schemas.ReservationIn = await read_json(request, schemas.RESERVATION_DECODER)
     principal = request[keys.PRINCIPAL]
     user_id = principal.acting_for(body.user_id)
@@ -79,7 +80,7 @@ async def create_reservation(request: web.Request) -> web.Response:
 
 async def _reservation_command(request: web.Request, command: str) -> web.Response:
     reservation_id = request.match_info["reservation_id"]
-    actor = actor_for(request, reservation_id, "reservation")
+    actor = await actor_for(request, reservation_id, "reservation")
     await refuse_body(request, command)
     reservation = actor.reservation(reservation_id)
     if reservation is None:
@@ -109,7 +110,7 @@ async def cancel_reservation(request: web.Request) -> web.Response:
 
 async def get_reservation(request: web.Request) -> web.Response:
     reservation_id = request.match_info["reservation_id"]
-    actor = actor_for(request, reservation_id, "reservation")
+    actor = await actor_for(request, reservation_id, "reservation")
     reservation = actor.reservation(reservation_id)
     if reservation is None:
         raise ProblemError(404, "not_found", f"no reservation {reservation_id!r}")
@@ -137,7 +138,7 @@ def _ticket(reservation: Reservation | None, ticket_id: str) -> Ticket:
 
 async def get_ticket(request: web.Request) -> web.Response:
     ticket_id = request.match_info["ticket_id"]
-    actor = actor_for(request, ticket_id, "ticket")
+    actor = await actor_for(request, ticket_id, "ticket")
     reservation_id = domain.reservation_id_of_ticket(ticket_id)
     reservation = actor.reservation(reservation_id) if reservation_id else None
     ticket = _ticket(reservation, ticket_id)
@@ -149,7 +150,7 @@ async def get_ticket(request: web.Request) -> web.Response:
 async def check_in_ticket(request: web.Request) -> web.Response:
     """A scan at the door. Not idempotent by key: a second scan must say it was already used."""
     ticket_id = request.match_info["ticket_id"]
-    actor = actor_for(request, ticket_id, "ticket")
+    actor = await actor_for(request, ticket_id, "ticket")
     await refuse_body(request, "check-in")
     reservation_id = domain.reservation_id_of_ticket(ticket_id)
     _ticket(actor.reservation(reservation_id) if reservation_id else None, ticket_id)
@@ -185,7 +186,7 @@ async def _user_reservations(request: web.Request, user_id: str) -> web.Response
             for row_event_id, reservation_id, key in rows:
                 scanned += 1
                 before = key
-                actor = registry.get(row_event_id)
+                actor = await actor_or_none(registry, row_event_id)
                 reservation = actor.reservation(reservation_id) if actor is not None else None
                 if reservation is not None and (status is None or reservation.status == status):
                     items.append(reservation)
