@@ -18,19 +18,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
 import msgspec
 
 from inventoryd.cli import freeze_after_recovery
 from inventoryd.domain import EventCreated, EventDefinition, TicketTypeDefinition
 from inventoryd.registry import Registry
+from loadtests import bench
 from persistence import store
 from persistence.embedded import EmbeddedPostgres
 from persistence.journal import Journal, connect
@@ -133,6 +137,38 @@ async def recover(url: str) -> Restart:
         await pool.close()
 
 
+async def serve_restart(url: str) -> str:
+    """What an operator sees: `inventoryd serve` started on the log (as a process, on loopback),
+    until /readyz says 200, and until an event the background has not reached answers."""
+    port = bench.free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {"INVENTORYD_AUTH": "off", "INVENTORYD_RATE_LIMITS": "off", "INVENTORYD_LOG_FORMAT": "json"}
+    connection = await connect(url)
+    try:
+        last_event = await connection.fetchval("SELECT max(event_id) FROM events")
+    finally:
+        await connection.close()
+    started = time.perf_counter()
+    server = bench.Server([sys.executable, "-m", "inventoryd", "serve", "--port", str(port), "--database-url", url], port, env)
+    try:
+        async with aiohttp.ClientSession() as session:
+            while True:
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    async with session.get(f"{base}/readyz") as response:
+                        if response.status == 200:
+                            break
+                if time.perf_counter() - started > bench.READY_TIMEOUT_S:
+                    raise RuntimeError("inventoryd did not become ready")
+                await asyncio.sleep(0.005)
+            ready_s = time.perf_counter() - started
+            async with session.get(f"{base}/v1/events/{last_event}/availability") as response:
+                assert response.status == 200, await response.text()
+            answered_s = time.perf_counter() - started
+    finally:
+        server.stop()
+    return f"/readyz 200 {ready_s:.2f} s after the process started; the last event's availability answered at {answered_s:.2f} s"
+
+
 async def main(arguments: argparse.Namespace, url_of: dict[str, str]) -> None:
     started = time.perf_counter()
     await write_log(url_of["restart"], arguments.events, arguments.records_per_event, "r")
@@ -142,6 +178,7 @@ async def main(arguments: argparse.Namespace, url_of: dict[str, str]) -> None:
     print(f"first start (no snapshots, then snapshots written): {first.line()}, RSS {rss_mib():.0f} MiB", flush=True)
     second = await recover(url_of["restart"])
     print(f"second start (from snapshots): {second.line()}", flush=True)
+    print(f"`inventoryd serve` on that log: {await serve_restart(url_of['restart'])}", flush=True)
     if arguments.idle_events:
         await write_log(url_of["memory"], arguments.idle_events, 3, "m")
         before = rss_mib()
