@@ -55,10 +55,15 @@ ACTOR_RESTART_BACKOFF_MAX_S: Final = 1.0
 SNAPSHOT_EVERY_RECORDS: Final = 256
 SNAPSHOT_TAIL_RATIO: Final = 1.0
 # Start-up: the service is ready once it knows which events exist; their actors are rebuilt after,
-# RECOVERY_BATCH_EVENTS per read in the background (which lets requests in between two events once
-# it has held the loop for RECOVERY_SLICE_S), and at once for an event a request asks for. Such a
-# request waits at most COLD_ACTOR_WAIT_S for its event's actor (then 503, Retry-After).
-RECOVERY_BATCH_EVENTS: Final = 256
+# in the background, and at once for an event a request asks for. The background reads events in
+# batches sized to about RECOVERY_BATCH_BYTES of snapshots and records each (the next batch's count
+# scales with what the last one read per event, between RECOVERY_BATCH_EVENTS_MIN and _MAX: many
+# small events share a read, a few large ones bound its memory), and lets requests in between two
+# events once it has held the loop for RECOVERY_SLICE_S. A request waits at most COLD_ACTOR_WAIT_S
+# for its event's actor (then 503, Retry-After).
+RECOVERY_BATCH_BYTES: Final = 16 * 1024 * 1024
+RECOVERY_BATCH_EVENTS_MIN: Final = 16
+RECOVERY_BATCH_EVENTS_MAX: Final = 4096
 RECOVERY_SLICE_S: Final = 0.002
 COLD_ACTOR_WAIT_S: Final = 5.0
 # Pages of list endpoints.
@@ -77,7 +82,8 @@ RETRY_AFTER_S: Final = 1
 assert BATCH_MESSAGES_MAX <= MAILBOX_MESSAGES_MAX
 assert 1 < BATCH_LINGER_FROM_MESSAGES <= BATCH_MESSAGES_MAX and BATCH_LINGER_S < REQUEST_TIMEOUT_S
 assert BATCH_LINGER_BACKOFF_BATCHES >= 1
-assert RECOVERY_BATCH_EVENTS >= 1 and RECOVERY_SLICE_S > 0 and COLD_ACTOR_WAIT_S < REQUEST_TIMEOUT_S
+assert 1 <= RECOVERY_BATCH_EVENTS_MIN <= RECOVERY_BATCH_EVENTS_MAX and RECOVERY_BATCH_BYTES > 0
+assert RECOVERY_SLICE_S > 0 and COLD_ACTOR_WAIT_S < REQUEST_TIMEOUT_S
 assert HOLD_SECONDS_MIN <= HOLD_SECONDS_DEFAULT <= HOLD_SECONDS_MAX
 assert PAGE_ITEMS_DEFAULT <= PAGE_ITEMS_MAX
 assert IDEMPOTENCY_RETENTION_S >= 24 * 3600

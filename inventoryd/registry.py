@@ -90,10 +90,10 @@ class Registry:
 
     async def start(self) -> None:
         """Find every event in the log: then the registry is ready. Then rebuild their actors in
-        the background, RECOVERY_BATCH_EVENTS events per consistent read of their latest snapshots
-        and the records after them; an event that a request asks for meanwhile is rebuilt at once,
-        by itself (see `actor`). So the time to ready does not grow with the state, and a hot event
-        is served again in the time its own state takes to load.
+        the background, a batch of events per consistent read of their latest snapshots and the
+        records after them (about RECOVERY_BATCH_BYTES a read); an event that a request asks for
+        meanwhile is rebuilt at once, by itself (see `actor`). So the time to ready does not grow
+        with the state, and a hot event is served again in the time its own state takes to load.
 
         While the database is unreachable it waits and tries again (the service stays not ready).
         An event whose log breaks an invariant is not served (its requests get 503) and readiness
@@ -105,10 +105,12 @@ class Registry:
         self.stats.ready_seconds = time.perf_counter() - started
         self.ready = True
         log.info("ready", events=len(event_ids), duration_s=round(self.stats.ready_seconds, 3))
-        for index in range(0, len(event_ids), limits.RECOVERY_BATCH_EVENTS):
-            batch = [event_id for event_id in event_ids[index : index + limits.RECOVERY_BATCH_EVENTS] if event_id in self._cold]
-            if batch:
-                await self._retrying("recovery_waiting", functools.partial(self._rebuild_batch, batch), events=f"{batch[0]}..")
+        try:
+            await self._rebuild_all(event_ids)
+        except Exception as error:  # a bug: say so loudly, as a broken log would be
+            self.recovery_error = repr(error)
+            log.critical("recovery_failed", error=repr(error))
+            raise
         self.stats.recovery_seconds = time.perf_counter() - started
         self.recovered.set()
         log.info(
@@ -120,6 +122,19 @@ class Registry:
         snapshots = await self.snapshot_long_tails()
         if snapshots:
             log.info("snapshots_after_recovery", events=snapshots)
+
+    async def _rebuild_all(self, event_ids: list[str]) -> None:
+        """The background: every event not yet rebuilt, in batches of about RECOVERY_BATCH_BYTES."""
+        index, size = 0, limits.RECOVERY_BATCH_EVENTS_MIN
+        while index < len(event_ids):
+            batch = [event_id for event_id in event_ids[index : index + size] if event_id in self._cold]
+            index += size
+            if batch:
+                rebuild = functools.partial(self._rebuild_batch, batch)
+                read = await self._retrying("recovery_waiting", rebuild, events=f"{batch[0]}..")
+                per_event = max(read // len(batch), 1)
+                size = limits.RECOVERY_BATCH_BYTES // per_event
+                size = min(max(size, limits.RECOVERY_BATCH_EVENTS_MIN), limits.RECOVERY_BATCH_EVENTS_MAX)
 
     async def _logged_event_ids(self) -> list[str]:
         async with self.pool.acquire() as connection:
@@ -136,22 +151,26 @@ class Registry:
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, limits.ACTOR_RESTART_BACKOFF_MAX_S)
 
-    async def _rebuild_batch(self, batch: list[str]) -> None:
+    async def _rebuild_batch(self, batch: list[str]) -> int:
         """Rebuild the actors of `batch` (event ids in order) from one consistent read, skipping
-        those rebuilt on demand meanwhile. A cold event has no actor, so nothing writes its log: the
-        background and an on-demand read see the same records, and whichever is first starts it."""
+        those rebuilt on demand meanwhile; returns the bytes read. A cold event has no actor, so
+        nothing writes its log: the background and an on-demand read see the same records, and
+        whichever is first starts it."""
         batch = [event_id for event_id in batch if event_id in self._cold]
         if not batch:
-            return
+            return 0
         async with self.pool.acquire() as connection, store.recovery_snapshot(connection):
             snapshots = await store.latest_snapshots(connection, events=batch)
+            read = sum(len(state) for _, state in snapshots.values())
             yielded = time.perf_counter()
             async for event_id, rows in store.stream_all_logs(connection, after_snapshots=True, events=batch):
+                read += sum(len(body) for _, body in rows)
                 self._rebuild(event_id, rows, snapshots.pop(event_id, None))
                 yielded = await _let_requests_in(yielded)
             for event_id, snapshot in snapshots.items():  # nothing logged since the snapshot
                 self._rebuild(event_id, [], snapshot)
                 yielded = await _let_requests_in(yielded)
+        return read
 
     def _rebuild(self, event_id: str, rows: store.LogRows, snapshot: tuple[int, bytes] | None) -> EventActor | None:
         """Rebuild one event's actor from its snapshot and the records after it, and start it

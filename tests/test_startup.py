@@ -29,9 +29,9 @@ def held_background(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
     gate = asyncio.Event()
     rebuild_batch = Registry._rebuild_batch
 
-    async def gated(self: Registry, batch: list[str]) -> None:
+    async def gated(self: Registry, batch: list[str]) -> int:
         await gate.wait()
-        await rebuild_batch(self, batch)
+        return await rebuild_batch(self, batch)
 
     monkeypatch.setattr(Registry, "_rebuild_batch", gated)
     return gate
