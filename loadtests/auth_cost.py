@@ -25,14 +25,20 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 
-from loadtests.bench import ADMIN_TOKEN, ROOT, create_database, free_port, make_service_token, setup_inventoryd
-from persistence.embedded import EmbeddedPostgres
+from loadtests.bench import (
+    ADMIN_TOKEN,
+    ROOT,
+    create_database,
+    free_port,
+    make_service_token,
+    scratch_postgres,
+    setup_inventoryd,
+)
 
 # Python's imports alone take ~30 s under valgrind.
 VALGRIND_READY_TIMEOUT_S = 300.0
@@ -129,15 +135,8 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("needs valgrind (apt install valgrind)")
-    scratch = Path(tempfile.mkdtemp(prefix="inventoryd-auth-cost-"))
-    scratch.chmod(0o755)  # the embedded server may run as another user
-    embedded = EmbeddedPostgres(scratch / "pgdata")
-    embedded.start()
-    try:
+    with scratch_postgres("inventoryd-auth-cost-") as (embedded, scratch):
         asyncio.run(run(args, embedded.dsn("postgres"), scratch))
-    finally:
-        embedded.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

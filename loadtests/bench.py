@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +70,21 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def scratch_postgres(prefix: str) -> Iterator[tuple[EmbeddedPostgres, Path]]:
+    """A throwaway embedded PostgreSQL in a temporary directory (readable by the unprivileged user
+    it may run as), and the directory: both gone afterwards."""
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
+    scratch.chmod(0o755)
+    server = EmbeddedPostgres(scratch / "pgdata")
+    try:
+        server.start()
+        yield server, scratch
+    finally:
+        server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def with_database(url: str, database: str) -> str:

@@ -22,8 +22,6 @@ import asyncio
 import itertools
 import os
 import random
-import shutil
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +32,6 @@ from inventoryd.domain import EventDefinition, TicketTypeDefinition
 from inventoryd.registry import Registry, new_event_id
 from loadtests import bench
 from persistence import store
-from persistence.embedded import EmbeddedPostgres
 from persistence.journal import Journal
 from persistence.migrate import migrate
 
@@ -139,15 +136,8 @@ def main() -> None:
     args = parser.parse_args()
     assert 1 <= args.duration <= 120 and 1 <= args.buyers <= 1024 and 1 <= args.events <= 100_000
     args.connections, args.access_log = args.buyers, False  # what bench.measure reads
-    scratch = Path(tempfile.mkdtemp(prefix="inventoryd-core-cost-"))
-    scratch.chmod(0o755)
-    server = EmbeddedPostgres(scratch / "pgdata")
-    try:
-        server.start()
+    with bench.scratch_postgres("inventoryd-core-cost-") as (server, scratch):
         uvloop.run(run(args, server.dsn("postgres"), scratch / "pgdata", scratch))
-    finally:
-        server.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

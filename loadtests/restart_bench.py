@@ -20,9 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,7 +34,6 @@ from inventoryd.domain import EventCreated, EventDefinition, TicketTypeDefinitio
 from inventoryd.registry import Registry
 from loadtests import bench
 from persistence import store
-from persistence.embedded import EmbeddedPostgres
 from persistence.journal import Journal, connect
 from persistence.migrate import migrate
 
@@ -206,11 +203,7 @@ def cli() -> None:
     parser.add_argument("--records-per-event", type=int, default=1000)
     parser.add_argument("--idle-events", type=int, default=100_000)
     arguments = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="inventoryd-restart-bench-"))
-    scratch.chmod(0o755)
-    server = EmbeddedPostgres(scratch / "pgdata")
-    try:
-        server.start()
+    with bench.scratch_postgres("inventoryd-restart-bench-") as (server, _):
         admin = server.dsn("postgres")
 
         async def databases() -> dict[str, str]:
@@ -226,9 +219,6 @@ def cli() -> None:
         import uvloop
 
         uvloop.run(main(arguments, urls))
-    finally:
-        server.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
