@@ -264,7 +264,7 @@ class Registry:
                 if event_id not in self._cold:
                     return None
                 rebuilt = self._on_demand[event_id] = asyncio.create_task(self._rebuild_one(event_id), name=f"recover:{event_id}")
-                rebuilt.add_done_callback(lambda _: self._on_demand.pop(event_id, None))
+                rebuilt.add_done_callback(functools.partial(self._rebuilt_on_demand, event_id))
             try:
                 actor = await asyncio.wait_for(asyncio.shield(rebuilt), limits.COLD_ACTOR_WAIT_S)
             except asyncio.TimeoutError:
@@ -286,8 +286,19 @@ class Registry:
                 rows = await store.read_event_log(connection, event_id, after_seq=snapshot[0] if snapshot else 0)
                 return rows, snapshot
 
-        rows, snapshot = await self._retrying("actor_recovery_waiting", read, event_id=event_id)
+        try:
+            rows, snapshot = await read()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+            # Its requests are answered at once, as on an outage; the next one tries again (and
+            # the background keeps trying on its own).
+            log.warning("actor_recovery_waiting", event_id=event_id, error=repr(error))
+            raise Unavailable("the database is not answering; retry shortly") from error
         return self._rebuild(event_id, rows, snapshot)
+
+    def _rebuilt_on_demand(self, event_id: str, task: asyncio.Task[EventActor | None]) -> None:
+        self._on_demand.pop(event_id, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here too: its requests may all have gone
 
     @property
     def cold(self) -> int:

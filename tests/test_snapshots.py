@@ -37,9 +37,12 @@ async def test_restart_from_snapshot_and_tail(start: Any, db: Any, monkeypatch: 
         await client.post(f"/v1/reservations/{reservation['id']}/confirm")
     for reservation in made[30:35]:
         await client.post(f"/v1/reservations/{reservation['id']}/cancel")  # promotes waiting buyers
+    await client.app[keys.REGISTRY].get(event["id"]).wait_snapshot_written()
     total = await db.fetchval("SELECT count(*) FROM journal WHERE event_id = $1", event["id"])
     snapshot_seq = await db.fetchval("SELECT max(seq) FROM snapshots WHERE event_id = $1", event["id"])
-    assert snapshot_seq is not None and total - snapshot_seq < EVERY
+    # A snapshot that falls due while the previous one is still being written waits for the next
+    # batch (on a busy machine that can be a few records later).
+    assert snapshot_seq is not None and total - snapshot_seq < 2 * EVERY
     assert await db.fetchval("SELECT count(*) FROM snapshots WHERE event_id = $1", event["id"]) == 1
     before = full_state(client.app)
     await client.close()

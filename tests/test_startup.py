@@ -12,12 +12,15 @@ state before the restart.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
+from inventoryd import limits
 from inventoryd.http import keys
 from inventoryd.registry import Registry
+from persistence import store
 from tests.helpers import create_event
 from tests.test_operations import samples
 from tests.test_recovery import full_state
@@ -123,3 +126,27 @@ async def test_a_broken_log_takes_down_its_event_and_readiness_not_the_others(st
     readiness = await restarted.get("/readyz")
     assert readiness.status == 503 and broken["id"] in (await readiness.json())["detail"]
     assert registry.stats.actors_failed == 1
+
+
+async def test_an_event_not_rebuilt_while_the_database_is_away_is_answered_at_once(
+    start: Any, held_background: asyncio.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await start()
+    (event,) = await history(client, 1)
+    await client.close()
+    restarted = await start(warm=False)
+    registry = restarted.app[keys.REGISTRY]
+
+    async def unreachable(*_: Any, **__: Any) -> None:
+        raise ConnectionRefusedError("the database is away")
+
+    reachable = store.latest_snapshot
+    monkeypatch.setattr(store, "latest_snapshot", unreachable)
+    started = time.monotonic()
+    refused = await restarted.get(f"/v1/events/{event['id']}/availability")
+    assert refused.status == 503 and refused.headers["Retry-After"]
+    assert time.monotonic() - started < limits.COLD_ACTOR_WAIT_S / 2  # at once, not after the wait
+    assert registry.cold == 1
+    monkeypatch.setattr(store, "latest_snapshot", reachable)  # back: the next request rebuilds it
+    served = await restarted.get(f"/v1/events/{event['id']}/availability")
+    assert served.status == 200 and registry.cold == 0
