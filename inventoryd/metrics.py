@@ -164,7 +164,7 @@ class _StateCollector(Collector):
             "inventoryd_recovery_duration_seconds", "How long start-up took to rebuild every actor", value=stats.recovery_seconds
         )
         yield GaugeMetricFamily("inventoryd_recovery_records", "Log records replayed at start-up", value=stats.recovered_records)
-        yield GaugeMetricFamily("inventoryd_ready", "1 once recovery is done and while not draining", value=float(registry.ready))
+        yield GaugeMetricFamily("inventoryd_ready", "1 once start-up knows every event (actors may still be rebuilt) and while not draining", value=float(registry.ready))
         journal = self._journal.stats
         yield CounterMetricFamily("inventoryd_journal_commits", "Journal transactions committed", value=journal.commits)
         yield CounterMetricFamily("inventoryd_journal_records", "Log records committed", value=journal.records)

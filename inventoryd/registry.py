@@ -42,6 +42,8 @@ async def _let_requests_in(since: float) -> float:
     return time.perf_counter()
 
 _RECORD_DECODER = domain.RECORD_DECODER
+# What the database being away (or too slow) looks like: a reason to wait and retry, not a bug.
+_DATABASE_AWAY = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
 # How long a shutdown waits for the actors to finish what they hold.
 DRAIN_ACTORS_S = 10.0
 
@@ -53,6 +55,10 @@ def new_event_id() -> str:
 
 def decode_log(rows: store.LogRows) -> list[tuple[int, Record]]:
     return [(seq, _RECORD_DECODER.decode(body)) for seq, body in rows]
+
+
+def _replay(event_id: str, rows: store.LogRows, snapshot: tuple[int, bytes] | None) -> Inventory:
+    return Inventory.replay(event_id, decode_log(rows), snapshot=snapshot[1] if snapshot else None)
 
 
 @dataclass(slots=True)
@@ -146,7 +152,7 @@ class Registry:
         while True:
             try:
                 return await attempt()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+            except _DATABASE_AWAY as error:
                 log.warning(what, error=repr(error), retry_in_s=backoff_s, **context)
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, limits.ACTOR_RESTART_BACKOFF_MAX_S)
@@ -180,7 +186,7 @@ class Registry:
             return self._actors.get(event_id)
         self._cold.discard(event_id)
         try:
-            inventory = Inventory.replay(event_id, decode_log(rows), snapshot=snapshot[1] if snapshot else None)
+            inventory = _replay(event_id, rows, snapshot)
         except Exception as error:  # noqa: BLE001 - InvariantViolation, or a record this version cannot read
             self._failed[event_id] = repr(error)
             self.recovery_error = f"{event_id}: {error!r}"
@@ -279,16 +285,9 @@ class Registry:
 
     async def _rebuild_one(self, event_id: str) -> EventActor | None:
         """Rebuild one event's actor ahead of the background: a request is waiting for it."""
-
-        async def read() -> tuple[store.LogRows, tuple[int, bytes] | None]:
-            async with self.pool.acquire() as connection, store.recovery_snapshot(connection):
-                snapshot = await store.latest_snapshot(connection, event_id)
-                rows = await store.read_event_log(connection, event_id, after_seq=snapshot[0] if snapshot else 0)
-                return rows, snapshot
-
         try:
-            rows, snapshot = await read()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+            rows, snapshot = await self._read_event(event_id)
+        except _DATABASE_AWAY as error:
             # Its requests are answered at once, as on an outage; the next one tries again (and
             # the background keeps trying on its own).
             log.warning("actor_recovery_waiting", event_id=event_id, error=repr(error))
@@ -382,12 +381,13 @@ class Registry:
     async def _recover(self, event_id: str) -> tuple[Inventory, int]:
         """The event's inventory (and its snapshot's seq) from its latest snapshot and the log after
         it, waiting (with backoff) while the database is away."""
+        read = functools.partial(self._read_event, event_id)
+        rows, snapshot = await self._retrying("actor_recovery_waiting", read, event_id=event_id)
+        return _replay(event_id, rows, snapshot), snapshot[0] if snapshot else 0
 
-        async def read() -> tuple[Inventory, int]:
-            async with self.pool.acquire() as connection, store.recovery_snapshot(connection):
-                snapshot = await store.latest_snapshot(connection, event_id)
-                after = snapshot[0] if snapshot else 0
-                rows = await store.read_event_log(connection, event_id, after_seq=after)
-            return Inventory.replay(event_id, decode_log(rows), snapshot=snapshot[1] if snapshot else None), after
-
-        return await self._retrying("actor_recovery_waiting", read, event_id=event_id)
+    async def _read_event(self, event_id: str) -> tuple[store.LogRows, tuple[int, bytes] | None]:
+        """The event's latest snapshot, and the records after it, in one consistent read."""
+        async with self.pool.acquire() as connection, store.recovery_snapshot(connection):
+            snapshot = await store.latest_snapshot(connection, event_id)
+            rows = await store.read_event_log(connection, event_id, after_seq=snapshot[0] if snapshot else 0)
+        return rows, snapshot
