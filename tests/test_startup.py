@@ -150,3 +150,35 @@ async def test_an_event_not_rebuilt_while_the_database_is_away_is_answered_at_on
     monkeypatch.setattr(store, "latest_snapshot", reachable)  # back: the next request rebuilds it
     served = await restarted.get(f"/v1/events/{event['id']}/availability")
     assert served.status == 200 and registry.cold == 0
+
+
+async def test_requests_racing_the_background_rebuild_start_each_actor_once(
+    start: Any, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small batches, so that the background and the requests interleave over many reads.
+    monkeypatch.setattr(limits, "RECOVERY_BATCH_BYTES", 1)
+    monkeypatch.setattr(limits, "RECOVERY_BATCH_EVENTS_MIN", 2)
+    client = await start()
+    events = [
+        await create_event(client, name=f"E{index}", ticket_types=[{"code": "GA", "name": "GA", "price": 10, "capacity": 1000}])
+        for index in range(40)
+    ]
+    await client.close()
+
+    restarted = await start(warm=False)
+    registry = restarted.app[keys.REGISTRY]
+    answers = await asyncio.gather(
+        *(
+            restarted.post(
+                f"/v1/events/{event['id']}/reservations", json={"ticket_type": "GA", "quantity": 1, "user_id": f"u{n}"}
+            )
+            for n in range(5)
+            for event in reversed(events)  # the background goes the other way
+        )
+    )
+    assert [answer.status for answer in answers] == [201] * len(answers)
+    await asyncio.wait_for(registry.recovered.wait(), 10)
+    assert len(registry.actors()) == 40 and registry.stats.actors_restarted == 0
+    for event in events:
+        seqs = [row["seq"] for row in await db.fetch("SELECT seq FROM journal WHERE event_id = $1 ORDER BY seq", event["id"])]
+        assert seqs == list(range(1, 7))  # created, then the five reservations: one writer each
