@@ -169,7 +169,7 @@ class Registry:
             snapshots = await store.latest_snapshots(connection, events=batch)
             read = sum(len(state) for _, state in snapshots.values())
             yielded = time.perf_counter()
-            async for event_id, rows in store.stream_all_logs(connection, after_snapshots=True, events=batch):
+            async for event_id, rows in store.stream_tails(connection, batch):
                 read += sum(len(body) for _, body in rows)
                 self._rebuild(event_id, rows, snapshots.pop(event_id, None))
                 yielded = await _let_requests_in(yielded)

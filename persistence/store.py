@@ -52,39 +52,36 @@ async def logged_event_ids(connection: asyncpg.Connection) -> list[str]:
     return [row[0] for row in rows]
 
 
-async def stream_all_logs(
-    connection: asyncpg.Connection, *, after_snapshots: bool = False, events: list[str] | None = None
+def stream_all_logs(connection: asyncpg.Connection) -> AsyncIterator[tuple[str, LogRows]]:
+    """Every event's whole log, one event at a time, in one pass over the journal's primary key.
+    Must run inside a transaction (see `recovery_snapshot`)."""
+    return _stream_by_event(connection, "SELECT event_id, seq, body FROM journal ORDER BY event_id, seq")
+
+
+def stream_tails(connection: asyncpg.Connection, events: list[str]) -> AsyncIterator[tuple[str, LogRows]]:
+    """The records after each of `events`' latest snapshot, one event at a time, in id order
+    (events whose log ends at their snapshot are not yielded). An index range scan per event, from
+    its snapshot on: the records a snapshot covers are never read (a join would read them all, then
+    drop them). Must run inside a transaction (see `recovery_snapshot`)."""
+    query = """
+        SELECT e.event_id, j.seq, j.body
+        FROM unnest($1::text[]) AS e (event_id)
+        CROSS JOIN LATERAL (
+            SELECT j.seq, j.body FROM journal j
+            WHERE j.event_id = e.event_id
+              AND j.seq > coalesce((SELECT max(s.seq) FROM snapshots s WHERE s.event_id = e.event_id), 0)
+            ORDER BY j.seq
+        ) j
+        ORDER BY e.event_id, j.seq"""
+    return _stream_by_event(connection, query, events)
+
+
+async def _stream_by_event(
+    connection: asyncpg.Connection, query: str, *arguments: object
 ) -> AsyncIterator[tuple[str, LogRows]]:
-    """Every event's log (or only these `events`'), one event at a time, in the order of the
-    journal's primary key; with `after_snapshots`, only the records after each event's latest
-    snapshot (events whose log ends at their snapshot are not yielded). Must run inside a
-    transaction (see `recovery_snapshot`)."""
+    """The (event_id, seq, body) rows of `query`, ordered by event, grouped into one list per event."""
     current: str | None = None
     rows: LogRows = []
-    arguments: tuple[list[str], ...] = () if events is None else (events,)
-    if after_snapshots and events is not None:
-        # An index range scan per event, from its snapshot on: the records a snapshot covers are
-        # never read (a join would read them all, then drop them).
-        query = """
-            SELECT e.event_id, j.seq, j.body
-            FROM unnest($1::text[]) AS e (event_id)
-            CROSS JOIN LATERAL (
-                SELECT j.seq, j.body FROM journal j
-                WHERE j.event_id = e.event_id
-                  AND j.seq > coalesce((SELECT max(s.seq) FROM snapshots s WHERE s.event_id = e.event_id), 0)
-                ORDER BY j.seq
-            ) j
-            ORDER BY e.event_id, j.seq"""
-    elif after_snapshots:
-        query = """
-            SELECT j.event_id, j.seq, j.body
-            FROM journal j
-            LEFT JOIN (SELECT event_id, max(seq) AS seq FROM snapshots GROUP BY event_id) s USING (event_id)
-            WHERE j.seq > coalesce(s.seq, 0)
-            ORDER BY j.event_id, j.seq"""
-    else:
-        in_events = "" if events is None else "WHERE event_id = ANY($1::text[])"
-        query = f"SELECT event_id, seq, body FROM journal {in_events} ORDER BY event_id, seq"
     async with contextlib.AsyncExitStack() as stack:
         if not connection.is_in_transaction():
             await stack.enter_async_context(connection.transaction(isolation="repeatable_read", readonly=True))
