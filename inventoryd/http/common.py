@@ -107,7 +107,7 @@ async def actor_for(request: web.Request, reservation_or_ticket_id: str, kind: s
 async def actor_or_none(registry: Registry, event_id: str) -> EventActor | None:
     """For listings: the event's actor, or None if there is none or it cannot be served now."""
     try:
-        return registry.get(event_id) or await registry.actor(event_id)
+        return await registry.actor(event_id)
     except Unavailable:
         return None
 
