@@ -9,8 +9,10 @@ Targets, each a separate process on 127.0.0.1, measured one after the other in t
   (c0) inventoryd-open: the same with INVENTORYD_AUTH=off and INVENTORYD_RATE_LIMITS=off, to price them
 Scenarios: every reservation at one hot event, and spread over --events events. Load comes from wrk
 (--connections connections, 2 threads) with loadtests/wrk_reserve.lua. Reported per target: accepted
-reservations per second, p50/p99 latency, and PostgreSQL transactions and WAL syncs (pg_stat_wal)
-per accepted reservation; then the ratios c/a and c/b. All traffic stays on loopback, and every run
+reservations per second, p50/p99 latency, PostgreSQL transactions and WAL syncs (pg_stat_wal) per
+accepted reservation and the time one WAL sync took, the server's CPU per request and how busy it
+was (its CPU time over the run's length: below 100% it waited for commits with nothing else to
+do); then the ratios c/a and c/b. All traffic stays on loopback, and every run
 is bounded by --duration; the processes started here are stopped by their PID.
 """
 
@@ -64,6 +66,11 @@ class Result:
     # The server process's CPU time (user + system) per request: steadier than throughput on a
     # machine whose two cores are shared with wrk and PostgreSQL.
     server_cpu_us_per_request: float
+    # That CPU time over the run's length: 1.0 is one core busy all the time. Below 1, the
+    # single-threaded server waited (for commits) with nothing else to do.
+    server_busy: float
+    # Mean time PostgreSQL took per WAL sync (track_wal_io_timing), if it was counted.
+    ms_per_wal_sync: float | None
 
 
 def free_port() -> int:
@@ -161,7 +168,7 @@ async def wait_listening(port: int) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-async def counters(database_url: str) -> tuple[int, int | None]:
+async def counters(database_url: str) -> tuple[int, store.WalSyncs | None]:
     """This database's committed transactions and the cluster's WAL syncs, so far."""
     connection = await asyncpg.connect(database_url)
     try:
@@ -169,6 +176,14 @@ async def counters(database_url: str) -> tuple[int, int | None]:
         return await store.committed_transactions(connection), await store.wal_syncs(connection)
     finally:
         await connection.close()
+
+
+def wal_sync_change(before: store.WalSyncs | None, after: store.WalSyncs | None) -> tuple[int, float | None]:
+    """WAL syncs between two readings, and the seconds they took (None where not counted)."""
+    if before is None or after is None:
+        return 0, None
+    seconds = None if before.seconds is None or after.seconds is None else after.seconds - before.seconds
+    return after.count - before.count, seconds
 
 
 async def count_rows(database_url: str, query: str) -> int:
@@ -292,6 +307,7 @@ async def measure(
         else:
             accepted = int(stats["requests_per_s"] * args.duration - stats["non_2xx"])
         per = (lambda value: value / accepted if accepted else None)
+        syncs, sync_seconds = wal_sync_change(wal_before, wal_after)
         return Result(
             scenario=scenario,
             target=target,
@@ -302,8 +318,10 @@ async def measure(
             p99_ms=stats["p99_ms"],
             non_2xx=int(stats["non_2xx"]),
             transactions_per_accepted=per(commits_after - commits_before) if accepted_query else None,
-            wal_syncs_per_accepted=per(wal_after - wal_before) if accepted_query and wal_before is not None else None,
+            wal_syncs_per_accepted=per(syncs) if accepted_query and wal_after is not None else None,
             server_cpu_us_per_request=cpu_seconds * 1e6 / (stats["requests_per_s"] * args.duration),
+            server_busy=cpu_seconds / args.duration,
+            ms_per_wal_sync=sync_seconds * 1000 / syncs if accepted_query and syncs and sync_seconds is not None else None,
         )
     finally:
         server.stop()
@@ -311,8 +329,11 @@ async def measure(
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| scenario | target | accepted/s | p50 ms | p99 ms | non-2xx | transactions / accepted | WAL syncs / accepted | server CPU µs / request |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        (
+            "| scenario | target | accepted/s | p50 ms | p99 ms | non-2xx | transactions / accepted"
+            " | WAL syncs / accepted | ms / WAL sync | server CPU µs / request | server busy |"
+        ),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         def fmt(value: float | None, digits: int = 4) -> str:
@@ -321,7 +342,8 @@ def table(results: list[Result]) -> str:
         lines.append(
             f"| {result.scenario} | {result.target} | {result.accepted_per_s:,.0f} | {result.p50_ms:.2f} | "
             f"{result.p99_ms:.2f} | {result.non_2xx} | {fmt(result.transactions_per_accepted)} | "
-            f"{fmt(result.wal_syncs_per_accepted)} | {result.server_cpu_us_per_request:.0f} |"
+            f"{fmt(result.wal_syncs_per_accepted)} | {fmt(result.ms_per_wal_sync, 2)} |"
+            f" {result.server_cpu_us_per_request:.0f} | {result.server_busy:.0%} |"
         )
     lines.append("")
     for scenario in dict.fromkeys(result.scenario for result in results):

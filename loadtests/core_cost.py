@@ -101,12 +101,13 @@ async def core(database_url: str, data_dir: Path, events: int, buyers: int, dura
         await registry.stop()
         await journal.close()
         await connection.close()
+    syncs, _ = bench.wal_sync_change(wal_before, wal_after)
     return {
         "reservations_per_s": done / elapsed,
         "cpu_us": cpu * 1e6 / done,
         "postgres_cpu_us": pg * 1e6 / done,
         "transactions": (commits_after - commits_before) / done,
-        "wal_syncs": (wal_after - (wal_before or 0)) / done if wal_before is not None else float("nan"),
+        "wal_syncs": syncs / done if wal_after is not None else float("nan"),
     }
 
 

@@ -250,10 +250,22 @@ async def committed_transactions(connection: asyncpg.Connection) -> int:
     return int(value)
 
 
-async def wal_syncs(connection: asyncpg.Connection) -> int | None:
-    """WAL syncs so far (pg_stat_wal, PostgreSQL 14+), or None where the view does not exist."""
+@dataclass(frozen=True, slots=True)
+class WalSyncs:
+    """The cluster's WAL syncs so far (pg_stat_wal), and the time they took: that time is counted
+    only while `track_wal_io_timing` is on, else `seconds` is None."""
+
+    count: int
+    seconds: float | None
+
+
+async def wal_syncs(connection: asyncpg.Connection) -> WalSyncs | None:
+    """WAL syncs so far (PostgreSQL 14+), or None where pg_stat_wal does not exist."""
     try:
         await connection.execute("SELECT pg_stat_clear_snapshot()")
-        return int(await connection.fetchval("SELECT wal_sync FROM pg_stat_wal"))
+        row = await connection.fetchrow(
+            "SELECT wal_sync, wal_sync_time, current_setting('track_wal_io_timing')::bool AS timed FROM pg_stat_wal"
+        )
     except asyncpg.UndefinedTableError:
         return None
+    return WalSyncs(int(row["wal_sync"]), row["wal_sync_time"] / 1000 if row["timed"] else None)
