@@ -226,17 +226,47 @@ class Journal:
 
     async def _linger(self, appends: int) -> None:
         """Group commit across events: many actors append one batch each; those just answered come
-        back with their next ones within a few round trips. Wait (at most JOURNAL_LINGER_S) until
-        as many appends are pending, so that they share one transaction instead of alternating."""
-        self._wanted = min(appends, limits.JOURNAL_PENDING_APPENDS_MAX)
-        self._wakeup.clear()
+        back with their next ones within a few round trips. Wait (JOURNAL_LINGER_S) until as many
+        appends are pending, so that they share one transaction instead of alternating.
+
+        A busy server answers a whole commit's buyers before it reads their next requests, so
+        their appends come back as one burst, which can take longer than the wait. When fewer than
+        half of them came within it, the wait goes on (up to JOURNAL_LINGER_MAX_S) until they
+        come, and then while more of them keep coming (a pause of JOURNAL_LINGER_QUIET_S ends it).
+        Otherwise the few that came first would get a sync of their own, and hold the burst behind
+        it."""
+        wanted = min(appends, limits.JOURNAL_PENDING_APPENDS_MAX)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        last = started + limits.JOURNAL_LINGER_MAX_S
         try:
-            async with asyncio.timeout(limits.JOURNAL_LINGER_S):
-                await self._wakeup.wait()
-        except TimeoutError:
-            pass
+            self._wanted = wanted
+            if await self._woken_before(started + limits.JOURNAL_LINGER_S) or 2 * len(self._pending) >= wanted:
+                return
+            self._wanted = (wanted + 1) // 2
+            if not await self._woken_before(last):
+                return
+            self._wanted = wanted
+            while (pending := len(self._pending)) < wanted and not self._closing:
+                if await self._woken_before(min(last, loop.time() + limits.JOURNAL_LINGER_QUIET_S)):
+                    return
+                if len(self._pending) == pending or loop.time() >= last:
+                    return
         finally:
             self._wanted = 1
+
+    async def _woken_before(self, deadline: float) -> bool:
+        """Wait until `append` wakes the writer (self._wanted appends are pending) or the journal
+        closes: True; or until `deadline` (the event loop's clock): False."""
+        self._wakeup.clear()
+        if len(self._pending) >= self._wanted or self._closing:
+            return True
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._wakeup.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def _write_one_by_one(self, batches: list[Append]) -> None:
         for batch in batches:

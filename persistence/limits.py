@@ -7,13 +7,17 @@ JOURNAL_COMMIT_RECORDS_MAX: Final = 8192
 # Appends waiting for the journal writer; beyond this an append fails at once (retryable).
 JOURNAL_PENDING_APPENDS_MAX: Final = 4096
 # Group commit across events: when at least JOURNAL_LINGER_FROM_APPENDS appends were active around
-# the last commit, the writer waits up to JOURNAL_LINGER_S for as many before the next one.
+# the last commit, the writer waits up to JOURNAL_LINGER_S for as many before the next one; when
+# fewer than half came by then, up to JOURNAL_LINGER_MAX_S for half, then while more keep coming
+# (a pause of JOURNAL_LINGER_QUIET_S ends it). See Journal._linger.
 JOURNAL_LINGER_FROM_APPENDS: Final = 8
 JOURNAL_LINGER_S: Final = 0.010
+JOURNAL_LINGER_MAX_S: Final = 0.030
+JOURNAL_LINGER_QUIET_S: Final = 0.001
 # How long one database round trip (connect, commit, query) may take.
 DB_TIMEOUT_S: Final = 5.0
 # Rows fetched per round trip while replaying the log.
 RECOVERY_FETCH_ROWS: Final = 10_000
 
 assert JOURNAL_PENDING_APPENDS_MAX >= 1 and JOURNAL_COMMIT_RECORDS_MAX >= 1
-assert 1 < JOURNAL_LINGER_FROM_APPENDS <= JOURNAL_PENDING_APPENDS_MAX and JOURNAL_LINGER_S < DB_TIMEOUT_S
+assert 1 < JOURNAL_LINGER_FROM_APPENDS <= JOURNAL_PENDING_APPENDS_MAX and 0 < JOURNAL_LINGER_QUIET_S < JOURNAL_LINGER_S <= JOURNAL_LINGER_MAX_S < DB_TIMEOUT_S

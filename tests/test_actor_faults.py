@@ -18,6 +18,7 @@ from inventoryd.actor import Unavailable
 from inventoryd.domain import Inventory
 from inventoryd.http import keys
 from inventoryd.registry import decode_log
+from persistence import limits as journal_limits
 from persistence import store
 from tests.helpers import FaultyJournal, create_event, wait_until
 
@@ -231,15 +232,8 @@ async def test_a_busy_event_waits_for_its_buyers_to_share_one_commit(
     assert batches == [1, 21]
 
 
-async def test_the_journal_waits_for_many_events_to_share_one_commit(
-    faulty: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Group commit across events: ten actors' appends shared the last commit, so the writer waits
-    # for ten before the next one, and their next appends share one transaction again.
-    from persistence import limits as journal_limits  # noqa: PLC0415
-
-    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_S", 30.0)
-    client, journal = faulty
+async def ten_events_that_shared_a_commit(client: Any, journal: FaultyJournal) -> list[Any]:
+    """Ten events whose actors' appends shared the last commit: the writer now waits for ten."""
     actors = []
     for _ in range(10):
         event = await create_event(client, ticket_types=[{"code": "GA", "name": "GA", "price": 1, "capacity": 10}])
@@ -251,11 +245,80 @@ async def test_the_journal_waits_for_many_events_to_share_one_commit(
     journal.gate.set()
     await asyncio.gather(*first)
     assert journal.stats.commits == commits + 1
+    return actors
+
+
+async def test_the_journal_waits_for_many_events_to_share_one_commit(
+    faulty: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Group commit across events: ten actors' appends shared the last commit, so the writer waits
+    # for ten before the next one, and their next appends share one transaction again.
+    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_S", 30.0)
+    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_MAX_S", 30.0)
+    client, journal = faulty
+    actors = await ten_events_that_shared_a_commit(client, journal)
+    commits = journal.stats.commits
     second = [asyncio.create_task(actors[0].reserve("b", "GA", 1))]
     await wait_until(lambda: journal._wanted == 10)  # lingering, with one append pending
     second += [asyncio.create_task(actor.reserve("b", "GA", 1)) for actor in actors[1:]]
     await asyncio.wait_for(asyncio.gather(*second), timeout=5)
-    assert journal.stats.commits == commits + 2
+    assert journal.stats.commits == commits + 1
+
+
+async def test_the_journal_waits_longer_for_appends_that_come_back_as_one_late_burst(
+    faulty: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ten were active; one append comes back within JOURNAL_LINGER_S, the other nine later, one
+    # after another (a busy server answers a whole commit's buyers before it reads their next
+    # requests). Fewer than half had come, so the writer waited on for them, and once they came,
+    # while more kept coming: all ten share one commit, made after a pause of JOURNAL_LINGER_QUIET_S,
+    # long before JOURNAL_LINGER_MAX_S.
+    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_S", 0.2)
+    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_MAX_S", 30.0)
+    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_QUIET_S", 1.0)
+    client, journal = faulty
+    actors = await ten_events_that_shared_a_commit(client, journal)
+    commits = journal.stats.commits
+    back = [asyncio.create_task(actors[0].reserve("b", "GA", 1))]
+    await wait_until(lambda: journal._wanted == 5)  # the wait ran out with one of ten: waiting for half
+    back += [asyncio.create_task(actor.reserve("b", "GA", 1)) for actor in actors[1:6]]
+    await wait_until(lambda: journal._wanted == 10)  # half are back: waiting while more come
+    for actor in actors[6:]:
+        await asyncio.sleep(0.1)
+        back.append(asyncio.create_task(actor.reserve("b", "GA", 1)))
+    await asyncio.wait_for(asyncio.gather(*back), timeout=10)
+    assert journal.stats.commits == commits + 1
+
+
+async def test_once_the_burst_is_back_a_pause_ends_the_wait(faulty: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ten were active; six come back late, four not at all (their buyers think): the six share one
+    # commit, made once no append came for JOURNAL_LINGER_QUIET_S, not at JOURNAL_LINGER_MAX_S.
+    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_S", 0.2)
+    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_MAX_S", 30.0)
+    client, journal = faulty
+    actors = await ten_events_that_shared_a_commit(client, journal)
+    commits = journal.stats.commits
+    back = [asyncio.create_task(actors[0].reserve("b", "GA", 1))]
+    await wait_until(lambda: journal._wanted == 5)
+    back += [asyncio.create_task(actor.reserve("b", "GA", 1)) for actor in actors[1:6]]
+    await asyncio.wait_for(asyncio.gather(*back), timeout=10)
+    assert journal.stats.commits == commits + 1
+
+
+async def test_the_journal_waits_at_most_its_bound_for_buyers_who_do_not_come_back(
+    faulty: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ten were active and one comes back: the writer waits for the rest up to JOURNAL_LINGER_MAX_S,
+    # then commits the one on its own.
+    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_S", 0.1)
+    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_MAX_S", 0.3)
+    client, journal = faulty
+    actors = await ten_events_that_shared_a_commit(client, journal)
+    commits = journal.stats.commits
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(actors[0].reserve("b", "GA", 1), timeout=5)
+    assert asyncio.get_running_loop().time() - started >= 0.3
+    assert journal.stats.commits == commits + 1
 
 
 async def test_buyers_who_think_between_requests_are_not_waited_for(
