@@ -247,7 +247,7 @@ class Journal:
             if not await self._woken_before(last):
                 return
             self._wanted = wanted
-            while (pending := len(self._pending)) < wanted and not self._closing:
+            while (pending := len(self._pending)) < wanted:
                 if await self._woken_before(min(last, loop.time() + limits.JOURNAL_LINGER_QUIET_S)):
                     return
                 if len(self._pending) == pending or loop.time() >= last:
