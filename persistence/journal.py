@@ -226,32 +226,36 @@ class Journal:
 
     async def _linger(self, appends: int) -> None:
         """Group commit across events: many actors append one batch each; those just answered come
-        back with their next ones within a few round trips. Wait (JOURNAL_LINGER_S) until as many
-        appends are pending, so that they share one transaction instead of alternating.
+        back with their next ones within a few round trips. Wait for as many appends, so that they
+        share one transaction instead of alternating.
 
         A busy server answers a whole commit's buyers before it reads their next requests, so
-        their appends come back as one burst, which can take longer than the wait. When fewer than
-        half of them came within it, the wait goes on (up to JOURNAL_LINGER_MAX_S) until they
-        come, and then while more of them keep coming (a pause of JOURNAL_LINGER_QUIET_S ends it).
-        Otherwise the few that came first would get a sync of their own, and hold the burst behind
-        it."""
+        their appends come back as one burst. The wait lasts until half of them are pending (at
+        most JOURNAL_LINGER_S; if that runs out with fewer, at most JOURNAL_LINGER_MAX_S: the burst
+        is late, not missing), then while more keep coming: a pause of JOURNAL_LINGER_QUIET_S ends
+        it. Otherwise the few that come first, or the few that come a commit late (an event's
+        second buyer waits for its first buyer's commit), would get a sync of their own, or hold
+        the burst's commit back."""
         wanted = min(appends, limits.JOURNAL_PENDING_APPENDS_MAX)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        last = started + limits.JOURNAL_LINGER_MAX_S
+        deadline = started + limits.JOURNAL_LINGER_S
+        extended = False
         try:
-            self._wanted = wanted
-            if await self._woken_before(started + limits.JOURNAL_LINGER_S) or 2 * len(self._pending) >= wanted:
-                return
-            self._wanted = (wanted + 1) // 2
-            if not await self._woken_before(last):
-                return
-            self._wanted = wanted
-            while (pending := len(self._pending)) < wanted:
-                if await self._woken_before(min(last, loop.time() + limits.JOURNAL_LINGER_QUIET_S)):
-                    return
-                if len(self._pending) == pending or loop.time() >= last:
-                    return
+            while (pending := len(self._pending)) < wanted and not self._closing:
+                if 2 * pending >= wanted:
+                    # Half are back: the rest of their burst comes right behind them, if at all.
+                    self._wanted = wanted
+                    woken = await self._woken_before(min(deadline, loop.time() + limits.JOURNAL_LINGER_QUIET_S))
+                    if not woken and (len(self._pending) == pending or loop.time() >= deadline):
+                        return
+                else:
+                    self._wanted = (wanted + 1) // 2
+                    if not await self._woken_before(deadline):
+                        if extended:
+                            return
+                        extended = True
+                        deadline = started + limits.JOURNAL_LINGER_MAX_S
         finally:
             self._wanted = 1
 

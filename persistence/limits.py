@@ -7,9 +7,9 @@ JOURNAL_COMMIT_RECORDS_MAX: Final = 8192
 # Appends waiting for the journal writer; beyond this an append fails at once (retryable).
 JOURNAL_PENDING_APPENDS_MAX: Final = 4096
 # Group commit across events: when at least JOURNAL_LINGER_FROM_APPENDS appends were active around
-# the last commit, the writer waits up to JOURNAL_LINGER_S for as many before the next one; when
-# fewer than half came by then, up to JOURNAL_LINGER_MAX_S for half, then while more keep coming
-# (a pause of JOURNAL_LINGER_QUIET_S ends it). See Journal._linger.
+# the last commit, the writer waits for as many before the next one: up to JOURNAL_LINGER_S until
+# half of them came (JOURNAL_LINGER_MAX_S if fewer than half came by then), then while more keep
+# coming (a pause of JOURNAL_LINGER_QUIET_S ends the wait). See Journal._linger.
 JOURNAL_LINGER_FROM_APPENDS: Final = 8
 JOURNAL_LINGER_S: Final = 0.010
 JOURNAL_LINGER_MAX_S: Final = 0.030

@@ -254,14 +254,25 @@ async def test_the_journal_waits_for_many_events_to_share_one_commit(
     # Group commit across events: ten actors' appends shared the last commit, so the writer waits
     # for ten before the next one, and their next appends share one transaction again.
     monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_S", 30.0)
-    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_MAX_S", 30.0)
     client, journal = faulty
     actors = await ten_events_that_shared_a_commit(client, journal)
     commits = journal.stats.commits
     second = [asyncio.create_task(actors[0].reserve("b", "GA", 1))]
-    await wait_until(lambda: journal._wanted == 10)  # lingering, with one append pending
+    await wait_until(lambda: journal._wanted == 5)  # lingering for half of them, with one pending
     second += [asyncio.create_task(actor.reserve("b", "GA", 1)) for actor in actors[1:]]
     await asyncio.wait_for(asyncio.gather(*second), timeout=5)
+    assert journal.stats.commits == commits + 1
+
+
+async def test_once_half_are_back_a_pause_ends_the_wait(faulty: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ten were active; six come back, four do not (their buyers think): the six share one commit,
+    # made once no append came for JOURNAL_LINGER_QUIET_S, not at the end of the wait (30 s here).
+    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_S", 30.0)
+    client, journal = faulty
+    actors = await ten_events_that_shared_a_commit(client, journal)
+    commits = journal.stats.commits
+    back = [asyncio.create_task(actor.reserve("b", "GA", 1)) for actor in actors[:6]]
+    await asyncio.wait_for(asyncio.gather(*back), timeout=10)
     assert journal.stats.commits == commits + 1
 
 
@@ -270,9 +281,8 @@ async def test_the_journal_waits_longer_for_appends_that_come_back_as_one_late_b
 ) -> None:
     # Ten were active; one append comes back within JOURNAL_LINGER_S, the other nine later, one
     # after another (a busy server answers a whole commit's buyers before it reads their next
-    # requests). Fewer than half had come, so the writer waited on for them, and once they came,
-    # while more kept coming: all ten share one commit, made after a pause of JOURNAL_LINGER_QUIET_S,
-    # long before JOURNAL_LINGER_MAX_S.
+    # requests). Fewer than half had come, so the writer waited on for them (JOURNAL_LINGER_MAX_S),
+    # and once half had come, while more kept coming: all ten share one commit.
     monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_S", 0.2)
     monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_MAX_S", 30.0)
     monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_QUIET_S", 1.0)
@@ -280,7 +290,8 @@ async def test_the_journal_waits_longer_for_appends_that_come_back_as_one_late_b
     actors = await ten_events_that_shared_a_commit(client, journal)
     commits = journal.stats.commits
     back = [asyncio.create_task(actors[0].reserve("b", "GA", 1))]
-    await wait_until(lambda: journal._wanted == 5)  # the wait ran out with one of ten: waiting for half
+    await wait_until(lambda: journal._wanted == 5)  # lingering for half of them, with one pending
+    await asyncio.sleep(0.5)  # past JOURNAL_LINGER_S
     back += [asyncio.create_task(actor.reserve("b", "GA", 1)) for actor in actors[1:6]]
     await wait_until(lambda: journal._wanted == 10)  # half are back: waiting while more come
     for actor in actors[6:]:
@@ -290,26 +301,11 @@ async def test_the_journal_waits_longer_for_appends_that_come_back_as_one_late_b
     assert journal.stats.commits == commits + 1
 
 
-async def test_once_the_burst_is_back_a_pause_ends_the_wait(faulty: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Ten were active; six come back late, four not at all (their buyers think): the six share one
-    # commit, made once no append came for JOURNAL_LINGER_QUIET_S, not at JOURNAL_LINGER_MAX_S.
-    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_S", 0.2)
-    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_MAX_S", 30.0)
-    client, journal = faulty
-    actors = await ten_events_that_shared_a_commit(client, journal)
-    commits = journal.stats.commits
-    back = [asyncio.create_task(actors[0].reserve("b", "GA", 1))]
-    await wait_until(lambda: journal._wanted == 5)
-    back += [asyncio.create_task(actor.reserve("b", "GA", 1)) for actor in actors[1:6]]
-    await asyncio.wait_for(asyncio.gather(*back), timeout=10)
-    assert journal.stats.commits == commits + 1
-
-
 async def test_the_journal_waits_at_most_its_bound_for_buyers_who_do_not_come_back(
     faulty: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Ten were active and one comes back: the writer waits for the rest up to JOURNAL_LINGER_MAX_S,
-    # then commits the one on its own.
+    # Ten were active and one comes back: the writer waits for half of them up to
+    # JOURNAL_LINGER_MAX_S, then commits the one on its own.
     monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_S", 0.1)
     monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_MAX_S", 0.3)
     client, journal = faulty
