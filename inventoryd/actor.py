@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import asyncpg
 import msgspec
@@ -76,6 +76,20 @@ class Outcome:
 
     result: Reservation | EventSummary | Rejected | None
     stored_answer: bytes | None = None
+
+
+@dataclass(slots=True)
+class _Work:
+    """What a batch has decided so far: its records (from `first_seq`), idempotency answers,
+    catalogue rows and replies; `error` if deciding a message that joined it failed."""
+
+    first_seq: int
+    kinds: list[str] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    answers: list[IdempotencyRow] = field(default_factory=list)
+    catalogue: list[CatalogueRow] = field(default_factory=list)
+    replies: list[tuple[_Message, Outcome]] = field(default_factory=list)
+    error: Exception | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -365,86 +379,47 @@ class EventActor:
 
     async def _process(self, batch: list[_Message], depth: int) -> None:
         inventory = self.inventory
-        now = self.clock()
         available_before = [state.available for state in inventory.ticket_types.values()]
-        first_seq = inventory.last_seq + 1
-        kinds: list[str] = []
-        bodies: list[bytes] = []
-        answers: list[IdempotencyRow] = []
-        catalogue: list[CatalogueRow] = []
-        replies: list[tuple[_Message, Outcome]] = []
-        stale_before = asyncio.get_running_loop().time() - limits.REQUEST_TIMEOUT_S
+        work = _Work(first_seq=inventory.last_seq + 1)
         inventory.begin()
         try:
-            for message in batch:
-                if message.future is not None and (message.future.done() or message.enqueued_at < stale_before):
-                    # The caller went away, or waited too long to be answered anything but "retry".
-                    _fail(message, Unavailable("the request waited too long for its event", code="overloaded"))
-                    continue
-                command = message.build(now)
-                decision = inventory.decide(command)
-                for record in decision.records:
-                    reservation_id = getattr(record, "reservation_id", None)
-                    if reservation_id is not None and reservation_id not in self._in_flight_previous:
-                        self._in_flight_previous[reservation_id] = inventory.reservations.get(reservation_id)
-                    inventory.apply(inventory.last_seq + 1, record)
-                    kinds.append(domain.record_kind(record))
-                    bodies.append(_ENCODER.encode(record))
-                    if isinstance(record, domain.EventCreated | domain.EventUpdated | domain.EventCancelled):
-                        assert inventory.definition is not None
-                        catalogue.append(_catalogue_row(inventory.definition, inventory.status))
-                outcome = self._outcome(command, decision, message.claim)
-                if outcome.stored_answer is not None:
-                    assert message.claim is not None
-                    answers.append(
-                        IdempotencyRow(
-                            message.claim.scope, message.claim.key, message.claim.fingerprint, outcome.stored_answer
-                        )
-                    )
-                replies.append((message, outcome))
+            self._decide(batch, work)
         except Exception as error:
-            # A bug in decide or apply (an invariant failed): nothing of this batch is sent.
-            inventory.rollback()
-            self._in_flight_previous.clear()
-            for message in batch:
-                _fail(message, Unavailable("internal error; retry"))
-            log.error(
-                "actor_batch_failed",
-                event_id=self.event_id,
-                error=repr(error),
-                request_ids=[message.request_id for message in batch if message.request_id],
+            self._batch_failed(batch, error)
+        if work.kinds or work.answers:
+            append = Append(
+                self.event_id,
+                work.first_seq,
+                work.kinds,
+                work.bodies,
+                epoch=self.epoch,
+                idempotency=work.answers,
+                catalogue=work.catalogue,
             )
-            raise ActorRestartRequired(repr(error)) from error
-        if kinds or answers:
+            # Messages that come while the append waits for the journal (this event's next buyers,
+            # who would otherwise wait for this commit and the next) join it before it is written.
+            append.before_write = lambda: self._join_queued(batch, work)
             try:
-                await self.journal.append(
-                    Append(
-                        self.event_id,
-                        first_seq,
-                        kinds,
-                        bodies,
-                        epoch=self.epoch,
-                        idempotency=answers,
-                        catalogue=catalogue,
-                    )
-                )
+                await self.journal.append(append)
             except AppendFailed as error:
+                if work.error is not None:
+                    self._batch_failed(batch, work.error)
                 inventory.rollback()
                 self._in_flight_previous.clear()
-                for message, _ in replies:
+                for message, _ in work.replies:
                     _fail(message, Unavailable("the change could not be saved; retry"))
                 log.warning(
                     "actor_batch_rolled_back",
                     event_id=self.event_id,
-                    messages=len(replies),
+                    messages=len(work.replies),
                     error=str(error),
-                    request_ids=[message.request_id for message, _ in replies if message.request_id],
+                    request_ids=[message.request_id for message, _ in work.replies if message.request_id],
                 )
                 self._schedule_expiry()
                 return
             except (AppendOutcomeUnknown, asyncio.CancelledError) as error:
                 # Unknown: the log knows whether this batch committed; the state here cannot.
-                for message, _ in replies:
+                for message, _ in work.replies:
                     _fail(message, Unavailable("the outcome is not known yet; retry with the same Idempotency-Key"))
                 self._in_flight_previous.clear()
                 if isinstance(error, asyncio.CancelledError):
@@ -453,13 +428,13 @@ class EventActor:
         inventory.commit()
         self._in_flight_previous.clear()
         self._publish()
-        for message, outcome in replies:
+        for message, outcome in work.replies:
             if message.future is not None and not message.future.done():
                 message.future.set_result(outcome)
         if self.on_batch is not None:
             self.on_batch(len(batch), depth)
-        if kinds:
-            self._log_domain_events(kinds, available_before)
+        if work.kinds:
+            self._log_domain_events(work.kinds, available_before)
         self._schedule_expiry()
         if self.snapshot_due() and (self._snapshot_task is None or self._snapshot_task.done()):
             # Encoded now, between batches (so it is committed state), written by a task the
@@ -467,6 +442,67 @@ class EventActor:
             self._snapshot_task = asyncio.create_task(
                 self._store_snapshot(self.inventory.last_seq, self.inventory.snapshot()), name=f"snapshot:{self.event_id}"
             )
+
+    def _decide(self, messages: list[_Message], work: _Work) -> None:
+        """Decide and apply `messages` in order, adding their records and answers to `work`."""
+        inventory = self.inventory
+        now = self.clock()
+        stale_before = asyncio.get_running_loop().time() - limits.REQUEST_TIMEOUT_S
+        for message in messages:
+            if message.future is not None and (message.future.done() or message.enqueued_at < stale_before):
+                # The caller went away, or waited too long to be answered anything but "retry".
+                _fail(message, Unavailable("the request waited too long for its event", code="overloaded"))
+                continue
+            command = message.build(now)
+            decision = inventory.decide(command)
+            for record in decision.records:
+                reservation_id = getattr(record, "reservation_id", None)
+                if reservation_id is not None and reservation_id not in self._in_flight_previous:
+                    self._in_flight_previous[reservation_id] = inventory.reservations.get(reservation_id)
+                inventory.apply(inventory.last_seq + 1, record)
+                work.kinds.append(domain.record_kind(record))
+                work.bodies.append(_ENCODER.encode(record))
+                if isinstance(record, domain.EventCreated | domain.EventUpdated | domain.EventCancelled):
+                    assert inventory.definition is not None
+                    work.catalogue.append(_catalogue_row(inventory.definition, inventory.status))
+            outcome = self._outcome(command, decision, message.claim)
+            if outcome.stored_answer is not None:
+                assert message.claim is not None
+                work.answers.append(
+                    IdempotencyRow(message.claim.scope, message.claim.key, message.claim.fingerprint, outcome.stored_answer)
+                )
+            work.replies.append((message, outcome))
+
+    def _join_queued(self, batch: list[_Message], work: _Work) -> bool:
+        """The journal is about to write this batch's append: the messages queued meanwhile join it
+        (up to BATCH_MESSAGES_MAX in all). Runs while the actor waits for exactly this append, so
+        nothing else touches the inventory. False withdraws the append: deciding failed (a bug)."""
+        if not self._running:
+            return True
+        joining = self._mailbox.take_nowait(limits.BATCH_MESSAGES_MAX - len(batch))
+        if not joining:
+            return True
+        batch.extend(joining)
+        try:
+            self._decide(joining, work)
+        except Exception as error:
+            work.error = error
+            return False
+        return True
+
+    def _batch_failed(self, batch: list[_Message], error: Exception) -> NoReturn:
+        """A bug in decide or apply (an invariant failed): nothing of this batch is sent."""
+        self.inventory.rollback()
+        self._in_flight_previous.clear()
+        for message in batch:
+            _fail(message, Unavailable("internal error; retry"))
+        log.error(
+            "actor_batch_failed",
+            event_id=self.event_id,
+            error=repr(error),
+            request_ids=[message.request_id for message in batch if message.request_id],
+        )
+        raise ActorRestartRequired(repr(error)) from error
 
     def snapshot_due(self) -> bool:
         tail = self.inventory.last_seq - self.snapshot_seq

@@ -42,6 +42,10 @@ class AppendFailed(Exception):
         self.refused = refused
 
 
+class AppendWithdrawn(AppendFailed):
+    """The append's owner took it back before it was written (its `before_write` said so)."""
+
+
 class AppendOutcomeUnknown(Exception):
     """The append may or may not have been committed; the log must be read to know."""
 
@@ -84,6 +88,10 @@ class Append:
     epoch: int = 0
     idempotency: Sequence[IdempotencyRow] = ()
     catalogue: Sequence[CatalogueRow] = ()
+    # Called by the writer just before it takes the append into a transaction: the owner may add
+    # to its lists what it decided meanwhile (the append is still its own until then), or answer
+    # False to withdraw it (AppendWithdrawn).
+    before_write: Callable[[], bool] | None = field(default=None, repr=False)
     future: asyncio.Future[None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -204,6 +212,8 @@ class Journal:
             if active >= limits.JOURNAL_LINGER_FROM_APPENDS and len(self._pending) < active and not self._closing:
                 await self._linger(active)
             taken = self._take()
+            if not taken:  # every pending append was withdrawn
+                continue
             try:
                 await self._write(taken)
             except AppendFailed as error:
@@ -283,10 +293,17 @@ class Journal:
                 _settle([batch], None)
 
     def _take(self) -> list[Append]:
-        taken = [self._pending.popleft()]
-        records = len(taken[0].kinds)
-        while self._pending and records + len(self._pending[0].kinds) <= limits.JOURNAL_COMMIT_RECORDS_MAX:
-            batch = self._pending.popleft()
+        taken: list[Append] = []
+        records = 0
+        while self._pending:
+            batch = self._pending[0]
+            if batch.before_write is not None and not batch.before_write():
+                self._pending.popleft()
+                _settle([batch], AppendWithdrawn("withdrawn by its owner before it was written"))
+                continue
+            if taken and records + len(batch.kinds) > limits.JOURNAL_COMMIT_RECORDS_MAX:
+                break
+            self._pending.popleft()
             records += len(batch.kinds)
             taken.append(batch)
         return taken

@@ -50,7 +50,9 @@ class FaultyJournal(Journal):
     - "fail": refused before anything is written (AppendFailed);
     - "unknown_lost": nothing is written, but the caller is told the outcome is unknown;
     - "unknown_committed": written and committed, and the caller is told the outcome is unknown.
-    While `gate` is set and not open, appends wait at the door: a commit held in flight.
+    While `gate` is set and not open, appends wait at the door, before the journal has them. While
+    `write_gate` is set and not open, the writer holds each transaction before it sends it: a
+    commit in flight, which messages that come meanwhile cannot join.
     """
 
     def __init__(self, dsn: str) -> None:
@@ -58,6 +60,8 @@ class FaultyJournal(Journal):
         self.faults: deque[str] = deque()
         self.gate: asyncio.Event | None = None
         self.waiting_at_gate = 0
+        self.write_gate: asyncio.Event | None = None
+        self.writes_at_gate = 0
 
     async def append(self, batch: Append) -> None:
         if self.gate is not None and not self.gate.is_set():
@@ -74,6 +78,15 @@ class FaultyJournal(Journal):
         await super().append(batch)
         if fault == "unknown_committed":
             raise AppendOutcomeUnknown("injected: committed, but the answer was lost")
+
+    async def _write(self, batches: list[Append]) -> None:
+        if self.write_gate is not None and not self.write_gate.is_set():
+            self.writes_at_gate += 1
+            try:
+                await self.write_gate.wait()
+            finally:
+                self.writes_at_gate -= 1
+        await super()._write(batches)
 
 
 async def wait_until(condition: Any, timeout_s: float = 10.0) -> None:

@@ -67,9 +67,9 @@ async def test_failed_commit_rolls_back_and_answers_retryable_503(faulty: Any, d
 async def test_a_failed_batch_answers_every_message_in_it(faulty: Any, db: Any) -> None:
     client, journal = faulty
     event = await create_event(client)
-    journal.gate = asyncio.Event()
+    journal.write_gate = asyncio.Event()
     first = asyncio.create_task(client.post(f"/v1/events/{event['id']}/reservations", json=BODY))
-    await wait_until(lambda: journal.waiting_at_gate == 1)
+    await wait_until(lambda: journal.writes_at_gate == 1)
     # These pile up behind the held commit and become one batch, which will fail as a whole.
     rest = [
         asyncio.create_task(client.post(f"/v1/events/{event['id']}/reservations", json=BODY | {"user_id": f"u{i}"}))
@@ -77,8 +77,8 @@ async def test_a_failed_batch_answers_every_message_in_it(faulty: Any, db: Any) 
     ]
     actor = client.app[keys.REGISTRY].get(event["id"])
     await wait_until(lambda: actor.mailbox_depth() == 20)
-    journal.faults.extend([None, "fail"])  # the held batch commits; the next one fails
-    journal.gate.set()
+    journal.faults.append("fail")  # the held batch (past the faults already) commits; the next one fails
+    journal.write_gate.set()
     assert (await first).status == 201
     statuses = [(await task).status for task in rest]
     assert statuses == [503] * 20
@@ -164,6 +164,65 @@ async def test_full_mailbox_answers_at_once(faulty: Any) -> None:
     assert all(outcome.result is not None and outcome.result.status == "held" for outcome in outcomes)
 
 
+async def held_commit_with_an_append_waiting_behind_it(client: Any, journal: FaultyJournal) -> tuple[Any, Any]:
+    """Another event's commit held in flight, and one reservation of a new event's actor waiting
+    in the journal behind it (appended, not yet taken)."""
+    other = client.app[keys.REGISTRY].get((await create_event(client, name="other"))["id"])
+    event = await create_event(client)
+    actor = client.app[keys.REGISTRY].get(event["id"])
+    journal.write_gate = asyncio.Event()
+    held = asyncio.create_task(other.reserve("o", "GA", 1))
+    await wait_until(lambda: journal.writes_at_gate == 1)
+    waiting = asyncio.create_task(actor.reserve("first", "GA", 1))
+    await wait_until(lambda: len(journal._pending) == 1)
+    return actor, (held, waiting)
+
+
+async def test_messages_that_come_while_the_append_waits_in_the_journal_join_it(faulty: Any, db: Any) -> None:
+    # An event's next buyers would otherwise wait for this commit and then the next: they join the
+    # batch whose append the journal has not taken yet, and share its transaction.
+    client, journal = faulty
+    actor, (held, waiting) = await held_commit_with_an_append_waiting_behind_it(client, journal)
+    joining = [asyncio.create_task(actor.reserve(f"u{i}", "GA", 1)) for i in range(5)]
+    await wait_until(lambda: actor.mailbox_depth() == 5)
+    commits = journal.stats.commits
+    journal.write_gate.set()
+    outcomes = await asyncio.wait_for(asyncio.gather(held, waiting, *joining), timeout=5)
+    assert all(outcome.result.status == "held" for outcome in outcomes)
+    assert journal.stats.commits == commits + 2  # the held one, then the event's six together
+    assert actor.inventory.last_seq == 1 + 6
+    await assert_memory_matches_log(client, db, actor.event_id)
+
+
+async def test_a_joining_message_that_fails_to_decide_withdraws_the_whole_batch(
+    faulty: Any, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bug in deciding a message that joins a waiting append: nothing of that batch is written,
+    # every message in it is answered 503, and the actor is rebuilt from the log.
+    client, journal = faulty
+    registry = client.app[keys.REGISTRY]
+    actor, (held, waiting) = await held_commit_with_an_append_waiting_behind_it(client, journal)
+    original = Inventory._decide_reserve
+
+    def bomb(self: Inventory, command: Any) -> Any:
+        if command.user_id == "boom":
+            raise RuntimeError("a bug in decide")
+        return original(self, command)
+
+    monkeypatch.setattr(Inventory, "_decide_reserve", bomb)
+    joining = asyncio.create_task(actor.reserve("boom", "GA", 1))
+    await wait_until(lambda: actor.mailbox_depth() == 1)
+    journal.write_gate.set()
+    assert (await held).result.status == "held"
+    for task in (waiting, joining):
+        with pytest.raises(Unavailable):
+            await asyncio.wait_for(task, timeout=5)
+    await wait_until(lambda: registry.stats.actors_restarted == 1 and registry.get(actor.event_id).running)
+    assert await available(client, actor.event_id) == 100
+    assert registry.get(actor.event_id).inventory.last_seq == 1  # only the event's creation
+    await assert_memory_matches_log(client, db, actor.event_id)
+
+
 async def test_a_crashing_actor_is_restarted_and_the_others_run_on(
     faulty: Any, db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -208,12 +267,12 @@ async def twenty_one_buyers_waited_for(client: Any, journal: FaultyJournal) -> t
     actor = client.app[keys.REGISTRY].get(event["id"])
     batches: list[int] = []
     actor.on_batch = lambda messages, depth: batches.append(messages)
-    journal.gate = asyncio.Event()
+    journal.write_gate = asyncio.Event()
     first = asyncio.create_task(actor.reserve("u0", "GA", 1))
-    await wait_until(lambda: journal.waiting_at_gate == 1)
+    await wait_until(lambda: journal.writes_at_gate == 1)
     queued = [asyncio.create_task(actor.reserve(f"u{i}", "GA", 1)) for i in range(1, 21)]
     await wait_until(lambda: actor.mailbox_depth() == 20)
-    journal.gate.set()
+    journal.write_gate.set()
     await first
     await wait_until(lambda: actor._mailbox._wanted == 21)  # waiting, with 20 queued
     queued.append(asyncio.create_task(actor.reserve("u21", "GA", 1)))
@@ -329,12 +388,12 @@ async def test_buyers_who_think_between_requests_are_not_waited_for(
     assert batches == [1, 21]
     # One buyer back, twenty thinking: the wait (short now) runs out.
     monkeypatch.setattr(limits, "BATCH_LINGER_S", 0.05)
-    journal.gate = asyncio.Event()
+    journal.write_gate = asyncio.Event()
     alone = asyncio.create_task(actor.reserve("u22", "GA", 1))
-    await wait_until(lambda: journal.waiting_at_gate == 1)
+    await wait_until(lambda: journal.writes_at_gate == 1)
     later = [asyncio.create_task(actor.reserve(f"u{i}", "GA", 1)) for i in range(23, 33)]
     await wait_until(lambda: actor.mailbox_depth() == 10)
     monkeypatch.setattr(limits, "BATCH_LINGER_S", 30.0)
-    journal.gate.set()
+    journal.write_gate.set()
     await asyncio.wait_for(asyncio.gather(alone, *later), timeout=5)
     assert batches == [1, 21, 1, 10]

@@ -1,8 +1,9 @@
 """Deterministic simulation: the real EventActor against a journal that fails according to a seed.
 
 Method: the simulated journal keeps the log in memory and, by the seed, delays an append (yields to
-the loop), refuses it (AppendFailed), loses it (AppendOutcomeUnknown, nothing written), or writes it
-and then loses the answer (AppendOutcomeUnknown, written). Concurrent groups of seeded commands go to
+the loop), takes it (the messages queued meanwhile join it, as with the real journal), refuses it
+(AppendFailed), loses it (AppendOutcomeUnknown, nothing written), or writes it and then loses the
+answer (AppendOutcomeUnknown, written). Concurrent groups of seeded commands go to
 the actor through its public API while a small supervisor, as the registry does, rebuilds it from
 the simulated log whenever it must restart. After every group, with the actor idle: its state equals
 a replay of the log, every invariant holds, and every acknowledged outcome is in the log, never
@@ -24,7 +25,7 @@ import pytest
 from inventoryd import domain
 from inventoryd.actor import ActorRestartRequired, EventActor, Unavailable
 from inventoryd.domain import EventDefinition, Inventory, Rejected, Reservation, TicketTypeDefinition
-from persistence.journal import Append, AppendFailed, AppendOutcomeUnknown, LogAhead
+from persistence.journal import Append, AppendFailed, AppendOutcomeUnknown, AppendWithdrawn, LogAhead
 from tests.helpers import FakeClock
 
 SEEDS = [int(os.environ["INVENTORYD_SIM_SEED"])] if "INVENTORYD_SIM_SEED" in os.environ else list(range(10))
@@ -40,6 +41,10 @@ class SimulatedJournal:
         self.faults = {"refused": 0, "lost": 0, "written_then_lost": 0, "committed": 0}
 
     async def append(self, batch: Append) -> None:
+        for _ in range(self.rng.randrange(3)):
+            await asyncio.sleep(0)  # waiting to be taken: other callers run meanwhile
+        if batch.before_write is not None and not batch.before_write():  # taken: what queued joins it
+            raise AppendWithdrawn("simulated: withdrawn")
         for _ in range(self.rng.randrange(3)):
             await asyncio.sleep(0)  # a slow commit: other callers run meanwhile
         roll = self.rng.random()
