@@ -7,7 +7,8 @@ Targets, each a separate process on 127.0.0.1, measured one after the other in t
   (b) baseline  the conventional design on the same stack: SELECT … FOR UPDATE, UPDATE, INSERT, COMMIT
   (c) inventoryd, as shipped: a service token, authentication and rate limits on
   (c0) inventoryd-open: the same with INVENTORYD_AUTH=off and INVENTORYD_RATE_LIMITS=off, to price them
-Scenarios: every reservation at one hot event, and spread over --events events. Load comes from wrk
+Scenarios: every reservation at one hot event, and spread over --events events (and, when asked
+for, mixed: half of them at one event, half spread over --events events). Load comes from wrk
 (--connections connections, 2 threads) with loadtests/wrk_reserve.lua. Reported per target: accepted
 reservations per second, p50/p99 latency, PostgreSQL transactions and WAL syncs (pg_stat_wal) per
 accepted reservation and the time one WAL sync took, the server's CPU per request and how busy it
@@ -294,6 +295,8 @@ async def measure(
             ids = [f"evt_noop{index}" for index in range(events)]
             accepted_query = ""
         events_file = scratch / f"{target}-{scenario}.txt"
+        if scenario == "mixed":  # wrk picks an id at random: half of the picks are the first event
+            ids = ids + [ids[0]] * len(ids)
         events_file.write_text("\n".join(ids) + "\n")
         run_wrk(base, events_file, WARMUP_S, args.connections, token)
         before_rows = await count_rows(database_url, accepted_query) if accepted_query else 0
@@ -367,7 +370,7 @@ async def run(args: argparse.Namespace, admin_url: str, scratch: Path) -> list[R
     """Every target, --repeat times, interleaved and in alternating order (a b c, c b a, a b c …)
     so that a slow spell of the machine, or PostgreSQL's checkpoint after the previous target's
     writes, hits them alike; the table shows each one's median run."""
-    scenarios = {"hot": 1, "spread": args.events}
+    scenarios = {"hot": 1, "spread": args.events, "mixed": args.events}
     results = []
     for scenario in args.scenarios.split(","):
         runs: dict[str, list[Result]] = {target: [] for target in args.targets.split(",")}
@@ -391,8 +394,8 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds of measured load per target")
     parser.add_argument("--repeat", type=int, default=1, help="runs per target, interleaved; the median is shown")
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--events", type=int, default=1000, help="events in the spread scenario")
-    parser.add_argument("--scenarios", default="hot,spread")
+    parser.add_argument("--events", type=int, default=1000, help="events in the spread and mixed scenarios")
+    parser.add_argument("--scenarios", default="hot,spread", help="hot, spread, mixed (comma-separated)")
     parser.add_argument("--targets", default="noop,baseline,inventoryd-open,inventoryd")
     parser.add_argument("--no-access-log", dest="access_log", action="store_false", help="inventoryd without access lines")
     parser.add_argument("--json", type=Path, help="also write the results here")
