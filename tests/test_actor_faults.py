@@ -291,8 +291,14 @@ async def test_a_busy_event_waits_for_its_buyers_to_share_one_commit(
     assert batches == [1, 21]
 
 
-async def ten_events_that_shared_a_commit(client: Any, journal: FaultyJournal) -> list[Any]:
-    """Ten events whose actors' appends shared the last commit: the writer now waits for ten."""
+async def ten_events_that_shared_a_commit(
+    faulty: Any, monkeypatch: pytest.MonkeyPatch, **bounds: float
+) -> tuple[FaultyJournal, list[Any], int]:
+    """The journal's `bounds` set, then ten events whose actors' appends shared the last commit:
+    the writer now waits for ten. Returns the journal, the actors and the commits so far."""
+    for name, value in bounds.items():
+        monkeypatch.setattr(journal_limits, name, value)
+    client, journal = faulty
     actors = []
     for _ in range(10):
         event = await create_event(client, ticket_types=[{"code": "GA", "name": "GA", "price": 1, "capacity": 10}])
@@ -304,7 +310,7 @@ async def ten_events_that_shared_a_commit(client: Any, journal: FaultyJournal) -
     journal.gate.set()
     await asyncio.gather(*first)
     assert journal.stats.commits == commits + 1
-    return actors
+    return journal, actors, journal.stats.commits
 
 
 async def test_the_journal_waits_for_many_events_to_share_one_commit(
@@ -312,10 +318,7 @@ async def test_the_journal_waits_for_many_events_to_share_one_commit(
 ) -> None:
     # Group commit across events: ten actors' appends shared the last commit, so the writer waits
     # for ten before the next one, and their next appends share one transaction again.
-    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_S", 30.0)
-    client, journal = faulty
-    actors = await ten_events_that_shared_a_commit(client, journal)
-    commits = journal.stats.commits
+    journal, actors, commits = await ten_events_that_shared_a_commit(faulty, monkeypatch, JOURNAL_LINGER_S=30.0)
     second = [asyncio.create_task(actors[0].reserve("b", "GA", 1))]
     await wait_until(lambda: journal._wanted == 5)  # lingering for half of them, with one pending
     second += [asyncio.create_task(actor.reserve("b", "GA", 1)) for actor in actors[1:]]
@@ -326,10 +329,7 @@ async def test_the_journal_waits_for_many_events_to_share_one_commit(
 async def test_once_half_are_back_a_pause_ends_the_wait(faulty: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # Ten were active; six come back, four do not (their buyers think): the six share one commit,
     # made once no append came for JOURNAL_LINGER_QUIET_S, not at the end of the wait (30 s here).
-    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_S", 30.0)
-    client, journal = faulty
-    actors = await ten_events_that_shared_a_commit(client, journal)
-    commits = journal.stats.commits
+    journal, actors, commits = await ten_events_that_shared_a_commit(faulty, monkeypatch, JOURNAL_LINGER_S=30.0)
     back = [asyncio.create_task(actor.reserve("b", "GA", 1)) for actor in actors[:6]]
     await asyncio.wait_for(asyncio.gather(*back), timeout=10)
     assert journal.stats.commits == commits + 1
@@ -342,12 +342,9 @@ async def test_the_journal_waits_longer_for_appends_that_come_back_as_one_late_b
     # after another (a busy server answers a whole commit's buyers before it reads their next
     # requests). Fewer than half had come, so the writer waited on for them (JOURNAL_LINGER_MAX_S),
     # and once half had come, while more kept coming: all ten share one commit.
-    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_S", 0.2)
-    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_MAX_S", 30.0)
-    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_QUIET_S", 1.0)
-    client, journal = faulty
-    actors = await ten_events_that_shared_a_commit(client, journal)
-    commits = journal.stats.commits
+    journal, actors, commits = await ten_events_that_shared_a_commit(
+        faulty, monkeypatch, JOURNAL_LINGER_S=0.2, JOURNAL_LINGER_MAX_S=30.0, JOURNAL_LINGER_QUIET_S=1.0
+    )
     back = [asyncio.create_task(actors[0].reserve("b", "GA", 1))]
     await wait_until(lambda: journal._wanted == 5)  # lingering for half of them, with one pending
     await asyncio.sleep(0.5)  # past JOURNAL_LINGER_S
@@ -365,11 +362,9 @@ async def test_the_journal_waits_at_most_its_bound_for_buyers_who_do_not_come_ba
 ) -> None:
     # Ten were active and one comes back: the writer waits for half of them up to
     # JOURNAL_LINGER_MAX_S, then commits the one on its own.
-    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_S", 0.1)
-    monkeypatch.setattr(journal_limits, "JOURNAL_LINGER_MAX_S", 0.3)
-    client, journal = faulty
-    actors = await ten_events_that_shared_a_commit(client, journal)
-    commits = journal.stats.commits
+    journal, actors, commits = await ten_events_that_shared_a_commit(
+        faulty, monkeypatch, JOURNAL_LINGER_S=0.1, JOURNAL_LINGER_MAX_S=0.3
+    )
     started = asyncio.get_running_loop().time()
     await asyncio.wait_for(actors[0].reserve("b", "GA", 1), timeout=5)
     assert asyncio.get_running_loop().time() - started >= 0.3
