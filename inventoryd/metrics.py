@@ -62,6 +62,7 @@ class Metrics:
         self.commit_seconds = Histogram(_LATENCY_BUCKETS_S)
         self.commit_records = Histogram(_COUNT_BUCKETS)
         self.commit_appends = Histogram(_COUNT_BUCKETS)
+        self.journal_wait_seconds = Histogram(_LATENCY_BUCKETS_S)
         self.registry.register(_HotPathCollector(self))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -84,6 +85,9 @@ class Metrics:
         self.commit_seconds.observe(seconds)
         self.commit_records.observe(records)
         self.commit_appends.observe(appends)
+
+    def observe_journal_wait(self, seconds: float) -> None:
+        self.journal_wait_seconds.observe(seconds)
 
     def watch(self, registry: Registry, journal: Journal) -> None:
         self.registry.register(_StateCollector(registry, journal))
@@ -132,6 +136,11 @@ class _HotPathCollector(Collector):
         yield _histogram_family("inventoryd_journal_commit_records", "Records per journal transaction", metrics.commit_records)
         yield _histogram_family(
             "inventoryd_journal_commit_appends", "Actor appends coalesced into one journal transaction", metrics.commit_appends
+        )
+        yield _histogram_family(
+            "inventoryd_journal_wait_seconds",
+            "Time the journal waited for more appends before a transaction (group commit under load)",
+            metrics.journal_wait_seconds,
         )
 
 

@@ -165,6 +165,8 @@ class Journal:
         self.stats = JournalStats()
         # Told of every commit: (seconds, records, appends coalesced); metrics hook in here.
         self.on_commit: Callable[[float, int, int], None] | None = None
+        # Told how long each group-commit wait lasted (seconds).
+        self.on_wait: Callable[[float], None] | None = None
 
     async def start(self) -> None:
         assert self._writer is None
@@ -210,7 +212,10 @@ class Journal:
                 await self._wakeup.wait()
                 continue
             if active >= limits.JOURNAL_LINGER_FROM_APPENDS and len(self._pending) < active and not self._closing:
+                started = time.perf_counter()
                 await self._linger(active)
+                if self.on_wait is not None:
+                    self.on_wait(time.perf_counter() - started)
             taken = self._take()
             if not taken:  # every pending append was withdrawn
                 continue

@@ -324,6 +324,8 @@ async def test_the_journal_waits_for_many_events_to_share_one_commit(
     second += [asyncio.create_task(actor.reserve("b", "GA", 1)) for actor in actors[1:]]
     await asyncio.wait_for(asyncio.gather(*second), timeout=5)
     assert journal.stats.commits == commits + 1
+    waits = faulty[0].app[keys.METRICS].journal_wait_seconds
+    assert sum(waits.counts) == 1 and 0 < waits.sum < 5  # the wait is in the metrics
 
 
 async def test_once_half_are_back_a_pause_ends_the_wait(faulty: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -51,6 +51,7 @@ async def test_metrics(client: Any) -> None:
     assert found[("inventoryd_reservations_total", (("outcome", "sold_out"),))] == 1
     assert found[("inventoryd_journal_commit_duration_seconds_count", ())] >= 4
     assert found[("inventoryd_journal_commit_records_sum", ())] >= 4
+    assert found[("inventoryd_journal_wait_seconds_count", ())] == 0  # one buyer at a time: no group to wait for
     assert found[("inventoryd_actor_batch_messages_count", ())] >= 4
     assert found[("inventoryd_actors", ())] == 1 and found[("inventoryd_actors_running", ())] == 1
     assert found[("inventoryd_ready", ())] == 1

@@ -201,6 +201,7 @@ def create_app(
         pool = await store.create_pool(database_url, max_size=settings.db_pool_size)
         journal = journal_factory(database_url)
         journal.on_commit = metrics.observe_commit
+        journal.on_wait = metrics.observe_journal_wait
         await journal.start()
         idempotency = IdempotencyStore(pool)
         await idempotency.load()
