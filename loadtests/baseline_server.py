@@ -26,6 +26,14 @@ CREATE TABLE IF NOT EXISTS baseline_reservations (
 POOL = web.AppKey("pool", asyncpg.Pool)
 
 
+async def reset_if_interrupted(connection: asyncpg.Connection) -> None:
+    """What the pool does to a connection given back. Its default (`Connection.reset`) sends a reset
+    query: a round trip and a transaction per request. Every request here ends its transaction and
+    sets no session state, so only one cut off mid-transaction has anything to undo."""
+    if connection.is_in_transaction():
+        await connection.execute("ROLLBACK")
+
+
 async def reserve(request: web.Request) -> web.Response:
     body = RESERVATION_DECODER.decode(await request.read())
     event_id = request.match_info["event_id"]
@@ -62,7 +70,7 @@ def main() -> None:
     port, database_url = int(sys.argv[1]), sys.argv[2]
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
-        app[POOL] = await asyncpg.create_pool(database_url, min_size=16, max_size=64)
+        app[POOL] = await asyncpg.create_pool(database_url, min_size=16, max_size=64, reset=reset_if_interrupted)
         yield
         await app[POOL].close()
 
