@@ -184,6 +184,10 @@ class EventActor:
     # Stores a snapshot (event id, seq, state); the log position of the latest one written.
     write_snapshot: Callable[[str, int, bytes], Awaitable[None]] | None = None
     snapshot_seq: int = 0
+    # The log position of the latest snapshot that could not be written: the next try waits for
+    # as many records again, so that a write that keeps failing (a snapshot too large for
+    # DB_TIMEOUT_S, say) is not encoded and sent again after every batch.
+    snapshot_failed_seq: int = 0
     _snapshot_task: asyncio.Task[None] | None = None
 
     # -- the callers' side ----------------------------------------------------------------------
@@ -505,7 +509,7 @@ class EventActor:
         raise ActorRestartRequired(repr(error)) from error
 
     def snapshot_due(self) -> bool:
-        tail = self.inventory.last_seq - self.snapshot_seq
+        tail = self.inventory.last_seq - max(self.snapshot_seq, self.snapshot_failed_seq)
         return tail >= max(limits.SNAPSHOT_EVERY_RECORDS, limits.SNAPSHOT_TAIL_RATIO * len(self.inventory.reservations))
 
     async def snapshot_now(self) -> None:
@@ -521,6 +525,7 @@ class EventActor:
             await self.write_snapshot(self.event_id, seq, state)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
             log.warning("snapshot_failed", event_id=self.event_id, seq=seq, error=repr(error))
+            self.snapshot_failed_seq = max(self.snapshot_failed_seq, seq)
             return
         self.snapshot_seq = max(self.snapshot_seq, seq)
 

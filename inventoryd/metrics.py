@@ -173,6 +173,11 @@ class _StateCollector(Collector):
             "inventoryd_recovery_duration_seconds", "How long start-up took to rebuild every actor", value=stats.recovery_seconds
         )
         yield GaugeMetricFamily("inventoryd_recovery_records", "Log records replayed at start-up", value=stats.recovered_records)
+        yield CounterMetricFamily("inventoryd_snapshots_written", "Actor snapshots written", value=stats.snapshots_written)
+        yield CounterMetricFamily(
+            "inventoryd_snapshot_failures", "Actor snapshots that could not be written (retried after as many records again)",
+            value=stats.snapshots_failed,
+        )
         yield GaugeMetricFamily("inventoryd_ready", "1 once start-up knows every event (actors may still be rebuilt) and while not draining", value=float(registry.ready))
         journal = self._journal.stats
         yield CounterMetricFamily("inventoryd_journal_commits", "Journal transactions committed", value=journal.commits)

@@ -69,6 +69,8 @@ class RegistryStats:
     ready_seconds: float = 0.0
     recovery_seconds: float = 0.0
     recovered_records: int = 0
+    snapshots_written: int = 0
+    snapshots_failed: int = 0
 
 
 @dataclass(eq=False)
@@ -210,8 +212,13 @@ class Registry:
         )
 
     async def _write_snapshot(self, event_id: str, seq: int, state: bytes) -> None:
-        async with self.pool.acquire() as connection:
-            await store.write_snapshot(connection, event_id, seq, state)
+        try:
+            async with self.pool.acquire() as connection:
+                await store.write_snapshot(connection, event_id, seq, state)
+        except BaseException:
+            self.stats.snapshots_failed += 1
+            raise
+        self.stats.snapshots_written += 1
 
     async def snapshot_long_tails(self) -> int:
         """After recovery: snapshot every event whose replayed tail was long, so that the next

@@ -3,7 +3,8 @@ loads the latest snapshot and replays only the tail, and the result is exactly t
 
 Method: a small snapshot interval (patched), real history over HTTP, a restart, then a field-by-field
 comparison and a look at how many records recovery replayed; the audit checks the snapshot against
-the log, and a corrupted snapshot is caught.
+the log, and a corrupted snapshot is caught. A database that refuses snapshots (a constraint no row
+passes) shows how often a failing one is tried again.
 """
 
 from __future__ import annotations
@@ -60,3 +61,40 @@ async def test_restart_from_snapshot_and_tail(start: Any, db: Any, monkeypatch: 
     )
     results = await audit(db)
     assert any("snapshot" in problem for result in results for problem in result.problems)
+
+
+async def test_a_snapshot_that_cannot_be_written_is_tried_again_only_after_as_many_records(
+    start: Any, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A failing snapshot write costs a longer recovery, and no more: it is not encoded and sent
+    # again after every batch (for a large event, a snapshot too big for DB_TIMEOUT_S would be).
+    monkeypatch.setattr(limits, "SNAPSHOT_EVERY_RECORDS", EVERY)
+    monkeypatch.setattr(limits, "SNAPSHOT_TAIL_RATIO", 0.0)
+    client = await start()
+    event = await create_event(client, ticket_types=[{"code": "GA", "name": "GA", "price": 10, "capacity": 1000}])
+    registry = client.app[keys.REGISTRY]
+    actor = registry.get(event["id"])
+    # The database refuses every snapshot from now on (a real refusal: a constraint no row passes).
+    await db.execute("ALTER TABLE snapshots ADD CONSTRAINT refuse_all CHECK (seq < 0) NOT VALID")
+
+    async def reserve(count: int, first: int) -> None:
+        for index in range(first, first + count):
+            response = await client.post(
+                f"/v1/events/{event['id']}/reservations", json={"ticket_type": "GA", "quantity": 1, "user_id": f"u{index}"}
+            )
+            assert response.status == 201
+            await actor.wait_snapshot_written()
+
+    await reserve(3 * EVERY - 10, 0)  # a snapshot falls due at 25 and 50 records, and fails each time
+    assert registry.stats.snapshots_failed == 2
+    assert registry.stats.snapshots_written == 0
+    assert actor.snapshot_failed_seq >= 2 * EVERY
+    metrics = await (await client.get("/metrics")).text()
+    assert "inventoryd_snapshot_failures_total 2.0" in metrics
+
+    # Once the database takes them again, the next one due is written.
+    await db.execute("ALTER TABLE snapshots DROP CONSTRAINT refuse_all")
+    await reserve(EVERY, 3 * EVERY - 10)
+    assert registry.stats.snapshots_written == 1
+    assert await db.fetchval("SELECT seq FROM snapshots WHERE event_id = $1", event["id"]) == actor.snapshot_seq
+    assert actor.snapshot_seq >= 3 * EVERY
