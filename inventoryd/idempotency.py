@@ -8,16 +8,20 @@ not remembered: their retry is decided afresh, which is still at most one change
 In memory, per process:
 - requests in flight, so a concurrent duplicate waits for the first instead of racing it;
 - an LRU of recent answers (IDEMPOTENCY_CACHE_ENTRIES_MAX);
-- the set of every key known to be stored (loaded at start, IDEMPOTENCY_KNOWN_KEYS_MAX), so that a
-  new key, the common case, never costs a database read. Past that bound the set is dropped and
-  every keyed request asks PostgreSQL: slower, never wrong.
+- the keys known to be stored (loaded at start, IDEMPOTENCY_KNOWN_KEYS_MAX), so that a new key,
+  the common case, never costs a database read. Past that bound they are dropped and every keyed
+  request asks PostgreSQL: slower, never wrong. They are kept as hashes (a collision only costs a
+  database read), in generations of IDEMPOTENCY_KNOWN_GENERATION_S: a generation is forgotten once
+  the sweep has deleted every answer it can hold, so memory follows the retention period, not the
+  process's uptime.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -47,22 +51,65 @@ def fingerprint(method: str, path: str, canonical_body: bytes) -> bytes:
     return digest.digest()
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class _Generation:
+    """Hashes of the keys stored from `started_at` until the next generation started."""
+
+    started_at: datetime
+    keys: set[int] = field(default_factory=set)
+
+
 @dataclass(eq=False)
 class IdempotencyStore:
     pool: asyncpg.Pool
+    # The wall clock the retention is measured by (PostgreSQL's `now()` stamps the answers).
+    now: Callable[[], datetime] = _utc_now
     _in_flight: dict[tuple[str, str], asyncio.Future[None]] = field(default_factory=dict)
     _answers: OrderedDict[tuple[str, str], tuple[bytes, bytes]] = field(default_factory=OrderedDict)
-    _known: set[tuple[str, str]] | None = field(default_factory=set)
+    # Oldest first; None once there were more than IDEMPOTENCY_KNOWN_KEYS_MAX.
+    _known: deque[_Generation] | None = None
+    _known_count: int = 0
 
     async def load(self) -> None:
-        since = datetime.now(UTC) - timedelta(seconds=limits.IDEMPOTENCY_RETENTION_S)
+        started_at = self.now()
+        since = started_at - timedelta(seconds=limits.IDEMPOTENCY_RETENTION_S)
         async with self.pool.acquire() as connection:
             keys = await store.idempotency_keys_since(connection, since, limits.IDEMPOTENCY_KNOWN_KEYS_MAX + 1)
         if len(keys) > limits.IDEMPOTENCY_KNOWN_KEYS_MAX:
-            self._known = None
-            log.warning("idempotency_known_keys_overflow", limit=limits.IDEMPOTENCY_KNOWN_KEYS_MAX)
+            self._forget_known()
         else:
-            self._known = set(keys)
+            self._known = deque([_Generation(started_at, {hash(scoped) for scoped in keys})])
+            self._known_count = len(self._known[0].keys)
+
+    def known_keys(self) -> int | None:
+        """How many key hashes are in memory (None: too many were, every keyed request asks the database)."""
+        return None if self._known is None else self._known_count
+
+    def _maybe_stored(self, scoped: tuple[str, str]) -> bool:
+        if self._known is None:
+            return True
+        hashed = hash(scoped)
+        return any(hashed in generation.keys for generation in self._known)
+
+    def _add_known(self, scoped: tuple[str, str]) -> None:
+        if self._known is None:
+            return
+        if self._known_count >= limits.IDEMPOTENCY_KNOWN_KEYS_MAX:
+            self._forget_known()
+            return
+        keys = self._known[-1].keys
+        before = len(keys)
+        keys.add(hash(scoped))
+        self._known_count += len(keys) - before
+
+    def _forget_known(self) -> None:
+        self._known = None
+        self._known_count = 0
+        log.warning("idempotency_known_keys_overflow", limit=limits.IDEMPOTENCY_KNOWN_KEYS_MAX)
 
     async def begin(self, scope: str, key: str, request_fingerprint: bytes) -> IdempotencyClaim | Replay:
         """Claim the key for this request, or return the stored answer to replay.
@@ -75,7 +122,7 @@ class IdempotencyStore:
             # The same key is being processed right now: wait for that request, then look again.
             await asyncio.shield(pending)
         stored = self._answers.get(scoped)
-        if stored is None and (self._known is None or scoped in self._known):
+        if stored is None and self._maybe_stored(scoped):
             async with self.pool.acquire() as connection:
                 stored = await store.find_idempotency(connection, scope, key)
         if stored is not None:
@@ -95,12 +142,7 @@ class IdempotencyStore:
         if stored_answer is not None:
             self._remember(scoped, (claim.fingerprint, stored_answer))
         if stored_answer is not None or in_doubt:
-            if self._known is not None:
-                if len(self._known) >= limits.IDEMPOTENCY_KNOWN_KEYS_MAX:
-                    self._known = None
-                    log.warning("idempotency_known_keys_overflow", limit=limits.IDEMPOTENCY_KNOWN_KEYS_MAX)
-                else:
-                    self._known.add(scoped)
+            self._add_known(scoped)
         pending = self._in_flight.pop(scoped, None)
         if pending is not None and not pending.done():
             pending.set_result(None)
@@ -112,7 +154,19 @@ class IdempotencyStore:
             self._answers.popitem(last=False)
 
     async def forget_expired(self) -> int:
-        """Delete stored answers past the retention period (a maintenance task calls this)."""
-        before = datetime.now(UTC) - timedelta(seconds=limits.IDEMPOTENCY_RETENTION_S)
+        """Delete stored answers past the retention period (a maintenance task calls this), and
+        forget the generations of known keys whose answers are all gone with them."""
+        now = self.now()
+        before = now - timedelta(seconds=limits.IDEMPOTENCY_RETENTION_S)
         async with self.pool.acquire() as connection:
-            return await store.forget_idempotency_before(connection, before)
+            deleted = await store.forget_idempotency_before(connection, before)
+        if self._known is not None:
+            # A key's answer is stamped (by PostgreSQL's clock) no later than the key joined its
+            # generation here, give or take IDEMPOTENCY_CLOCK_SKEW_S: a generation that ended
+            # that long before the cutoff holds only deleted answers. The newest one never goes.
+            generations = self._known
+            while len(generations) > 1 and generations[1].started_at + timedelta(seconds=limits.IDEMPOTENCY_CLOCK_SKEW_S) <= before:
+                self._known_count -= len(generations.popleft().keys)
+            if now - generations[-1].started_at >= timedelta(seconds=limits.IDEMPOTENCY_KNOWN_GENERATION_S):
+                generations.append(_Generation(now))
+        return deleted

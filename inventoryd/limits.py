@@ -44,6 +44,11 @@ IDEMPOTENCY_CACHE_ENTRIES_MAX: Final = 100_000
 # keyed request asks PostgreSQL instead (still correct, a little slower).
 IDEMPOTENCY_KNOWN_KEYS_MAX: Final = 5_000_000
 IDEMPOTENCY_RETENTION_S: Final = 48 * 3600
+# The known keys are kept in generations this long; one is forgotten once every answer it can
+# hold is past the retention period, allowing for this much difference between this process's
+# clock and PostgreSQL's.
+IDEMPOTENCY_KNOWN_GENERATION_S: Final = 6 * 3600
+IDEMPOTENCY_CLOCK_SKEW_S: Final = 3600
 IDEMPOTENCY_KEY_BYTES_MAX: Final = 255
 # Supervision: an actor that crashes more than this many times within the window stays down.
 ACTOR_RESTARTS_MAX: Final = 5
@@ -87,3 +92,4 @@ assert RECOVERY_SLICE_S > 0 and COLD_ACTOR_WAIT_S < REQUEST_TIMEOUT_S
 assert HOLD_SECONDS_MIN <= HOLD_SECONDS_DEFAULT <= HOLD_SECONDS_MAX
 assert PAGE_ITEMS_DEFAULT <= PAGE_ITEMS_MAX
 assert IDEMPOTENCY_RETENTION_S >= 24 * 3600
+assert 0 < IDEMPOTENCY_KNOWN_GENERATION_S <= IDEMPOTENCY_RETENTION_S and IDEMPOTENCY_CLOCK_SKEW_S >= 0

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from inventoryd.idempotency import IdempotencyStore
     from inventoryd.registry import Registry
     from persistence.journal import Journal
 
@@ -89,8 +90,8 @@ class Metrics:
     def observe_journal_wait(self, seconds: float) -> None:
         self.journal_wait_seconds.observe(seconds)
 
-    def watch(self, registry: Registry, journal: Journal) -> None:
-        self.registry.register(_StateCollector(registry, journal))
+    def watch(self, registry: Registry, journal: Journal, idempotency: IdempotencyStore) -> None:
+        self.registry.register(_StateCollector(registry, journal, idempotency))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -147,9 +148,10 @@ class _HotPathCollector(Collector):
 class _StateCollector(Collector):
     """Gauges and counters read from the service's state at scrape time."""
 
-    def __init__(self, registry: Registry, journal: Journal) -> None:
+    def __init__(self, registry: Registry, journal: Journal, idempotency: IdempotencyStore) -> None:
         self._registry = registry
         self._journal = journal
+        self._idempotency = idempotency
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         registry, stats = self._registry, self._registry.stats
@@ -185,4 +187,10 @@ class _StateCollector(Collector):
         yield CounterMetricFamily("inventoryd_journal_failures", "Journal transactions that failed", value=journal.failures)
         yield GaugeMetricFamily(
             "inventoryd_journal_pending_appends", "Appends waiting for the journal writer", value=self._journal.pending_appends()
+        )
+        known = self._idempotency.known_keys()
+        yield GaugeMetricFamily(
+            "inventoryd_idempotency_known_keys",
+            "Idempotency keys known to be stored, held in memory so that a new key skips the database (-1: too many, every keyed request asks it)",
+            value=-1 if known is None else known,
         )

@@ -209,7 +209,7 @@ def create_app(
         await accounts.start()
         app[keys.ACCOUNTS] = accounts
         registry = Registry(journal, pool, clock, on_batch=metrics.observe_batch)
-        metrics.watch(registry, journal)
+        metrics.watch(registry, journal, idempotency)
         app[keys.POOL] = pool
         app[keys.JOURNAL] = journal
         app[keys.IDEMPOTENCY] = idempotency
