@@ -215,7 +215,7 @@ class Registry:
         try:
             async with self.pool.acquire() as connection:
                 await store.write_snapshot(connection, event_id, seq, state)
-        except BaseException:
+        except Exception:  # not a cancellation (shutdown): that is not a failed snapshot
             self.stats.snapshots_failed += 1
             raise
         self.stats.snapshots_written += 1

@@ -330,6 +330,11 @@ async def measure(
         server.stop()
 
 
+def fmt(value: float | None, digits: int = 4) -> str:
+    """A figure for the table, or a dash where it was not measured."""
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
 def table(results: list[Result]) -> str:
     lines = [
         (
@@ -339,9 +344,6 @@ def table(results: list[Result]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
-        def fmt(value: float | None, digits: int = 4) -> str:
-            return "–" if value is None else f"{value:.{digits}f}"
-
         lines.append(
             f"| {result.scenario} | {result.target} | {result.accepted_per_s:,.0f} | {result.p50_ms:.2f} | "
             f"{result.p99_ms:.2f} | {result.non_2xx} | {fmt(result.transactions_per_accepted)} | "

@@ -132,8 +132,8 @@ async def run(args: argparse.Namespace, admin_url: str, data_dir: Path, scratch:
         print(f"| {scenario} | (a) no-op over HTTP | {noop.accepted_per_s:,.0f} | {a:.0f} | – | – | – | | |")
         print(
             f"| {scenario} | (b) FOR UPDATE baseline over HTTP | {baseline.accepted_per_s:,.0f} |"
-            f" {baseline.server_cpu_us_per_request:.0f} | – | {baseline.transactions_per_accepted or 0:.4f} |"
-            f" {baseline.wal_syncs_per_accepted or 0:.4f} | | |"
+            f" {baseline.server_cpu_us_per_request:.0f} | – | {bench.fmt(baseline.transactions_per_accepted)} |"
+            f" {bench.fmt(baseline.wal_syncs_per_accepted)} | | |"
         )
         print(
             f"| {scenario} | core, no HTTP | {measured['reservations_per_s']:,.0f} | {c:.0f} |"
