@@ -157,6 +157,8 @@ class _Mailbox:
 
 
 _ENCODER = msgspec.json.Encoder()
+# Records that change the event's row in the catalogue.
+_CATALOGUE_RECORDS = (domain.EventCreated, domain.EventUpdated, domain.EventCancelled)
 
 
 @dataclass(eq=False)
@@ -383,7 +385,6 @@ class EventActor:
 
     async def _process(self, batch: list[_Message], depth: int) -> None:
         inventory = self.inventory
-        available_before = [state.available for state in inventory.ticket_types.values()]
         work = _Work(first_seq=inventory.last_seq + 1)
         inventory.begin()
         try:
@@ -431,6 +432,7 @@ class EventActor:
                 raise ActorRestartRequired(str(error)) from error
         inventory.commit()
         self._in_flight_previous.clear()
+        before = self._view
         self._publish()
         for message, outcome in work.replies:
             if message.future is not None and not message.future.done():
@@ -438,7 +440,7 @@ class EventActor:
         if self.on_batch is not None:
             self.on_batch(len(batch), depth)
         if work.kinds:
-            self._log_domain_events(work.kinds, available_before)
+            self._log_domain_events(work.kinds, before)
         self._schedule_expiry()
         if self.snapshot_due() and (self._snapshot_task is None or self._snapshot_task.done()):
             # Encoded now, between batches (so it is committed state), written by a task the
@@ -466,7 +468,7 @@ class EventActor:
                 inventory.apply(inventory.last_seq + 1, record)
                 work.kinds.append(domain.record_kind(record))
                 work.bodies.append(_ENCODER.encode(record))
-                if isinstance(record, domain.EventCreated | domain.EventUpdated | domain.EventCancelled):
+                if isinstance(record, _CATALOGUE_RECORDS):
                     assert inventory.definition is not None
                     work.catalogue.append(_catalogue_row(inventory.definition, inventory.status))
             outcome = self._outcome(command, decision, message.claim)
@@ -533,8 +535,9 @@ class EventActor:
         if self._snapshot_task is not None:
             await asyncio.gather(self._snapshot_task, return_exceptions=True)
 
-    def _log_domain_events(self, kinds: list[str], available_before: list[int]) -> None:
-        """What an operator wants to see as its own line, once it is durable."""
+    def _log_domain_events(self, kinds: list[str], before: EventSummary | None) -> None:
+        """What an operator wants to see as its own line, once it is durable. `before` is the event
+        as published before this batch (None: the batch created it)."""
         if "event_created" in kinds:
             assert self.inventory.definition is not None
             log.info("event_created", event_id=self.event_id, name=self.inventory.definition.name)
@@ -544,9 +547,12 @@ class EventActor:
             log.info("holds_expired", event_id=self.event_id, count=expired)
         if promoted := kinds.count("waitlist_promoted"):
             log.info("waitlist_promoted", event_id=self.event_id, count=promoted)
-        for before, state in zip(available_before, self.inventory.ticket_types.values(), strict=False):
-            if before > 0 and state.available == 0:
-                log.info("sold_out", event_id=self.event_id, ticket_type=state.code, capacity=state.capacity)
+        if before is None or self._view is None:
+            return
+        # Ticket types are only ever added, at the end: the published tuples pair up by position.
+        for was, now in zip(before.ticket_types, self._view.ticket_types, strict=False):
+            if was.available > 0 and now.available == 0:
+                log.info("sold_out", event_id=self.event_id, ticket_type=now.code, capacity=now.capacity)
 
     def _outcome(
         self, command: domain.Command, decision: domain.Decision, claim: IdempotencyClaim | None
