@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import asyncpg
 import msgspec
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from inventoryd import limits, logs
 from inventoryd.actor import Clock, system_clock
 from inventoryd.config import Settings
 from inventoryd.http import keys, openapi
-from inventoryd.http.headers import RATE_VERDICT, add_response_headers, cors_origin
+from inventoryd.http.headers import RATE_VERDICT, X_REQUEST_ID, add_response_headers, cors_origin
 from inventoryd.accounts import Accounts, UnknownApiToken, unauthorized
 from inventoryd.http.auth import ANONYMOUS_OPERATOR, Principal
 from inventoryd.http.problems import ProblemError, problem_response
@@ -74,7 +74,7 @@ def _principal_nowait(request: web.Request) -> Principal | None:
     """Who is asking, from memory; raises UnknownApiToken when only a reload can tell."""
     if request.app[keys.SETTINGS].auth == "off":
         return ANONYMOUS_OPERATOR
-    return request.app[keys.ACCOUNTS].authenticate_nowait(request.headers.get("Authorization"))
+    return request.app[keys.ACCOUNTS].authenticate_nowait(request.headers.get(hdrs.AUTHORIZATION))
 
 
 def _rate_verdict(request: web.Request, principal: Principal | None) -> Verdict | None:
@@ -95,7 +95,7 @@ def _rate_verdict(request: web.Request, principal: Principal | None) -> Verdict 
 async def request_context(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
     """Request id, who is asking, rate limits, problem documents for every error, one access line."""
     started = time.perf_counter()
-    request_id = request.headers.get("X-Request-ID", "")
+    request_id = request.headers.get(X_REQUEST_ID, "")
     if not request_id or len(request_id) > _REQUEST_ID_CHARS_MAX or not request_id.isprintable():
         request_id = f"{_REQUEST_ID_PREFIX}-{next(_request_numbers)}"
     request[keys.REQUEST_ID] = request_id
@@ -109,7 +109,7 @@ async def request_context(request: web.Request, handler: web.RequestHandler) -> 
                 principal = _principal_nowait(request)
             except UnknownApiToken:
                 # A token made since the last reload, perhaps: reload, then look again.
-                principal = await request.app[keys.ACCOUNTS].authenticate(request.headers.get("Authorization"))
+                principal = await request.app[keys.ACCOUNTS].authenticate(request.headers.get(hdrs.AUTHORIZATION))
             route = ROUTES_BY_NAME.get(request.match_info.route.name or "")
             if route is not None and not route.public and principal is None:
                 raise unauthorized("this route needs a bearer token")

@@ -11,12 +11,13 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from inventoryd import domain, limits
 from inventoryd.actor import EventActor, IdempotencyClaim, Outcome, Unavailable
 from inventoryd.domain import EventSummary, Rejected
 from inventoryd.http import keys, schemas
+from inventoryd.http.headers import IDEMPOTENCY_KEY
 from inventoryd.http.problems import ProblemError, from_decode_error, invalid, rejection
 from inventoryd.idempotency import IdempotencyConflict, Replay, fingerprint
 from inventoryd.registry import Registry
@@ -61,7 +62,7 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 async def read_json(request: web.Request, decoder: msgspec.json.Decoder[Any]) -> Any:
     # The raw header first: the common, exact case skips aiohttp's full media-type parse.
-    if request.headers.get("Content-Type") != JSON and request.content_type not in (JSON, "application/merge-patch+json"):
+    if request.headers.get(hdrs.CONTENT_TYPE) != JSON and request.content_type not in (JSON, "application/merge-patch+json"):
         raise ProblemError(415, "unsupported_media_type", f"send {JSON}, not {request.content_type!r}")
     body = await request.read()
     if not body:
@@ -140,7 +141,7 @@ async def run_idempotent(
     filled in): the same request, however it was spelled, has the same fingerprint. It is called
     only when a key is given. `answer_type` is what the stored answer decodes to for `render`.
     """
-    key = request.headers.get("Idempotency-Key")
+    key = request.headers.get(IDEMPOTENCY_KEY)
     if key is None:
         return render_outcome(await perform_or_503(perform, None), render)
     if not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import istr
 
 from inventoryd.http import keys
 from inventoryd.ratelimit import Verdict
 
+# Names as `istr` (as in aiohttp.hdrs): the case-insensitive headers take them without folding
+# their case again on every response.
+X_REQUEST_ID = istr("X-Request-ID")
+IDEMPOTENCY_KEY = istr("Idempotency-Key")
 _SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-    "Cross-Origin-Resource-Policy": "same-origin",
+    hdrs.X_CONTENT_TYPE_OPTIONS: "nosniff",
+    hdrs.X_FRAME_OPTIONS: "DENY",
+    istr("Referrer-Policy"): "no-referrer",
+    hdrs.CONTENT_SECURITY_POLICY: "default-src 'none'; frame-ancestors 'none'",
+    istr("Cross-Origin-Resource-Policy"): "same-origin",
     # Instead of aiohttp's default, which names the Python and aiohttp versions to every scanner.
-    "Server": "inventoryd",
+    hdrs.SERVER: "inventoryd",
 }
 _CORS_ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
 _CORS_EXPOSED_HEADERS = (
@@ -36,11 +41,11 @@ def add_response_headers(request: web.Request, response: web.StreamResponse) -> 
     """Every response gets these: the middleware adds them to what handlers return, and a handler
     that streams calls this before it prepares its response."""
     headers = response.headers
-    headers["X-Request-ID"] = request.get(keys.REQUEST_ID, "")
+    headers[X_REQUEST_ID] = request.get(keys.REQUEST_ID, "")
     for name, value in _SECURITY_HEADERS.items():
         headers.setdefault(name, value)
     if request.method != "GET":
-        headers.setdefault("Cache-Control", "no-store")
+        headers.setdefault(hdrs.CACHE_CONTROL, "no-store")
     verdict = request.get(RATE_VERDICT)
     if verdict is not None:
         for name, value in verdict.headers().items():
