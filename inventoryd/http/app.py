@@ -70,17 +70,19 @@ class RateLimits:
     auth_by_address: TokenBuckets
 
 
-def _principal_nowait(request: web.Request) -> Principal | None:
+def _principal_nowait(request: web.Request, app: web.Application, settings: Settings) -> Principal | None:
     """Who is asking, from memory; raises UnknownApiToken when only a reload can tell."""
-    if request.app[keys.SETTINGS].auth == "off":
+    if settings.auth == "off":
         return ANONYMOUS_OPERATOR
-    return request.app[keys.ACCOUNTS].authenticate_nowait(request.headers.get(hdrs.AUTHORIZATION))
+    return app[keys.ACCOUNTS].authenticate_nowait(request.headers.get(hdrs.AUTHORIZATION))
 
 
-def _rate_verdict(request: web.Request, principal: Principal | None) -> Verdict | None:
-    if not request.app[keys.SETTINGS].rate_limits:
+def _rate_verdict(
+    request: web.Request, app: web.Application, settings: Settings, principal: Principal | None
+) -> Verdict | None:
+    if not settings.rate_limits:
         return None
-    buckets = request.app[keys.RATE_LIMITS]
+    buckets = app[keys.RATE_LIMITS]
     now = time.monotonic()
     if request.path.startswith("/v1/auth/"):
         # Against credential stuffing: by client address, whoever the caller claims to be.
@@ -95,6 +97,9 @@ def _rate_verdict(request: web.Request, principal: Principal | None) -> Verdict 
 async def request_context(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
     """Request id, who is asking, rate limits, problem documents for every error, one access line."""
     started = time.perf_counter()
+    # Looked up once: `request.app` and the app's keys are a few Python calls each.
+    app = request.app
+    settings = app[keys.SETTINGS]
     request_id = request.headers.get(X_REQUEST_ID, "")
     if not request_id or len(request_id) > _REQUEST_ID_CHARS_MAX or not request_id.isprintable():
         request_id = f"{_REQUEST_ID_PREFIX}-{next(_request_numbers)}"
@@ -102,20 +107,20 @@ async def request_context(request: web.Request, handler: web.RequestHandler) -> 
     principal: Principal | None = None
     response: web.StreamResponse
     try:
-        if request.method == "OPTIONS" and cors_origin(request) is not None:
+        if request.method == "OPTIONS" and cors_origin(request, settings) is not None:
             response = web.Response(status=204)
         else:
             try:
-                principal = _principal_nowait(request)
+                principal = _principal_nowait(request, app, settings)
             except UnknownApiToken:
                 # A token made since the last reload, perhaps: reload, then look again.
-                principal = await request.app[keys.ACCOUNTS].authenticate(request.headers.get(hdrs.AUTHORIZATION))
+                principal = await app[keys.ACCOUNTS].authenticate(request.headers.get(hdrs.AUTHORIZATION))
             route = ROUTES_BY_NAME.get(request.match_info.route.name or "")
             if route is not None and not route.public and principal is None:
                 raise unauthorized("this route needs a bearer token")
             if principal is not None:
                 request[keys.PRINCIPAL] = principal
-            verdict = _rate_verdict(request, principal)
+            verdict = _rate_verdict(request, app, settings, principal)
             if verdict is not None:
                 request[RATE_VERDICT] = verdict
                 if not verdict.allowed:
@@ -148,8 +153,8 @@ async def request_context(request: web.Request, handler: web.RequestHandler) -> 
     elapsed_s = time.perf_counter() - started
     resource = request.match_info.route.resource
     route_template = resource.canonical if resource is not None else "unmatched"
-    request.app[keys.METRICS].observe_request(route_template, request.method, response.status, elapsed_s)
-    if request.app[keys.SETTINGS].access_log:
+    app[keys.METRICS].observe_request(route_template, request.method, response.status, elapsed_s)
+    if settings.access_log:
         logs.access(
             request_id=request_id,
             method=request.method,
@@ -159,7 +164,7 @@ async def request_context(request: web.Request, handler: web.RequestHandler) -> 
             principal=principal.id if principal is not None else None,
         )
     if not response.prepared:  # a stream sent its headers itself, with add_response_headers
-        add_response_headers(request, response)
+        add_response_headers(request, response, settings)
     return response
 
 

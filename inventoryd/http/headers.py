@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import hdrs, web
 from multidict import istr
 
+from inventoryd.config import Settings
 from inventoryd.http import keys
 from inventoryd.ratelimit import Verdict
 
@@ -29,17 +30,18 @@ _CORS_MAX_AGE_S = 600
 RATE_VERDICT = web.RequestKey("rate_verdict", Verdict)
 
 
-def cors_origin(request: web.Request) -> str | None:
-    allowed = request.app[keys.SETTINGS].cors_origins
+def cors_origin(request: web.Request, settings: Settings | None = None) -> str | None:
+    allowed = (settings or request.app[keys.SETTINGS]).cors_origins
     if not allowed:  # CORS is off by default: no header to look up
         return None
     origin = request.headers.get("Origin")
     return origin if origin in allowed else None
 
 
-def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
+def add_response_headers(request: web.Request, response: web.StreamResponse, settings: Settings | None = None) -> None:
     """Every response gets these: the middleware adds them to what handlers return, and a handler
-    that streams calls this before it prepares its response."""
+    that streams calls this before it prepares its response. `settings`: the app's, if the caller
+    has them at hand."""
     headers = response.headers
     headers[X_REQUEST_ID] = request.get(keys.REQUEST_ID, "")
     for name, value in _SECURITY_HEADERS.items():
@@ -50,7 +52,7 @@ def add_response_headers(request: web.Request, response: web.StreamResponse) -> 
     if verdict is not None:
         for name, value in verdict.headers().items():
             headers.setdefault(name, value)
-    origin = cors_origin(request)
+    origin = cors_origin(request, settings)
     if origin is not None:
         headers["Access-Control-Allow-Origin"] = origin
         headers["Vary"] = "Origin"
