@@ -31,7 +31,7 @@ RATE_VERDICT = web.RequestKey("rate_verdict", Verdict)
 
 
 def cors_origin(request: web.Request, settings: Settings | None = None) -> str | None:
-    allowed = (settings or request.app[keys.SETTINGS]).cors_origins
+    allowed = (settings if settings is not None else request.app[keys.SETTINGS]).cors_origins
     if not allowed:  # CORS is off by default: no header to look up
         return None
     origin = request.headers.get("Origin")
