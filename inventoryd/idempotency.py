@@ -63,6 +63,10 @@ class _Generation:
     keys: set[int] = field(default_factory=set)
 
 
+def _count(generations: deque[_Generation]) -> int:
+    return sum(len(generation.keys) for generation in generations)
+
+
 @dataclass(eq=False)
 class IdempotencyStore:
     pool: asyncpg.Pool
@@ -72,7 +76,6 @@ class IdempotencyStore:
     _answers: OrderedDict[tuple[str, str], tuple[bytes, bytes]] = field(default_factory=OrderedDict)
     # Oldest first; None once there were more than IDEMPOTENCY_KNOWN_KEYS_MAX.
     _known: deque[_Generation] | None = None
-    _known_count: int = 0
 
     async def load(self) -> None:
         started_at = self.now()
@@ -83,11 +86,10 @@ class IdempotencyStore:
             self._forget_known()
         else:
             self._known = deque([_Generation(started_at, {hash(scoped) for scoped in keys})])
-            self._known_count = len(self._known[0].keys)
 
     def known_keys(self) -> int | None:
         """How many key hashes are in memory (None: too many were, every keyed request asks the database)."""
-        return None if self._known is None else self._known_count
+        return None if self._known is None else _count(self._known)
 
     def _maybe_stored(self, scoped: tuple[str, str]) -> bool:
         if self._known is None:
@@ -98,17 +100,13 @@ class IdempotencyStore:
     def _add_known(self, scoped: tuple[str, str]) -> None:
         if self._known is None:
             return
-        if self._known_count >= limits.IDEMPOTENCY_KNOWN_KEYS_MAX:
+        if _count(self._known) >= limits.IDEMPOTENCY_KNOWN_KEYS_MAX:
             self._forget_known()
             return
-        keys = self._known[-1].keys
-        before = len(keys)
-        keys.add(hash(scoped))
-        self._known_count += len(keys) - before
+        self._known[-1].keys.add(hash(scoped))
 
     def _forget_known(self) -> None:
         self._known = None
-        self._known_count = 0
         log.warning("idempotency_known_keys_overflow", limit=limits.IDEMPOTENCY_KNOWN_KEYS_MAX)
 
     async def begin(self, scope: str, key: str, request_fingerprint: bytes) -> IdempotencyClaim | Replay:
@@ -166,7 +164,7 @@ class IdempotencyStore:
             # that long before the cutoff holds only deleted answers. The newest one never goes.
             generations = self._known
             while len(generations) > 1 and generations[1].started_at + timedelta(seconds=limits.IDEMPOTENCY_CLOCK_SKEW_S) <= before:
-                self._known_count -= len(generations.popleft().keys)
+                generations.popleft()
             if now - generations[-1].started_at >= timedelta(seconds=limits.IDEMPOTENCY_KNOWN_GENERATION_S):
                 generations.append(_Generation(now))
         return deleted
