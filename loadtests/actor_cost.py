@@ -22,7 +22,6 @@ import asyncio
 import itertools
 import logging
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import uvloop
 from inventoryd.actor import EventActor
 from inventoryd.domain import EventDefinition, Inventory, TicketTypeDefinition
 from inventoryd.registry import new_event_id
+from loadtests import bench
 from persistence.journal import Append
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,9 +128,7 @@ def instructions(events: int, buyers: int, reservations: int) -> int:
              "--events", str(events), "--buyers", str(buyers), "--reservations", str(reservations), "--once"],
             cwd=ROOT, check=True, capture_output=True, timeout=3600,
         )
-        match = re.search(r"^(?:summary|totals): (\d+)", out.read_text(errors="replace"), re.MULTILINE)
-        assert match is not None, "callgrind wrote no totals"
-        return int(match.group(1))
+        return bench.callgrind_totals(out)
 
 
 def main() -> None:

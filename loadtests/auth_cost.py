@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import aiohttp
 from loadtests.bench import (
     ADMIN_TOKEN,
     ROOT,
+    callgrind_totals,
     create_database,
     free_port,
     make_service_token,
@@ -106,10 +106,7 @@ async def measure(mode: str, admin_url: str, scratch: Path, args: argparse.Names
     finally:
         server.terminate()
         server.wait(timeout=120)
-    totals = re.search(rb"^totals:\s*(\d+)", out_file.read_bytes(), re.MULTILINE)
-    if totals is None:
-        raise RuntimeError(f"no totals in {out_file}")
-    return int(totals.group(1)), created
+    return callgrind_totals(out_file), created
 
 
 async def run(args: argparse.Namespace, admin_url: str, scratch: Path) -> None:

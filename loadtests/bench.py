@@ -330,6 +330,14 @@ async def measure(
         server.stop()
 
 
+def callgrind_totals(out_file: Path) -> int:
+    """The instructions a callgrind output file counted."""
+    totals = re.search(rb"^totals:\s*(\d+)", out_file.read_bytes(), re.MULTILINE)
+    if totals is None:
+        raise RuntimeError(f"no totals in {out_file}")
+    return int(totals.group(1))
+
+
 def fmt(value: float | None, digits: int = 4) -> str:
     """A figure for the table, or a dash where it was not measured."""
     return "–" if value is None else f"{value:.{digits}f}"
