@@ -6,9 +6,9 @@ the database or hashes a password:
   cached until it expires;
 - an API token `ivd_<id>_<secret>` (services, admins) made by `inventoryd token create`, checked
   against the SHA-256 of its secret (constant-time) from a table the service reloads every
-  API_TOKENS_RELOAD_S, so a revocation takes effect within that;
+  limits.API_TOKENS_RELOAD_S, so a revocation takes effect within that;
 - the bootstrap admin token from INVENTORYD_ADMIN_TOKEN (constant-time comparison).
-Passwords are hashed with argon2id in worker threads, at most PASSWORD_HASHES_WAITING_MAX waiting:
+Passwords are hashed with argon2id in worker threads, at most limits.PASSWORD_HASHES_WAITING_MAX waiting:
 a login flood gets 503s, never a stalled event loop. A failed login costs the same whether or not
 the email exists, and says the same.
 """
@@ -32,24 +32,15 @@ import structlog
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError, VerifyMismatchError
 
-from inventoryd.http.auth import Principal
-from inventoryd.http.problems import ProblemError
+from inventoryd import limits
+from inventoryd.errors import Conflict, Unauthenticated, Unavailable
+from inventoryd.principal import Principal
+from inventoryd.tasks import TaskSupervisor
 from persistence import accounts as store
+from persistence.errors import DATABASE_AWAY
 
 log = structlog.get_logger("inventoryd.accounts")
 
-ACCESS_TOKEN_TTL_S = 15 * 60
-REFRESH_TOKEN_TTL_S = 30 * 24 * 3600
-API_TOKENS_RELOAD_S = 5.0
-# An unknown API token id reloads the table at once (a token made a moment ago), at most this often.
-API_TOKENS_MISS_RELOAD_S = 1.0
-# Verified access tokens kept in memory (each until its own expiry).
-ACCESS_TOKEN_CACHE_ENTRIES_MAX = 100_000
-# Sessions logged out recently: their access tokens stop working at once, not at expiry.
-REVOKED_SESSIONS_MAX = 100_000
-PASSWORD_HASH_THREADS = 2
-PASSWORD_HASHES_WAITING_MAX = 32
-PASSWORD_CHARS_MIN = 10
 JWT_ALGORITHM = "HS256"
 JWT_ISSUER = "inventoryd"
 API_TOKEN_PREFIX = "ivd_"
@@ -62,10 +53,6 @@ def _random_token(bytes_count: int = 32) -> str:
 
 def _sha256(text: str) -> bytes:
     return hashlib.sha256(text.encode()).digest()
-
-
-def unauthorized(detail: str) -> ProblemError:
-    return ProblemError(401, "unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="inventoryd"'})
 
 
 class UnknownApiToken(Exception):
@@ -95,15 +82,15 @@ class Accounts:
         self._jwt_key = b""
         self._api_tokens: dict[str, _ApiToken] = {}
         # Whole tokens already checked against their hash, cleared on every reload (so a
-        # revocation still takes effect within API_TOKENS_RELOAD_S); at most one per live token.
+        # revocation still takes effect within limits.API_TOKENS_RELOAD_S); at most one per live token.
         self._api_token_principals: dict[str, Principal] = {}
         self._access_cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
         self._revoked_sessions: OrderedDict[str, float] = OrderedDict()
         self._hasher = PasswordHasher()  # argon2id, RFC 9106's second recommended parameters
-        self._executor = ThreadPoolExecutor(PASSWORD_HASH_THREADS, thread_name_prefix="password-hash")
+        self._executor = ThreadPoolExecutor(limits.PASSWORD_HASH_THREADS, thread_name_prefix="password-hash")
         self._hashes_waiting = 0
         self._dummy_hash = ""
-        self._reloader: asyncio.Task[None] | None = None
+        self._tasks = TaskSupervisor("accounts")
         self._miss_reload: asyncio.Task[None] | None = None
         self._miss_reloaded_at = 0.0
 
@@ -119,22 +106,19 @@ class Accounts:
                 self._jwt_key = await store.service_secret(connection, "jwt_signing_key", os.urandom(32))
             await self._reload_api_tokens(connection)
         self._dummy_hash = await self._hash_password(_random_token())
-        self._reloader = asyncio.create_task(self._reload_forever(), name="api-token-reloader")
+        self._tasks.spawn(self._reload_forever(), name="api-token-reloader")
 
     async def stop(self) -> None:
-        for task in (self._reloader, self._miss_reload):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await self._tasks.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _reload_forever(self) -> None:
         while True:
-            await asyncio.sleep(API_TOKENS_RELOAD_S)
+            await asyncio.sleep(limits.API_TOKENS_RELOAD_S)
             try:
                 async with self._pool.acquire() as connection:
                     await self._reload_api_tokens(connection)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+            except DATABASE_AWAY as error:
                 log.warning("api_token_reload_failed", error=repr(error))
 
     async def _reload_api_tokens(self, connection: asyncpg.Connection) -> None:
@@ -157,7 +141,7 @@ class Accounts:
 
     async def _reload_after_miss(self) -> None:
         if self._miss_reload is None or self._miss_reload.done():
-            if time.monotonic() - self._miss_reloaded_at < API_TOKENS_MISS_RELOAD_S:
+            if time.monotonic() - self._miss_reloaded_at < limits.API_TOKENS_MISS_RELOAD_S:
                 return
             self._miss_reloaded_at = time.monotonic()
 
@@ -165,10 +149,10 @@ class Accounts:
                 async with self._pool.acquire() as connection:
                     await self._reload_api_tokens(connection)
 
-            self._miss_reload = asyncio.create_task(reload(), name="api-token-reload-on-miss")
+            self._miss_reload = self._tasks.spawn(reload(), name="api-token-reload-on-miss", expected=DATABASE_AWAY)
         try:
             await asyncio.shield(self._miss_reload)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+        except DATABASE_AWAY as error:
             log.warning("api_token_reload_failed", error=repr(error))
 
     def authenticate_nowait(self, authorization: str | None, *, reloaded: bool = False) -> Principal | None:
@@ -177,7 +161,7 @@ class Accounts:
             return None
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise unauthorized("send Authorization: Bearer <token>")
+            raise Unauthenticated("send Authorization: Bearer <token>")
         token = token.strip()
         # Service tokens first: they carry the on-sale traffic.
         if token.startswith(API_TOKEN_PREFIX):
@@ -195,7 +179,7 @@ class Accounts:
         if known is None and not reloaded:
             raise UnknownApiToken
         if known is None or not secret or not hmac.compare_digest(_sha256(secret), known.token_hash):
-            raise unauthorized("the API token is not valid, or was revoked")
+            raise Unauthenticated("the API token is not valid, or was revoked")
         principal = Principal(id=f"token:{known.name}", role=known.role)  # type: ignore[arg-type]
         self._api_token_principals[token] = principal
         return principal
@@ -217,20 +201,20 @@ class Accounts:
                 options={"require": ["exp", "iat", "sub", "role", "sid"]},
             )
         except jwt.ExpiredSignatureError:
-            raise unauthorized("the access token has expired; refresh it") from None
+            raise Unauthenticated("the access token has expired; refresh it") from None
         except jwt.InvalidTokenError:
-            raise unauthorized("the access token is not valid") from None
+            raise Unauthenticated("the access token is not valid") from None
         if claims["iat"] > now + 60:
-            raise unauthorized("the access token was issued in the future")
+            raise Unauthenticated("the access token was issued in the future")
         if claims["role"] not in ("attendee", "organizer"):
-            raise unauthorized("the access token is not valid")
+            raise Unauthenticated("the access token is not valid")
         if claims["sid"] in self._revoked_sessions:
-            raise unauthorized("the session has ended; log in again")
+            raise Unauthenticated("the session has ended; log in again")
         principal = Principal(
             id=f"user:{claims['sub']}", role=claims["role"], user_id=claims["sub"], session_id=claims["sid"]
         )
         self._access_cache[token] = (principal, float(claims["exp"]))
-        while len(self._access_cache) > ACCESS_TOKEN_CACHE_ENTRIES_MAX:
+        while len(self._access_cache) > limits.ACCESS_TOKEN_CACHE_ENTRIES_MAX:
             self._access_cache.popitem(last=False)
         return principal
 
@@ -243,7 +227,7 @@ class Accounts:
             try:
                 user = await store.insert_user(connection, user_id, email, password_hash, name, role)
             except store.EmailTaken:
-                raise ProblemError(409, "conflict", "an account with this email exists", field="$.email") from None
+                raise Conflict("an account with this email exists", field="$.email") from None
         log.info("user_registered", user_id=user.user_id, role=role)
         return user
 
@@ -254,7 +238,7 @@ class Accounts:
         stored = user.password_hash if user is not None else self._dummy_hash
         valid = await self._verify_password(stored, password)
         if user is None or not valid:
-            raise unauthorized("wrong email or password")
+            raise Unauthenticated("wrong email or password")
         if self._hasher.check_needs_rehash(user.password_hash):
             new_hash = await self._hash_password(password)
             async with self._pool.acquire() as connection:
@@ -263,31 +247,29 @@ class Accounts:
         refresh_token = REFRESH_TOKEN_PREFIX + _random_token()
         async with self._pool.acquire() as connection:
             await store.insert_refresh_token(
-                connection, _sha256(refresh_token), session_id, user.user_id, _now() + timedelta(seconds=REFRESH_TOKEN_TTL_S)
+                connection, _sha256(refresh_token), session_id, user.user_id, _now() + timedelta(seconds=limits.REFRESH_TOKEN_TTL_S)
             )
-        return TokenPair(self._access_token(user.user_id, user.role, session_id), refresh_token, ACCESS_TOKEN_TTL_S)
+        return TokenPair(self._access_token(user.user_id, user.role, session_id), refresh_token, limits.ACCESS_TOKEN_TTL_S)
 
     async def refresh(self, refresh_token: str) -> TokenPair:
         new_refresh = REFRESH_TOKEN_PREFIX + _random_token()
         now = _now()
         async with self._pool.acquire() as connection:
             outcome = await store.rotate_refresh_token(
-                connection, _sha256(refresh_token), _sha256(new_refresh), now, now + timedelta(seconds=REFRESH_TOKEN_TTL_S)
+                connection, _sha256(refresh_token), _sha256(new_refresh), now, now + timedelta(seconds=limits.REFRESH_TOKEN_TTL_S)
             )
             user = await store.user_by_id(connection, outcome.user_id) if outcome.user_id else None
         if outcome.problem == "reused" and outcome.session_id is not None:
             self._revoke_session_locally(outcome.session_id)
             log.warning("refresh_token_reused", session_id=outcome.session_id, user_id=outcome.user_id)
         if outcome.problem is not None or outcome.session_id is None or user is None:
-            raise unauthorized("the refresh token is not valid")
-        return TokenPair(self._access_token(user.user_id, user.role, outcome.session_id), new_refresh, ACCESS_TOKEN_TTL_S)
+            raise Unauthenticated("the refresh token is not valid")
+        return TokenPair(self._access_token(user.user_id, user.role, outcome.session_id), new_refresh, limits.ACCESS_TOKEN_TTL_S)
 
-    async def logout(self, principal: Principal) -> None:
-        if principal.session_id is None:
-            raise ProblemError(400, "invalid_request", "only a user's session can log out; revoke API tokens instead")
+    async def logout(self, session_id: str) -> None:
         async with self._pool.acquire() as connection:
-            await store.revoke_session(connection, principal.session_id, _now())
-        self._revoke_session_locally(principal.session_id)
+            await store.revoke_session(connection, session_id, _now())
+        self._revoke_session_locally(session_id)
 
     async def user(self, user_id: str) -> store.UserRow | None:
         async with self._pool.acquire() as connection:
@@ -295,7 +277,7 @@ class Accounts:
 
     def _revoke_session_locally(self, session_id: str) -> None:
         self._revoked_sessions[session_id] = time.time()
-        while len(self._revoked_sessions) > REVOKED_SESSIONS_MAX:
+        while len(self._revoked_sessions) > limits.REVOKED_SESSIONS_MAX:
             self._revoked_sessions.popitem(last=False)
 
     def _access_token(self, user_id: str, role: str, session_id: str) -> str:
@@ -306,15 +288,15 @@ class Accounts:
             "role": role,
             "sid": session_id,
             "iat": issued,
-            "exp": issued + ACCESS_TOKEN_TTL_S,
+            "exp": issued + limits.ACCESS_TOKEN_TTL_S,
         }
         return jwt.encode(claims, self._jwt_key, algorithm=JWT_ALGORITHM)
 
     # -- password hashing, off the event loop ---------------------------------------------------
 
     async def _in_hash_thread(self, function: object, *arguments: object) -> object:
-        if self._hashes_waiting >= PASSWORD_HASHES_WAITING_MAX:
-            raise ProblemError(503, "overloaded", "too many logins at once; retry shortly")
+        if self._hashes_waiting >= limits.PASSWORD_HASHES_WAITING_MAX:
+            raise Unavailable("too many logins at once; retry shortly", code="overloaded")
         self._hashes_waiting += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, function, *arguments)  # type: ignore[arg-type]

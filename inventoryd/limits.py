@@ -71,6 +71,12 @@ RECOVERY_BATCH_EVENTS_MIN: Final = 16
 RECOVERY_BATCH_EVENTS_MAX: Final = 4096
 RECOVERY_SLICE_S: Final = 0.002
 COLD_ACTOR_WAIT_S: Final = 5.0
+# How long a shutdown waits for the actors to finish what they hold.
+DRAIN_ACTORS_S: Final = 10.0
+# Hold timers run on the loop's clock; every CLOCK_JUMP_CHECK_S the registry compares it with the
+# wall clock, and a leap of more than CLOCK_JUMP_TOLERANCE_S makes every actor look for due holds.
+CLOCK_JUMP_CHECK_S: Final = 1.0
+CLOCK_JUMP_TOLERANCE_S: Final = 0.5
 # Pages of list endpoints.
 PAGE_ITEMS_MAX: Final = 200
 PAGE_ITEMS_DEFAULT: Final = 50
@@ -81,15 +87,64 @@ DESCRIPTION_CHARS_MAX: Final = 10_000
 # objects (CPython's default is 700). An on-sale keeps thousands of request objects in flight, which
 # every young collection walks again; a larger threshold walks them far less often.
 GC_YOUNG_OBJECTS_THRESHOLD: Final = 20_000
+# Accounts: access tokens (JWT) live ACCESS_TOKEN_TTL_S, refresh tokens REFRESH_TOKEN_TTL_S. API
+# tokens are reloaded from the database every API_TOKENS_RELOAD_S (a revocation takes effect within
+# that), and at once for an unknown token id, at most every API_TOKENS_MISS_RELOAD_S.
+ACCESS_TOKEN_TTL_S: Final = 15 * 60
+REFRESH_TOKEN_TTL_S: Final = 30 * 24 * 3600
+API_TOKENS_RELOAD_S: Final = 5.0
+API_TOKENS_MISS_RELOAD_S: Final = 1.0
+# Verified access tokens kept in memory (each until its own expiry).
+ACCESS_TOKEN_CACHE_ENTRIES_MAX: Final = 100_000
+# Sessions logged out recently: their access tokens stop working at once, not at expiry.
+REVOKED_SESSIONS_MAX: Final = 100_000
+# Password hashing (argon2id) runs in PASSWORD_HASH_THREADS worker threads, with at most
+# PASSWORD_HASHES_WAITING_MAX hashes waiting (beyond: 503).
+PASSWORD_HASH_THREADS: Final = 2
+PASSWORD_HASHES_WAITING_MAX: Final = 32
+PASSWORD_CHARS_MIN: Final = 10
+# Rows of the catalogue looked at per listing when `available=true` filters most of them out, of
+# an event's reservations and of a user's history when a status filter skips most of them.
+CATALOGUE_SCAN_ROWS_MAX: Final = 2000
+RESERVATION_SCAN_MAX: Final = 10_000
+HISTORY_SCAN_ROWS_MAX: Final = 2000
+# Live availability: at most STREAM_SUBSCRIBERS_MAX streams open; updates per event are coalesced to
+# one per STREAM_UPDATE_INTERVAL_S; a quiet stream carries a comment every STREAM_HEARTBEAT_S (so
+# proxies keep it open) and is closed after STREAM_DURATION_MAX_S (clients reconnect).
+STREAM_SUBSCRIBERS_MAX: Final = 1000
+STREAM_UPDATE_INTERVAL_S: Final = 0.25
+STREAM_HEARTBEAT_S: Final = 15.0
+STREAM_DURATION_MAX_S: Final = 3600.0
+# Token buckets kept in memory per limiter (least recently used go first).
+RATE_BUCKETS_MAX: Final = 100_000
+# Maintenance: stored idempotency answers past their retention are deleted this often.
+IDEMPOTENCY_SWEEP_INTERVAL_S: Final = 3600.0
+# A request's own X-Request-ID is used if it is printable and at most this long.
+REQUEST_ID_CHARS_MAX: Final = 128
+# /readyz waits at most this long for the database.
+READINESS_DB_TIMEOUT_S: Final = 1.0
 # Seconds a client is told to wait after 503 overload.
 RETRY_AFTER_S: Final = 1
 
-assert BATCH_MESSAGES_MAX <= MAILBOX_MESSAGES_MAX
-assert 1 < BATCH_LINGER_FROM_MESSAGES <= BATCH_MESSAGES_MAX and BATCH_LINGER_S < REQUEST_TIMEOUT_S
-assert BATCH_LINGER_BACKOFF_BATCHES >= 1
-assert 1 <= RECOVERY_BATCH_EVENTS_MIN <= RECOVERY_BATCH_EVENTS_MAX and RECOVERY_BATCH_BYTES > 0
-assert RECOVERY_SLICE_S > 0 and COLD_ACTOR_WAIT_S < REQUEST_TIMEOUT_S
-assert HOLD_SECONDS_MIN <= HOLD_SECONDS_DEFAULT <= HOLD_SECONDS_MAX
-assert PAGE_ITEMS_DEFAULT <= PAGE_ITEMS_MAX
-assert IDEMPOTENCY_RETENTION_S >= 24 * 3600
-assert 0 < IDEMPOTENCY_KNOWN_GENERATION_S <= IDEMPOTENCY_RETENTION_S and IDEMPOTENCY_CLOCK_SKEW_S >= 0
+
+
+def _must(holds: bool, rule: str) -> None:
+    """A relationship between bounds, checked at import (not `assert`: `python -O` keeps it)."""
+    if not holds:
+        raise ImportError(f"inventoryd.limits: {rule}")
+
+
+_must(BATCH_MESSAGES_MAX <= MAILBOX_MESSAGES_MAX, "a batch fits the mailbox")
+_must(1 < BATCH_LINGER_FROM_MESSAGES <= BATCH_MESSAGES_MAX, "the batch linger starts between 2 and a full batch")
+_must(BATCH_LINGER_S < REQUEST_TIMEOUT_S, "the batch linger is shorter than a request's wait")
+_must(BATCH_LINGER_BACKOFF_BATCHES >= 1, "the linger backs off for at least one batch")
+_must(1 <= RECOVERY_BATCH_EVENTS_MIN <= RECOVERY_BATCH_EVENTS_MAX, "recovery batches have 1..max events")
+_must(RECOVERY_BATCH_BYTES > 0 and RECOVERY_SLICE_S > 0, "recovery reads and slices are positive")
+_must(COLD_ACTOR_WAIT_S < REQUEST_TIMEOUT_S, "a request waits for a cold actor less than its whole wait")
+_must(HOLD_SECONDS_MIN <= HOLD_SECONDS_DEFAULT <= HOLD_SECONDS_MAX, "the default hold is within its bounds")
+_must(PAGE_ITEMS_DEFAULT <= PAGE_ITEMS_MAX, "the default page fits the largest")
+_must(IDEMPOTENCY_RETENTION_S >= 24 * 3600, "idempotency keys are kept at least 24 hours (API.md)")
+_must(0 < IDEMPOTENCY_KNOWN_GENERATION_S <= IDEMPOTENCY_RETENTION_S, "a generation of known keys fits the retention")
+_must(IDEMPOTENCY_CLOCK_SKEW_S >= 0, "the allowed clock skew is not negative")
+_must(0 < CLOCK_JUMP_TOLERANCE_S < CLOCK_JUMP_CHECK_S, "a clock leap is judged within one check interval")
+_must(PASSWORD_HASH_THREADS >= 1 and PASSWORD_HASHES_WAITING_MAX >= PASSWORD_HASH_THREADS, "hashes can run")

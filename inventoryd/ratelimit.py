@@ -12,7 +12,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
-BUCKETS_MAX = 100_000
+from inventoryd import limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,8 @@ class TokenBuckets:
     __slots__ = ("rate_per_s", "burst", "_buckets")
 
     def __init__(self, rate_per_s: float, burst: int) -> None:
-        assert rate_per_s > 0 and burst >= 1
+        if rate_per_s <= 0 or burst < 1:
+            raise ValueError(f"a token bucket needs a positive rate and a burst of 1 or more, not {rate_per_s}/{burst}")
         self.rate_per_s = rate_per_s
         self.burst = burst
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
@@ -52,7 +53,7 @@ class TokenBuckets:
         if allowed:
             tokens -= 1.0
         self._buckets[key] = (tokens, now)
-        if len(self._buckets) > BUCKETS_MAX:
+        if len(self._buckets) > limits.RATE_BUCKETS_MAX:
             self._buckets.popitem(last=False)
         if allowed and tokens * 2 >= self.burst:
             return None
@@ -61,3 +62,13 @@ class TokenBuckets:
         else:
             reset_s = math.ceil((1.0 - tokens) / self.rate_per_s)
         return Verdict(allowed, self.burst, int(tokens), reset_s)
+
+
+@dataclass(slots=True)
+class RateLimits:
+    """The service's limiters: per attendee or organizer, per service token, and per client
+    address on the auth routes (against credential stuffing)."""
+
+    users: TokenBuckets
+    services: TokenBuckets
+    auth_by_address: TokenBuckets

@@ -23,9 +23,12 @@ import asyncpg
 import structlog
 
 from inventoryd import domain, limits
-from inventoryd.actor import ActorRestartRequired, Clock, EventActor, IdempotencyClaim, Outcome, Unavailable, system_clock
-from inventoryd.domain import EventDefinition, EventSummary, Inventory, Record
+from inventoryd.actor import ActorRestartRequired, Clock, EventActor, IdempotencyClaim, Outcome, system_clock
+from inventoryd.domain import EventDefinition, EventSummary, Inventory, Record, invariant
+from inventoryd.errors import Unavailable
+from inventoryd.tasks import TaskSupervisor
 from persistence import store
+from persistence.errors import DATABASE_AWAY
 from persistence.journal import Journal
 
 log = structlog.get_logger("inventoryd.registry")
@@ -42,10 +45,6 @@ async def _let_requests_in(since: float) -> float:
     return time.perf_counter()
 
 _RECORD_DECODER = domain.RECORD_DECODER
-# What the database being away (or too slow) looks like: a reason to wait and retry, not a bug.
-_DATABASE_AWAY = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
-# How long a shutdown waits for the actors to finish what they hold.
-DRAIN_ACTORS_S = 10.0
 
 
 def new_event_id() -> str:
@@ -80,7 +79,10 @@ class Registry:
     clock: Clock = system_clock
     on_batch: Callable[[int, int], None] | None = None
     stats: RegistryStats = field(default_factory=RegistryStats)
+    # Every task the registry starts: actors' supervisors, on-demand rebuilds, snapshot writes.
+    tasks: TaskSupervisor = field(default_factory=lambda: TaskSupervisor("registry"))
     _actors: dict[str, EventActor] = field(default_factory=dict)
+    # Each actor's supervising task (owned by `tasks`), to stop one actor alone.
     _supervisors: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     ready: bool = False
     # Set once, when recovery has rebuilt every actor.
@@ -112,6 +114,7 @@ class Registry:
         self._cold.update(event_id for event_id in event_ids if event_id not in self._actors)
         self.stats.ready_seconds = time.perf_counter() - started
         self.ready = True
+        self.tasks.spawn(self._watch_wall_clock(), name="wall-clock-watch")
         log.info("ready", events=len(event_ids), duration_s=round(self.stats.ready_seconds, 3))
         try:
             await self._rebuild_all(event_ids)
@@ -130,6 +133,23 @@ class Registry:
         snapshots = await self.snapshot_long_tails()
         if snapshots:
             log.info("snapshots_after_recovery", events=snapshots)
+
+    async def _watch_wall_clock(self) -> None:
+        """Hold timers run on the loop's clock; holds fall due by the wall clock. When the wall
+        clock leaps ahead of the loop's (a machine resumed from suspend, a clock stepped forward,
+        a test's clock moved), every actor looks for due holds at once, not when its timer fires."""
+        loop = asyncio.get_running_loop()
+        wall, monotonic = self.clock(), loop.time()
+        while True:
+            await asyncio.sleep(limits.CLOCK_JUMP_CHECK_S)
+            wall_now, monotonic_now = self.clock(), loop.time()
+            leap_s = (wall_now - wall).total_seconds() - (monotonic_now - monotonic)
+            wall, monotonic = wall_now, monotonic_now
+            if leap_s > limits.CLOCK_JUMP_TOLERANCE_S:
+                log.info("wall_clock_jumped", seconds=round(leap_s, 3), actors=len(self._actors))
+                for actor in self._actors.values():
+                    if actor.running:
+                        actor.wake_expiry()
 
     async def _rebuild_all(self, event_ids: list[str]) -> None:
         """The background: every event not yet rebuilt, in batches of about RECOVERY_BATCH_BYTES."""
@@ -154,7 +174,7 @@ class Registry:
         while True:
             try:
                 return await attempt()
-            except _DATABASE_AWAY as error:
+            except DATABASE_AWAY as error:
                 log.warning(what, error=repr(error), retry_in_s=backoff_s, **context)
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, limits.ACTOR_RESTART_BACKOFF_MAX_S)
@@ -209,6 +229,7 @@ class Registry:
             on_batch=self.on_batch,
             write_snapshot=self._write_snapshot,
             snapshot_seq=snapshot_seq,
+            tasks=self.tasks,
         )
 
     async def _write_snapshot(self, event_id: str, seq: int, state: bytes) -> None:
@@ -240,7 +261,7 @@ class Registry:
         await asyncio.gather(*self._on_demand.values(), return_exceptions=True)
         for actor in self._actors.values():
             actor.stop_accepting()
-        deadline = asyncio.get_running_loop().time() + DRAIN_ACTORS_S
+        deadline = asyncio.get_running_loop().time() + limits.DRAIN_ACTORS_S
         while not all(actor.idle for actor in self._actors.values()):
             if asyncio.get_running_loop().time() > deadline:
                 log.warning("drain_timed_out", busy=sum(not actor.idle for actor in self._actors.values()))
@@ -255,6 +276,7 @@ class Registry:
         self._supervisors.clear()
         for actor in self._actors.values():
             actor.stop("the service is shutting down")
+        await self.tasks.close()
 
     # -- lookups --------------------------------------------------------------------------------
 
@@ -276,8 +298,9 @@ class Registry:
             if rebuilt is None:
                 if event_id not in self._cold:
                     return None
-                rebuilt = self._on_demand[event_id] = asyncio.create_task(self._rebuild_one(event_id), name=f"recover:{event_id}")
-                rebuilt.add_done_callback(functools.partial(self._rebuilt_on_demand, event_id))
+                rebuilt = self.tasks.spawn(self._rebuild_one(event_id), name=f"recover:{event_id}", expected=(Unavailable,))
+                self._on_demand[event_id] = rebuilt
+                rebuilt.add_done_callback(lambda _: self._on_demand.pop(event_id, None))
             try:
                 actor = await asyncio.wait_for(asyncio.shield(rebuilt), limits.COLD_ACTOR_WAIT_S)
             except asyncio.TimeoutError:
@@ -294,17 +317,12 @@ class Registry:
         """Rebuild one event's actor ahead of the background: a request is waiting for it."""
         try:
             rows, snapshot = await self._read_event(event_id)
-        except _DATABASE_AWAY as error:
+        except DATABASE_AWAY as error:
             # Its requests are answered at once, as on an outage; the next one tries again (and
             # the background keeps trying on its own).
             log.warning("actor_recovery_waiting", event_id=event_id, error=repr(error))
             raise Unavailable("the database is not answering; retry shortly") from error
         return self._rebuild(event_id, rows, snapshot)
-
-    def _rebuilt_on_demand(self, event_id: str, task: asyncio.Task[EventActor | None]) -> None:
-        self._on_demand.pop(event_id, None)
-        if not task.cancelled():
-            task.exception()  # retrieved here too: its requests may all have gone
 
     @property
     def cold(self) -> int:
@@ -321,7 +339,7 @@ class Registry:
 
     async def create_event(self, definition: EventDefinition, *, claim: IdempotencyClaim | None = None) -> Outcome:
         """Create the event's actor and its first record; the event exists once that is committed."""
-        assert definition.id not in self._actors
+        invariant(definition.id not in self._actors, "event %s created twice", definition.id)
         actor = self._actor(definition.id, Inventory(definition.id), 0)
         self._launch(actor)
         try:
@@ -346,9 +364,7 @@ class Registry:
     def _launch(self, actor: EventActor) -> None:
         self._actors[actor.event_id] = actor
         actor.start()
-        self._supervisors[actor.event_id] = asyncio.create_task(
-            self._supervise(actor), name=f"supervisor:{actor.event_id}"
-        )
+        self._supervisors[actor.event_id] = self.tasks.spawn(self._supervise(actor), name=f"supervisor:{actor.event_id}")
 
     async def _supervise(self, actor: EventActor) -> None:
         restarts: deque[float] = deque()

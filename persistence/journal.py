@@ -21,13 +21,15 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 
 import asyncpg
 import structlog
 
 from persistence import limits
+from persistence.checks import PersistenceInvariantViolation, invariant
+from persistence.errors import CONNECTION_LOST, DATABASE_AWAY
 
 log = structlog.get_logger("persistence.journal")
 
@@ -95,9 +97,9 @@ class Append:
     future: asyncio.Future[None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        assert len(self.kinds) == len(self.bodies)
-        assert self.first_seq >= 1
-        assert self.kinds or self.idempotency, "an append writes records, idempotency answers, or both"
+        invariant(len(self.kinds) == len(self.bodies), "%s: %s kinds for %s bodies", self.event_id, len(self.kinds), len(self.bodies))
+        invariant(self.first_seq >= 1, "%s: an append from seq %s", self.event_id, self.first_seq)
+        invariant(bool(self.kinds or self.idempotency), "an append writes records, idempotency answers, or both")
 
 
 @dataclass(slots=True)
@@ -110,7 +112,23 @@ class JournalStats:
     settled_failed: int = 0
 
 
-_WRITE = """
+def _catalogue_sql() -> tuple[str, str, str]:
+    """The catalogue's part of the write, from CatalogueRow's fields: its columns, their unnest
+    arguments, and what an update of an existing row sets (the event's id, organizer and creation
+    never change)."""
+    columns = [column.name for column in fields(CatalogueRow)]
+    first = _LOG_AND_ANSWER_ARGUMENTS + 1
+    arrays = ", ".join(f"${first + index}::{_CATALOGUE_TYPES.get(name, 'text')}[]" for index, name in enumerate(columns))
+    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in columns if name not in _CATALOGUE_FIXED)
+    return ", ".join(columns), arrays, updates
+
+
+# The log's five columns and the idempotency answers' four come first in the arguments.
+_LOG_AND_ANSWER_ARGUMENTS = 9
+_CATALOGUE_TYPES = {"starts_at": "timestamptz", "created_at": "timestamptz"}
+_CATALOGUE_FIXED = ("event_id", "organizer_id", "created_at")
+_CATALOGUE_COLUMNS, _CATALOGUE_ARRAYS, _CATALOGUE_UPDATES = _catalogue_sql()
+_WRITE = f"""
 WITH log AS (
     INSERT INTO journal (event_id, seq, epoch, kind, body)
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::json[])
@@ -119,14 +137,9 @@ WITH log AS (
     SELECT * FROM unnest($6::text[], $7::text[], $8::bytea[], $9::bytea[])
     ON CONFLICT (scope, key) DO NOTHING
 ), catalogue AS (
-    INSERT INTO events (event_id, name, description, venue, city, category, starts_at, organizer_id,
-                        status, created_at)
-    SELECT * FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
-                         $16::timestamptz[], $17::text[], $18::text[], $19::timestamptz[])
-    ON CONFLICT (event_id) DO UPDATE SET
-        name = EXCLUDED.name, description = EXCLUDED.description, venue = EXCLUDED.venue,
-        city = EXCLUDED.city, category = EXCLUDED.category, starts_at = EXCLUDED.starts_at,
-        status = EXCLUDED.status, updated_at = now()
+    INSERT INTO events ({_CATALOGUE_COLUMNS})
+    SELECT * FROM unnest({_CATALOGUE_ARRAYS})
+    ON CONFLICT (event_id) DO UPDATE SET {_CATALOGUE_UPDATES}, updated_at = now()
 )
 SELECT 1
 """
@@ -169,7 +182,7 @@ class Journal:
         self.on_wait: Callable[[float], None] | None = None
 
     async def start(self) -> None:
-        assert self._writer is None
+        invariant(self._writer is None, "the journal was started twice")
         self._connection = await connect(self._dsn)
         self._writer = asyncio.create_task(self._write_loop(), name="journal-writer")
 
@@ -317,7 +330,7 @@ class Journal:
         arguments = _arguments(batches)
         try:
             connection = await self._ensure_connection()
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as error:
+        except DATABASE_AWAY as error:
             raise AppendFailed(f"database unreachable: {error!r}") from error
         server_pid = connection.get_server_pid()
         started = time.perf_counter()
@@ -328,16 +341,7 @@ class Journal:
             if error.constraint_name == "journal_pkey":
                 raise LogAhead(f"the log already has records where this append goes: {error!r}") from error
             raise AppendFailed(f"the database refused the append: {error!r}", refused=True) from error
-        except (
-            OSError,
-            asyncio.TimeoutError,
-            asyncpg.InterfaceError,
-            asyncpg.InternalClientError,
-            # A connection cut or terminated mid-statement: the server may have committed first.
-            asyncpg.PostgresConnectionError,
-            asyncpg.exceptions.AdminShutdownError,
-            asyncpg.exceptions.CrashShutdownError,
-        ) as error:
+        except CONNECTION_LOST as error:  # cut or terminated mid-statement: it may have committed first
             # Sent, but no answer: it may have committed.
             self._drop_connection()
             log.warning("journal_commit_in_doubt", error=repr(error), batches=len(batches))
@@ -375,7 +379,6 @@ class Journal:
         idempotency answer (a transaction can carry only those)."""
         with_record = next((batch for batch in batches if batch.kinds), None)
         with_answer = next((batch for batch in batches if batch.idempotency), None)
-        assert with_record is not None or with_answer is not None, "an append writes something"
         try:
             async with asyncio.timeout(limits.DB_TIMEOUT_S):
                 connection = await connect(self._dsn)
@@ -391,8 +394,7 @@ class Journal:
                             with_record.event_id,
                             with_record.first_seq,
                         )
-                    else:
-                        assert with_answer is not None
+                    elif with_answer is not None:
                         answer = with_answer.idempotency[0]
                         found = await connection.fetchval(
                             "SELECT 1 FROM idempotency_keys WHERE scope = $1 AND key = $2 AND fingerprint = $3",
@@ -400,9 +402,11 @@ class Journal:
                             answer.key,
                             answer.fingerprint,
                         )
+                    else:
+                        invariant(False, "an in-doubt transaction with neither records nor answers")
                 finally:
                     await connection.close()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+        except DATABASE_AWAY as error:
             raise AppendOutcomeUnknown(f"could not settle an in-doubt commit: {error!r}") from error
         log.info("journal_commit_settled", committed=bool(found), batches=len(batches))
         return bool(found)
@@ -411,7 +415,8 @@ class Journal:
 def _settle(batches: list[Append], error: BaseException | None) -> None:
     for batch in batches:
         future = batch.future
-        assert future is not None
+        if future is None:
+            raise PersistenceInvariantViolation(f"{batch.event_id}: settled an append that was never queued")
         if future.done():
             continue
         if error is None:
@@ -427,7 +432,9 @@ def _arguments(batches: list[Append]) -> tuple[list[object], ...]:
     kinds: list[object] = []
     bodies: list[object] = []
     answers: tuple[list[object], ...] = ([], [], [], [])
-    catalogue: tuple[list[object], ...] = tuple([] for _ in range(10))
+    # One catalogue row per event, the last one written: a transaction may carry several changes
+    # of one event (INSERT … ON CONFLICT may not touch a row twice).
+    catalogue: dict[str, CatalogueRow] = {}
     for batch in batches:
         count = len(batch.kinds)
         event_ids.extend([batch.event_id] * count)
@@ -439,18 +446,7 @@ def _arguments(batches: list[Append]) -> tuple[list[object], ...]:
             for column, value in zip(answers, (row.scope, row.key, row.fingerprint, row.response), strict=True):
                 column.append(value)
         for event in batch.catalogue:
-            values = (
-                event.event_id,
-                event.name,
-                event.description,
-                event.venue,
-                event.city,
-                event.category,
-                event.starts_at,
-                event.organizer_id,
-                event.status,
-                event.created_at,
-            )
-            for column, value in zip(catalogue, values, strict=True):
-                column.append(value)
-    return (event_ids, seqs, epochs, kinds, bodies, *answers, *catalogue)
+            catalogue.pop(event.event_id, None)
+            catalogue[event.event_id] = event
+    catalogue_columns = tuple([getattr(event, column.name) for event in catalogue.values()] for column in fields(CatalogueRow))
+    return (event_ids, seqs, epochs, kinds, bodies, *answers, *catalogue_columns)

@@ -2,6 +2,8 @@
 
 from typing import Final
 
+from persistence.checks import invariant
+
 # Records the journal writes in one transaction, summed over every append it coalesces.
 JOURNAL_COMMIT_RECORDS_MAX: Final = 8192
 # Appends waiting for the journal writer; beyond this an append fails at once (retryable).
@@ -19,5 +21,8 @@ DB_TIMEOUT_S: Final = 5.0
 # Rows fetched per round trip while replaying the log.
 RECOVERY_FETCH_ROWS: Final = 10_000
 
-assert JOURNAL_PENDING_APPENDS_MAX >= 1 and JOURNAL_COMMIT_RECORDS_MAX >= 1
-assert 1 < JOURNAL_LINGER_FROM_APPENDS <= JOURNAL_PENDING_APPENDS_MAX and 0 < JOURNAL_LINGER_QUIET_S < JOURNAL_LINGER_S <= JOURNAL_LINGER_MAX_S < DB_TIMEOUT_S
+invariant(JOURNAL_PENDING_APPENDS_MAX >= 1, "the journal takes at least one append")
+invariant(JOURNAL_COMMIT_RECORDS_MAX >= 1, "a journal transaction holds at least one record")
+invariant(1 < JOURNAL_LINGER_FROM_APPENDS <= JOURNAL_PENDING_APPENDS_MAX, "the journal lingers from 2 appends up")
+invariant(0 < JOURNAL_LINGER_QUIET_S < JOURNAL_LINGER_S, "a quiet pause ends the linger before its first deadline")
+invariant(JOURNAL_LINGER_S <= JOURNAL_LINGER_MAX_S < DB_TIMEOUT_S, "the linger ends well before a database timeout")

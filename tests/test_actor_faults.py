@@ -15,7 +15,7 @@ import pytest
 
 from inventoryd import limits
 from inventoryd.actor import Unavailable
-from inventoryd.domain import Inventory
+from inventoryd.domain import Inventory, decide
 from inventoryd.http import keys
 from inventoryd.registry import decode_log
 from persistence import limits as journal_limits
@@ -202,14 +202,14 @@ async def test_a_joining_message_that_fails_to_decide_withdraws_the_whole_batch(
     client, journal = faulty
     registry = client.app[keys.REGISTRY]
     actor, (held, waiting) = await held_commit_with_an_append_waiting_behind_it(client, journal)
-    original = Inventory._decide_reserve
+    original = decide._reserve
 
-    def bomb(self: Inventory, command: Any) -> Any:
+    def bomb(inventory: Inventory, command: Any, now: Any) -> Any:
         if command.user_id == "boom":
             raise RuntimeError("a bug in decide")
-        return original(self, command)
+        return original(inventory, command, now)
 
-    monkeypatch.setattr(Inventory, "_decide_reserve", bomb)
+    monkeypatch.setattr(decide, "_reserve", bomb)
     joining = asyncio.create_task(actor.reserve("boom", "GA", 1))
     await wait_until(lambda: actor.mailbox_depth() == 1)
     journal.write_gate.set()
@@ -231,14 +231,14 @@ async def test_a_crashing_actor_is_restarted_and_the_others_run_on(
     doomed = await create_event(client, name="doomed")
     healthy = await create_event(client, name="healthy")
     assert (await client.post(f"/v1/events/{doomed['id']}/reservations", json=BODY)).status == 201
-    original = Inventory._decide_reserve
+    original = decide._reserve
 
-    def bomb(self: Inventory, command: Any) -> Any:
-        if self.event_id == doomed["id"]:
+    def bomb(inventory: Inventory, command: Any, now: Any) -> Any:
+        if inventory.event_id == doomed["id"]:
             raise RuntimeError("a bug in decide")
-        return original(self, command)
+        return original(inventory, command, now)
 
-    monkeypatch.setattr(Inventory, "_decide_reserve", bomb)
+    monkeypatch.setattr(decide, "_reserve", bomb)
     crashed = await client.post(f"/v1/events/{doomed['id']}/reservations", json=BODY)
     assert crashed.status == 503
     await wait_until(lambda: registry.stats.actors_restarted == 1 and registry.get(doomed["id"]).running)

@@ -18,7 +18,7 @@ import jwt
 import pytest
 import structlog
 
-from inventoryd import accounts as accounts_module
+from inventoryd import limits
 from inventoryd import cli
 from inventoryd.http.routes import ROUTES
 from tests.helpers import create_event, event_body
@@ -68,7 +68,7 @@ async def test_register_login_me(client: Any) -> None:
     )
     assert duplicate.status == 409 and (await duplicate.json())["field"] == "$.email"
     tokens = await login(client, "ada@example.org")
-    assert tokens["token_type"] == "bearer" and tokens["expires_in"] == accounts_module.ACCESS_TOKEN_TTL_S
+    assert tokens["token_type"] == "bearer" and tokens["expires_in"] == limits.ACCESS_TOKEN_TTL_S
     me = await client.get("/v1/users/me", headers=bearer(tokens["access_token"]))
     assert me.status == 200 and (await me.json())["id"] == user["id"]
 
@@ -140,7 +140,7 @@ async def test_logout_revokes_the_session(client: Any) -> None:
 async def test_service_tokens_act_for_any_user_and_can_be_revoked(
     start: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(accounts_module, "API_TOKENS_RELOAD_S", 0.05)
+    monkeypatch.setattr(limits, "API_TOKENS_RELOAD_S", 0.05)
     token = await make_api_token(database_url, "service", "storefront")
     client = await start()
     event = await create_event(client)

@@ -72,6 +72,8 @@ class Model:
     cancel_until: datetime | None
     cancelled: bool = False
     reservations: list[ModelReservation] = field(default_factory=list)
+    # The moment the command being handled is decided at.
+    now: datetime = START
 
     def seats(self, status: str, ticket_type: str) -> int:
         return sum(r.quantity for r in self.reservations if r.status == status and r.ticket_type == ticket_type)
@@ -102,9 +104,9 @@ class Model:
     def reserve(self, command: Reserve) -> tuple[str, str | None]:
         if self.cancelled:
             return "event_cancelled", None
-        if self.sale_starts_at and command.now < self.sale_starts_at:
+        if self.sale_starts_at and self.now < self.sale_starts_at:
             return "sale_not_open", None
-        if self.sale_ends_at and command.now >= self.sale_ends_at:
+        if self.sale_ends_at and self.now >= self.sale_ends_at:
             return "sale_not_open", None
         if command.ticket_type not in self.capacity:
             return "not_found", None
@@ -114,7 +116,7 @@ class Model:
         available = self.available(command.ticket_type)
         amount = self.price[command.ticket_type] * command.quantity
         if command.quantity <= available:
-            status, expires_at = "held", command.now + self.hold
+            status, expires_at = "held", self.now + self.hold
         elif command.waitlist and command.quantity <= self.capacity[command.ticket_type]:
             status, expires_at = "waitlisted", None
         elif available == 0:
@@ -130,9 +132,9 @@ class Model:
         reservation = self.find(command.reservation_id)
         if reservation is None:
             return "not_found", None
-        if reservation.status == "held" and reservation.expires_at is not None and command.now >= reservation.expires_at:
+        if reservation.status == "held" and reservation.expires_at is not None and self.now >= reservation.expires_at:
             reservation.status = "expired"
-            self.promote(reservation.ticket_type, command.now)
+            self.promote(reservation.ticket_type, self.now)
             return "hold_expired", None
         if reservation.status == "expired":
             return "hold_expired", None
@@ -151,22 +153,22 @@ class Model:
         if reservation.status == "expired":
             return "conflict", None
         if reservation.status == "confirmed":
-            if self.cancel_until is not None and command.now > self.cancel_until and not command.privileged:
+            if self.cancel_until is not None and self.now > self.cancel_until and not command.privileged:
                 return "cancellation_closed", None
             if reservation.checked_in:
                 return "conflict", None
         reservation.status = "cancelled"
-        self.promote(reservation.ticket_type, command.now)
+        self.promote(reservation.ticket_type, self.now)
         return "accepted", reservation.id
 
     def expire(self, command: ExpireDue) -> tuple[str, str | None]:
         touched = set()
         for reservation in self.reservations:
-            if reservation.status == "held" and reservation.expires_at is not None and reservation.expires_at <= command.now:
+            if reservation.status == "held" and reservation.expires_at is not None and reservation.expires_at <= self.now:
                 reservation.status = "expired"
                 touched.add(reservation.ticket_type)
         for ticket_type in sorted(touched):
-            self.promote(ticket_type, command.now)
+            self.promote(ticket_type, self.now)
         return "accepted", None
 
     def check_in(self, command: CheckIn) -> tuple[str, str | None]:
@@ -212,7 +214,7 @@ class Model:
         if command.capacity < self.seats("held", command.code) + self.seats("confirmed", command.code):
             return "capacity_below_reserved", None
         self.capacity[command.code] = command.capacity
-        self.promote(command.code, command.now)
+        self.promote(command.code, self.now)
         return "accepted", None
 
     def cancel_event(self, command: CancelEvent) -> tuple[str, str | None]:
@@ -223,7 +225,8 @@ class Model:
                     reservation.status = "cancelled"
         return "accepted", None
 
-    def handle(self, command: domain.Command) -> tuple[str, str | None]:
+    def handle(self, command: domain.Command, now: datetime) -> tuple[str, str | None]:
+        self.now = now
         handlers = {
             Reserve: self.reserve,
             Confirm: self.confirm,
@@ -240,7 +243,7 @@ class Model:
 
 def observe(inventory: Inventory) -> dict[str, object]:
     return {
-        "available": inventory.availability(),
+        "available": {code: ticket_type.available for code, ticket_type in inventory.ticket_types.items()},
         "reservations": {
             r.id: (r.user_id, r.ticket_type, r.quantity, r.status, r.expires_at if r.status == "held" else None)
             for r in inventory.reservations.values()
@@ -306,23 +309,22 @@ def random_command(rng: random.Random, now: datetime, model: Model) -> domain.Co
             f"user{rng.randint(1, 6)}",
             rng.choice(["GA", "GA", "VIP", "NOPE"]),
             rng.randint(1, 4),
-            now,
             waitlist=rng.random() < 0.4,
         )
     if pick < 0.55:
-        return Confirm(rng.choice(known) if known and rng.random() < 0.9 else missing, now)
+        return Confirm(rng.choice(known) if known and rng.random() < 0.9 else missing)
     if pick < 0.70:
-        return Cancel(rng.choice(known) if known and rng.random() < 0.9 else missing, now, privileged=rng.random() < 0.3)
+        return Cancel(rng.choice(known) if known and rng.random() < 0.9 else missing, privileged=rng.random() < 0.3)
     if pick < 0.78:
-        return ExpireDue(now)
+        return ExpireDue()
     if pick < 0.88:
         confirmed = [r for r in model.reservations if r.confirmed_ever]
         if confirmed and rng.random() < 0.9:
             reservation = rng.choice(confirmed)
-            return CheckIn(domain.ticket_id_for(reservation.id, rng.randint(1, reservation.quantity)), now)
-        return CheckIn(domain.ticket_id_for(missing, 1), now)
+            return CheckIn(domain.ticket_id_for(reservation.id, rng.randint(1, reservation.quantity)))
+        return CheckIn(domain.ticket_id_for(missing, 1))
     if pick < 0.92:
-        return ChangeTicketType(rng.choice(["GA", "VIP", "NOPE"]), now, capacity=rng.randint(0, 15))
+        return ChangeTicketType(rng.choice(["GA", "VIP", "NOPE"]), capacity=rng.randint(0, 15))
     if pick < 0.95:
         changes = rng.choice([{"per_user_limit": rng.choice([None, 2, 4, 6, 8])}, {"hold_seconds": rng.choice([60, 300])}])
         return UpdateEvent(changes)
@@ -330,15 +332,15 @@ def random_command(rng: random.Random, now: datetime, model: Model) -> domain.Co
         code = rng.choice(["GA", "VIP", "BALCONY"])
         return AddTicketType(TicketTypeDefinition(code, code, rng.randint(0, 900), rng.randint(0, 8)))
     if pick < 0.981:
-        return CancelEvent(now)
-    return ExpireDue(now)
+        return CancelEvent()
+    return ExpireDue()
 
 
 def run_seed(seed: int, steps: int) -> None:
     rng = random.Random(seed)
     definition = random_event(rng)
     inventory = Inventory(EVENT_ID)
-    decision = inventory.decide(CreateEvent(definition))
+    decision = inventory.decide(CreateEvent(definition), START)
     committed: list[tuple[int, domain.Record]] = []
     for record in decision.records:
         inventory.apply(inventory.last_seq + 1, record)
@@ -363,11 +365,11 @@ def run_seed(seed: int, steps: int) -> None:
         inventory.begin()
         batch_records: list[tuple[int, domain.Record]] = []
         for command in batch:
-            decision = inventory.decide(command)
+            decision = inventory.decide(command, now)
             for record in decision.records:
                 inventory.apply(inventory.last_seq + 1, record)
                 batch_records.append((inventory.last_seq, msgspec.json.decode(msgspec.json.encode(record), type=domain.Record)))
-            expected = model.handle(command)
+            expected = model.handle(command, now)
             reply = decision.reply
             actual = (reply.code, None) if isinstance(reply, Rejected) else ("accepted", reply.reservation_id)
             assert isinstance(reply, Accepted | Rejected)

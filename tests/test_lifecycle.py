@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from inventoryd.http import events as events_module
+from inventoryd import limits
 from inventoryd.http import keys
 from tests.helpers import FakeClock, create_event, wait_until
 
@@ -331,7 +331,7 @@ async def test_live_availability_stream(client: Any) -> None:
 
 async def test_stream_subscribers_are_bounded(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     event = await create_event(client)
-    monkeypatch.setattr(events_module, "STREAM_SUBSCRIBERS_MAX", 1)
+    monkeypatch.setattr(limits, "STREAM_SUBSCRIBERS_MAX", 1)
     async with client.get(f"/v1/events/{event['id']}/availability/stream") as first:
         assert first.status == 200
         await first.content.readline()

@@ -9,7 +9,7 @@ import msgspec
 from aiohttp import web
 from msgspec import Meta
 
-from inventoryd.accounts import PASSWORD_CHARS_MIN
+from inventoryd import limits
 from inventoryd.http import keys
 from inventoryd.http.common import json_response, read_json, refuse_body
 from inventoryd.http.problems import ProblemError
@@ -24,7 +24,7 @@ Email = Annotated[
         description="an email address",
     ),
 ]
-Password = Annotated[str, Meta(min_length=PASSWORD_CHARS_MIN, max_length=256, pattern=STORABLE_TEXT)]
+Password = Annotated[str, Meta(min_length=limits.PASSWORD_CHARS_MIN, max_length=256, pattern=STORABLE_TEXT)]
 
 
 class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -85,7 +85,10 @@ async def refresh(request: web.Request) -> web.Response:
 
 async def logout(request: web.Request) -> web.Response:
     await refuse_body(request, "logout")
-    await request.app[keys.ACCOUNTS].logout(request[keys.PRINCIPAL])
+    session_id = request[keys.PRINCIPAL].session_id
+    if session_id is None:
+        raise ProblemError(400, "invalid_request", "only a user's session can log out; revoke API tokens instead")
+    await request.app[keys.ACCOUNTS].logout(session_id)
     return web.Response(status=204)
 
 

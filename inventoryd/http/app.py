@@ -1,42 +1,43 @@
-"""The aiohttp application: middlewares (request id, principal, problems, one access line per
-request), the route table, and the lifecycle (database, journal, recovery, maintenance)."""
+"""The aiohttp application: the middleware (request id, principal, rate limits, problems, one
+access line per request), the route table, and the lifecycle: one cleanup context per resource
+(database schema, pool, journal, idempotency store, accounts, registry, background tasks), each
+closed, in reverse, even when a later one fails to start."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
-import asyncpg
 import msgspec
 import structlog
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
 
-from inventoryd import limits, logs
+from inventoryd import errors, limits, logs
+from inventoryd.accounts import Accounts, UnknownApiToken
 from inventoryd.actor import Clock, system_clock
 from inventoryd.config import Settings
 from inventoryd.http import keys, openapi
-from inventoryd.http.headers import RATE_VERDICT, X_REQUEST_ID, add_response_headers, cors_origin
-from inventoryd.accounts import Accounts, UnknownApiToken, unauthorized
-from inventoryd.http.auth import ANONYMOUS_OPERATOR, Principal
-from inventoryd.http.problems import ProblemError, problem_response
-from inventoryd.http.events import StreamBudget
+from inventoryd.http.headers import X_REQUEST_ID, add_response_headers, cors_origin
+from inventoryd.http.problems import ProblemError, problem_response, refusal, unauthorized
 from inventoryd.http.routes import ROUTES, ROUTES_BY_NAME
 from inventoryd.idempotency import IdempotencyStore
 from inventoryd.metrics import Metrics
-from inventoryd.ratelimit import TokenBuckets, Verdict
+from inventoryd.principal import ANONYMOUS_OPERATOR, Principal
+from inventoryd.ratelimit import RateLimits, TokenBuckets, Verdict
 from inventoryd.registry import Registry
+from inventoryd.streams import StreamBudget
+from inventoryd.tasks import TaskSupervisor
 from persistence import store
+from persistence.errors import CONNECTION_LOST, DATABASE_AWAY
 from persistence.journal import Journal, connect
 from persistence.migrate import migrate
 
 log = structlog.get_logger("inventoryd.http")
 
-IDEMPOTENCY_SWEEP_INTERVAL_S = 3600.0
 HOT_ROUTES = (
     "create_reservation",
     "get_availability",
@@ -45,7 +46,6 @@ HOT_ROUTES = (
     "get_reservation",
     "get_event",
 )
-_REQUEST_ID_CHARS_MAX = 128
 # Request ids made here: a random prefix per process and a counter (uuid4 per request costs more).
 _REQUEST_ID_PREFIX = os.urandom(6).hex()
 _request_numbers = itertools.count(1)
@@ -61,13 +61,6 @@ _HTTP_CODES = {
     429: "rate_limited",
     431: "header_too_large",
 }
-
-
-@dataclass(slots=True)
-class RateLimits:
-    users: TokenBuckets
-    services: TokenBuckets
-    auth_by_address: TokenBuckets
 
 
 def _principal_nowait(request: web.Request, app: web.Application, settings: Settings) -> Principal | None:
@@ -93,15 +86,48 @@ def _rate_verdict(
     return bucket.take(principal.id, now)
 
 
+async def _admit(request: web.Request, app: web.Application, settings: Settings) -> Principal | None:
+    """Who is asking, if they may ask this route, within their rate limit; raises a problem if not."""
+    try:
+        principal = _principal_nowait(request, app, settings)
+    except UnknownApiToken:
+        # A token made since the last reload, perhaps: reload, then look again.
+        principal = await app[keys.ACCOUNTS].authenticate(request.headers.get(hdrs.AUTHORIZATION))
+    route = ROUTES_BY_NAME.get(request.match_info.route.name or "")
+    if route is not None and not route.public and principal is None:
+        raise unauthorized("this route needs a bearer token")
+    if principal is not None:
+        request[keys.PRINCIPAL] = principal
+    verdict = _rate_verdict(request, app, settings, principal)
+    if verdict is not None:
+        request[keys.RATE_VERDICT] = verdict
+        if not verdict.allowed:
+            raise ProblemError(429, "rate_limited", "too many requests; slow down", headers=verdict.headers())
+    return principal
+
+
+def _http_error_response(request: web.Request, error: web.HTTPException) -> web.Response:
+    code = _HTTP_CODES.get(error.status, "http_error")
+    detail = error.text if error.text and not error.text.startswith(f"{error.status}:") else error.reason
+    if error.status == 413:
+        detail = f"the request body is larger than {limits.REQUEST_BODY_BYTES_MAX} bytes"
+    elif error.status == 404:
+        detail = f"no route {request.method} {request.path}"
+    response = problem_response(error.status, code, detail)
+    if "Allow" in error.headers:
+        response.headers["Allow"] = error.headers["Allow"]
+    return response
+
+
 @web.middleware
-async def request_context(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, who is asking, rate limits, problem documents for every error, one access line."""
     started = time.perf_counter()
     # Looked up once: `request.app` and the app's keys are a few Python calls each.
     app = request.app
     settings = app[keys.SETTINGS]
     request_id = request.headers.get(X_REQUEST_ID, "")
-    if not request_id or len(request_id) > _REQUEST_ID_CHARS_MAX or not request_id.isprintable():
+    if not request_id or len(request_id) > limits.REQUEST_ID_CHARS_MAX or not request_id.isprintable():
         request_id = f"{_REQUEST_ID_PREFIX}-{next(_request_numbers)}"
     request[keys.REQUEST_ID] = request_id
     principal: Principal | None = None
@@ -110,39 +136,19 @@ async def request_context(request: web.Request, handler: web.RequestHandler) -> 
         if request.method == "OPTIONS" and cors_origin(request, settings) is not None:
             response = web.Response(status=204)
         else:
-            try:
-                principal = _principal_nowait(request, app, settings)
-            except UnknownApiToken:
-                # A token made since the last reload, perhaps: reload, then look again.
-                principal = await app[keys.ACCOUNTS].authenticate(request.headers.get(hdrs.AUTHORIZATION))
-            route = ROUTES_BY_NAME.get(request.match_info.route.name or "")
-            if route is not None and not route.public and principal is None:
-                raise unauthorized("this route needs a bearer token")
-            if principal is not None:
-                request[keys.PRINCIPAL] = principal
-            verdict = _rate_verdict(request, app, settings, principal)
-            if verdict is not None:
-                request[RATE_VERDICT] = verdict
-                if not verdict.allowed:
-                    raise ProblemError(429, "rate_limited", "too many requests; slow down", headers=verdict.headers())
+            principal = await _admit(request, app, settings)
             response = await handler(request)
     except ProblemError as problem:
         response = problem.response()
+    except errors.Refusal as refused:
+        response = refusal(refused).response()
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        code = _HTTP_CODES.get(error.status, "http_error")
-        detail = error.text if error.text and not error.text.startswith(f"{error.status}:") else error.reason
-        if error.status == 413:
-            detail = f"the request body is larger than {limits.REQUEST_BODY_BYTES_MAX} bytes"
-        elif error.status == 404:
-            detail = f"no route {request.method} {request.path}"
-        response = problem_response(error.status, code, detail)
-        if "Allow" in error.headers:
-            response.headers["Allow"] = error.headers["Allow"]
+        response = _http_error_response(request, error)
     except asyncio.CancelledError:
         raise
-    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+    except CONNECTION_LOST as error:
         # The database is unreachable (or slower than DB_TIMEOUT_S): not the caller's fault, and
         # not a bug; retrying later is the right thing to do.
         log.warning("database_unavailable", request_id=request_id, path=request.path, error=repr(error))
@@ -186,16 +192,25 @@ def create_app(
         services=TokenBuckets(settings.rate_service_per_s, settings.rate_service_burst),
         auth_by_address=TokenBuckets(settings.rate_auth_per_s, settings.rate_auth_burst),
     )
-    metrics = Metrics()
-    app[keys.METRICS] = metrics
+    app[keys.METRICS] = Metrics()
     app[keys.OPENAPI] = msgspec.json.encode(openapi.build(ROUTES))
     openapi.add_static(app)
     # aiohttp tries dynamic routes in the order they were added (a regular expression each): the
     # on-sale routes go first, so the hottest request does not pay for every other route.
     for route in sorted(ROUTES, key=lambda route: HOT_ROUTES.index(route.name) if route.name in HOT_ROUTES else len(HOT_ROUTES)):
         app.router.add_route(route.method, route.path, route.handler, name=route.name)
+    for context in _lifecycle(database_url, journal_factory):
+        app.cleanup_ctx.append(context)
+    return app
 
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+
+Context = Callable[[web.Application], AsyncIterator[None]]
+
+
+def _lifecycle(database_url: str, journal_factory: Callable[[str], Journal]) -> list[Context]:
+    """The service's resources, one cleanup context each, in the order they start."""
+
+    async def schema(app: web.Application) -> AsyncIterator[None]:
         connection = await connect(database_url)
         try:
             applied = await migrate(connection)
@@ -203,41 +218,65 @@ def create_app(
             await connection.close()
         if applied:
             log.info("migrations_applied", versions=[migration.version for migration in applied])
-        pool = await store.create_pool(database_url, max_size=settings.db_pool_size)
-        journal = journal_factory(database_url)
-        journal.on_commit = metrics.observe_commit
-        journal.on_wait = metrics.observe_journal_wait
-        await journal.start()
-        idempotency = IdempotencyStore(pool)
-        await idempotency.load()
-        accounts = Accounts(pool, admin_token=settings.admin_token, jwt_secret=settings.jwt_secret)
-        await accounts.start()
-        app[keys.ACCOUNTS] = accounts
-        registry = Registry(journal, pool, clock, on_batch=metrics.observe_batch)
-        metrics.watch(registry, journal, idempotency)
-        app[keys.POOL] = pool
-        app[keys.JOURNAL] = journal
-        app[keys.IDEMPOTENCY] = idempotency
-        app[keys.REGISTRY] = registry
-        # Recovery runs while the server already answers: /healthz says alive; until the events
-        # are known, /readyz says not ready and inventory routes answer 503 + Retry-After. Then the
-        # actors are rebuilt in the background, and on demand for the events requests ask for.
-        recovery = asyncio.create_task(registry.start(), name="recovery")
-        sweeper = asyncio.create_task(_sweep_idempotency(idempotency), name="idempotency-sweeper")
+        yield
+
+    async def pool(app: web.Application) -> AsyncIterator[None]:
+        app[keys.POOL] = await store.create_pool(database_url, max_size=app[keys.SETTINGS].db_pool_size)
         try:
             yield
         finally:
-            for task in (sweeper, recovery):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await registry.stop()
-            await accounts.stop()
-            await journal.close()
-            await pool.close()
+            await app[keys.POOL].close()
 
-    app.cleanup_ctx.append(lifecycle)
-    return app
+    async def journal(app: web.Application) -> AsyncIterator[None]:
+        journal = journal_factory(database_url)
+        journal.on_commit = app[keys.METRICS].observe_commit
+        journal.on_wait = app[keys.METRICS].observe_journal_wait
+        await journal.start()
+        app[keys.JOURNAL] = journal
+        try:
+            yield
+        finally:
+            await journal.close()
+
+    async def idempotency(app: web.Application) -> AsyncIterator[None]:
+        store = IdempotencyStore(app[keys.POOL])
+        await store.load()
+        app[keys.IDEMPOTENCY] = store
+        yield
+
+    async def accounts(app: web.Application) -> AsyncIterator[None]:
+        settings = app[keys.SETTINGS]
+        accounts = Accounts(app[keys.POOL], admin_token=settings.admin_token, jwt_secret=settings.jwt_secret)
+        await accounts.start()
+        app[keys.ACCOUNTS] = accounts
+        try:
+            yield
+        finally:
+            await accounts.stop()
+
+    async def registry(app: web.Application) -> AsyncIterator[None]:
+        metrics = app[keys.METRICS]
+        registry = Registry(app[keys.JOURNAL], app[keys.POOL], app[keys.CLOCK], on_batch=metrics.observe_batch)
+        metrics.watch(registry, app[keys.JOURNAL], app[keys.IDEMPOTENCY])
+        app[keys.REGISTRY] = registry
+        try:
+            yield
+        finally:
+            await registry.stop()
+
+    async def background(app: web.Application) -> AsyncIterator[None]:
+        # Recovery runs while the server already answers: /healthz says alive; until the events
+        # are known, /readyz says not ready and inventory routes answer 503 + Retry-After. Then the
+        # actors are rebuilt in the background, and on demand for the events requests ask for.
+        tasks = app[keys.TASKS] = TaskSupervisor("app")
+        tasks.spawn(app[keys.REGISTRY].start(), name="recovery")
+        tasks.spawn(_sweep_idempotency(app[keys.IDEMPOTENCY]), name="idempotency-sweeper")
+        try:
+            yield
+        finally:
+            await tasks.close()
+
+    return [schema, pool, journal, idempotency, accounts, registry, background]
 
 
 async def _sweep_idempotency(idempotency: IdempotencyStore) -> None:
@@ -246,6 +285,6 @@ async def _sweep_idempotency(idempotency: IdempotencyStore) -> None:
             forgotten = await idempotency.forget_expired()
             if forgotten:
                 log.info("idempotency_keys_forgotten", count=forgotten)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+        except DATABASE_AWAY as error:
             log.warning("idempotency_sweep_failed", error=repr(error))
-        await asyncio.sleep(IDEMPOTENCY_SWEEP_INTERVAL_S)
+        await asyncio.sleep(limits.IDEMPOTENCY_SWEEP_INTERVAL_S)

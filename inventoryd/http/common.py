@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import msgspec
 from aiohttp import hdrs, web
@@ -17,7 +18,7 @@ from inventoryd import domain, limits
 from inventoryd.actor import EventActor, IdempotencyClaim, Outcome, Unavailable
 from inventoryd.domain import EventSummary, Rejected
 from inventoryd.http import keys, schemas
-from inventoryd.http.headers import IDEMPOTENCY_KEY
+from inventoryd.http.headers import IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED
 from inventoryd.http.problems import ProblemError, from_decode_error, invalid, rejection
 from inventoryd.idempotency import IdempotencyConflict, Replay, fingerprint
 from inventoryd.registry import Registry
@@ -26,6 +27,8 @@ JSON = "application/json"
 IDEMPOTENCY_KEY_PATTERN = re.compile(rf"[ -~]{{1,{limits.IDEMPOTENCY_KEY_BYTES_MAX}}}")
 CURSOR_PATTERN = "^[A-Za-z0-9_-]+$"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
+S = TypeVar("S", bound=str)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,17 +92,19 @@ def registry_of(request: web.Request) -> Registry:
 
 
 async def actor_of(request: web.Request, event_id: str) -> EventActor:
+    """The event's actor (rebuilt now if start-up has not come to it yet); 404 if there is none."""
     registry = registry_of(request)
-    actor = registry.get(event_id) or await _cold_actor(registry, event_id)
+    actor = registry.get(event_id) or await registry.actor(event_id)
     if actor is None:
         raise ProblemError(404, "not_found", f"no event {event_id!r}", field="event_id")
     return actor
 
 
 async def actor_for(request: web.Request, reservation_or_ticket_id: str, kind: str) -> EventActor:
+    """The actor of the event a reservation or ticket id names; 404 if there is none."""
     registry = registry_of(request)
     event_id = domain.event_id_of(reservation_or_ticket_id)
-    actor = (registry.get(event_id) or await _cold_actor(registry, event_id)) if event_id else None
+    actor = (registry.get(event_id) or await registry.actor(event_id)) if event_id else None
     if actor is None:
         raise ProblemError(404, "not_found", f"no {kind} {reservation_or_ticket_id!r}")
     return actor
@@ -113,14 +118,6 @@ async def actor_or_none(registry: Registry, event_id: str) -> EventActor | None:
         return None
 
 
-async def _cold_actor(registry: Registry, event_id: str) -> EventActor | None:
-    """An actor start-up has not rebuilt yet (or None: no such event)."""
-    try:
-        return await registry.actor(event_id)
-    except Unavailable as error:
-        raise ProblemError(503, error.code, error.detail) from None
-
-
 def summary_of(actor: EventActor) -> EventSummary:
     summary = actor.view()
     if summary is None:
@@ -128,65 +125,85 @@ def summary_of(actor: EventActor) -> EventSummary:
     return summary
 
 
-async def run_idempotent(
-    request: web.Request,
-    canonical_body: Callable[[], bytes],
-    perform: Callable[[IdempotencyClaim | None], Awaitable[Outcome]],
-    render: Callable[[Any], web.Response],
-    answer_type: Any,
-) -> web.Response:
+class IdempotentRequest:
+    """A mutating request under its Idempotency-Key, if it has one: the claim to hand the actor,
+    or the stored answer when this is a retry (`replayed`)."""
+
+    __slots__ = ("claim", "replayed", "_stored_answer")
+
+    def __init__(self, claim: IdempotencyClaim | None, replayed: bytes | None) -> None:
+        self.claim = claim
+        self.replayed = replayed
+        self._stored_answer: bytes | None = None
+
+    def replayed_as(self, answer_type: type[T]) -> T:
+        """The stored answer of the original request, decoded."""
+        if self.replayed is None:
+            raise ProblemError(500, "internal_error", "not a replay")
+        return msgspec.json.decode(self.replayed, type=answer_type)
+
+    def answered(self, outcome: Outcome) -> Any:
+        """Note what the actor stored under the key, and return the outcome's result (a refusal
+        raises its problem)."""
+        self._stored_answer = outcome.stored_answer
+        if isinstance(outcome.result, Rejected):
+            raise rejection(outcome.result)
+        return outcome.result
+
+
+@contextlib.asynccontextmanager
+async def idempotency_key(request: web.Request, canonical: object) -> AsyncIterator[IdempotentRequest]:
     """Carry out a mutating request once per Idempotency-Key; a retry gets the first answer again.
 
-    `canonical_body` gives the request in canonical form (decoded, then encoded with the defaults
-    filled in): the same request, however it was spelled, has the same fingerprint. It is called
-    only when a key is given. `answer_type` is what the stored answer decodes to for `render`.
+        async with idempotency_key(request, body) as key:
+            if key.replayed is not None:
+                return render(key.replayed_as(Reservation))
+            reservation = key.answered(await actor.reserve(..., claim=key.claim))
+
+    `canonical` is the request in canonical form (decoded, the defaults filled in): the same request,
+    however it was spelled, has the same fingerprint. It is encoded only when a key is given. On
+    leaving, the key is released with what the actor stored under it; if the block failed, as in
+    doubt (the commit's outcome may be unknown), so that the next use of the key asks the database.
     """
     key = request.headers.get(IDEMPOTENCY_KEY)
     if key is None:
-        return render_outcome(await perform_or_503(perform, None), render)
+        yield IdempotentRequest(None, None)
+        return
     if not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
         raise invalid(
             f"Idempotency-Key must be 1 to {limits.IDEMPOTENCY_KEY_BYTES_MAX} printable ASCII characters",
             "Idempotency-Key",
             400,
         )
-    principal = request[keys.PRINCIPAL]
-    idempotency = request.app[keys.IDEMPOTENCY]
+    store = request.app[keys.IDEMPOTENCY]
+    body = canonical if isinstance(canonical, bytes) else schemas.ENCODER.encode(canonical)
     try:
-        claim_or_replay = await idempotency.begin(
-            principal.id, key, fingerprint(request.method, request.path, canonical_body())
+        claim_or_replay = await store.begin(
+            request[keys.PRINCIPAL].id, key, fingerprint(request.method, request.path, body)
         )
     except IdempotencyConflict:
         raise ProblemError(
             409, "idempotency_conflict", "this Idempotency-Key was used for a different request", field="Idempotency-Key"
         ) from None
     if isinstance(claim_or_replay, Replay):
-        response = render(msgspec.json.decode(claim_or_replay.answer, type=answer_type))
-        response.headers["Idempotent-Replayed"] = "true"
-        return response
-    claim = claim_or_replay
+        yield IdempotentRequest(None, claim_or_replay.answer)
+        return
+    claimed = IdempotentRequest(claim_or_replay, None)
     try:
-        outcome = await perform_or_503(perform, claim)
-    except BaseException:
-        idempotency.finish(claim, None, in_doubt=True)
+        yield claimed
+    except ProblemError:  # the request was refused (before the actor, or by it): nothing in doubt
+        store.finish(claim_or_replay, claimed._stored_answer)
         raise
-    idempotency.finish(claim, outcome.stored_answer)
-    return render_outcome(outcome, render)
+    except BaseException:
+        store.finish(claim_or_replay, None, in_doubt=True)
+        raise
+    store.finish(claim_or_replay, claimed._stored_answer)
 
 
-async def perform_or_503(
-    perform: Callable[[IdempotencyClaim | None], Awaitable[Outcome]], claim: IdempotencyClaim | None
-) -> Outcome:
-    try:
-        return await perform(claim)
-    except Unavailable as error:
-        raise ProblemError(503, error.code, error.detail) from None
-
-
-def render_outcome(outcome: Outcome, render: Callable[[Any], web.Response]) -> web.Response:
-    if isinstance(outcome.result, Rejected):
-        raise rejection(outcome.result)
-    return render(outcome.result)
+def replayed(response: web.Response) -> web.Response:
+    """Mark an answer as the replay of a stored one."""
+    response.headers[IDEMPOTENT_REPLAYED] = "true"
+    return response
 
 
 def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -215,11 +232,18 @@ def time_query(request: web.Request, name: str) -> datetime | None:
     return moment
 
 
-def choice_query(request: web.Request, name: str, choices: tuple[str, ...], default: str | None) -> str | None:
-    raw = request.query.get(name, default)
-    if raw is not None and raw not in choices:
+@overload
+def choice_query(request: web.Request, name: str, choices: tuple[S, ...], default: S) -> S: ...
+@overload
+def choice_query(request: web.Request, name: str, choices: tuple[S, ...], default: None) -> S | None: ...
+def choice_query(request: web.Request, name: str, choices: tuple[S, ...], default: S | None) -> S | None:
+    """The query parameter `name`, one of `choices` (400 otherwise), or `default` when absent."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if raw not in choices:
         raise invalid(f"{name} must be one of {', '.join(choices)}", name, 400)
-    return raw
+    return choices[choices.index(raw)]
 
 
 _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")

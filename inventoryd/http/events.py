@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import dataclasses
 from datetime import datetime
-from typing import Any
+from typing import TypeVar, get_args
 
 import msgspec
 from aiohttp import web
 
 from inventoryd import domain, limits
-from inventoryd.domain import EventDefinition, EventSummary, TicketTypeDefinition, TicketTypeSummary
+from inventoryd.actor import EventActor
+from inventoryd.domain import RESERVATION_STATUSES, EventDefinition, EventSummary, TicketTypeDefinition, TicketTypeSummary
 from inventoryd.http import keys, schemas
 from inventoryd.http.common import (
     actor_of,
@@ -20,12 +21,13 @@ from inventoryd.http.common import (
     choice_query,
     decode_cursor,
     encode_cursor,
+    idempotency_key,
     int_query,
     json_response,
     read_json,
     refuse_body,
     registry_of,
-    run_idempotent,
+    replayed,
     summary_of,
     text_query,
     time_query,
@@ -35,16 +37,7 @@ from inventoryd.http.problems import ProblemError, invalid
 from inventoryd.registry import new_event_id
 from persistence import store
 
-# Rows of the catalogue looked at per request when `available=true` filters most of them out.
-CATALOGUE_SCAN_ROWS_MAX = 2000
-# Reservations looked at per request when a status filter skips most of them.
-RESERVATION_SCAN_MAX = 10_000
-# Live availability: updates per event are coalesced to one per interval; the connection carries a
-# comment when quiet (so proxies keep it open) and is closed after a while (clients reconnect).
-STREAM_SUBSCRIBERS_MAX = 1000
-STREAM_UPDATE_INTERVAL_S = 0.25
-STREAM_HEARTBEAT_S = 15.0
-STREAM_DURATION_MAX_S = 3600.0
+T = TypeVar("T")
 
 
 def event_out(summary: EventSummary) -> schemas.EventOut:
@@ -88,55 +81,58 @@ def _check_event(body: schemas.EventIn) -> None:
     for index, code in enumerate(codes):
         if code in codes[:index]:
             raise invalid(f"ticket type code {code!r} appears twice", f"$.ticket_types[{index}].code")
-    if body.ends_at is not None and body.ends_at < body.starts_at:
-        raise invalid("ends_at is before starts_at", "$.ends_at")
-    if body.sale_starts_at is not None and body.sale_ends_at is not None and body.sale_ends_at <= body.sale_starts_at:
-        raise invalid("sale_ends_at must be after sale_starts_at", "$.sale_ends_at")
+
+
+def _definition(body: schemas.EventIn, created_at: datetime, organizer_id: str | None) -> EventDefinition:
+    definition = EventDefinition(
+        id=new_event_id(),
+        name=body.name,
+        starts_at=body.starts_at,
+        currency=body.currency,
+        ticket_types=tuple(TicketTypeDefinition(t.code, t.name, t.price, t.capacity) for t in body.ticket_types),
+        created_at=created_at,
+        description=body.description,
+        venue=body.venue,
+        city=body.city,
+        category=body.category,
+        ends_at=body.ends_at,
+        sale_starts_at=body.sale_starts_at,
+        sale_ends_at=body.sale_ends_at,
+        cancel_until=body.cancel_until,
+        per_user_limit=body.per_user_limit,
+        hold_seconds=body.hold_seconds,
+        organizer_id=organizer_id,
+    )
+    if problem := domain.definition_problem(definition):
+        field, detail = problem
+        raise invalid(detail, field)
+    return definition
 
 
 async def create_event(request: web.Request) -> web.Response:
     body: schemas.EventIn = await read_json(request, schemas.EVENT_DECODER)
     _check_event(body)
-    registry = registry_of(request)
     principal = request[keys.PRINCIPAL]
+    definition = _definition(body, request.app[keys.CLOCK](), principal.user_id)
+    registry = registry_of(request)
     principal.check_may_create_events()
-    now = request.app[keys.CLOCK]()
-
-    async def perform(claim: Any) -> Any:
-        definition = EventDefinition(
-            id=new_event_id(),
-            name=body.name,
-            starts_at=body.starts_at,
-            currency=body.currency,
-            ticket_types=tuple(TicketTypeDefinition(t.code, t.name, t.price, t.capacity) for t in body.ticket_types),
-            created_at=now,
-            description=body.description,
-            venue=body.venue,
-            city=body.city,
-            category=body.category,
-            ends_at=body.ends_at,
-            sale_starts_at=body.sale_starts_at,
-            sale_ends_at=body.sale_ends_at,
-            cancel_until=body.cancel_until,
-            per_user_limit=body.per_user_limit,
-            hold_seconds=body.hold_seconds,
-            organizer_id=principal.user_id,
-        )
-        return await registry.create_event(definition, claim=claim)
-
-    def render(summary: EventSummary) -> web.Response:
-        return json_response(event_out(summary), status=201, headers={"Location": f"/v1/events/{summary.definition.id}"})
-
-    return await run_idempotent(request, lambda: schemas.ENCODER.encode(body), perform, render, EventSummary)
+    async with idempotency_key(request, body) as key:
+        if key.replayed is not None:
+            return replayed(_event_created(key.replayed_as(EventSummary)))
+        summary: EventSummary = key.answered(await registry.create_event(definition, claim=key.claim))
+    return _event_created(summary)
 
 
-_SORTS = ("starts_at", "-starts_at", "name")
+def _event_created(summary: EventSummary) -> web.Response:
+    return json_response(event_out(summary), status=201, headers={"Location": f"/v1/events/{summary.definition.id}"})
+
+
+_SORTS: tuple[store.CatalogueSort, ...] = get_args(store.CatalogueSort)
 
 
 async def list_events(request: web.Request) -> web.Response:
     limit = int_query(request, "limit", limits.PAGE_ITEMS_DEFAULT, 1, limits.PAGE_ITEMS_MAX)
     sort = choice_query(request, "sort", _SORTS, "starts_at")
-    assert sort is not None
     only_available = choice_query(request, "available", ("true", "false"), "false") == "true"
     cursor = decode_cursor(request, tuple[str, str, str])
     after: store.CatalogueKey | None = None
@@ -155,7 +151,7 @@ async def list_events(request: web.Request) -> web.Response:
         venue=text_query(request, "venue"),
         starts_from=time_query(request, "from"),
         starts_to=time_query(request, "to"),
-        sort=sort,  # type: ignore[arg-type]
+        sort=sort,
         after=after,
     )
     registry = registry_of(request)
@@ -166,7 +162,7 @@ async def list_events(request: web.Request) -> web.Response:
     async with request.app[keys.POOL].acquire() as connection:
         # Availability lives in the actors, not in the table: filter here, fetching more rows while
         # the page is not full, up to a bound (then the cursor continues where the scan stopped).
-        while len(items) < limit and more and scanned < CATALOGUE_SCAN_ROWS_MAX:
+        while len(items) < limit and more and scanned < limits.CATALOGUE_SCAN_ROWS_MAX:
             page = await store.catalogue_rows(connection, query, limit - len(items))
             more = page.more
             for event_id, key in page.rows:
@@ -199,17 +195,16 @@ async def update_event(request: web.Request) -> web.Response:
     changes = {name: value for name, value in msgspec.structs.asdict(body).items() if value is not msgspec.UNSET}
     if not changes:
         raise invalid("name at least one field to change", "$")
+    async with idempotency_key(request, body) as key:
+        if key.replayed is not None:
+            return replayed(json_response(event_out(key.replayed_as(EventSummary))))
+        outcome = await actor.update_event(changes, claim=key.claim, request_id=request.get(keys.REQUEST_ID))
+        summary: EventSummary = key.answered(outcome)
+    return json_response(event_out(summary))
 
-    async def perform(claim: Any) -> Any:
-        return await actor.update_event(changes, claim=claim, request_id=request.get(keys.REQUEST_ID))
 
-    return await run_idempotent(
-        request,
-        lambda: schemas.ENCODER.encode(body),
-        perform,
-        lambda summary: json_response(event_out(summary)),
-        EventSummary,
-    )
+def _ticket_type_of(summary: EventSummary, code: str) -> schemas.TicketTypeOut:
+    return ticket_type_out(next(state for state in summary.ticket_types if state.code == code))
 
 
 async def add_ticket_type(request: web.Request) -> web.Response:
@@ -217,16 +212,14 @@ async def add_ticket_type(request: web.Request) -> web.Response:
     request[keys.PRINCIPAL].check_may_manage(summary_of(actor).definition)
     body: schemas.TicketTypeIn = await read_json(request, schemas.TICKET_TYPE_DECODER)
     definition = TicketTypeDefinition(body.code, body.name, body.price, body.capacity)
-
-    async def perform(claim: Any) -> Any:
-        return await actor.add_ticket_type(definition, claim=claim, request_id=request.get(keys.REQUEST_ID))
-
-    def render(summary: EventSummary) -> web.Response:
-        state = next(state for state in summary.ticket_types if state.code == body.code)
-        location = f"/v1/events/{actor.event_id}/ticket-types/{body.code}"
-        return json_response(ticket_type_out(state), status=201, headers={"Location": location})
-
-    return await run_idempotent(request, lambda: schemas.ENCODER.encode(body), perform, render, EventSummary)
+    headers = {"Location": f"/v1/events/{actor.event_id}/ticket-types/{body.code}"}
+    async with idempotency_key(request, body) as key:
+        if key.replayed is not None:
+            summary: EventSummary = key.replayed_as(EventSummary)
+            return replayed(json_response(_ticket_type_of(summary, body.code), status=201, headers=headers))
+        outcome = await actor.add_ticket_type(definition, claim=key.claim, request_id=request.get(keys.REQUEST_ID))
+        summary = key.answered(outcome)
+    return json_response(_ticket_type_of(summary, body.code), status=201, headers=headers)
 
 
 async def change_ticket_type(request: web.Request) -> web.Response:
@@ -234,37 +227,35 @@ async def change_ticket_type(request: web.Request) -> web.Response:
     request[keys.PRINCIPAL].check_may_manage(summary_of(actor).definition)
     code = request.match_info["code"]
     body: schemas.TicketTypePatch = await read_json(request, schemas.TICKET_TYPE_PATCH_DECODER)
-
-    def given(value: Any) -> Any:
-        return None if value is msgspec.UNSET else value
-
-    async def perform(claim: Any) -> Any:
-        return await actor.change_ticket_type(
+    async with idempotency_key(request, body) as key:
+        if key.replayed is not None:
+            return replayed(json_response(_ticket_type_of(key.replayed_as(EventSummary), code)))
+        outcome = await actor.change_ticket_type(
             code,
-            name=given(body.name),
-            price=given(body.price),
-            capacity=given(body.capacity),
-            claim=claim,
+            name=_given(body.name),
+            price=_given(body.price),
+            capacity=_given(body.capacity),
+            claim=key.claim,
             request_id=request.get(keys.REQUEST_ID),
         )
+        summary: EventSummary = key.answered(outcome)
+    return json_response(_ticket_type_of(summary, code))
 
-    def render(summary: EventSummary) -> web.Response:
-        return json_response(ticket_type_out(next(state for state in summary.ticket_types if state.code == code)))
 
-    return await run_idempotent(request, lambda: schemas.ENCODER.encode(body), perform, render, EventSummary)
+def _given(value: T | msgspec.UnsetType) -> T | None:
+    return None if isinstance(value, msgspec.UnsetType) else value
 
 
 async def cancel_event(request: web.Request) -> web.Response:
     actor = await actor_of(request, request.match_info["event_id"])
     request[keys.PRINCIPAL].check_may_manage(summary_of(actor).definition)
     await refuse_body(request, "cancelling an event")
-
-    async def perform(claim: Any) -> Any:
-        return await actor.cancel_event(claim=claim, request_id=request.get(keys.REQUEST_ID))
-
-    return await run_idempotent(
-        request, lambda: b"", perform, lambda summary: json_response(event_out(summary)), EventSummary
-    )
+    async with idempotency_key(request, b"") as key:
+        if key.replayed is not None:
+            return replayed(json_response(event_out(key.replayed_as(EventSummary))))
+        outcome = await actor.cancel_event(claim=key.claim, request_id=request.get(keys.REQUEST_ID))
+        summary: EventSummary = key.answered(outcome)
+    return json_response(event_out(summary))
 
 
 def availability_out(summary: EventSummary) -> schemas.AvailabilityOut:
@@ -282,49 +273,43 @@ async def get_availability(request: web.Request) -> web.Response:
     return json_response(availability_out(summary_of(actor)))
 
 
-class StreamBudget:
-    """How many live-availability streams are open, against STREAM_SUBSCRIBERS_MAX."""
-
-    def __init__(self) -> None:
-        self.open = 0
-
-
 async def availability_stream(request: web.Request) -> web.StreamResponse:
     """Server-sent events: the availability now, then each change, at most one per interval."""
     actor = await actor_of(request, request.match_info["event_id"])
     summary_of(actor)
     budget = request.app[keys.STREAMS]
-    if budget.open >= STREAM_SUBSCRIBERS_MAX:
-        raise ProblemError(503, "overloaded", f"{STREAM_SUBSCRIBERS_MAX} availability streams are open already")
-    budget.open += 1
+    if not budget.try_open():
+        raise ProblemError(503, "overloaded", f"{limits.STREAM_SUBSCRIBERS_MAX} availability streams are open already")
     try:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
         add_response_headers(request, response)
         await response.prepare(request)
-        loop = asyncio.get_running_loop()
-        closes_at = loop.time() + STREAM_DURATION_MAX_S
-        last_sent = b""
         with contextlib.suppress(ConnectionError):
-            while loop.time() < closes_at:
-                summary = actor.view()
-                assert summary is not None
-                payload = schemas.ENCODER.encode(availability_out(summary))
-                if payload != last_sent:
-                    await response.write(b"event: availability\ndata: " + payload + b"\n\n")
-                    last_sent = payload
-                    # Changes during the pause are sent together after it: coalescing.
-                    await asyncio.sleep(STREAM_UPDATE_INTERVAL_S)
-                    continue
-                try:
-                    async with asyncio.timeout(STREAM_HEARTBEAT_S):
-                        await actor.wait_changed()
-                except TimeoutError:
-                    await response.write(b": still here\n\n")
+            await _stream_availability(actor, response)
         return response
     finally:
-        budget.open -= 1
+        budget.close()
+
+
+async def _stream_availability(actor: EventActor, response: web.StreamResponse) -> None:
+    loop = asyncio.get_running_loop()
+    closes_at = loop.time() + limits.STREAM_DURATION_MAX_S
+    last_sent = b""
+    while loop.time() < closes_at:
+        payload = schemas.ENCODER.encode(availability_out(summary_of(actor)))
+        if payload != last_sent:
+            await response.write(b"event: availability\ndata: " + payload + b"\n\n")
+            last_sent = payload
+            # Changes during the pause are sent together after it: coalescing.
+            await asyncio.sleep(limits.STREAM_UPDATE_INTERVAL_S)
+            continue
+        try:
+            async with asyncio.timeout(limits.STREAM_HEARTBEAT_S):
+                await actor.wait_changed()
+        except TimeoutError:
+            await response.write(b": still here\n\n")
 
 
 def _report_line(states: list[TicketTypeSummary]) -> dict[str, int]:
@@ -358,23 +343,20 @@ async def get_report(request: web.Request) -> web.Response:
     )
 
 
-_STATUSES = ("held", "confirmed", "cancelled", "expired", "waitlisted")
-
-
 async def event_reservations(request: web.Request) -> web.Response:
     actor = await actor_of(request, request.match_info["event_id"])
     request[keys.PRINCIPAL].check_may_manage(summary_of(actor).definition)
-    status = choice_query(request, "status", _STATUSES, None)
+    status = choice_query(request, "status", RESERVATION_STATUSES, None)
     limit = int_query(request, "limit", limits.PAGE_ITEMS_DEFAULT, 1, limits.PAGE_ITEMS_MAX)
     after = decode_cursor(request, int) or 0
     # Reservation ids are numbered in the order they were made: walk the numbers after the cursor.
     items = []
     number = after
     last_number = actor.inventory.reservations_created
-    while number < last_number and len(items) < limit and number - after < RESERVATION_SCAN_MAX:
+    while number < last_number and len(items) < limit and number - after < limits.RESERVATION_SCAN_MAX:
         number += 1
         reservation = actor.reservation(domain.reservation_id_for(actor.event_id, number))
         if reservation is not None and (status is None or reservation.status == status):
             items.append(reservation)
-    next_cursor = encode_cursor(number) if number < last_number else None  # type: ignore[arg-type]
+    next_cursor = encode_cursor(number) if number < last_number else None
     return json_response(schemas.ReservationPage(items, next_cursor))

@@ -7,12 +7,12 @@ from multidict import istr
 
 from inventoryd.config import Settings
 from inventoryd.http import keys
-from inventoryd.ratelimit import Verdict
 
 # Names as `istr` (as in aiohttp.hdrs): the case-insensitive headers take them without folding
 # their case again on every response.
 X_REQUEST_ID = istr("X-Request-ID")
 IDEMPOTENCY_KEY = istr("Idempotency-Key")
+IDEMPOTENT_REPLAYED = istr("Idempotent-Replayed")
 _SECURITY_HEADERS = {
     hdrs.X_CONTENT_TYPE_OPTIONS: "nosniff",
     hdrs.X_FRAME_OPTIONS: "DENY",
@@ -27,7 +27,6 @@ _CORS_EXPOSED_HEADERS = (
     "Location, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, X-Request-ID, Idempotent-Replayed"
 )
 _CORS_MAX_AGE_S = 600
-RATE_VERDICT = web.RequestKey("rate_verdict", Verdict)
 
 
 def cors_origin(request: web.Request, settings: Settings | None = None) -> str | None:
@@ -48,7 +47,7 @@ def add_response_headers(request: web.Request, response: web.StreamResponse, set
         headers.setdefault(name, value)
     if request.method != "GET":
         headers.setdefault(hdrs.CACHE_CONTROL, "no-store")
-    verdict = request.get(RATE_VERDICT)
+    verdict = request.get(keys.RATE_VERDICT)
     if verdict is not None:
         for name, value in verdict.headers().items():
             headers.setdefault(name, value)

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 from datetime import datetime
 
 import asyncpg
 from aiohttp import web
 
+from inventoryd.accounts import Accounts
 from inventoryd.config import Settings
-from inventoryd.http.auth import Principal
-
-if TYPE_CHECKING:
-    from inventoryd.accounts import Accounts
-    from inventoryd.http.app import RateLimits
-    from inventoryd.http.events import StreamBudget
 from inventoryd.idempotency import IdempotencyStore
 from inventoryd.metrics import Metrics
+from inventoryd.principal import Principal
+from inventoryd.ratelimit import RateLimits, Verdict
 from inventoryd.registry import Registry
+from inventoryd.streams import StreamBudget
+from inventoryd.tasks import TaskSupervisor
 from persistence.journal import Journal
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -27,11 +25,14 @@ JOURNAL = web.AppKey("journal", Journal)
 REGISTRY = web.AppKey("registry", Registry)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
-STREAMS: web.AppKey[StreamBudget] = web.AppKey("streams")
-ACCOUNTS: web.AppKey[Accounts] = web.AppKey("accounts")
-RATE_LIMITS: web.AppKey[RateLimits] = web.AppKey("rate_limits")
+STREAMS = web.AppKey("streams", StreamBudget)
+ACCOUNTS = web.AppKey("accounts", Accounts)
+RATE_LIMITS = web.AppKey("rate_limits", RateLimits)
 METRICS = web.AppKey("metrics", Metrics)
 OPENAPI = web.AppKey("openapi", bytes)
+# The app's own background tasks (recovery, maintenance).
+TASKS = web.AppKey("tasks", TaskSupervisor)
 
 PRINCIPAL = web.RequestKey("principal", Principal)  # absent on public routes called without a token
 REQUEST_ID = web.RequestKey("request_id", str)
+RATE_VERDICT = web.RequestKey("rate_verdict", Verdict)

@@ -9,15 +9,15 @@ from http import HTTPStatus
 import msgspec
 from aiohttp import web
 
-from inventoryd import limits
-from inventoryd.domain import Rejected
+from inventoryd import errors, limits
+from inventoryd.domain import RejectionCode, Rejected
 from inventoryd.http.schemas import ENCODER, Problem
 
 CONTENT_TYPE = "application/problem+json"
 _NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
 
 # Where a domain refusal maps to HTTP: the only place that knows.
-_REJECTION_STATUS = {
+_REJECTION_STATUS: dict[RejectionCode, int] = {
     "sold_out": 409,
     "insufficient_tickets": 409,
     "limit_exceeded": 409,
@@ -83,6 +83,27 @@ def rejection(rejected: Rejected) -> ProblemError:
         available=rejected.available,
         checked_in_at=rejected.checked_in_at,
     )
+
+
+# Where a service's refusal maps to HTTP, beside the domain's: status and code by kind.
+_REFUSAL_STATUS: dict[type[errors.Refusal], tuple[int, str]] = {
+    errors.Unauthenticated: (401, "unauthorized"),
+    errors.Forbidden: (403, "forbidden"),
+    errors.InvalidRequest: (422, "invalid_request"),
+    errors.Conflict: (409, "conflict"),
+}
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="inventoryd"'}
+
+
+def refusal(error: errors.Refusal) -> ProblemError:
+    if isinstance(error, errors.Unavailable):
+        return ProblemError(503, error.code, error.detail)
+    status, code = _REFUSAL_STATUS[type(error)]
+    return ProblemError(status, code, error.detail, field=error.field, headers=_CHALLENGE if status == 401 else None)
+
+
+def unauthorized(detail: str) -> ProblemError:
+    return refusal(errors.Unauthenticated(detail))
 
 
 def invalid(detail: str, field: str | None = None, status: int = 422) -> ProblemError:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Literal
 
 import msgspec
 from aiohttp import web
 
 from inventoryd import domain, limits
-from inventoryd.actor import Unavailable
-from inventoryd.domain import Rejected, Reservation, Ticket
+from inventoryd.actor import EventActor
+from inventoryd.domain import RESERVATION_STATUSES, Rejected, Reservation, Ticket
+from inventoryd.errors import Unavailable
 from inventoryd.http import keys, schemas
 from inventoryd.http.common import (
     actor_for,
@@ -19,22 +20,18 @@ from inventoryd.http.common import (
     choice_query,
     decode_cursor,
     encode_cursor,
+    idempotency_key,
     int_query,
     json_response,
-    perform_or_503,
     read_json,
     refuse_body,
     registry_of,
-    render_outcome,
-    run_idempotent,
+    replayed,
     storable,
+    summary_of,
 )
-from inventoryd.http.problems import ProblemError
+from inventoryd.http.problems import ProblemError, rejection
 from persistence import store
-
-# Rows of a user's history looked at per request when a status filter skips most of them.
-HISTORY_SCAN_ROWS_MAX = 2000
-
 
 def reservation_response(reservation: Reservation, *, created: bool = False) -> web.Response:
     if created:
@@ -42,43 +39,40 @@ def reservation_response(reservation: Reservation, *, created: bool = False) -> 
     return json_response(reservation)
 
 
+def _created(actor: EventActor, reservation: Reservation) -> web.Response:
+    if reservation.status == "waitlisted" and reservation.position is None:
+        # The answer as stored has no position (it moves); give the one it has now.
+        reservation = actor.reservation(reservation.id) or reservation
+    return reservation_response(reservation, created=True)
+
+
 async def create_reservation(request: web.Request) -> web.Response:
     actor = await actor_of(request, request.match_info["event_id"])
     body: schemas.ReservationIn = await read_json(request, schemas.RESERVATION_DECODER)
-    principal = request[keys.PRINCIPAL]
-    user_id = principal.acting_for(body.user_id)
-    request_id = request.get(keys.REQUEST_ID)
-
+    user_id = request[keys.PRINCIPAL].acting_for(body.user_id)
     metrics = request.app[keys.METRICS]
-
-    async def perform(claim: Any) -> Any:
+    async with idempotency_key(request, msgspec.structs.replace(body, user_id=user_id)) as key:
+        if key.replayed is not None:
+            return replayed(_created(actor, key.replayed_as(Reservation)))
         try:
             outcome = await actor.reserve(
-                user_id, body.ticket_type, body.quantity, waitlist=body.waitlist, claim=claim, request_id=request_id
+                user_id,
+                body.ticket_type,
+                body.quantity,
+                waitlist=body.waitlist,
+                claim=key.claim,
+                request_id=request.get(keys.REQUEST_ID),
             )
         except Unavailable as error:
             metrics.count_reservation(error.code)
             raise
         result = outcome.result
         metrics.count_reservation(result.code if isinstance(result, Rejected) else result.status)  # type: ignore[union-attr]
-        return outcome
-
-    def render(reservation: Reservation) -> web.Response:
-        if reservation.status == "waitlisted" and reservation.position is None:
-            # The answer as stored has no position (it moves); give the one it has now.
-            reservation = actor.reservation(reservation.id) or reservation
-        return reservation_response(reservation, created=True)
-
-    return await run_idempotent(
-        request,
-        lambda: schemas.ENCODER.encode(msgspec.structs.replace(body, user_id=user_id)),
-        perform,
-        render,
-        Reservation,
-    )
+        reservation: Reservation = key.answered(outcome)
+    return _created(actor, reservation)
 
 
-async def _reservation_command(request: web.Request, command: str) -> web.Response:
+async def _reservation_command(request: web.Request, command: Literal["confirm", "cancel"]) -> web.Response:
     reservation_id = request.match_info["reservation_id"]
     actor = await actor_for(request, reservation_id, "reservation")
     await refuse_body(request, command)
@@ -86,18 +80,19 @@ async def _reservation_command(request: web.Request, command: str) -> web.Respon
     if reservation is None:
         raise ProblemError(404, "not_found", f"no reservation {reservation_id!r}")
     principal = request[keys.PRINCIPAL]
-    definition = actor.view().definition  # type: ignore[union-attr]
+    definition = summary_of(actor).definition
     principal.check_reservation_access(reservation, definition)
     request_id = request.get(keys.REQUEST_ID)
-
-    async def perform(claim: Any) -> Any:
+    async with idempotency_key(request, b"") as key:
+        if key.replayed is not None:
+            return replayed(reservation_response(key.replayed_as(Reservation)))
         if command == "confirm":
-            return await actor.confirm(reservation_id, claim=claim, request_id=request_id)
-        return await actor.cancel(
-            reservation_id, privileged=principal.may_cancel_late(definition), claim=claim, request_id=request_id
-        )
-
-    return await run_idempotent(request, lambda: b"", perform, reservation_response, Reservation)
+            outcome = await actor.confirm(reservation_id, claim=key.claim, request_id=request_id)
+        else:
+            privileged = principal.may_cancel_late(definition)
+            outcome = await actor.cancel(reservation_id, privileged=privileged, claim=key.claim, request_id=request_id)
+        changed: Reservation = key.answered(outcome)
+    return reservation_response(changed)
 
 
 async def confirm_reservation(request: web.Request) -> web.Response:
@@ -114,7 +109,7 @@ async def get_reservation(request: web.Request) -> web.Response:
     reservation = actor.reservation(reservation_id)
     if reservation is None:
         raise ProblemError(404, "not_found", f"no reservation {reservation_id!r}")
-    request[keys.PRINCIPAL].check_reservation_access(reservation, actor.view().definition)  # type: ignore[union-attr]
+    request[keys.PRINCIPAL].check_reservation_access(reservation, summary_of(actor).definition)
     return json_response(reservation)
 
 
@@ -141,9 +136,10 @@ async def get_ticket(request: web.Request) -> web.Response:
     actor = await actor_for(request, ticket_id, "ticket")
     reservation_id = domain.reservation_id_of_ticket(ticket_id)
     reservation = actor.reservation(reservation_id) if reservation_id else None
+    if reservation is None:
+        raise ProblemError(404, "not_found", f"no ticket {ticket_id!r}")
     ticket = _ticket(reservation, ticket_id)
-    assert reservation is not None
-    request[keys.PRINCIPAL].check_reservation_access(reservation, actor.view().definition)  # type: ignore[union-attr]
+    request[keys.PRINCIPAL].check_reservation_access(reservation, summary_of(actor).definition)
     return json_response(ticket_out(reservation, ticket))
 
 
@@ -154,21 +150,19 @@ async def check_in_ticket(request: web.Request) -> web.Response:
     await refuse_body(request, "check-in")
     reservation_id = domain.reservation_id_of_ticket(ticket_id)
     _ticket(actor.reservation(reservation_id) if reservation_id else None, ticket_id)
-    request[keys.PRINCIPAL].check_may_check_in(actor.view().definition)  # type: ignore[union-attr]
-
-    async def perform(claim: Any) -> Any:
-        return await actor.check_in(ticket_id, request_id=request.get(keys.REQUEST_ID))
-
-    outcome = await perform_or_503(perform, None)
-    return render_outcome(outcome, lambda reservation: json_response(ticket_out(reservation, _ticket(reservation, ticket_id))))
-
-
-_STATUSES = ("held", "confirmed", "cancelled", "expired", "waitlisted")
+    request[keys.PRINCIPAL].check_may_check_in(summary_of(actor).definition)
+    outcome = await actor.check_in(ticket_id, request_id=request.get(keys.REQUEST_ID))
+    if isinstance(outcome.result, Rejected):
+        raise rejection(outcome.result)
+    reservation = outcome.result
+    if not isinstance(reservation, Reservation):
+        raise ProblemError(500, "internal_error", "a check-in answered no reservation")
+    return json_response(ticket_out(reservation, _ticket(reservation, ticket_id)))
 
 
 async def _user_reservations(request: web.Request, user_id: str) -> web.Response:
     registry = registry_of(request)
-    status = choice_query(request, "status", _STATUSES, None)
+    status = choice_query(request, "status", RESERVATION_STATUSES, None)
     event_id = request.query.get("event_id") or None
     if event_id is not None:
         storable(event_id, "event_id")
@@ -179,7 +173,7 @@ async def _user_reservations(request: web.Request, user_id: str) -> web.Response
     more = True
     async with request.app[keys.POOL].acquire() as connection:
         # The log says which reservations the user made; their state now comes from their actors.
-        while len(items) < limit and more and scanned < HISTORY_SCAN_ROWS_MAX:
+        while len(items) < limit and more and scanned < limits.HISTORY_SCAN_ROWS_MAX:
             rows, more = await store.user_reservations(
                 connection, user_id, event_id=event_id, before=before, limit=limit - len(items)
             )

@@ -1,7 +1,8 @@
 """Who is asking, and what they may do (API.md, "Who may do what").
 
-Every handler asks the principal before acting; the rules for each role are here and nowhere else.
-Who the principal is (tokens, sessions) is `inventoryd.accounts`' business.
+Every handler asks the principal before acting; the rules for each role are here and nowhere else,
+and a refusal is an `inventoryd.errors` refusal that the edge maps to 403 (or 422). Who the
+principal is (tokens, sessions) is `inventoryd.accounts`' business.
 """
 
 from __future__ import annotations
@@ -10,13 +11,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from inventoryd.domain import EventDefinition, Reservation
-from inventoryd.http.problems import ProblemError, invalid
+from inventoryd.errors import Forbidden, InvalidRequest
 
 Role = Literal["attendee", "organizer", "service", "admin"]
-
-
-def _forbidden(detail: str) -> ProblemError:
-    return ProblemError(403, "forbidden", detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,31 +32,30 @@ class Principal:
         """The user a reservation is made for: oneself, or anyone for service and admin."""
         if self.role in ("service", "admin"):
             if requested_user_id is None:
-                raise invalid("user_id is required when a service reserves for a buyer", "$.user_id")
+                raise InvalidRequest("user_id is required when a service reserves for a buyer", field="$.user_id")
             return requested_user_id
-        assert self.user_id is not None
-        if requested_user_id is not None and requested_user_id != self.user_id:
-            raise ProblemError(403, "forbidden", "you may reserve only for yourself", field="$.user_id")
+        if self.user_id is None or (requested_user_id is not None and requested_user_id != self.user_id):
+            raise Forbidden("you may reserve only for yourself", field="$.user_id")
         return self.user_id
 
     def check_may_create_events(self) -> None:
         if self.role not in ("organizer", "admin"):
-            raise _forbidden("only organizers and admins create events")
+            raise Forbidden("only organizers and admins create events")
 
     def check_may_manage(self, definition: EventDefinition) -> None:
         """Update, cancel, add or change ticket types, read reports and reservations of an event."""
         if self.role != "admin" and not self._owns(definition):
-            raise _forbidden("only the event's organizer and admins may do this")
+            raise Forbidden("only the event's organizer and admins may do this")
 
     def check_may_check_in(self, definition: EventDefinition) -> None:
         if self.role not in ("service", "admin") and not self._owns(definition):
-            raise _forbidden("only the event's organizer, services and admins check tickets in")
+            raise Forbidden("only the event's organizer, services and admins check tickets in")
 
     def check_reservation_access(self, reservation: Reservation, definition: EventDefinition) -> None:
         if self.role in ("service", "admin") or self._owns(definition):
             return
         if reservation.user_id != self.user_id:
-            raise _forbidden("this reservation is someone else's")
+            raise Forbidden("this reservation is someone else's")
 
     def may_cancel_late(self, definition: EventDefinition) -> bool:
         """Organizers (of the event) and admins may cancel a confirmed reservation after cancel_until."""
@@ -67,7 +63,7 @@ class Principal:
 
     def check_may_read_user(self, user_id: str) -> None:
         if self.role not in ("service", "admin") and self.user_id != user_id:
-            raise _forbidden("only services and admins read other users' reservations")
+            raise Forbidden("only services and admins read other users' reservations")
 
 
 # When authentication is switched off (INVENTORYD_AUTH=off, allowed on loopback only): everyone.

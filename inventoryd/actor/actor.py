@@ -1,0 +1,484 @@
+"""The event actor: the one owner of an event's inventory.
+
+Callers `await actor.reserve(...)` (or confirm, cancel, …). The actor takes its mailbox's waiting
+messages as one batch (at most BATCH_MESSAGES_MAX), decides each against the inventory, applying each
+decision's records before the next decision, appends the whole batch's records to the journal in
+one transaction, and only then replies to every message of the batch. If the append certainly
+failed it rolls the inventory back to its state before the batch and answers every message with a
+retryable error; if the outcome is unknown it answers the same and stops, so that its supervisor
+rebuilds it from the log, which knows what happened.
+
+Reads never see uncommitted changes: while a batch's append is in flight, `reservation()` answers
+from the values the batch replaced, and availability comes from a view published after each commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import msgspec
+import structlog
+
+from inventoryd import domain, limits
+from inventoryd.actor.batch import Batch, fail
+from inventoryd.actor.mailbox import Mailbox, Message
+from inventoryd.actor.outcomes import ActorRestartRequired, IdempotencyClaim, Outcome
+from inventoryd.domain import EventDefinition, EventSummary, Inventory, Reservation, invariant
+from inventoryd.errors import Unavailable
+from inventoryd.tasks import TaskSupervisor
+from persistence import limits as persistence_limits
+from persistence.errors import DATABASE_AWAY
+from persistence.journal import AppendFailed, AppendOutcomeUnknown, Journal
+
+log = structlog.get_logger("inventoryd.actor")
+
+# How the actor's bounds fit the journal's: a full batch fits one journal transaction (a message
+# produces at most one record, an expiry message at most EXPIRIES_PER_MESSAGE_MAX), and a request
+# whose message was decided always outlives the commit that settles it.
+invariant(
+    limits.BATCH_MESSAGES_MAX + limits.EXPIRIES_PER_MESSAGE_MAX <= persistence_limits.JOURNAL_COMMIT_RECORDS_MAX,
+    "a full batch must fit one journal transaction",
+)
+invariant(persistence_limits.DB_TIMEOUT_S < limits.REQUEST_TIMEOUT_S, "a decided request must outlive its commit")
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(eq=False)
+class EventActor:
+    event_id: str
+    journal: Journal
+    inventory: Inventory
+    clock: Clock = system_clock
+    # Told of every committed batch: (messages decided, messages that were waiting when it began).
+    on_batch: Callable[[int, int], None] | None = None
+    # Stores a snapshot (event id, seq, state); the log position of the latest one written.
+    write_snapshot: Callable[[str, int, bytes], Awaitable[None]] | None = None
+    snapshot_seq: int = 0
+    # The log position of the latest snapshot that could not be written: the next try waits for
+    # as many records again, so that a write that keeps failing (a snapshot too large for
+    # DB_TIMEOUT_S, say) is not encoded and sent again after every batch.
+    snapshot_failed_seq: int = 0
+    # Where the snapshot writes run: the registry's supervisor (an actor on its own has its own).
+    tasks: TaskSupervisor = field(default_factory=lambda: TaskSupervisor("actor"))
+    _epoch: int = 0
+    _mailbox: Mailbox = field(default_factory=lambda: Mailbox(limits.MAILBOX_MESSAGES_MAX))
+    _running: bool = False
+    # False once a drain begins: new requests are refused, queued ones are still decided.
+    _accepting: bool = False
+    _processing: bool = False
+    # The batch whose append is in flight (reads show what it replaced).
+    _in_flight: Batch | None = None
+    _view: EventSummary | None = None
+    _expiry_timer: asyncio.TimerHandle | None = None
+    _expiry_timer_due: datetime = datetime.min.replace(tzinfo=UTC)
+    _expiry_queued: bool = False
+    # Made only while someone waits for a change, so that a commit pays nothing otherwise.
+    _next_change: asyncio.Future[None] | None = None
+    _snapshot_task: asyncio.Task[None] | None = None
+
+    # -- the callers' side ----------------------------------------------------------------------
+
+    async def create(self, definition: EventDefinition, *, claim: IdempotencyClaim | None = None) -> Outcome:
+        return await self._ask(domain.CreateEvent(definition), claim, None)
+
+    async def reserve(
+        self,
+        user_id: str,
+        ticket_type: str,
+        quantity: int,
+        *,
+        waitlist: bool = False,
+        claim: IdempotencyClaim | None = None,
+        request_id: str | None = None,
+    ) -> Outcome:
+        return await self._ask(domain.Reserve(user_id, ticket_type, quantity, waitlist), claim, request_id)
+
+    async def confirm(
+        self, reservation_id: str, *, claim: IdempotencyClaim | None = None, request_id: str | None = None
+    ) -> Outcome:
+        return await self._ask(domain.Confirm(reservation_id), claim, request_id)
+
+    async def cancel(
+        self,
+        reservation_id: str,
+        *,
+        privileged: bool = False,
+        claim: IdempotencyClaim | None = None,
+        request_id: str | None = None,
+    ) -> Outcome:
+        return await self._ask(domain.Cancel(reservation_id, privileged), claim, request_id)
+
+    async def check_in(self, ticket_id: str, *, request_id: str | None = None) -> Outcome:
+        return await self._ask(domain.CheckIn(ticket_id), None, request_id)
+
+    async def update_event(
+        self, changes: dict[str, Any], *, claim: IdempotencyClaim | None = None, request_id: str | None = None
+    ) -> Outcome:
+        return await self._ask(domain.UpdateEvent(changes), claim, request_id)
+
+    async def add_ticket_type(
+        self,
+        ticket_type: domain.TicketTypeDefinition,
+        *,
+        claim: IdempotencyClaim | None = None,
+        request_id: str | None = None,
+    ) -> Outcome:
+        return await self._ask(domain.AddTicketType(ticket_type), claim, request_id)
+
+    async def change_ticket_type(
+        self,
+        code: str,
+        *,
+        name: str | None = None,
+        price: int | None = None,
+        capacity: int | None = None,
+        claim: IdempotencyClaim | None = None,
+        request_id: str | None = None,
+    ) -> Outcome:
+        return await self._ask(domain.ChangeTicketType(code, name, price, capacity), claim, request_id)
+
+    async def cancel_event(self, *, claim: IdempotencyClaim | None = None, request_id: str | None = None) -> Outcome:
+        return await self._ask(domain.CancelEvent(), claim, request_id)
+
+    def reservation(self, reservation_id: str) -> Reservation | None:
+        """The reservation as last committed (with its place in line, if it is waiting)."""
+        reservation = self._committed(reservation_id)
+        if reservation is not None and reservation.status == "waitlisted":
+            return msgspec.structs.replace(reservation, position=self._waitlist_position(reservation))
+        return reservation
+
+    def _committed(self, reservation_id: str) -> Reservation | None:
+        batch = self._in_flight
+        if batch is not None and reservation_id in batch.before:
+            return batch.before[reservation_id]
+        return self.inventory.reservations.get(reservation_id)
+
+    def _waitlist_position(self, reservation: Reservation) -> int:
+        # Walk the list as committed: from the committed head, entries in flight as they were.
+        ticket_type = self.inventory.ticket_types[reservation.ticket_type]
+        head = ticket_type.waitlist_head
+        if self._in_flight is not None:
+            head = self._in_flight.waitlist_heads.get(reservation.ticket_type, head)
+        position = 0
+        for reservation_id in ticket_type.waitlist[head:]:
+            entry = self._committed(reservation_id)
+            if entry is not None and entry.status == "waitlisted":
+                position += 1
+            if reservation_id == reservation.id:
+                return position
+        raise domain.InvariantViolation(f"{reservation.id} is waitlisted but not in its list")
+
+    async def wait_changed(self) -> None:
+        """Return after the next commit that changed this event (for live availability)."""
+        if self._next_change is None:
+            self._next_change = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._next_change)
+
+    def view(self) -> EventSummary | None:
+        """The event as last committed, or None before its creation is."""
+        return self._view
+
+    def mailbox_depth(self) -> int:
+        return len(self._mailbox)
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def epoch(self) -> int:
+        """The ownership epoch this actor writes with (a node's lease on the event's shard)."""
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        invariant(epoch >= self._epoch, "%s: epoch %s after %s (epochs never go back)", self.event_id, epoch, self._epoch)
+        self._epoch = epoch
+
+    def wake_expiry(self) -> None:
+        """Check for due holds now: the timer runs on the loop's clock, holds fall due by the wall
+        clock, and the two part when the wall clock jumps (a suspended machine; a test's clock)."""
+        self._enqueue_expiry()
+
+    async def _ask(self, command: domain.Command, claim: IdempotencyClaim | None, request_id: str | None) -> Outcome:
+        # No timer per request: the actor refuses a message that waited past REQUEST_TIMEOUT_S when
+        # its turn comes, and every wait before that is bounded (a batch's commit by DB_TIMEOUT_S; a
+        # stopping actor fails what is queued at once).
+        if not self._accepting:
+            raise Unavailable("the event's actor is recovering or shutting down; retry shortly")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        if not self._mailbox.put_nowait(Message(command, claim, request_id, future, loop.time())):
+            raise Unavailable("too many requests are waiting for this event", code="overloaded")
+        return await future
+
+    # -- the actor's side -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Accept messages: the inventory is recovered (or new)."""
+        self.inventory.next_expiry()
+        self._publish()
+        self._running = True
+        self._accepting = True
+        self._schedule_expiry()
+
+    def stop_accepting(self) -> None:
+        """Begin a drain: refuse new requests; what is queued or in flight is still answered."""
+        self._accepting = False
+
+    @property
+    def idle(self) -> bool:
+        return not self._processing and not self._mailbox
+
+    def stop(self, reason: str) -> None:
+        """Stop accepting; answer every waiting message with a retryable error."""
+        self._running = False
+        self._accepting = False
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        self._expiry_queued = False
+        for message in self._mailbox.take_nowait(len(self._mailbox)):
+            fail(message, Unavailable(reason))
+
+    async def run(self) -> None:
+        """Process batches until cancelled; raises ActorRestartRequired when it must be rebuilt.
+
+        Group commit under load: when many buyers are active (those the last batch answered, and
+        those who queued while it was committed), the ones just answered are about to come back, so
+        the actor waits (at most BATCH_LINGER_S) until that many messages are queued before it takes
+        the next batch. Without the wait, the buyers split into two halves whose batches alternate,
+        and a busy event pays twice the transactions (and fsyncs) it needs. Buyers who think
+        between requests do not come back within the wait: once a wait runs out with fewer than
+        half of them back, the next BATCH_LINGER_BACKOFF_BATCHES batches are taken at once, so
+        that they pay no latency for it."""
+        invariant(self._running, "%s: run() before start()", self.event_id)
+        previous = 0
+        skip_lingers = 0
+        while True:
+            await self._mailbox.wait_not_empty()
+            if previous < limits.BATCH_LINGER_FROM_MESSAGES:
+                pass
+            elif skip_lingers:
+                skip_lingers -= 1
+            elif not await self._mailbox.wait_for(min(previous, limits.BATCH_MESSAGES_MAX), limits.BATCH_LINGER_S):
+                skip_lingers = limits.BATCH_LINGER_BACKOFF_BATCHES
+            depth = len(self._mailbox)
+            messages = self._mailbox.take_nowait(limits.BATCH_MESSAGES_MAX)
+            if not messages:  # stopped while lingering: stop() answered what was queued
+                continue
+            self._processing = True
+            try:
+                batch = await self._process(messages)
+            finally:
+                self._processing = False
+            if batch.committed and self.on_batch is not None:
+                self.on_batch(len(batch.messages), depth)
+            # The buyers this event has now: those just answered, and those who queued meanwhile.
+            previous = len(batch.messages) + len(self._mailbox)
+
+    async def _process(self, messages: list[Message]) -> Batch:
+        """Decide, append, reply: one batch (with the messages that joined it). Unless its append
+        failed (rolled back, every message told to retry), it is committed and answered."""
+        loop = asyncio.get_running_loop()
+        batch = Batch.begin(self.inventory)
+        try:
+            batch.decide(self.inventory, messages, self.clock(), loop.time() - limits.REQUEST_TIMEOUT_S)
+        except Exception as error:
+            self._batch_failed(batch, error)
+        if batch.has_writes() and not await self._append(batch):
+            return batch
+        self.inventory.commit()
+        batch.committed = True
+        invariant(
+            self.inventory.last_seq == batch.last_seq,
+            "%s: the batch's records end at %s, the state at %s",
+            self.event_id,
+            batch.last_seq,
+            self.inventory.last_seq,
+        )
+        before = self._view
+        self._publish()
+        for message, outcome in batch.replies:
+            if message.future is not None and not message.future.done():
+                message.future.set_result(outcome)
+        if batch.kinds:
+            self._log_domain_events(batch.kinds, before)
+        if batch.expiry_decided:
+            self._expiry_queued = False
+        self._schedule_expiry()
+        self._snapshot_if_due()
+        return batch
+
+    async def _append(self, batch: Batch) -> bool:
+        """Write `batch` to the journal: True once committed, False if it certainly was not (the
+        inventory is rolled back and every message told to retry); raises ActorRestartRequired if
+        the outcome is unknown."""
+        append = batch.append(self.event_id, self._epoch)
+        # The one callback of the write path: while the append waits in the journal's queue (behind
+        # other events' commit), this event's next buyers queue here; the journal calls this just
+        # before it writes the append, so that they join it instead of waiting for this commit and
+        # the next. It runs while the actor waits for exactly this append: nothing else touches the
+        # inventory meanwhile.
+        append.before_write = functools.partial(self._join_queued, batch)
+        self._in_flight = batch
+        try:
+            await self.journal.append(append)
+        except AppendFailed as error:
+            if batch.error is not None:
+                self._batch_failed(batch, batch.error)
+            self.inventory.rollback()
+            for message, _ in batch.replies:
+                fail(message, Unavailable("the change could not be saved; retry"))
+            log.warning(
+                "actor_batch_rolled_back",
+                event_id=self.event_id,
+                messages=len(batch.replies),
+                error=str(error),
+                request_ids=[message.request_id for message, _ in batch.replies if message.request_id],
+            )
+            if batch.expiry_decided:
+                self._expiry_queued = False
+            self._schedule_expiry()
+            return False
+        except (AppendOutcomeUnknown, asyncio.CancelledError) as error:
+            # Unknown: the log knows whether this batch committed; the state here cannot.
+            for message, _ in batch.replies:
+                fail(message, Unavailable("the outcome is not known yet; retry with the same Idempotency-Key"))
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            raise ActorRestartRequired(str(error)) from error
+        finally:
+            self._in_flight = None
+        return True
+
+    def _join_queued(self, batch: Batch) -> bool:
+        """The messages queued since the batch was decided join it (up to BATCH_MESSAGES_MAX in
+        all). False withdraws the append: deciding failed (a bug)."""
+        if not self._running:
+            return True
+        joining = self._mailbox.take_nowait(limits.BATCH_MESSAGES_MAX - len(batch.messages))
+        if not joining:
+            return True
+        try:
+            batch.decide(self.inventory, joining, self.clock(), asyncio.get_running_loop().time() - limits.REQUEST_TIMEOUT_S)
+        except Exception as error:
+            batch.error = error
+            return False
+        return True
+
+    def _batch_failed(self, batch: Batch, error: Exception) -> NoReturn:
+        """A bug in decide or apply (an invariant failed): nothing of this batch is sent."""
+        self.inventory.rollback()
+        for message in batch.messages:
+            fail(message, Unavailable("internal error; retry"))
+        log.error(
+            "actor_batch_failed",
+            event_id=self.event_id,
+            error=repr(error),
+            request_ids=[message.request_id for message in batch.messages if message.request_id],
+        )
+        raise ActorRestartRequired(repr(error)) from error
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    def snapshot_due(self) -> bool:
+        tail = self.inventory.last_seq - max(self.snapshot_seq, self.snapshot_failed_seq)
+        return tail >= max(limits.SNAPSHOT_EVERY_RECORDS, limits.SNAPSHOT_TAIL_RATIO * len(self.inventory.reservations))
+
+    def _snapshot_if_due(self) -> None:
+        if self.write_snapshot is None or not self.snapshot_due():
+            return
+        if self._snapshot_task is not None and not self._snapshot_task.done():
+            return
+        # Encoded now, between batches (so it is committed state), written by a task the registry
+        # owns: the next batch does not wait for PostgreSQL to store it.
+        state = self.inventory.snapshot()
+        self._snapshot_task = self.tasks.spawn(
+            self._store_snapshot(self.inventory.last_seq, state), name=f"snapshot:{self.event_id}"
+        )
+
+    async def snapshot_now(self) -> None:
+        """Write a snapshot of the committed state (call between batches)."""
+        if self.inventory.definition is not None:
+            await self._store_snapshot(self.inventory.last_seq, self.inventory.snapshot())
+
+    async def _store_snapshot(self, seq: int, state: bytes) -> None:
+        # A failure costs only a longer recovery: logged, never raised.
+        if self.write_snapshot is None:
+            return
+        try:
+            await self.write_snapshot(self.event_id, seq, state)
+        except DATABASE_AWAY as error:
+            log.warning("snapshot_failed", event_id=self.event_id, seq=seq, error=repr(error))
+            self.snapshot_failed_seq = max(self.snapshot_failed_seq, seq)
+            return
+        self.snapshot_seq = max(self.snapshot_seq, seq)
+
+    async def wait_snapshot_written(self) -> None:
+        if self._snapshot_task is not None:
+            await asyncio.gather(self._snapshot_task, return_exceptions=True)
+
+    # -- what is published after a commit ----------------------------------------------------------
+
+    def _publish(self) -> None:
+        self._view = self.inventory.summary() if self.inventory.definition is not None else None
+        if self._next_change is not None:
+            self._next_change.set_result(None)
+            self._next_change = None
+
+    def _log_domain_events(self, kinds: list[str], before: EventSummary | None) -> None:
+        """What an operator wants to see as its own line, once it is durable. `before` is the event
+        as published before this batch (None: the batch created it)."""
+        if "event_created" in kinds:
+            log.info("event_created", event_id=self.event_id, name=self.inventory.require_definition().name)
+        if "event_cancelled" in kinds:
+            log.info("event_cancelled", event_id=self.event_id)
+        if expired := kinds.count("hold_expired"):
+            log.info("holds_expired", event_id=self.event_id, count=expired)
+        if promoted := kinds.count("waitlist_promoted"):
+            log.info("waitlist_promoted", event_id=self.event_id, count=promoted)
+        if before is None or self._view is None:
+            return
+        # Ticket types are only ever added, at the end: the published tuples pair up by position.
+        for was, now in zip(before.ticket_types, self._view.ticket_types, strict=False):
+            if was.available > 0 and now.available == 0:
+                log.info("sold_out", event_id=self.event_id, ticket_type=now.code, capacity=now.capacity)
+
+    # -- hold expiry: a message the actor sends itself --------------------------------------------
+
+    def _schedule_expiry(self) -> None:
+        """After every batch: make sure a timer wakes the actor when the next hold falls due. A timer
+        already set for no later than that is kept (on a busy event the earliest hold rarely
+        changes, and re-arming per batch costs a timer each time); one that fires early finds
+        nothing due, and sets the next."""
+        due = self.inventory.next_expiry() if self._running and not self._expiry_queued else None
+        if due is not None and self._expiry_timer is not None and self._expiry_timer_due <= due:
+            return
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        if due is None:
+            return
+        delay_s = max(0.0, (due - self.clock()).total_seconds())
+        self._expiry_timer = asyncio.get_running_loop().call_later(delay_s, self._enqueue_expiry)
+        self._expiry_timer_due = due
+
+    def _enqueue_expiry(self) -> None:
+        self._expiry_timer = None
+        if not self._running or self._expiry_queued:
+            return
+        self._expiry_queued = True
+        # The timer's message is not bounded by the mailbox: there is at most one in it.
+        self._mailbox.put_nowait(Message(domain.ExpireDue(), None, None, None), bounded=False)
+

@@ -1,0 +1,123 @@
+"""One batch of an actor: the messages it decided, the records they produced, the idempotency
+answers and catalogue rows written with them, each message's outcome, and the committed values of
+what it changed (what reads show while its append is in flight)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import msgspec
+
+from inventoryd import domain
+from inventoryd.actor.mailbox import Message
+from inventoryd.actor.outcomes import IdempotencyClaim, Outcome
+from inventoryd.domain import EventDefinition, EventSummary, Inventory, Rejected, Reservation
+from inventoryd.errors import Unavailable
+from persistence.journal import Append, CatalogueRow, IdempotencyRow
+
+_ENCODER = msgspec.json.Encoder()
+_CATALOGUE_FIELDS = tuple(column.name for column in dataclasses.fields(CatalogueRow))
+
+
+def catalogue_row(definition: EventDefinition, status: str) -> CatalogueRow:
+    """The event's catalogue row: each of the row's columns from the definition's field of that name."""
+    values = {name: getattr(definition, name) for name in _CATALOGUE_FIELDS if name not in ("event_id", "status")}
+    return CatalogueRow(event_id=definition.id, status=status, **values)
+
+
+@dataclass(slots=True)
+class Batch:
+    first_seq: int
+    messages: list[Message] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    answers: list[IdempotencyRow] = field(default_factory=list)
+    catalogue: list[CatalogueRow] = field(default_factory=list)
+    replies: list[tuple[Message, Outcome]] = field(default_factory=list)
+    # The reservations this batch changed, as last committed (None: made by this batch), and each
+    # ticket type's waiting-list head as committed: what reads show until the batch commits.
+    before: dict[str, Reservation | None] = field(default_factory=dict)
+    waitlist_heads: dict[str, int] = field(default_factory=dict)
+    # True once the batch decided the actor's own expiry message.
+    expiry_decided: bool = False
+    # Set if deciding a message that joined the batch failed (a bug): the batch is withdrawn.
+    error: Exception | None = None
+    # True once its append is committed (and its messages answered).
+    committed: bool = False
+
+    @classmethod
+    def begin(cls, inventory: Inventory) -> Batch:
+        inventory.begin()
+        heads = {code: state.waitlist_head for code, state in inventory.ticket_types.items() if state.waitlist}
+        return cls(first_seq=inventory.last_seq + 1, waitlist_heads=heads)
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + len(self.kinds) - 1
+
+    def has_writes(self) -> bool:
+        return bool(self.kinds or self.answers)
+
+    def decide(self, inventory: Inventory, messages: list[Message], now: datetime, stale_before: float) -> None:
+        """Decide `messages` in order at `now`, applying each decision's records before the next."""
+        self.messages.extend(messages)
+        for message in messages:
+            future = message.future
+            if future is not None and (future.done() or message.enqueued_at < stale_before):
+                # The caller went away, or waited too long to be answered anything but "retry".
+                fail(message, Unavailable("the request waited too long for its event", code="overloaded"))
+                continue
+            command = message.command
+            if isinstance(command, domain.ExpireDue):
+                self.expiry_decided = True
+            decision = inventory.decide(command, now)
+            for record in decision.records:
+                self._apply(inventory, record)
+            outcome = _outcome(inventory, command, decision, message.claim)
+            if outcome.stored_answer is not None and message.claim is not None:
+                claim = message.claim
+                self.answers.append(IdempotencyRow(claim.scope, claim.key, claim.fingerprint, outcome.stored_answer))
+            self.replies.append((message, outcome))
+
+    def _apply(self, inventory: Inventory, record: domain.Record) -> None:
+        reservation_id = getattr(record, "reservation_id", None)
+        if reservation_id is not None and reservation_id not in self.before:
+            self.before[reservation_id] = inventory.reservations.get(reservation_id)
+        inventory.apply(inventory.last_seq + 1, record)
+        self.kinds.append(domain.record_kind(record))
+        self.bodies.append(_ENCODER.encode(record))
+        if isinstance(record, domain.CATALOGUE_RECORDS):
+            self.catalogue.append(catalogue_row(inventory.require_definition(), inventory.status))
+
+    def append(self, event_id: str, epoch: int) -> Append:
+        return Append(event_id, self.first_seq, self.kinds, self.bodies, epoch=epoch, idempotency=self.answers, catalogue=self.catalogue)
+
+
+def _outcome(inventory: Inventory, command: domain.Command, decision: domain.Decision, claim: IdempotencyClaim | None) -> Outcome:
+    reply = decision.reply
+    if isinstance(reply, Rejected):
+        return Outcome(reply)
+    result: Reservation | EventSummary | None
+    if reply.reservation_id is not None:
+        result = inventory.reservations[reply.reservation_id]
+    elif isinstance(command, domain.ExpireDue):
+        result = None
+    else:
+        # An event-level command: the event as this decision leaves it.
+        result = inventory.summary()
+    # Every accepted answer is remembered under its key, also one that changed nothing (a
+    # repeated confirm): its retry must get the same answer even after the state moved on.
+    # Refusals (sold out, …) are not: they changed nothing, a retry is decided afresh.
+    stored = _ENCODER.encode(result) if claim is not None and result is not None else None
+    return Outcome(result, stored)
+
+
+def fail(message: Message, error: Exception) -> None:
+    """Answer `message` with `error`, unless its caller has its answer or has gone."""
+    future = message.future
+    if future is not None and not future.done():
+        future.set_exception(error)
+        # A caller that gave up will never retrieve it; do not warn about that.
+        future.exception()

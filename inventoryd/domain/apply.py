@@ -1,0 +1,220 @@
+"""Phase two: apply. Fold one log record into the state: the same code serves the live path (after
+each decision) and recovery (over the log). One function per record kind; each says which ticket
+type and which buyer it touched, and the local invariants are checked on those after every record.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import assert_never
+
+import msgspec
+
+from inventoryd.domain.checks import invariant, present
+from inventoryd.domain.ids import ticket_id_for
+from inventoryd.domain.invariants import check_after_apply
+from inventoryd.domain.records import (
+    EventCancelled,
+    EventCreated,
+    EventUpdated,
+    HoldExpired,
+    Record,
+    ReservationCancelled,
+    ReservationConfirmed,
+    ReservationHeld,
+    ReservationWaitlisted,
+    TicketCheckedIn,
+    TicketTypeAdded,
+    TicketTypeChanged,
+    WaitlistPromoted,
+)
+from inventoryd.domain.state import COUNTED_STATUSES, InventoryState, Reservation, Ticket, TicketTypeState
+
+# What a record touched, for the checks after it: a ticket type, a buyer (either may be None).
+Touched = tuple[TicketTypeState | None, str | None]
+
+
+def apply(inventory: InventoryState, seq: int, record: Record) -> None:
+    invariant(seq == inventory.last_seq + 1, "event %s: record seq %s after %s", inventory.event_id, seq, inventory.last_seq)
+    touched: Touched
+    match record:
+        case EventCreated():
+            touched = _event_created(inventory, record)
+        case ReservationHeld():
+            touched = _reservation_held(inventory, record)
+        case ReservationWaitlisted():
+            touched = _reservation_waitlisted(inventory, record)
+        case WaitlistPromoted():
+            touched = _waitlist_promoted(inventory, record)
+        case ReservationConfirmed():
+            touched = _reservation_confirmed(inventory, record)
+        case ReservationCancelled():
+            touched = _reservation_cancelled(inventory, record)
+        case HoldExpired():
+            touched = _hold_expired(inventory, record)
+        case TicketCheckedIn():
+            touched = _ticket_checked_in(inventory, record)
+        case EventUpdated():
+            touched = _event_updated(inventory, record)
+        case TicketTypeAdded():
+            touched = _ticket_type_added(inventory, record)
+        case TicketTypeChanged():
+            touched = _ticket_type_changed(inventory, record)
+        case EventCancelled():
+            touched = _event_cancelled(inventory, record)
+        case _:
+            assert_never(record)
+    inventory.set_attr(inventory, "last_seq", seq)
+    check_after_apply(inventory, *touched)
+
+
+def _event_created(inventory: InventoryState, record: EventCreated) -> Touched:
+    invariant(inventory.status == "new", "EventCreated twice")
+    invariant(record.event.id == inventory.event_id, "EventCreated for another event")
+    inventory.set_attr(inventory, "definition", record.event)
+    inventory.set_attr(inventory, "status", "on_sale")
+    for ticket_type in record.event.ticket_types:
+        inventory.add_ticket_type(ticket_type)
+    return None, None
+
+
+def _new_reservation(inventory: InventoryState, record: ReservationHeld | ReservationWaitlisted) -> Reservation:
+    invariant(record.reservation_id not in inventory.reservations, "%s made twice", record.reservation_id)
+    inventory.set_attr(inventory, "reservations_created", inventory.reservations_created + 1)
+    held = isinstance(record, ReservationHeld)
+    reservation = Reservation(
+        id=record.reservation_id,
+        event_id=inventory.event_id,
+        ticket_type=record.ticket_type,
+        quantity=record.quantity,
+        user_id=record.user_id,
+        status="held" if held else "waitlisted",
+        amount=record.amount,
+        created_at=record.at,
+        expires_at=record.expires_at if isinstance(record, ReservationHeld) else None,
+    )
+    inventory.put_reservation(reservation)
+    return reservation
+
+
+def _reservation_held(inventory: InventoryState, record: ReservationHeld) -> Touched:
+    _new_reservation(inventory, record)
+    inventory.push_expiry((record.expires_at, record.reservation_id))
+    return inventory.ticket_types[record.ticket_type], record.user_id
+
+
+def _reservation_waitlisted(inventory: InventoryState, record: ReservationWaitlisted) -> Touched:
+    _new_reservation(inventory, record)
+    ticket_type = inventory.ticket_types[record.ticket_type]
+    inventory.append(ticket_type.waitlist, record.reservation_id)
+    return ticket_type, record.user_id
+
+
+def _waitlist_promoted(inventory: InventoryState, record: WaitlistPromoted) -> Touched:
+    reservation = _reservation(inventory, record.reservation_id, "waitlisted")
+    ticket_type = inventory.ticket_types[reservation.ticket_type]
+    inventory.replace(reservation, status="held", expires_at=record.expires_at)
+    inventory.push_expiry((record.expires_at, record.reservation_id))
+    _advance_waitlist_head(inventory, ticket_type)
+    return ticket_type, None
+
+
+def _reservation_confirmed(inventory: InventoryState, record: ReservationConfirmed) -> Touched:
+    reservation = _reservation(inventory, record.reservation_id, "held")
+    tickets = tuple(Ticket(ticket_id_for(reservation.id, index), "valid") for index in range(1, reservation.quantity + 1))
+    inventory.replace(reservation, status="confirmed", confirmed_at=record.at, tickets=tickets)
+    return inventory.ticket_types[reservation.ticket_type], None
+
+
+def _reservation_cancelled(inventory: InventoryState, record: ReservationCancelled) -> Touched:
+    reservation = _reservation(inventory, record.reservation_id, *COUNTED_STATUSES)
+    _cancel(inventory, reservation, record.at, refunded=record.refunded)
+    return inventory.ticket_types[reservation.ticket_type], reservation.user_id
+
+
+def _hold_expired(inventory: InventoryState, record: HoldExpired) -> Touched:
+    reservation = _reservation(inventory, record.reservation_id, "held")
+    inventory.replace(reservation, status="expired")
+    return inventory.ticket_types[reservation.ticket_type], reservation.user_id
+
+
+def _ticket_checked_in(inventory: InventoryState, record: TicketCheckedIn) -> Touched:
+    reservation = _reservation(inventory, record.reservation_id, "confirmed")
+    invariant(
+        any(ticket.id == record.ticket_id and ticket.status == "valid" for ticket in reservation.tickets),
+        "check-in of %s, which is not a valid ticket",
+        record.ticket_id,
+    )
+    tickets = tuple(
+        msgspec.structs.replace(ticket, status="checked_in", checked_in_at=record.at) if ticket.id == record.ticket_id else ticket
+        for ticket in reservation.tickets
+    )
+    inventory.replace(reservation, tickets=tickets)
+    return inventory.ticket_types[reservation.ticket_type], None
+
+
+def _event_updated(inventory: InventoryState, record: EventUpdated) -> Touched:
+    invariant(inventory.status == "on_sale", "EventUpdated on an event not on sale")
+    invariant(record.event.id == inventory.event_id, "EventUpdated for another event")
+    inventory.set_attr(inventory, "definition", record.event)
+    return None, None
+
+
+def _ticket_type_added(inventory: InventoryState, record: TicketTypeAdded) -> Touched:
+    invariant(record.ticket_type.code not in inventory.ticket_types, "ticket type %s added twice", record.ticket_type.code)
+    inventory.add_ticket_type(record.ticket_type)
+    return inventory.ticket_types[record.ticket_type.code], None
+
+
+def _ticket_type_changed(inventory: InventoryState, record: TicketTypeChanged) -> Touched:
+    ticket_type = inventory.ticket_types[record.code]
+    inventory.set_attr(ticket_type, "name", record.name)
+    inventory.set_attr(ticket_type, "price", record.price)
+    inventory.set_attr(ticket_type, "capacity", record.capacity)
+    return ticket_type, None
+
+
+def _event_cancelled(inventory: InventoryState, record: EventCancelled) -> Touched:
+    invariant(inventory.status == "on_sale", "EventCancelled on an event not on sale")
+    inventory.set_attr(inventory, "status", "cancelled")
+    for reservation in list(inventory.reservations.values()):
+        if reservation.status in COUNTED_STATUSES:
+            _cancel(inventory, reservation, record.at, refunded=reservation.status == "confirmed")
+    for ticket_type in inventory.ticket_types.values():
+        invariant(ticket_type.held == 0, "cancelling left %s held seats of %s", ticket_type.held, ticket_type.code)
+        invariant(ticket_type.sold == 0, "cancelling left %s sold seats of %s", ticket_type.sold, ticket_type.code)
+        invariant(ticket_type.waiting == 0, "cancelling left %s waiting for %s", ticket_type.waiting, ticket_type.code)
+        check_after_apply(inventory, ticket_type, None)
+    return None, None
+
+
+def _cancel(inventory: InventoryState, reservation: Reservation, at: datetime, *, refunded: bool) -> None:
+    # A ticket already used stays checked in: that is history, not a seat.
+    tickets = tuple(
+        msgspec.structs.replace(ticket, status="cancelled") if ticket.status == "valid" else ticket
+        for ticket in reservation.tickets
+    )
+    inventory.replace(reservation, status="cancelled", cancelled_at=at, refunded=refunded, tickets=tickets)
+    if reservation.status == "waitlisted":
+        _advance_waitlist_head(inventory, inventory.ticket_types[reservation.ticket_type])
+
+
+def _advance_waitlist_head(inventory: InventoryState, ticket_type: TicketTypeState) -> None:
+    """Move the head past entries that have left the list, so it stays short to walk."""
+    head = ticket_type.waitlist_head
+    while head < len(ticket_type.waitlist) and inventory.reservations[ticket_type.waitlist[head]].status != "waitlisted":
+        head += 1
+    if head != ticket_type.waitlist_head:
+        inventory.set_attr(ticket_type, "waitlist_head", head)
+
+
+def _reservation(inventory: InventoryState, reservation_id: str, *statuses: str) -> Reservation:
+    reservation = present(inventory.reservations.get(reservation_id), "record for unknown reservation %s", reservation_id)
+    invariant(
+        reservation.status in statuses,
+        "record for %s in status %s, expected one of %s",
+        reservation_id,
+        reservation.status,
+        statuses,
+    )
+    return reservation

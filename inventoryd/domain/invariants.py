@@ -1,0 +1,107 @@
+"""Phase three: the invariants. `check_after_apply` runs after every record in O(1) on what it
+touched; `check_all` recounts everything from the reservations (after replay, in audits). One
+condition per check, so that its message says which one broke."""
+
+from __future__ import annotations
+
+from inventoryd.domain.checks import invariant
+from inventoryd.domain.state import (
+    COUNTED_STATUSES,
+    COUNTERS,
+    Counts,
+    InventoryState,
+    Reservation,
+    TicketTypeState,
+    counted,
+    seats_counted,
+)
+
+
+def check_after_apply(inventory: InventoryState, ticket_type: TicketTypeState | None, user_id: str | None) -> None:
+    """The invariants a single record can break."""
+    if ticket_type is not None:
+        event_id, code = inventory.event_id, ticket_type.code
+        invariant(ticket_type.held >= 0, "event %s type %s: held %s < 0", event_id, code, ticket_type.held)
+        invariant(ticket_type.sold >= 0, "event %s type %s: sold %s < 0", event_id, code, ticket_type.sold)
+        invariant(
+            ticket_type.held + ticket_type.sold <= ticket_type.capacity,
+            "event %s type %s: held %s + sold %s exceeds capacity %s",
+            event_id,
+            code,
+            ticket_type.held,
+            ticket_type.sold,
+            ticket_type.capacity,
+        )
+        invariant(ticket_type.checked_in >= 0, "event %s type %s: checked in < 0", event_id, code)
+        invariant(
+            ticket_type.checked_in <= ticket_type.sold or inventory.status == "cancelled",
+            "event %s type %s: checked in %s > sold %s",
+            event_id,
+            code,
+            ticket_type.checked_in,
+            ticket_type.sold,
+        )
+        invariant(ticket_type.waiting >= 0, "event %s type %s: waiting < 0", event_id, code)
+        invariant(ticket_type.revenue >= 0, "event %s type %s: revenue < 0", event_id, code)
+    limit = inventory.definition.per_user_limit if inventory.definition is not None else None
+    if user_id is not None and limit is not None:
+        seats = inventory.seats_by_user.get(user_id, 0)
+        invariant(seats <= limit, "event %s: user %s holds %s > limit %s", inventory.event_id, user_id, seats, limit)
+
+
+def tally(inventory: InventoryState) -> tuple[dict[str, Counts], dict[str, int]]:
+    """Every ticket type's counters and every buyer's seats, counted from the reservations alone."""
+    counts = {code: [0, 0, 0, 0, 0, 0] for code in inventory.ticket_types}
+    seats: dict[str, int] = {}
+    for reservation in inventory.reservations.values():
+        invariant(reservation.ticket_type in counts, "%s: unknown ticket type %s", reservation.id, reservation.ticket_type)
+        total = counts[reservation.ticket_type]
+        held, sold, revenue, waiting, cancelled, checked_in = counted(reservation)
+        total[0] += held
+        total[1] += sold
+        total[2] += revenue
+        total[3] += waiting
+        total[4] += cancelled
+        total[5] += checked_in
+        if user_seats := seats_counted(reservation):
+            seats[reservation.user_id] = seats.get(reservation.user_id, 0) + user_seats
+    return {code: (t[0], t[1], t[2], t[3], t[4], t[5]) for code, t in counts.items()}, seats
+
+
+def check_all(inventory: InventoryState, *, counters: bool = True) -> None:
+    """Recompute every counter from the reservations and compare. Without `counters` (the counters
+    were just derived from the reservations, as `restore` does), only what derivation cannot
+    guarantee: capacity, per-user limits, waiting lists and numbering (O(types + users))."""
+    event_id = inventory.event_id
+    if counters:
+        counts, seats = tally(inventory)
+        for code, ticket_type in inventory.ticket_types.items():
+            actual = dict(zip(COUNTERS, ticket_type.counts(), strict=True))
+            expected = dict(zip(COUNTERS, counts[code], strict=True))
+            invariant(actual == expected, "%s/%s: counters %s != %s", event_id, code, actual, expected)
+        nonzero = {user: count for user, count in inventory.seats_by_user.items() if count}
+        invariant(nonzero == seats, "%s: per-user seat counts disagree with reservations", event_id)
+        for reservation in inventory.reservations.values():
+            _check_reservation(inventory, reservation)
+    for code, ticket_type in inventory.ticket_types.items():
+        check_after_apply(inventory, ticket_type, None)
+        waiting = len(inventory.waiting_list(code))
+        invariant(waiting == ticket_type.waiting, "%s/%s: waiting list length %s != %s", event_id, code, waiting, ticket_type.waiting)
+    limit = inventory.definition.per_user_limit if inventory.definition is not None else None
+    if limit is not None:
+        over = [user for user, count in inventory.seats_by_user.items() if count > limit]
+        invariant(not over, "%s: per-user limit %s exceeded by %s", event_id, limit, over[:3])
+    invariant(
+        inventory.reservations_created == len(inventory.reservations),
+        "%s: %s reservations numbered, %s exist",
+        event_id,
+        inventory.reservations_created,
+        len(inventory.reservations),
+    )
+
+
+def _check_reservation(inventory: InventoryState, reservation: Reservation) -> None:
+    if reservation.status == "confirmed":
+        invariant(len(reservation.tickets) == reservation.quantity, "%s: ticket count", reservation.id)
+    if inventory.status == "cancelled":
+        invariant(reservation.status not in COUNTED_STATUSES, "cancelled event has a %s reservation", reservation.status)

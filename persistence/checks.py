@@ -1,0 +1,13 @@
+"""Checks that must hold in the durable log's code, kept under `python -O` (persistence imports
+nothing of inventoryd, so this is its own twin of `inventoryd.domain.invariant`)."""
+
+from __future__ import annotations
+
+
+class PersistenceInvariantViolation(AssertionError):
+    """A state the journal must never reach: a bug in its caller or in itself."""
+
+
+def invariant(condition: bool, message: str, *arguments: object) -> None:
+    if not condition:
+        raise PersistenceInvariantViolation(message % arguments if arguments else message)
