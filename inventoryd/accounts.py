@@ -37,14 +37,15 @@ from inventoryd.errors import Conflict, Unauthenticated, Unavailable
 from inventoryd.principal import Principal
 from inventoryd.tasks import TaskSupervisor
 from persistence import accounts as store
+from persistence.connection import Connection
 from persistence.errors import DATABASE_AWAY
 
 log = structlog.get_logger("inventoryd.accounts")
 
 JWT_ALGORITHM = "HS256"
 JWT_ISSUER = "inventoryd"
-API_TOKEN_PREFIX = "ivd_"
-REFRESH_TOKEN_PREFIX = "ivr_"
+API_TOKEN_PREFIX = "ivd_"  # noqa: S105 - a token's public prefix, not a secret
+REFRESH_TOKEN_PREFIX = "ivr_"  # noqa: S105 - a token's public prefix, not a secret
 
 
 def _random_token(bytes_count: int = 32) -> str:
@@ -121,7 +122,7 @@ class Accounts:
             except DATABASE_AWAY as error:
                 log.warning("api_token_reload_failed", error=repr(error))
 
-    async def _reload_api_tokens(self, connection: asyncpg.Connection) -> None:
+    async def _reload_api_tokens(self, connection: Connection) -> None:
         self._api_tokens = {
             row.token_id: _ApiToken(row.token_id, row.name, row.role, bytes(row.token_hash))
             for row in await store.api_tokens(connection)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import msgspec
 
-from inventoryd.domain import Inventory, InvariantViolation
+from inventoryd.domain import InvariantViolation, Inventory
 from inventoryd.registry import decode_log
 from persistence import store
 
@@ -45,10 +45,7 @@ async def audit(connection: asyncpg.Connection, event_id: str | None = None) -> 
     }
     results: list[EventAudit] = []
     seen: set[str] = set()
-    if event_id is None:
-        logs = store.stream_all_logs(connection)
-    else:
-        logs = _one(connection, event_id)
+    logs = store.stream_all_logs(connection) if event_id is None else _one(connection, event_id)
     snapshots = await store.latest_snapshots(connection)
     async for logged_event_id, rows in logs:
         seen.add(logged_event_id)

@@ -6,11 +6,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, get_args
 
 from persistence.embedded import default_data_dir
 
 LogFormat = Literal["auto", "json", "console"]
+LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
+Switch = Literal["on", "off"]
+SWITCH: tuple[Switch, ...] = get_args(Switch)
+Choice = TypeVar("Choice", bound=str)
 
 
 Number = TypeVar("Number", int, float)
@@ -28,6 +32,14 @@ def _env_number(name: str, default: Number) -> Number:
         raise SystemExit(f"{name} must be {kind}, not {raw!r}") from None
 
 
+def _env_choice(name: str, choices: tuple[Choice, ...], default: Choice) -> Choice:
+    """The variable, which must be one of `choices`, or the default when unset."""
+    raw = os.environ.get(name) or default
+    if raw not in choices:
+        raise SystemExit(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    return choices[choices.index(raw)]
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     # Unset: start the embedded PostgreSQL in `data_dir`.
@@ -36,13 +48,13 @@ class Settings:
     host: str = field(default_factory=lambda: os.environ.get("INVENTORYD_HOST", "127.0.0.1"))
     port: int = field(default_factory=lambda: _env_number("INVENTORYD_PORT", 8080))
     log_level: str = field(default_factory=lambda: os.environ.get("INVENTORYD_LOG_LEVEL", "info"))
-    log_format: LogFormat = field(default_factory=lambda: os.environ.get("INVENTORYD_LOG_FORMAT", "auto"))  # type: ignore[assignment]
+    log_format: LogFormat = field(default_factory=lambda: _env_choice("INVENTORYD_LOG_FORMAT", LOG_FORMATS, "auto"))
     db_pool_size: int = field(default_factory=lambda: _env_number("INVENTORYD_DB_POOL_SIZE", 10))
     # After SIGTERM, how long /readyz says 503 while still serving, before the listener closes.
     drain_grace_s: float = field(default_factory=lambda: _env_number("INVENTORYD_DRAIN_GRACE_S", 1.0))
     access_log: bool = field(default_factory=lambda: os.environ.get("INVENTORYD_ACCESS_LOG", "1") not in ("0", "false"))
     # Authentication; "off" makes every caller an admin and is refused unless serving on loopback.
-    auth: Literal["on", "off"] = field(default_factory=lambda: os.environ.get("INVENTORYD_AUTH", "on"))  # type: ignore[assignment]
+    auth: Switch = field(default_factory=lambda: _env_choice("INVENTORYD_AUTH", SWITCH, "on"))
     admin_token: str | None = field(default_factory=lambda: os.environ.get("INVENTORYD_ADMIN_TOKEN") or None)
     jwt_secret: str | None = field(default_factory=lambda: os.environ.get("INVENTORYD_JWT_SECRET") or None)
     # Token buckets: per attendee or organizer, per service token, per client address on /v1/auth.
@@ -61,15 +73,15 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
-        if self.log_format not in ("auto", "json", "console"):
-            raise SystemExit(f"INVENTORYD_LOG_FORMAT must be auto, json or console, not {self.log_format!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise SystemExit(f"INVENTORYD_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
         if not 1 <= self.port <= 65535:
             raise SystemExit(f"port must be 1..65535, not {self.port}")
         if not 2 <= self.db_pool_size <= 100:
             raise SystemExit(f"INVENTORYD_DB_POOL_SIZE must be 2..100, not {self.db_pool_size}")
         if not 0 <= self.drain_grace_s <= 30:
             raise SystemExit("INVENTORYD_DRAIN_GRACE_S must be between 0 and 30")
-        if self.auth not in ("on", "off"):
+        if self.auth not in SWITCH:
             raise SystemExit(f"INVENTORYD_AUTH must be on or off, not {self.auth!r}")
         if self.admin_token is not None and len(self.admin_token) < 24:
             raise SystemExit("INVENTORYD_ADMIN_TOKEN must be at least 24 characters")

@@ -85,7 +85,7 @@ def configure(level: str = "info", log_format: LogFormat = "auto") -> None:
     global _access_lines  # noqa: PLW0603 - one process, one log configuration
     use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     _access_lines = JsonLines(sys.stderr.buffer) if use_json else None
-    shared = [
+    shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

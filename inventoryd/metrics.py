@@ -42,7 +42,8 @@ class Histogram:
         self.sum += value
 
     def cumulative(self) -> list[tuple[str, float]]:
-        buckets, total = [], 0
+        buckets: list[tuple[str, float]] = []
+        total = 0
         for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
             total += count
             buckets.append((bound, total))
@@ -180,7 +181,11 @@ class _StateCollector(Collector):
             "inventoryd_snapshot_failures", "Actor snapshots that could not be written (retried after as many records again)",
             value=stats.snapshots_failed,
         )
-        yield GaugeMetricFamily("inventoryd_ready", "1 once start-up knows every event (actors may still be rebuilt) and while not draining", value=float(registry.ready))
+        yield GaugeMetricFamily(
+            "inventoryd_ready",
+            "1 once start-up knows every event (actors may still be rebuilt) and while not draining",
+            value=float(registry.ready),
+        )
         journal = self._journal.stats
         yield CounterMetricFamily("inventoryd_journal_commits", "Journal transactions committed", value=journal.commits)
         yield CounterMetricFamily("inventoryd_journal_records", "Log records committed", value=journal.records)
@@ -191,6 +196,7 @@ class _StateCollector(Collector):
         known = self._idempotency.known_keys()
         yield GaugeMetricFamily(
             "inventoryd_idempotency_known_keys",
-            "Idempotency keys known to be stored, held in memory so that a new key skips the database (-1: too many, every keyed request asks it)",
+            "Idempotency keys known to be stored, held in memory so that a new key skips the database"
+            " (-1: too many, every keyed request asks it)",
             value=-1 if known is None else known,
         )

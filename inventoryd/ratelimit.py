@@ -35,7 +35,7 @@ class Verdict:
 
 
 class TokenBuckets:
-    __slots__ = ("rate_per_s", "burst", "_buckets")
+    __slots__ = ("_buckets", "burst", "rate_per_s")
 
     def __init__(self, rate_per_s: float, burst: int) -> None:
         if rate_per_s <= 0 or burst < 1:
@@ -57,10 +57,7 @@ class TokenBuckets:
             self._buckets.popitem(last=False)
         if allowed and tokens * 2 >= self.burst:
             return None
-        if allowed:
-            reset_s = math.ceil((self.burst - tokens) / self.rate_per_s)
-        else:
-            reset_s = math.ceil((1.0 - tokens) / self.rate_per_s)
+        reset_s = math.ceil((self.burst - tokens) / self.rate_per_s) if allowed else math.ceil((1.0 - tokens) / self.rate_per_s)
         return Verdict(allowed, self.burst, int(tokens), reset_s)
 
 

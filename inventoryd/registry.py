@@ -303,7 +303,7 @@ class Registry:
                 rebuilt.add_done_callback(lambda _: self._on_demand.pop(event_id, None))
             try:
                 actor = await asyncio.wait_for(asyncio.shield(rebuilt), limits.COLD_ACTOR_WAIT_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise Unavailable("the event's actor is still being rebuilt from the log; retry shortly") from None
             except asyncio.CancelledError:
                 if rebuilt.cancelled():  # the service is shutting down, not this request
@@ -374,7 +374,7 @@ class Registry:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as error:  # ActorRestartRequired, or any bug: contain it to this actor
+            except Exception as error:  # noqa: BLE001 - ActorRestartRequired, or any bug: contained to this actor
                 actor.stop("the event's actor is restarting; retry shortly")
                 now = time.monotonic()
                 restarts.append(now)

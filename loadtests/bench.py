@@ -309,7 +309,9 @@ async def measure(
             accepted = await count_rows(database_url, accepted_query) - before_rows
         else:
             accepted = int(stats["requests_per_s"] * args.duration - stats["non_2xx"])
-        per = (lambda value: value / accepted if accepted else None)
+        def per(value: float) -> float | None:
+            return value / accepted if accepted else None
+
         syncs, sync_seconds = wal_sync_change(wal_before, wal_after)
         return Result(
             scenario=scenario,
@@ -393,7 +395,7 @@ async def run(args: argparse.Namespace, admin_url: str, scratch: Path) -> list[R
                     flush=True,
                 )
                 runs[target].append(result)
-        for target, measured in runs.items():
+        for measured in runs.values():
             measured.sort(key=lambda result: result.accepted_per_s)
             results.append(measured[len(measured) // 2])
     return results

@@ -211,7 +211,7 @@ def cli() -> None:
             return {name: server.dsn(f"bench_{name}") for name in ("restart", "memory")}
 
         urls = asyncio.run(databases())
-        import uvloop
+        import uvloop  # noqa: PLC0415 - the benchmark's own loop, imported where it is used
 
         uvloop.run(main(arguments, urls))
 

@@ -7,6 +7,9 @@ from datetime import datetime
 
 import asyncpg
 
+from persistence.checks import present
+from persistence.connection import Connection
+
 
 @dataclass(frozen=True, slots=True)
 class UserRow:
@@ -33,7 +36,7 @@ class EmailTaken(Exception):
 
 
 async def insert_user(
-    connection: asyncpg.Connection, user_id: str, email: str, password_hash: str, name: str, role: str
+    connection: Connection, user_id: str, email: str, password_hash: str, name: str, role: str
 ) -> UserRow:
     try:
         row = await connection.fetchrow(
@@ -47,30 +50,29 @@ async def insert_user(
         )
     except asyncpg.UniqueViolationError:
         raise EmailTaken(email) from None
-    assert row is not None
-    return UserRow(*row)
+    return UserRow(*present(row, "INSERT … RETURNING returned no row"))
 
 
-async def user_by_email(connection: asyncpg.Connection, email: str) -> UserRow | None:
+async def user_by_email(connection: Connection, email: str) -> UserRow | None:
     row = await connection.fetchrow(
         "SELECT user_id, email, password_hash, name, role, created_at FROM users WHERE lower(email) = lower($1)", email
     )
     return None if row is None else UserRow(*row)
 
 
-async def user_by_id(connection: asyncpg.Connection, user_id: str) -> UserRow | None:
+async def user_by_id(connection: Connection, user_id: str) -> UserRow | None:
     row = await connection.fetchrow(
         "SELECT user_id, email, password_hash, name, role, created_at FROM users WHERE user_id = $1", user_id
     )
     return None if row is None else UserRow(*row)
 
 
-async def update_password_hash(connection: asyncpg.Connection, user_id: str, password_hash: str) -> None:
+async def update_password_hash(connection: Connection, user_id: str, password_hash: str) -> None:
     await connection.execute("UPDATE users SET password_hash = $2 WHERE user_id = $1", user_id, password_hash)
 
 
 async def insert_refresh_token(
-    connection: asyncpg.Connection, token_hash: bytes, session_id: str, user_id: str, expires_at: datetime
+    connection: Connection, token_hash: bytes, session_id: str, user_id: str, expires_at: datetime
 ) -> None:
     await connection.execute(
         "INSERT INTO refresh_tokens (token_hash, session_id, user_id, expires_at) VALUES ($1, $2, $3, $4)",
@@ -91,7 +93,7 @@ class RefreshOutcome:
 
 
 async def rotate_refresh_token(
-    connection: asyncpg.Connection, token_hash: bytes, new_hash: bytes, now: datetime, expires_at: datetime
+    connection: Connection, token_hash: bytes, new_hash: bytes, now: datetime, expires_at: datetime
 ) -> RefreshOutcome:
     """Spend a refresh token and store its successor, atomically. A token that was already spent
     revokes its whole session: someone else has a copy."""
@@ -124,34 +126,34 @@ async def rotate_refresh_token(
         return RefreshOutcome(session_id, user_id, None)
 
 
-async def revoke_session(connection: asyncpg.Connection, session_id: str, now: datetime) -> int:
+async def revoke_session(connection: Connection, session_id: str, now: datetime) -> int:
     result = await connection.execute(
         "UPDATE refresh_tokens SET revoked_at = $2 WHERE session_id = $1 AND revoked_at IS NULL", session_id, now
     )
     return int(result.split()[-1])
 
 
-async def insert_api_token(connection: asyncpg.Connection, token_id: str, name: str, role: str, token_hash: bytes) -> None:
+async def insert_api_token(connection: Connection, token_id: str, name: str, role: str, token_hash: bytes) -> None:
     await connection.execute(
         "INSERT INTO api_tokens (token_id, name, role, token_hash) VALUES ($1, $2, $3, $4)", token_id, name, role, token_hash
     )
 
 
-async def api_tokens(connection: asyncpg.Connection) -> list[ApiTokenRow]:
+async def api_tokens(connection: Connection) -> list[ApiTokenRow]:
     rows = await connection.fetch(
         "SELECT token_id, name, role, token_hash, created_at, revoked_at FROM api_tokens ORDER BY created_at"
     )
     return [ApiTokenRow(*row) for row in rows]
 
 
-async def revoke_api_token(connection: asyncpg.Connection, name_or_id: str) -> int:
+async def revoke_api_token(connection: Connection, name_or_id: str) -> int:
     result = await connection.execute(
         "UPDATE api_tokens SET revoked_at = now() WHERE (name = $1 OR token_id = $1) AND revoked_at IS NULL", name_or_id
     )
     return int(result.split()[-1])
 
 
-async def service_secret(connection: asyncpg.Connection, name: str, make: bytes) -> bytes:
+async def service_secret(connection: Connection, name: str, make: bytes) -> bytes:
     """The stored secret called `name`, storing `make` first if there is none (races are settled
     by the primary key: every process ends up with the same value)."""
     await connection.execute(

@@ -152,14 +152,6 @@ class EmbeddedPostgres:
         self.started_here = False
         log.info("embedded_postgres_stopped", data_dir=str(self.data_dir))
 
-    def kill(self) -> None:
-        """Stop at once, as a crash would (immediate mode: no shutdown checkpoint)."""
-        self._run(
-            [str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "immediate", "-w"],
-            timeout=STOP_TIMEOUT_S,
-        )
-        self.started_here = False
-
     # -- internals ------------------------------------------------------------------------------
 
     def _prepare_directory(self) -> None:
@@ -226,15 +218,26 @@ class EmbeddedPostgres:
         asyncio.run(create())
 
     def _run(self, argv: list[str], *, check: bool = True, timeout: float) -> subprocess.CompletedProcess[str]:
-        options: dict[str, object] = {}
+        user: int | None = None
+        group: int | None = None
+        extra_groups: list[int] | None = None
         environment = dict(os.environ, LC_ALL="C", LANG="C")
         if self.run_as is not None:
             account = pwd.getpwnam(self.run_as)
-            options = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+            user, group, extra_groups = account.pw_uid, account.pw_gid, []
             environment["HOME"] = str(self.data_dir)
             environment["USER"] = environment["LOGNAME"] = self.run_as
         result = subprocess.run(
-            argv, capture_output=True, text=True, env=environment, cwd="/", timeout=timeout, **options  # type: ignore[arg-type]
+            argv,
+            check=False,
+            capture_output=True,
+            text=True,
+            env=environment,
+            cwd="/",
+            timeout=timeout,
+            user=user,
+            group=group,
+            extra_groups=extra_groups,
         )
         if check and result.returncode != 0:
             raise EmbeddedPostgresError(

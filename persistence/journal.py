@@ -386,7 +386,8 @@ class Journal:
                     # The old backend might still be about to commit: end it and wait until it is
                     # gone, so that what the log says now is final.
                     await connection.execute("SELECT pg_terminate_backend($1)", server_pid)
-                    while await connection.fetchval("SELECT 1 FROM pg_stat_activity WHERE pid = $1", server_pid):
+                    # Polling the server: there is no event to wait on.
+                    while await connection.fetchval("SELECT 1 FROM pg_stat_activity WHERE pid = $1", server_pid):  # noqa: ASYNC110
                         await asyncio.sleep(0.01)
                     if with_record is not None:
                         found = await connection.fetchval(

@@ -8,6 +8,8 @@ from importlib import resources
 
 import asyncpg
 
+from persistence.checks import invariant
+
 # Any constant works; it keeps two processes that start at once from migrating concurrently.
 _MIGRATION_LOCK_ID = 0x1A7E_0001
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -28,7 +30,7 @@ def available_migrations() -> list[Migration]:
             found.append(Migration(int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
     found.sort(key=lambda migration: migration.version)
     versions = [migration.version for migration in found]
-    assert versions == list(range(1, len(found) + 1)), f"migrations must be numbered 1..n without gaps: {versions}"
+    invariant(versions == list(range(1, len(found) + 1)), "migrations must be numbered 1..n without gaps: %s", versions)
     return found
 
 

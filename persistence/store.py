@@ -11,6 +11,8 @@ from typing import Any, Literal
 import asyncpg
 
 from persistence import limits
+from persistence.checks import invariant, present
+from persistence.connection import Connection
 from persistence.journal import init_connection
 
 LogRows = list[tuple[int, bytes]]
@@ -25,18 +27,18 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
         timeout=limits.DB_TIMEOUT_S,
         command_timeout=limits.DB_TIMEOUT_S,
     )
-    assert pool is not None
+    invariant(pool is not None, "create_pool returned no pool")
     return pool
 
 
-async def read_event_log(connection: asyncpg.Connection, event_id: str, after_seq: int = 0) -> LogRows:
+async def read_event_log(connection: Connection, event_id: str, after_seq: int = 0) -> LogRows:
     rows = await connection.fetch(
         "SELECT seq, body FROM journal WHERE event_id = $1 AND seq > $2 ORDER BY seq", event_id, after_seq
     )
     return [(row[0], row[1]) for row in rows]
 
 
-async def logged_event_ids(connection: asyncpg.Connection) -> list[str]:
+async def logged_event_ids(connection: Connection) -> list[str]:
     """Every event that has a log, in order. A loose index scan of the journal's primary key: one
     probe per event, not a read of every record."""
     rows = await connection.fetch(
@@ -52,13 +54,13 @@ async def logged_event_ids(connection: asyncpg.Connection) -> list[str]:
     return [row[0] for row in rows]
 
 
-def stream_all_logs(connection: asyncpg.Connection) -> AsyncIterator[tuple[str, LogRows]]:
+def stream_all_logs(connection: Connection) -> AsyncIterator[tuple[str, LogRows]]:
     """Every event's whole log, one event at a time, in one pass over the journal's primary key.
     Must run inside a transaction (see `recovery_snapshot`)."""
     return _stream_by_event(connection, "SELECT event_id, seq, body FROM journal ORDER BY event_id, seq")
 
 
-def stream_tails(connection: asyncpg.Connection, events: list[str]) -> AsyncIterator[tuple[str, LogRows]]:
+def stream_tails(connection: Connection, events: list[str]) -> AsyncIterator[tuple[str, LogRows]]:
     """The records after each of `events`' latest snapshot, one event at a time, in id order
     (events whose log ends at their snapshot are not yielded). An index range scan per event, from
     its snapshot on: the records a snapshot covers are never read (a join would read them all, then
@@ -77,7 +79,7 @@ def stream_tails(connection: asyncpg.Connection, events: list[str]) -> AsyncIter
 
 
 async def _stream_by_event(
-    connection: asyncpg.Connection, query: str, *arguments: object
+    connection: Connection, query: str, *arguments: object
 ) -> AsyncIterator[tuple[str, LogRows]]:
     """The (event_id, seq, body) rows of `query`, ordered by event, grouped into one list per event."""
     current: str | None = None
@@ -99,13 +101,13 @@ async def _stream_by_event(
             yield current, rows
 
 
-def recovery_snapshot(connection: asyncpg.Connection) -> Any:
+def recovery_snapshot(connection: Connection) -> Any:
     """One consistent view of snapshots and log for a recovery (repeatable read, read only)."""
     return connection.transaction(isolation="repeatable_read", readonly=True)
 
 
 async def latest_snapshots(
-    connection: asyncpg.Connection, *, events: list[str] | None = None
+    connection: Connection, *, events: list[str] | None = None
 ) -> dict[str, tuple[int, bytes]]:
     """The latest snapshot of every event (or of these `events`) that has one."""
     in_events = "" if events is None else "WHERE event_id = ANY($1::text[])"
@@ -116,14 +118,14 @@ async def latest_snapshots(
     return {row[0]: (row[1], row[2]) for row in rows}
 
 
-async def latest_snapshot(connection: asyncpg.Connection, event_id: str) -> tuple[int, bytes] | None:
+async def latest_snapshot(connection: Connection, event_id: str) -> tuple[int, bytes] | None:
     row = await connection.fetchrow(
         "SELECT seq, state FROM snapshots WHERE event_id = $1 ORDER BY seq DESC LIMIT 1", event_id
     )
     return None if row is None else (row[0], row[1])
 
 
-async def write_snapshot(connection: asyncpg.Connection, event_id: str, seq: int, state: bytes) -> None:
+async def write_snapshot(connection: Connection, event_id: str, seq: int, state: bytes) -> None:
     """Store a snapshot and drop the older ones of the event (the log keeps everything)."""
     async with connection.transaction():
         await connection.execute(
@@ -132,21 +134,21 @@ async def write_snapshot(connection: asyncpg.Connection, event_id: str, seq: int
         await connection.execute("DELETE FROM snapshots WHERE event_id = $1 AND seq < $2", event_id, seq)
 
 
-async def find_idempotency(connection: asyncpg.Connection, scope: str, key: str) -> tuple[bytes, bytes] | None:
+async def find_idempotency(connection: Connection, scope: str, key: str) -> tuple[bytes, bytes] | None:
     row = await connection.fetchrow(
         "SELECT fingerprint, response FROM idempotency_keys WHERE scope = $1 AND key = $2", scope, key
     )
     return None if row is None else (row[0], row[1])
 
 
-async def idempotency_keys_since(connection: asyncpg.Connection, since: datetime, limit: int) -> list[tuple[str, str]]:
+async def idempotency_keys_since(connection: Connection, since: datetime, limit: int) -> list[tuple[str, str]]:
     rows = await connection.fetch(
         "SELECT scope, key FROM idempotency_keys WHERE created_at >= $1 LIMIT $2", since, limit
     )
     return [(row[0], row[1]) for row in rows]
 
 
-async def forget_idempotency_before(connection: asyncpg.Connection, before: datetime) -> int:
+async def forget_idempotency_before(connection: Connection, before: datetime) -> int:
     result = await connection.execute("DELETE FROM idempotency_keys WHERE created_at < $1", before)
     return int(result.split()[-1])
 
@@ -187,7 +189,7 @@ def _like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-async def catalogue_rows(connection: asyncpg.Connection, query: CatalogueQuery, limit: int) -> CatalogueRows:
+async def catalogue_rows(connection: Connection, query: CatalogueQuery, limit: int) -> CatalogueRows:
     """Events matching `query`, in its order, after its cursor: keyset pagination, which stays
     correct while events are added (an event added before the cursor does not shift later pages)."""
     column, order, comparison = _SORTS[query.sort]
@@ -221,7 +223,7 @@ HistoryKey = tuple[datetime, str, int]
 
 
 async def user_reservations(
-    connection: asyncpg.Connection, user_id: str, *, event_id: str | None, before: HistoryKey | None, limit: int
+    connection: Connection, user_id: str, *, event_id: str | None, before: HistoryKey | None, limit: int
 ) -> tuple[list[tuple[str, str, HistoryKey]], bool]:
     """The reservations a user made, newest first: (event_id, reservation_id, key) and whether more."""
     conditions = ["kind IN ('reservation_held', 'reservation_waitlisted')", "(body ->> 'user_id') = $1"]
@@ -243,7 +245,7 @@ async def user_reservations(
     return found, len(rows) > limit
 
 
-async def committed_transactions(connection: asyncpg.Connection) -> int:
+async def committed_transactions(connection: Connection) -> int:
     """This database's committed transactions so far (pg_stat_database; flushed by the stats system)."""
     await connection.execute("SELECT pg_stat_clear_snapshot()")
     value = await connection.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
@@ -259,7 +261,7 @@ class WalSyncs:
     seconds: float | None
 
 
-async def wal_syncs(connection: asyncpg.Connection) -> WalSyncs | None:
+async def wal_syncs(connection: Connection) -> WalSyncs | None:
     """WAL syncs so far (PostgreSQL 14+), or None where pg_stat_wal does not exist."""
     try:
         await connection.execute("SELECT pg_stat_clear_snapshot()")
@@ -268,4 +270,5 @@ async def wal_syncs(connection: asyncpg.Connection) -> WalSyncs | None:
         )
     except asyncpg.UndefinedTableError:
         return None
+    row = present(row, "pg_stat_wal has no row")
     return WalSyncs(int(row["wal_sync"]), row["wal_sync_time"] / 1000 if row["timed"] else None)

@@ -15,7 +15,6 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -30,7 +29,7 @@ from inventoryd.http.app import create_app
 from persistence.embedded import EmbeddedPostgres
 from persistence.journal import connect
 from persistence.migrate import migrate
-from tests.helpers import ADMIN, ADMIN_TOKEN
+from tests.helpers import ADMIN, ADMIN_TOKEN, FaultyJournal
 
 TEMPLATE_DATABASE = "inventoryd_test_template"
 
@@ -151,3 +150,10 @@ def start(aiohttp_client: Any, make_app: Callable[..., web.Application]) -> Call
 @pytest.fixture
 async def client(start: Callable[..., Any]) -> Any:
     return await start()
+
+
+@pytest.fixture
+async def faulty(start: Callable[..., Any]) -> tuple[Any, FaultyJournal]:
+    """The app with its journal wrapped by FaultyJournal (faults and gates on demand), and the journal."""
+    client = await start(journal_factory=FaultyJournal)
+    return client, client.app[keys.JOURNAL]

@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from inventoryd.http import keys
+from persistence.embedded import STOP_TIMEOUT_S, EmbeddedPostgres
 from persistence.journal import Append, AppendFailed, AppendOutcomeUnknown, Journal
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT_S = 60.0
 
 # The bootstrap admin token the test apps are started with (INVENTORYD_ADMIN_TOKEN).
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
@@ -95,3 +110,92 @@ async def wait_until(condition: Any, timeout_s: float = 10.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.005)
+
+
+# -- a real `inventoryd serve` process --------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def running_server(
+    database_url: str, port: int, *, env: dict[str, str] | None = None, log_path: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`inventoryd serve` on the test's database, with the test admin token, JSON logs, no access
+    lines, and `env` on top; its output goes to `log_path` (else nowhere). Killed on exit if alive."""
+    log = open(log_path or os.devnull, "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inventoryd", "serve", "--port", str(port), "--database-url", database_url],
+        cwd=ROOT,
+        stdout=log,
+        stderr=log,
+        env={
+            **os.environ,
+            "INVENTORYD_LOG_FORMAT": "json",
+            "INVENTORYD_ACCESS_LOG": "0",
+            "INVENTORYD_ADMIN_TOKEN": ADMIN_TOKEN,
+            **(env or {}),
+        },
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+        log.close()
+
+
+async def wait_ready(session: aiohttp.ClientSession, base: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = asyncio.get_running_loop().time() + STARTUP_TIMEOUT_S
+    while asyncio.get_running_loop().time() < deadline:
+        assert process.poll() is None, "the server exited during start-up"
+        try:
+            async with session.get(f"{base}/readyz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("the server did not become ready")
+
+
+# -- reading what the service shows -----------------------------------------------------------
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def full_state(app: Any) -> dict[str, Any]:
+    state = {}
+    for actor in app[keys.REGISTRY].actors():
+        inventory = actor.inventory
+        state[actor.event_id] = (
+            inventory.definition,
+            inventory.status,
+            {code: (t.capacity, t.held, t.sold, t.price) for code, t in inventory.ticket_types.items()},
+            dict(inventory.reservations),
+            {user: seats for user, seats in inventory.seats_by_user.items() if seats},
+            inventory.reservations_created,
+            inventory.last_seq,
+            {code: (t.waitlist[t.waitlist_head :], t.waiting, t.checked_in, t.cancelled, t.revenue) for code, t in inventory.ticket_types.items()},
+        )
+    return state
+
+
+def crash_postgres(server: EmbeddedPostgres) -> None:
+    """Stop an embedded PostgreSQL at once, as a crash would (immediate mode: no shutdown checkpoint)."""
+    server._run(
+        [str(server.bin_dir / "pg_ctl"), "stop", "-D", str(server.data_dir), "-m", "immediate", "-w"],
+        timeout=STOP_TIMEOUT_S,
+    )
+    server.started_here = False

@@ -21,8 +21,7 @@ from typing import Any
 import aiohttp
 
 from inventoryd.audit import audit
-from tests.helpers import ADMIN
-from tests.test_durability import free_port, running_server, wait_ready
+from tests.helpers import ADMIN, free_port, running_server, wait_ready
 
 CYCLES = int(os.environ.get("INVENTORYD_CRASH_CYCLES", "3"))
 SEED = int(os.environ.get("INVENTORYD_CRASH_SEED", str(random.randrange(1_000_000))))
@@ -106,7 +105,7 @@ async def load_then_kill(
                 async with session.request(method, base + path, json=body, headers={"Idempotency-Key": key}) as response:
                     status = response.status
                     answer = await response.json()
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 return
             if status in (200, 201):
                 acknowledged.answers[key] = (method, path, body, status, answer)

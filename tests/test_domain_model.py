@@ -432,7 +432,7 @@ def test_ids_route_to_their_event() -> None:
 def test_the_inventory_state_is_invisible_to_the_cyclic_collector() -> None:
     # A full collection during an on-sale must not walk every reservation: the domain's values are
     # immutable and untracked (gc=False); only the inventory's containers are tracked.
-    import gc  # noqa: PLC0415
+    import gc
 
     inventory = Inventory(EVENT_ID)
     definition = msgspec.structs.replace(

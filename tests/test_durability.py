@@ -11,15 +11,8 @@ acknowledged and the cut-off ones alike) with its key must change nothing twice.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,64 +20,13 @@ import aiohttp
 from inventoryd.domain import Inventory
 from inventoryd.registry import decode_log
 from persistence import store
-from tests.helpers import ADMIN, ADMIN_TOKEN
+from tests.helpers import ADMIN, free_port, running_server, wait_ready
 
 CAPACITY = 3000
 PER_USER_LIMIT = 6
 USERS = 400
 CLIENTS = 48
 KILL_AFTER_ACKNOWLEDGED = 400
-ROOT = Path(__file__).resolve().parent.parent
-STARTUP_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def running_server(
-    database_url: str, port: int, *, env: dict[str, str] | None = None, log_path: Path | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """`inventoryd serve` on the test's database, with the test admin token, JSON logs, no access
-    lines, and `env` on top; its output goes to `log_path` (else nowhere). Killed on exit if alive."""
-    log = open(log_path or os.devnull, "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [sys.executable, "-m", "inventoryd", "serve", "--port", str(port), "--database-url", database_url],
-        cwd=ROOT,
-        stdout=log,
-        stderr=log,
-        env={
-            **os.environ,
-            "INVENTORYD_LOG_FORMAT": "json",
-            "INVENTORYD_ACCESS_LOG": "0",
-            "INVENTORYD_ADMIN_TOKEN": ADMIN_TOKEN,
-            **(env or {}),
-        },
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
-        log.close()
-
-
-async def wait_ready(session: aiohttp.ClientSession, base: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = asyncio.get_running_loop().time() + STARTUP_TIMEOUT_S
-    while asyncio.get_running_loop().time() < deadline:
-        assert process.poll() is None, "the server exited during start-up"
-        try:
-            async with session.get(f"{base}/readyz") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError("the server did not become ready")
 
 
 async def test_sigkill_mid_stream_loses_nothing_acknowledged(database_url: str, db: Any) -> None:
@@ -125,7 +67,7 @@ async def test_sigkill_mid_stream_loses_nothing_acknowledged(database_url: str, 
                                 acknowledged[key] = await response.json()
                             elif response.status != 409:
                                 raise AssertionError(f"unexpected {response.status}: {await response.text()}")
-                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                    except (TimeoutError, aiohttp.ClientError):
                         return  # the server is gone
 
             async def killer() -> None:

@@ -22,8 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.helpers import ADMIN, ADMIN_TOKEN
-from tests.test_durability import free_port, running_server, wait_ready
+from tests.helpers import ADMIN, ADMIN_TOKEN, free_port, running_server, wait_ready
 
 EXAMPLES = int(os.environ.get("INVENTORYD_FUZZ_EXAMPLES", "8"))
 SEED = os.environ.get("INVENTORYD_FUZZ_SEED", "1")

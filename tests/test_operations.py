@@ -17,23 +17,12 @@ import aiohttp
 import msgspec
 import structlog
 from openapi_spec_validator import validate
-from prometheus_client.parser import text_string_to_metric_families
 
 from inventoryd.cli import SHUTDOWN_TIMEOUT_S
 from inventoryd.http import keys
 from inventoryd.http.routes import ROUTES
 from inventoryd.metrics import Histogram
-from tests.helpers import ADMIN, FakeClock, create_event, wait_until
-from tests.test_durability import free_port, running_server, wait_ready
-
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
+from tests.helpers import ADMIN, FakeClock, create_event, free_port, running_server, samples, wait_ready, wait_until
 
 
 async def test_metrics(client: Any) -> None:

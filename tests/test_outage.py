@@ -29,7 +29,7 @@ from inventoryd.http import keys
 from inventoryd.http.app import create_app
 from persistence.embedded import EmbeddedPostgres
 from persistence.journal import Append, AppendFailed, Journal, connect
-from tests.helpers import ADMIN, ADMIN_TOKEN, create_event, wait_until
+from tests.helpers import ADMIN, ADMIN_TOKEN, crash_postgres, create_event, wait_until
 
 OUTAGE_S = 3.0
 RESUME_WITHIN_S = 2.0
@@ -91,7 +91,7 @@ async def test_database_outage_under_load(outage_client: Any, own_cluster: Embed
 
     buyers = [asyncio.create_task(buyer(index)) for index in range(12)]
     await wait_until(lambda: len(acknowledged) >= 50)
-    await asyncio.to_thread(own_cluster.kill)
+    await asyncio.to_thread(crash_postgres, own_cluster)
     down_since = time.monotonic()
     await asyncio.sleep(0.5)
     ready = await client.get("/readyz")

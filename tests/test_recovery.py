@@ -12,24 +12,7 @@ import random
 from typing import Any
 
 from inventoryd.http import keys
-from tests.helpers import FakeClock, create_event, wait_until
-
-
-def full_state(app: Any) -> dict[str, Any]:
-    state = {}
-    for actor in app[keys.REGISTRY].actors():
-        inventory = actor.inventory
-        state[actor.event_id] = (
-            inventory.definition,
-            inventory.status,
-            {code: (t.capacity, t.held, t.sold, t.price) for code, t in inventory.ticket_types.items()},
-            dict(inventory.reservations),
-            {user: seats for user, seats in inventory.seats_by_user.items() if seats},
-            inventory.reservations_created,
-            inventory.last_seq,
-            {code: (t.waitlist[t.waitlist_head :], t.waiting, t.checked_in, t.cancelled, t.revenue) for code, t in inventory.ticket_types.items()},
-        )
-    return state
+from tests.helpers import FakeClock, create_event, full_state, wait_until
 
 
 async def test_restart_rebuilds_exactly_the_same_state(start: Any) -> None:
@@ -50,7 +33,7 @@ async def test_restart_rebuilds_exactly_the_same_state(start: Any) -> None:
     ]
     reservations: list[str] = []
     tickets: list[str] = []
-    for step in range(300):
+    for _step in range(300):
         clock.advance(rng.choice([0, 1, 10]))
         action = rng.random()
         if action < 0.5 or not reservations:

@@ -16,8 +16,7 @@ import pytest
 from inventoryd import limits
 from inventoryd.audit import audit
 from inventoryd.http import keys
-from tests.helpers import create_event
-from tests.test_recovery import full_state
+from tests.helpers import create_event, full_state
 
 EVERY = 25
 

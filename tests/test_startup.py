@@ -21,9 +21,7 @@ from inventoryd import limits
 from inventoryd.http import keys
 from inventoryd.registry import Registry
 from persistence import store
-from tests.helpers import create_event
-from tests.test_operations import samples
-from tests.test_recovery import full_state
+from tests.helpers import create_event, full_state, samples
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ invariant(
 invariant(persistence_limits.DB_TIMEOUT_S < limits.REQUEST_TIMEOUT_S, "a decided request must outlive its commit")
 
 Clock = Callable[[], datetime]
+_NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 def system_clock() -> datetime:
@@ -80,7 +81,7 @@ class EventActor:
     _in_flight: Batch | None = None
     _view: EventSummary | None = None
     _expiry_timer: asyncio.TimerHandle | None = None
-    _expiry_timer_due: datetime = datetime.min.replace(tzinfo=UTC)
+    _expiry_timer_due: datetime = _NEVER
     _expiry_queued: bool = False
     # Made only while someone waits for a change, so that a commit pays nothing otherwise.
     _next_change: asyncio.Future[None] | None = None
@@ -294,7 +295,7 @@ class EventActor:
         batch = Batch.begin(self.inventory)
         try:
             batch.decide(self.inventory, messages, self.clock(), loop.time() - limits.REQUEST_TIMEOUT_S)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - a bug in decide or apply: contained to this batch
             self._batch_failed(batch, error)
         if batch.has_writes() and not await self._append(batch):
             return batch
@@ -372,7 +373,7 @@ class EventActor:
             return True
         try:
             batch.decide(self.inventory, joining, self.clock(), asyncio.get_running_loop().time() - limits.REQUEST_TIMEOUT_S)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - a bug in decide or apply: the batch is withdrawn
             batch.error = error
             return False
         return True

@@ -26,7 +26,7 @@ class Message:
 
 
 class Mailbox:
-    __slots__ = ("_messages", "_capacity", "_waiter", "_wanted")
+    __slots__ = ("_capacity", "_messages", "_waiter", "_wanted")
 
     def __init__(self, capacity: int) -> None:
         self._messages: deque[Message] = deque()
@@ -77,7 +77,7 @@ class Mailbox:
         return 2 * len(self._messages) >= count
 
     def take_nowait(self, count_max: int) -> list[Message]:
-        taken = []
+        taken: list[Message] = []
         while self._messages and len(taken) < count_max:
             taken.append(self._messages.popleft())
         return taken

@@ -7,9 +7,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from inventoryd.domain import apply, decide, invariants, snapshots
+from inventoryd.domain.apply import apply as apply_record
 from inventoryd.domain.commands import Command, Decision
+from inventoryd.domain.decide import decide as decide_command
+from inventoryd.domain.invariants import check_all
 from inventoryd.domain.records import Record
+from inventoryd.domain.snapshots import replay, restore, snapshot
 from inventoryd.domain.state import InventoryState
 
 
@@ -17,23 +20,23 @@ from inventoryd.domain.state import InventoryState
 class Inventory(InventoryState):
     def decide(self, command: Command, now: datetime) -> Decision:
         """The records `command` produces at `now`, and its reply; changes nothing."""
-        return decide.decide(self, command, now)
+        return decide_command(self, command, now)
 
     def apply(self, seq: int, record: Record) -> None:
         """Fold the record at log position `seq` into the state, then check what it touched."""
-        apply.apply(self, seq, record)
+        apply_record(self, seq, record)
 
     def check_invariants(self, *, counters: bool = True) -> None:
-        invariants.check_all(self, counters=counters)
+        check_all(self, counters=counters)
 
     def snapshot(self) -> bytes:
-        return snapshots.snapshot(self)
+        return snapshot(self)
 
     @classmethod
     def restore(cls, event_id: str, state: bytes) -> Inventory:
-        return snapshots.restore(cls, event_id, state)
+        return restore(cls, event_id, state)
 
     @classmethod
     def replay(cls, event_id: str, records: Iterable[tuple[int, Record]], *, snapshot: bytes | None = None) -> Inventory:
         """The state the log describes: from the snapshot if one is given, then the records after it."""
-        return snapshots.replay(cls, event_id, records, snapshot=snapshot)
+        return replay(cls, event_id, records, snapshot=snapshot)

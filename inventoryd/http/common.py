@@ -129,7 +129,7 @@ class IdempotentRequest:
     """A mutating request under its Idempotency-Key, if it has one: the claim to hand the actor,
     or the stored answer when this is a retry (`replayed`)."""
 
-    __slots__ = ("claim", "replayed", "_stored_answer")
+    __slots__ = ("_stored_answer", "claim", "replayed")
 
     def __init__(self, claim: IdempotencyClaim | None, replayed: bytes | None) -> None:
         self.claim = claim

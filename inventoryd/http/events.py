@@ -13,7 +13,14 @@ from aiohttp import web
 
 from inventoryd import domain, limits
 from inventoryd.actor import EventActor
-from inventoryd.domain import RESERVATION_STATUSES, EventDefinition, EventSummary, TicketTypeDefinition, TicketTypeSummary
+from inventoryd.domain import (
+    RESERVATION_STATUSES,
+    EventDefinition,
+    EventSummary,
+    Reservation,
+    TicketTypeDefinition,
+    TicketTypeSummary,
+)
 from inventoryd.http import keys, schemas
 from inventoryd.http.common import (
     actor_of,
@@ -350,7 +357,7 @@ async def event_reservations(request: web.Request) -> web.Response:
     limit = int_query(request, "limit", limits.PAGE_ITEMS_DEFAULT, 1, limits.PAGE_ITEMS_MAX)
     after = decode_cursor(request, int) or 0
     # Reservation ids are numbered in the order they were made: walk the numbers after the cursor.
-    items = []
+    items: list[Reservation] = []
     number = after
     last_number = actor.inventory.reservations_created
     while number < last_number and len(items) < limit and number - after < limits.RESERVATION_SCAN_MAX:

@@ -3,6 +3,7 @@ hand), and the /docs page: Swagger UI from a Python package's bundled files, so 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -13,6 +14,7 @@ from inventoryd.http import keys
 from inventoryd.http.common import Route
 from inventoryd.http.schemas import Problem
 
+SWAGGER_UI_PATH: Path | None
 try:
     from openapi_ui_bundles.swagger_ui import static_path as SWAGGER_UI_PATH
 except ImportError:  # the docs page says so instead of failing the service

@@ -10,7 +10,7 @@ import msgspec
 from aiohttp import web
 
 from inventoryd import errors, limits
-from inventoryd.domain import RejectionCode, Rejected
+from inventoryd.domain import Rejected, RejectionCode
 from inventoryd.http.schemas import ENCODER, Problem
 
 CONTENT_TYPE = "application/problem+json"

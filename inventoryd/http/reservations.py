@@ -33,6 +33,7 @@ from inventoryd.http.common import (
 from inventoryd.http.problems import ProblemError, rejection
 from persistence import store
 
+
 def reservation_response(reservation: Reservation, *, created: bool = False) -> web.Response:
     if created:
         return json_response(reservation, status=202 if reservation.status == "waitlisted" else 201)

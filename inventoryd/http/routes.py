@@ -167,4 +167,5 @@ ROUTES: tuple[Route, ...] = (
 )
 
 ROUTES_BY_NAME = {route.name: route for route in ROUTES}
-assert len(ROUTES_BY_NAME) == len(ROUTES), "route names must be unique"
+if len(ROUTES_BY_NAME) != len(ROUTES):
+    raise ImportError("route names must be unique")

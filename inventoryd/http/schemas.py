@@ -59,16 +59,16 @@ class EventPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     """Fields absent are left alone; null clears an optional field."""
 
     name: Name | UnsetType = UNSET
-    description: Description | None | UnsetType = UNSET
-    venue: ShortText | None | UnsetType = UNSET
-    city: ShortText | None | UnsetType = UNSET
-    category: ShortText | None | UnsetType = UNSET
+    description: Description | UnsetType | None = UNSET
+    venue: ShortText | UnsetType | None = UNSET
+    city: ShortText | UnsetType | None = UNSET
+    category: ShortText | UnsetType | None = UNSET
     starts_at: Moment | UnsetType = UNSET
-    ends_at: Moment | None | UnsetType = UNSET
-    sale_starts_at: Moment | None | UnsetType = UNSET
-    sale_ends_at: Moment | None | UnsetType = UNSET
-    cancel_until: Moment | None | UnsetType = UNSET
-    per_user_limit: PerUserLimit | None | UnsetType = UNSET
+    ends_at: Moment | UnsetType | None = UNSET
+    sale_starts_at: Moment | UnsetType | None = UNSET
+    sale_ends_at: Moment | UnsetType | None = UNSET
+    cancel_until: Moment | UnsetType | None = UNSET
+    per_user_limit: PerUserLimit | UnsetType | None = UNSET
     hold_seconds: HoldSeconds | UnsetType = UNSET
 
 
