@@ -97,9 +97,10 @@ class Append:
     future: asyncio.Future[None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        invariant(len(self.kinds) == len(self.bodies), "%s: %s kinds for %s bodies", self.event_id, len(self.kinds), len(self.bodies))
-        invariant(self.first_seq >= 1, "%s: an append from seq %s", self.event_id, self.first_seq)
-        invariant(bool(self.kinds or self.idempotency), "an append writes records, idempotency answers, or both")
+        if len(self.kinds) != len(self.bodies) or self.first_seq < 1 or not (self.kinds or self.idempotency):
+            invariant(len(self.kinds) == len(self.bodies), "%s: %s kinds for %s bodies", self.event_id, len(self.kinds), len(self.bodies))
+            invariant(self.first_seq >= 1, "%s: an append from seq %s", self.event_id, self.first_seq)
+            invariant(False, "%s: an append writes records, idempotency answers, or both", self.event_id)
 
 
 @dataclass(slots=True)

@@ -301,13 +301,10 @@ class EventActor:
             return batch
         self.inventory.commit()
         batch.committed = True
-        invariant(
-            self.inventory.last_seq == batch.last_seq,
-            "%s: the batch's records end at %s, the state at %s",
-            self.event_id,
-            batch.last_seq,
-            self.inventory.last_seq,
-        )
+        if self.inventory.last_seq != batch.last_seq:  # the log and the state must advance together
+            raise domain.InvariantViolation(
+                f"{self.event_id}: the batch's records end at {batch.last_seq}, the state at {self.inventory.last_seq}"
+            )
         before = self._view
         self._publish()
         for message, outcome in batch.replies:

@@ -5,7 +5,6 @@ what it changed (what reads show while its append is in flight)."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from datetime import datetime
 
 import msgspec
@@ -14,6 +13,8 @@ from inventoryd import domain
 from inventoryd.actor.mailbox import Message
 from inventoryd.actor.outcomes import IdempotencyClaim, Outcome
 from inventoryd.domain import EventDefinition, EventSummary, Inventory, Rejected, Reservation
+from inventoryd.domain.apply import apply
+from inventoryd.domain.decide import decide
 from inventoryd.errors import Unavailable
 from persistence.journal import Append, CatalogueRow, IdempotencyRow
 
@@ -27,31 +28,47 @@ def catalogue_row(definition: EventDefinition, status: str) -> CatalogueRow:
     return CatalogueRow(event_id=definition.id, status=status, **values)
 
 
-@dataclass(slots=True)
 class Batch:
-    first_seq: int
-    messages: list[Message] = field(default_factory=list)
-    kinds: list[str] = field(default_factory=list)
-    bodies: list[bytes] = field(default_factory=list)
-    answers: list[IdempotencyRow] = field(default_factory=list)
-    catalogue: list[CatalogueRow] = field(default_factory=list)
-    replies: list[tuple[Message, Outcome]] = field(default_factory=list)
-    # The reservations this batch changed, as last committed (None: made by this batch), and each
-    # ticket type's waiting-list head as committed: what reads show until the batch commits.
-    before: dict[str, Reservation | None] = field(default_factory=dict)
-    waitlist_heads: dict[str, int] = field(default_factory=dict)
-    # True once the batch decided the actor's own expiry message.
-    expiry_decided: bool = False
-    # Set if deciding a message that joined the batch failed (a bug): the batch is withdrawn.
-    error: Exception | None = None
-    # True once its append is committed (and its messages answered).
-    committed: bool = False
+    # A plain class, not a dataclass: one is made per batch, and a dataclass's generated __init__
+    # (a default factory per container) costs twice as much.
+    __slots__ = (
+        "answers",
+        "before",
+        "bodies",
+        "catalogue",
+        "committed",
+        "error",
+        "expiry_decided",
+        "first_seq",
+        "kinds",
+        "messages",
+        "replies",
+        "waitlist_heads",
+    )
+
+    def __init__(self, first_seq: int) -> None:
+        self.first_seq = first_seq
+        self.messages: list[Message] = []
+        self.kinds: list[str] = []
+        self.bodies: list[bytes] = []
+        self.answers: list[IdempotencyRow] = []
+        self.catalogue: list[CatalogueRow] = []
+        self.replies: list[tuple[Message, Outcome]] = []
+        # The reservations this batch changed, as last committed (None: made by this batch), and
+        # the waiting-list heads it moved, as committed: what reads show until the batch commits.
+        self.before: dict[str, Reservation | None] = {}
+        self.waitlist_heads: dict[str, int] = {}
+        # True once the batch decided the actor's own expiry message.
+        self.expiry_decided = False
+        # Set if deciding a message that joined the batch failed (a bug): the batch is withdrawn.
+        self.error: Exception | None = None
+        # True once its append is committed (and its messages answered).
+        self.committed = False
 
     @classmethod
     def begin(cls, inventory: Inventory) -> Batch:
         inventory.begin()
-        heads = {code: state.waitlist_head for code, state in inventory.ticket_types.items() if state.waitlist}
-        return cls(first_seq=inventory.last_seq + 1, waitlist_heads=heads)
+        return cls(inventory.last_seq + 1)
 
     @property
     def last_seq(self) -> int:
@@ -72,7 +89,7 @@ class Batch:
             command = message.command
             if isinstance(command, domain.ExpireDue):
                 self.expiry_decided = True
-            decision = inventory.decide(command, now)
+            decision = decide(inventory, command, now)
             for record in decision.records:
                 self._apply(inventory, record)
             outcome = _outcome(inventory, command, decision, message.claim)
@@ -84,8 +101,13 @@ class Batch:
     def _apply(self, inventory: Inventory, record: domain.Record) -> None:
         reservation_id = getattr(record, "reservation_id", None)
         if reservation_id is not None and reservation_id not in self.before:
-            self.before[reservation_id] = inventory.reservations.get(reservation_id)
-        inventory.apply(inventory.last_seq + 1, record)
+            previous = self.before[reservation_id] = inventory.reservations.get(reservation_id)
+            if previous is not None and previous.status == "waitlisted":  # it leaves the line: the head may move
+                self.waitlist_heads.setdefault(previous.ticket_type, inventory.ticket_types[previous.ticket_type].waitlist_head)
+        elif isinstance(record, domain.EventCancelled):  # every line is emptied
+            for code, ticket_type in inventory.ticket_types.items():
+                self.waitlist_heads.setdefault(code, ticket_type.waitlist_head)
+        apply(inventory, inventory.last_seq + 1, record)
         self.kinds.append(domain.record_kind(record))
         self.bodies.append(_ENCODER.encode(record))
         if isinstance(record, domain.CATALOGUE_RECORDS):

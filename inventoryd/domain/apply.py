@@ -10,7 +10,7 @@ from typing import assert_never
 
 import msgspec
 
-from inventoryd.domain.checks import invariant, present
+from inventoryd.domain.checks import InvariantViolation, invariant, present
 from inventoryd.domain.ids import ticket_id_for
 from inventoryd.domain.invariants import check_after_apply
 from inventoryd.domain.records import (
@@ -35,7 +35,8 @@ Touched = tuple[TicketTypeState | None, str | None]
 
 
 def apply(inventory: InventoryState, seq: int, record: Record) -> None:
-    invariant(seq == inventory.last_seq + 1, "event %s: record seq %s after %s", inventory.event_id, seq, inventory.last_seq)
+    if seq != inventory.last_seq + 1:
+        raise InvariantViolation(f"event {inventory.event_id}: record seq {seq} after {inventory.last_seq}")
     touched: Touched
     match record:
         case EventCreated():
@@ -79,7 +80,8 @@ def _event_created(inventory: InventoryState, record: EventCreated) -> Touched:
 
 
 def _new_reservation(inventory: InventoryState, record: ReservationHeld | ReservationWaitlisted) -> Reservation:
-    invariant(record.reservation_id not in inventory.reservations, "%s made twice", record.reservation_id)
+    if record.reservation_id in inventory.reservations:
+        raise InvariantViolation(f"{record.reservation_id} made twice")
     inventory.set_attr(inventory, "reservations_created", inventory.reservations_created + 1)
     held = isinstance(record, ReservationHeld)
     reservation = Reservation(

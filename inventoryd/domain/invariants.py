@@ -4,7 +4,7 @@ condition per check, so that its message says which one broke."""
 
 from __future__ import annotations
 
-from inventoryd.domain.checks import invariant
+from inventoryd.domain.checks import InvariantViolation, invariant
 from inventoryd.domain.state import (
     COUNTED_STATUSES,
     COUNTERS,
@@ -18,35 +18,54 @@ from inventoryd.domain.state import (
 
 
 def check_after_apply(inventory: InventoryState, ticket_type: TicketTypeState | None, user_id: str | None) -> None:
-    """The invariants a single record can break."""
+    """The invariants a single record can break. They run after every record, so all are tried
+    in one expression first; only when it fails are they checked one by one, for the message."""
     if ticket_type is not None:
-        event_id, code = inventory.event_id, ticket_type.code
-        invariant(ticket_type.held >= 0, "event %s type %s: held %s < 0", event_id, code, ticket_type.held)
-        invariant(ticket_type.sold >= 0, "event %s type %s: sold %s < 0", event_id, code, ticket_type.sold)
-        invariant(
-            ticket_type.held + ticket_type.sold <= ticket_type.capacity,
-            "event %s type %s: held %s + sold %s exceeds capacity %s",
-            event_id,
-            code,
-            ticket_type.held,
-            ticket_type.sold,
-            ticket_type.capacity,
-        )
-        invariant(ticket_type.checked_in >= 0, "event %s type %s: checked in < 0", event_id, code)
-        invariant(
-            ticket_type.checked_in <= ticket_type.sold or inventory.status == "cancelled",
-            "event %s type %s: checked in %s > sold %s",
-            event_id,
-            code,
-            ticket_type.checked_in,
-            ticket_type.sold,
-        )
-        invariant(ticket_type.waiting >= 0, "event %s type %s: waiting < 0", event_id, code)
-        invariant(ticket_type.revenue >= 0, "event %s type %s: revenue < 0", event_id, code)
-    limit = inventory.definition.per_user_limit if inventory.definition is not None else None
-    if user_id is not None and limit is not None:
+        held, sold, checked_in = ticket_type.held, ticket_type.sold, ticket_type.checked_in
+        if not (
+            held >= 0
+            and sold >= 0
+            and held + sold <= ticket_type.capacity
+            and checked_in >= 0
+            and (checked_in <= sold or inventory.status == "cancelled")
+            and ticket_type.waiting >= 0
+            and ticket_type.revenue >= 0
+        ):
+            _check_ticket_type(inventory, ticket_type)
+    definition = inventory.definition
+    if user_id is not None and definition is not None and definition.per_user_limit is not None:
         seats = inventory.seats_by_user.get(user_id, 0)
+        limit = definition.per_user_limit
         invariant(seats <= limit, "event %s: user %s holds %s > limit %s", inventory.event_id, user_id, seats, limit)
+
+
+def _check_ticket_type(inventory: InventoryState, ticket_type: TicketTypeState) -> None:
+    """The ticket type's invariants, one condition each (the same as check_after_apply's combined one)."""
+    event_id, code = inventory.event_id, ticket_type.code
+    invariant(ticket_type.held >= 0, "event %s type %s: held %s < 0", event_id, code, ticket_type.held)
+    invariant(ticket_type.sold >= 0, "event %s type %s: sold %s < 0", event_id, code, ticket_type.sold)
+    invariant(
+        ticket_type.held + ticket_type.sold <= ticket_type.capacity,
+        "event %s type %s: held %s + sold %s exceeds capacity %s",
+        event_id,
+        code,
+        ticket_type.held,
+        ticket_type.sold,
+        ticket_type.capacity,
+    )
+    invariant(ticket_type.checked_in >= 0, "event %s type %s: checked in < 0", event_id, code)
+    invariant(
+        ticket_type.checked_in <= ticket_type.sold or inventory.status == "cancelled",
+        "event %s type %s: checked in %s > sold %s",
+        event_id,
+        code,
+        ticket_type.checked_in,
+        ticket_type.sold,
+    )
+    invariant(ticket_type.waiting >= 0, "event %s type %s: waiting < 0", event_id, code)
+    invariant(ticket_type.revenue >= 0, "event %s type %s: revenue < 0", event_id, code)
+    # The fast path in check_after_apply failed, so one of the above must have: the two lists agree.
+    raise InvariantViolation(f"event {event_id} type {code}: the combined check and the split checks disagree")
 
 
 def tally(inventory: InventoryState) -> tuple[dict[str, Counts], dict[str, int]]:

@@ -237,17 +237,33 @@ class InventoryState:
         """Store `reservation` (new, or replacing the one with its id) and move its ticket type's
         counters and its buyer's seats from what the old one counted to what this one counts."""
         previous = self.reservations.get(reservation.id)
-        ticket_type = self.ticket_types[reservation.ticket_type]
-        before = counted(previous) if previous is not None else NOTHING
         after = counted(reservation)
+        if previous is None:
+            before, seats = NOTHING, seats_counted(reservation)
+        else:
+            before, seats = counted(previous), seats_counted(reservation) - seats_counted(previous)
         if before != after:
-            for name, was, now in zip(COUNTERS, before, after, strict=True):
-                if was != now:
-                    self.set_attr(ticket_type, name, getattr(ticket_type, name) + now - was)
-        seats = seats_counted(reservation) - (seats_counted(previous) if previous is not None else 0)
+            # Each counter by what `after` counts more than `before` (in COUNTERS' order; written
+            # out, not looped: this runs for every record).
+            ticket_type = self.ticket_types[reservation.ticket_type]
+            held, sold, revenue, waiting, cancelled, checked_in = after
+            was_held, was_sold, was_revenue, was_waiting, was_cancelled, was_checked_in = before
+            if held != was_held:
+                self.set_attr(ticket_type, "held", ticket_type.held + held - was_held)
+            if sold != was_sold:
+                self.set_attr(ticket_type, "sold", ticket_type.sold + sold - was_sold)
+            if revenue != was_revenue:
+                self.set_attr(ticket_type, "revenue", ticket_type.revenue + revenue - was_revenue)
+            if waiting != was_waiting:
+                self.set_attr(ticket_type, "waiting", ticket_type.waiting + waiting - was_waiting)
+            if cancelled != was_cancelled:
+                self.set_attr(ticket_type, "cancelled", ticket_type.cancelled + cancelled - was_cancelled)
+            if checked_in != was_checked_in:
+                self.set_attr(ticket_type, "checked_in", ticket_type.checked_in + checked_in - was_checked_in)
         if seats:
             user_seats = self.seats_by_user.get(reservation.user_id, 0) + seats
-            invariant(user_seats >= 0, "user %s would hold %s seats", reservation.user_id, user_seats)
+            if user_seats < 0:
+                raise InvariantViolation(f"user {reservation.user_id} would hold {user_seats} seats")
             self.set_item(self.seats_by_user, reservation.user_id, user_seats)
         self.set_item(self.reservations, reservation.id, reservation)
 

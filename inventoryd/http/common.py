@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar, overload
@@ -125,16 +124,69 @@ def summary_of(actor: EventActor) -> EventSummary:
     return summary
 
 
-class IdempotentRequest:
-    """A mutating request under its Idempotency-Key, if it has one: the claim to hand the actor,
-    or the stored answer when this is a retry (`replayed`)."""
+class idempotency_key:
+    """Carry out a mutating request once per Idempotency-Key; a retry gets the first answer again.
 
-    __slots__ = ("_stored_answer", "claim", "replayed")
+        async with idempotency_key(request, body, user_id=user_id) as key:
+            if key.replayed is not None:
+                return render(key.replayed_as(Reservation))
+            reservation = key.answered(await actor.reserve(..., claim=key.claim))
 
-    def __init__(self, claim: IdempotencyClaim | None, replayed: bytes | None) -> None:
-        self.claim = claim
-        self.replayed = replayed
+    The request in canonical form is `canonical` with `changes` (the defaults filled in, the buyer
+    named): the same request, however it was spelled, has the same fingerprint. It is made and
+    encoded only when a key is given. On leaving, the key is released with what the actor stored
+    under it; if the block failed other than by a refusal, as in doubt (the commit's outcome may be
+    unknown), so that the next use of the key asks the database.
+    """
+
+    __slots__ = ("_canonical", "_changes", "_request", "_stored_answer", "claim", "replayed")
+
+    def __init__(self, request: web.Request, canonical: object, **changes: object) -> None:
+        self._request = request
+        self._canonical = canonical
+        self._changes = changes
+        # The claim to hand the actor (None without a key, or on a replay).
+        self.claim: IdempotencyClaim | None = None
+        # The stored answer of the original request, when this is a retry.
+        self.replayed: bytes | None = None
         self._stored_answer: bytes | None = None
+
+    async def __aenter__(self) -> idempotency_key:
+        request = self._request
+        key = request.headers.get(IDEMPOTENCY_KEY)
+        if key is None:
+            return self
+        if not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
+            raise invalid(
+                f"Idempotency-Key must be 1 to {limits.IDEMPOTENCY_KEY_BYTES_MAX} printable ASCII characters",
+                "Idempotency-Key",
+                400,
+            )
+        canonical = self._canonical
+        if self._changes:
+            canonical = msgspec.structs.replace(canonical, **self._changes)  # type: ignore[type-var]
+        body = canonical if isinstance(canonical, bytes) else schemas.ENCODER.encode(canonical)
+        try:
+            claim_or_replay = await request.app[keys.IDEMPOTENCY].begin(
+                request[keys.PRINCIPAL].id, key, fingerprint(request.method, request.path, body)
+            )
+        except IdempotencyConflict:
+            raise ProblemError(
+                409, "idempotency_conflict", "this Idempotency-Key was used for a different request", field="Idempotency-Key"
+            ) from None
+        if isinstance(claim_or_replay, Replay):
+            self.replayed = claim_or_replay.answer
+        else:
+            self.claim = claim_or_replay
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, _: object) -> None:
+        if self.claim is None:
+            return
+        store = self._request.app[keys.IDEMPOTENCY]
+        # A refusal (before the actor, or by it) leaves nothing in doubt; any other failure may.
+        in_doubt = error is not None and not isinstance(error, ProblemError)
+        store.finish(self.claim, None if in_doubt else self._stored_answer, in_doubt=in_doubt)
 
     def replayed_as(self, answer_type: type[T]) -> T:
         """The stored answer of the original request, decoded."""
@@ -149,55 +201,6 @@ class IdempotentRequest:
         if isinstance(outcome.result, Rejected):
             raise rejection(outcome.result)
         return outcome.result
-
-
-@contextlib.asynccontextmanager
-async def idempotency_key(request: web.Request, canonical: object) -> AsyncIterator[IdempotentRequest]:
-    """Carry out a mutating request once per Idempotency-Key; a retry gets the first answer again.
-
-        async with idempotency_key(request, body) as key:
-            if key.replayed is not None:
-                return render(key.replayed_as(Reservation))
-            reservation = key.answered(await actor.reserve(..., claim=key.claim))
-
-    `canonical` is the request in canonical form (decoded, the defaults filled in): the same request,
-    however it was spelled, has the same fingerprint. It is encoded only when a key is given. On
-    leaving, the key is released with what the actor stored under it; if the block failed, as in
-    doubt (the commit's outcome may be unknown), so that the next use of the key asks the database.
-    """
-    key = request.headers.get(IDEMPOTENCY_KEY)
-    if key is None:
-        yield IdempotentRequest(None, None)
-        return
-    if not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
-        raise invalid(
-            f"Idempotency-Key must be 1 to {limits.IDEMPOTENCY_KEY_BYTES_MAX} printable ASCII characters",
-            "Idempotency-Key",
-            400,
-        )
-    store = request.app[keys.IDEMPOTENCY]
-    body = canonical if isinstance(canonical, bytes) else schemas.ENCODER.encode(canonical)
-    try:
-        claim_or_replay = await store.begin(
-            request[keys.PRINCIPAL].id, key, fingerprint(request.method, request.path, body)
-        )
-    except IdempotencyConflict:
-        raise ProblemError(
-            409, "idempotency_conflict", "this Idempotency-Key was used for a different request", field="Idempotency-Key"
-        ) from None
-    if isinstance(claim_or_replay, Replay):
-        yield IdempotentRequest(None, claim_or_replay.answer)
-        return
-    claimed = IdempotentRequest(claim_or_replay, None)
-    try:
-        yield claimed
-    except ProblemError:  # the request was refused (before the actor, or by it): nothing in doubt
-        store.finish(claim_or_replay, claimed._stored_answer)
-        raise
-    except BaseException:
-        store.finish(claim_or_replay, None, in_doubt=True)
-        raise
-    store.finish(claim_or_replay, claimed._stored_answer)
 
 
 def replayed(response: web.Response) -> web.Response:

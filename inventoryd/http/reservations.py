@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-import msgspec
 from aiohttp import web
 
 from inventoryd import domain, limits
@@ -52,7 +51,7 @@ async def create_reservation(request: web.Request) -> web.Response:
     body: schemas.ReservationIn = await read_json(request, schemas.RESERVATION_DECODER)
     user_id = request[keys.PRINCIPAL].acting_for(body.user_id)
     metrics = request.app[keys.METRICS]
-    async with idempotency_key(request, msgspec.structs.replace(body, user_id=user_id)) as key:
+    async with idempotency_key(request, body, user_id=user_id) as key:
         if key.replayed is not None:
             return replayed(_created(actor, key.replayed_as(Reservation)))
         try:
