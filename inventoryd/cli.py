@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import shlex
 import signal
 import sys
 from collections.abc import Iterator
@@ -207,8 +208,12 @@ def token(settings: Settings, arguments: argparse.Namespace) -> int:
                     token_id, secret, token_hash = new_api_token()
                     try:
                         await store.insert_api_token(connection, token_id, arguments.name, arguments.role, token_hash)
-                    except Exception as error:  # noqa: BLE001 - a unique name is the usual reason
-                        print(f"could not create the token: {error}", file=sys.stderr)
+                    except store.TokenNameTaken:
+                        print(
+                            f"a token named {arguments.name!r} exists; revoke it "
+                            f"(inventoryd token revoke {shlex.quote(arguments.name)}) or choose another name",
+                            file=sys.stderr,
+                        )
                         return 1
                     print(secret)
                     print(f"# {arguments.role} token {arguments.name!r} (id {token_id}); shown only now", file=sys.stderr)
