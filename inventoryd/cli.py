@@ -88,10 +88,14 @@ def database(settings: Settings) -> Iterator[str]:
     if settings.database_url:
         yield settings.database_url
         return
-    from persistence.embedded import EmbeddedPostgres  # noqa: PLC0415
+    from persistence.embedded import EmbeddedPostgres, EmbeddedPostgresError  # noqa: PLC0415
 
-    server = EmbeddedPostgres(settings.data_dir)
-    url = server.start()
+    try:
+        server = EmbeddedPostgres(settings.data_dir)
+        url = server.start()
+    except EmbeddedPostgresError as error:
+        # The reason and its fix, in one line: a traceback would only hide it.
+        raise SystemExit(f"inventoryd: the embedded PostgreSQL cannot start: {error}") from None
     try:
         yield url
     finally:

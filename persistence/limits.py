@@ -18,6 +18,8 @@ JOURNAL_LINGER_QUIET_S: Final = 0.001
 DB_TIMEOUT_S: Final = 5.0
 # Rows fetched per round trip while replaying the log.
 RECOVERY_FETCH_ROWS: Final = 10_000
+# The embedded server's binaries asked for their version (can the server user run them?).
+EMBEDDED_PROBE_TIMEOUT_S: Final = 10.0
 
 assert JOURNAL_PENDING_APPENDS_MAX >= 1 and JOURNAL_COMMIT_RECORDS_MAX >= 1
 assert 1 < JOURNAL_LINGER_FROM_APPENDS <= JOURNAL_PENDING_APPENDS_MAX and 0 < JOURNAL_LINGER_QUIET_S < JOURNAL_LINGER_S <= JOURNAL_LINGER_MAX_S < DB_TIMEOUT_S
