@@ -18,7 +18,7 @@ import structlog
 
 from inventoryd import logs
 from inventoryd.config import Settings
-from inventoryd.limits import GC_YOUNG_OBJECTS_THRESHOLD
+from inventoryd.limits import GC_YOUNG_OBJECTS_THRESHOLD, HTTP_KEEPALIVE_TIMEOUT_S
 
 if TYPE_CHECKING:
     from inventoryd.registry import Registry
@@ -122,9 +122,11 @@ async def _serve(settings: Settings, database_url: str) -> None:
 
     from inventoryd.http import keys  # noqa: PLC0415
     from inventoryd.http.app import create_app  # noqa: PLC0415
+    from inventoryd.http.server import GuardedAppRunner  # noqa: PLC0415
 
     app = create_app(settings, database_url=database_url)
-    runner = web.AppRunner(
+    # Malformed requests answered with problem documents, slow clients cut off: inventoryd.http.server.
+    runner = GuardedAppRunner(
         app,
         handle_signals=False,
         access_log=None,
@@ -132,6 +134,7 @@ async def _serve(settings: Settings, database_url: str) -> None:
         max_field_size=HEADER_FIELD_BYTES_MAX,
         max_line_size=REQUEST_LINE_BYTES_MAX,
         max_headers=HEADERS_MAX,
+        keepalive_timeout=HTTP_KEEPALIVE_TIMEOUT_S,
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)

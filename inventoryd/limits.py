@@ -83,6 +83,16 @@ DESCRIPTION_CHARS_MAX: Final = 10_000
 GC_YOUNG_OBJECTS_THRESHOLD: Final = 20_000
 # Seconds a client is told to wait after 503 overload.
 RETRY_AFTER_S: Final = 1
+# Slow clients (slowloris): a request's headers must arrive within HTTP_HEADERS_READ_TIMEOUT_S of
+# the connection's start or of their first byte, and its body within HTTP_BODY_READ_TIMEOUT_S of
+# its headers (at least REQUEST_BODY_BYTES_MAX / this per second); else 408 and the connection is
+# closed. An idle keep-alive connection is closed after HTTP_KEEPALIVE_TIMEOUT_S (longer than the
+# 60 s idle timeout of the usual load balancers, which must close first).
+HTTP_HEADERS_READ_TIMEOUT_S: Final = 10.0
+HTTP_BODY_READ_TIMEOUT_S: Final = 10.0
+HTTP_KEEPALIVE_TIMEOUT_S: Final = 75.0
+# What a malformed request's log line quotes of the parser's reason (it may quote the request).
+LOG_REASON_CHARS_MAX: Final = 200
 
 assert BATCH_MESSAGES_MAX <= MAILBOX_MESSAGES_MAX
 assert 1 < BATCH_LINGER_FROM_MESSAGES <= BATCH_MESSAGES_MAX and BATCH_LINGER_S < REQUEST_TIMEOUT_S
@@ -91,5 +101,6 @@ assert 1 <= RECOVERY_BATCH_EVENTS_MIN <= RECOVERY_BATCH_EVENTS_MAX and RECOVERY_
 assert RECOVERY_SLICE_S > 0 and COLD_ACTOR_WAIT_S < REQUEST_TIMEOUT_S
 assert HOLD_SECONDS_MIN <= HOLD_SECONDS_DEFAULT <= HOLD_SECONDS_MAX
 assert PAGE_ITEMS_DEFAULT <= PAGE_ITEMS_MAX
+assert 0 < HTTP_HEADERS_READ_TIMEOUT_S < HTTP_KEEPALIVE_TIMEOUT_S and 0 < HTTP_BODY_READ_TIMEOUT_S
 assert IDEMPOTENCY_RETENTION_S >= 24 * 3600
 assert 0 < IDEMPOTENCY_KNOWN_GENERATION_S <= IDEMPOTENCY_RETENTION_S and IDEMPOTENCY_CLOCK_SKEW_S >= 0
