@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import shlex
 import signal
 import sys
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import structlog
 
 from inventoryd import logs
 from inventoryd.config import Settings
-from inventoryd.limits import GC_YOUNG_OBJECTS_THRESHOLD
+from inventoryd.limits import GC_YOUNG_OBJECTS_THRESHOLD, HTTP_KEEPALIVE_TIMEOUT_S
 
 if TYPE_CHECKING:
     from inventoryd.registry import Registry
@@ -87,10 +88,14 @@ def database(settings: Settings) -> Iterator[str]:
     if settings.database_url:
         yield settings.database_url
         return
-    from persistence.embedded import EmbeddedPostgres  # noqa: PLC0415
+    from persistence.embedded import EmbeddedPostgres, EmbeddedPostgresError  # noqa: PLC0415
 
-    server = EmbeddedPostgres(settings.data_dir)
-    url = server.start()
+    try:
+        server = EmbeddedPostgres(settings.data_dir)
+        url = server.start()
+    except EmbeddedPostgresError as error:
+        # The reason and its fix, in one line: a traceback would only hide it.
+        raise SystemExit(f"inventoryd: the embedded PostgreSQL cannot start: {error}") from None
     try:
         yield url
     finally:
@@ -117,9 +122,11 @@ async def _serve(settings: Settings, database_url: str) -> None:
 
     from inventoryd.http import keys  # noqa: PLC0415
     from inventoryd.http.app import create_app  # noqa: PLC0415
+    from inventoryd.http.server import GuardedAppRunner  # noqa: PLC0415
 
     app = create_app(settings, database_url=database_url)
-    runner = web.AppRunner(
+    # Malformed requests answered with problem documents, slow clients cut off: inventoryd.http.server.
+    runner = GuardedAppRunner(
         app,
         handle_signals=False,
         access_log=None,
@@ -127,6 +134,7 @@ async def _serve(settings: Settings, database_url: str) -> None:
         max_field_size=HEADER_FIELD_BYTES_MAX,
         max_line_size=REQUEST_LINE_BYTES_MAX,
         max_headers=HEADERS_MAX,
+        keepalive_timeout=HTTP_KEEPALIVE_TIMEOUT_S,
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
@@ -207,8 +215,12 @@ def token(settings: Settings, arguments: argparse.Namespace) -> int:
                     token_id, secret, token_hash = new_api_token()
                     try:
                         await store.insert_api_token(connection, token_id, arguments.name, arguments.role, token_hash)
-                    except Exception as error:  # noqa: BLE001 - a unique name is the usual reason
-                        print(f"could not create the token: {error}", file=sys.stderr)
+                    except store.TokenNameTaken:
+                        print(
+                            f"a token named {arguments.name!r} exists; revoke it "
+                            f"(inventoryd token revoke {shlex.quote(arguments.name)}) or choose another name",
+                            file=sys.stderr,
+                        )
                         return 1
                     print(secret)
                     print(f"# {arguments.role} token {arguments.name!r} (id {token_id}); shown only now", file=sys.stderr)

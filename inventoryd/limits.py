@@ -125,6 +125,16 @@ REQUEST_ID_CHARS_MAX: Final = 128
 READINESS_DB_TIMEOUT_S: Final = 1.0
 # Seconds a client is told to wait after 503 overload.
 RETRY_AFTER_S: Final = 1
+# Slow clients (slowloris): a request's headers must arrive within HTTP_HEADERS_READ_TIMEOUT_S of
+# the connection's start or of their first byte, and its body within HTTP_BODY_READ_TIMEOUT_S of
+# its headers (at least REQUEST_BODY_BYTES_MAX / this per second); else 408 and the connection is
+# closed. An idle keep-alive connection is closed after HTTP_KEEPALIVE_TIMEOUT_S (longer than the
+# 60 s idle timeout of the usual load balancers, which must close first).
+HTTP_HEADERS_READ_TIMEOUT_S: Final = 10.0
+HTTP_BODY_READ_TIMEOUT_S: Final = 10.0
+HTTP_KEEPALIVE_TIMEOUT_S: Final = 75.0
+# What a malformed request's log line quotes of the parser's reason (it may quote the request).
+LOG_REASON_CHARS_MAX: Final = 200
 
 
 
@@ -148,3 +158,5 @@ _must(0 < IDEMPOTENCY_KNOWN_GENERATION_S <= IDEMPOTENCY_RETENTION_S, "a generati
 _must(IDEMPOTENCY_CLOCK_SKEW_S >= 0, "the allowed clock skew is not negative")
 _must(0 < CLOCK_JUMP_TOLERANCE_S < CLOCK_JUMP_CHECK_S, "a clock leap is judged within one check interval")
 _must(PASSWORD_HASH_THREADS >= 1 and PASSWORD_HASHES_WAITING_MAX >= PASSWORD_HASH_THREADS, "hashes can run")
+_must(0 < HTTP_HEADERS_READ_TIMEOUT_S < HTTP_KEEPALIVE_TIMEOUT_S, "a request's headers are awaited less than an idle connection")
+_must(HTTP_BODY_READ_TIMEOUT_S > 0, "a body is awaited for a positive time")

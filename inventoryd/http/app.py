@@ -149,10 +149,15 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     except asyncio.CancelledError:
         raise
     except CONNECTION_LOST as error:
-        # The database is unreachable (or slower than DB_TIMEOUT_S): not the caller's fault, and
-        # not a bug; retrying later is the right thing to do.
-        log.warning("database_unavailable", request_id=request_id, path=request.path, error=repr(error))
-        response = problem_response(503, "unavailable", "the database is not answering; retry shortly")
+        if isinstance(error, ConnectionResetError) and request.transport is None:
+            # The client left mid-request (its body cut off): nobody to answer, nothing wrong here.
+            log.info("client_disconnected", request_id=request_id, method=request.method, path=request.path)
+            response = web.Response(status=499, reason="Client Closed Request")
+        else:
+            # The database is unreachable (or slower than DB_TIMEOUT_S): not the caller's fault, and
+            # not a bug; retrying later is the right thing to do.
+            log.warning("database_unavailable", request_id=request_id, path=request.path, error=repr(error))
+            response = problem_response(503, "unavailable", "the database is not answering; retry shortly")
     except Exception:
         log.exception("request_failed", request_id=request_id, method=request.method, path=request.path)
         response = problem_response(500, "internal_error", "an unexpected error; it has been logged")
