@@ -85,7 +85,11 @@ async def refresh(request: web.Request) -> web.Response:
 
 async def logout(request: web.Request) -> web.Response:
     await refuse_body(request, "logout")
-    await request.app[keys.ACCOUNTS].logout(request[keys.PRINCIPAL])
+    principal = request[keys.PRINCIPAL]
+    if principal.session_id is None:
+        # A well-formed request this caller may not make (as /v1/users/me for such a token).
+        raise ProblemError(403, "forbidden", "an API token has no session to end; revoke it instead")
+    await request.app[keys.ACCOUNTS].logout(principal)
     return web.Response(status=204)
 
 
