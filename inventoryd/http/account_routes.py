@@ -13,17 +13,21 @@ from inventoryd.accounts import PASSWORD_CHARS_MIN
 from inventoryd.http import keys
 from inventoryd.http.common import json_response, read_json, refuse_body
 from inventoryd.http.problems import ProblemError
-from inventoryd.http.schemas import STORABLE_TEXT
+from inventoryd.http.schemas import END, STORABLE_TEXT, SURROGATES, WHITESPACE
 
+# Something @ something . something, none of them with an @, whitespace, a NUL or a lone surrogate.
+_EMAIL_PART = rf"[^@{WHITESPACE}\x00{SURROGATES}]+"
 Email = Annotated[
     str,
     Meta(
         min_length=3,
         max_length=254,
-        pattern=r"^[^@\s\x00\ud800-\udfff]+@[^@\s\x00\ud800-\udfff]+\.[^@\s\x00\ud800-\udfff]+$",
+        pattern=rf"^{_EMAIL_PART}@{_EMAIL_PART}\.{_EMAIL_PART}{END}",
         description="an email address",
     ),
 ]
+# The roles an account can have (services and admins are API tokens, not accounts).
+UserRole = Literal["attendee", "organizer"]
 Password = Annotated[str, Meta(min_length=PASSWORD_CHARS_MIN, max_length=256, pattern=STORABLE_TEXT)]
 
 
@@ -31,7 +35,7 @@ class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):
     email: Email
     password: Password
     name: Annotated[str, Meta(min_length=1, max_length=200, pattern=STORABLE_TEXT)]
-    role: Literal["attendee", "organizer"] = "attendee"
+    role: UserRole = "attendee"
 
 
 class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -47,7 +51,7 @@ class UserOut(msgspec.Struct):
     id: str
     email: str
     name: str
-    role: str
+    role: UserRole
     created_at: datetime
 
 
