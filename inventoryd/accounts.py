@@ -34,7 +34,7 @@ from argon2.exceptions import VerificationError, VerifyMismatchError
 
 from inventoryd import limits
 from inventoryd.errors import Conflict, Unauthenticated, Unavailable
-from inventoryd.principal import Principal
+from inventoryd.principal import ACCOUNT_ROLES, Principal
 from inventoryd.tasks import TaskSupervisor
 from persistence import accounts as store
 from persistence.connection import Connection
@@ -207,7 +207,7 @@ class Accounts:
             raise Unauthenticated("the access token is not valid") from None
         if claims["iat"] > now + 60:
             raise Unauthenticated("the access token was issued in the future")
-        if claims["role"] not in ("attendee", "organizer"):
+        if claims["role"] not in ACCOUNT_ROLES:
             raise Unauthenticated("the access token is not valid")
         if claims["sid"] in self._revoked_sessions:
             raise Unauthenticated("the session has ended; log in again")

@@ -8,12 +8,23 @@ principal is (tokens, sessions) is `inventoryd.accounts`' business.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal, get_args
 
-from inventoryd.domain import EventDefinition, Reservation
+from inventoryd.domain import EventDefinition, InvariantViolation, Reservation
 from inventoryd.errors import Forbidden, InvalidRequest
 
-Role = Literal["attendee", "organizer", "service", "admin"]
+# The roles of accounts (users who register and log in); services and admins are API tokens.
+AccountRole = Literal["attendee", "organizer"]
+ACCOUNT_ROLES: Final[tuple[AccountRole, ...]] = get_args(AccountRole)
+Role = AccountRole | Literal["service", "admin"]
+
+
+def account_role(stored: str) -> AccountRole:
+    """A role as the database stores it (its CHECK constraint allows only these)."""
+    for role in ACCOUNT_ROLES:
+        if stored == role:
+            return role
+    raise InvariantViolation(f"an account with the role {stored!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,9 @@ ReservationStatus = Literal["held", "confirmed", "cancelled", "expired", "waitli
 RESERVATION_STATUSES: Final[tuple[ReservationStatus, ...]] = get_args(ReservationStatus)
 TicketStatus = Literal["valid", "checked_in", "cancelled"]
 TICKET_STATUSES: Final[tuple[TicketStatus, ...]] = get_args(TicketStatus)
-# "new" until the event's creation is applied; only "on_sale" and "cancelled" are ever shown.
-EventStatus = Literal["new", "on_sale", "cancelled"]
+# "new" until the event's creation is applied; only the others are ever shown.
+ShownEventStatus = Literal["on_sale", "cancelled"]
+EventStatus = Literal["new"] | ShownEventStatus
 # Statuses whose seats count against the per-user limit.
 COUNTED_STATUSES: Final[tuple[ReservationStatus, ...]] = ("held", "confirmed", "waitlisted")
 
@@ -134,7 +135,7 @@ class EventSummary(msgspec.Struct, frozen=True, gc=False):
     the answer to event-level commands (so that an idempotent replay shows the same)."""
 
     definition: EventDefinition
-    status: str
+    status: ShownEventStatus
     ticket_types: tuple[TicketTypeSummary, ...]
     last_seq: int
 
@@ -300,9 +301,12 @@ class InventoryState:
         return None
 
     def summary(self) -> EventSummary:
+        status = self.status
+        if status == "new":
+            raise InvariantViolation(f"{self.event_id}: a summary before the event's creation")
         return EventSummary(
             definition=self.require_definition(),
-            status=self.status,
+            status=status,
             ticket_types=tuple(
                 TicketTypeSummary(
                     code=state.code,

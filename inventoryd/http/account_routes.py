@@ -13,14 +13,17 @@ from inventoryd import limits
 from inventoryd.http import keys
 from inventoryd.http.common import json_response, read_json, refuse_body
 from inventoryd.http.problems import ProblemError
-from inventoryd.http.schemas import STORABLE_TEXT
+from inventoryd.http.schemas import END, STORABLE_TEXT, SURROGATES, WHITESPACE
+from inventoryd.principal import AccountRole, account_role
 
+# Something @ something . something, none of them with an @, whitespace, a NUL or a lone surrogate.
+_EMAIL_PART = rf"[^@{WHITESPACE}\x00{SURROGATES}]+"
 Email = Annotated[
     str,
     Meta(
         min_length=3,
         max_length=254,
-        pattern=r"^[^@\s\x00\ud800-\udfff]+@[^@\s\x00\ud800-\udfff]+\.[^@\s\x00\ud800-\udfff]+$",
+        pattern=rf"^{_EMAIL_PART}@{_EMAIL_PART}\.{_EMAIL_PART}{END}",
         description="an email address",
     ),
 ]
@@ -31,7 +34,7 @@ class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):
     email: Email
     password: Password
     name: Annotated[str, Meta(min_length=1, max_length=200, pattern=STORABLE_TEXT)]
-    role: Literal["attendee", "organizer"] = "attendee"
+    role: AccountRole = "attendee"
 
 
 class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -47,7 +50,7 @@ class UserOut(msgspec.Struct):
     id: str
     email: str
     name: str
-    role: str
+    role: AccountRole
     created_at: datetime
 
 
@@ -68,7 +71,7 @@ _NO_STORE = {"Cache-Control": "no-store"}
 async def register(request: web.Request) -> web.Response:
     body: RegisterIn = await read_json(request, _REGISTER)
     user = await request.app[keys.ACCOUNTS].register(body.email, body.password, body.name, body.role)
-    return json_response(UserOut(user.user_id, user.email, user.name, user.role, user.created_at), status=201)
+    return json_response(UserOut(user.user_id, user.email, user.name, account_role(user.role), user.created_at), status=201)
 
 
 async def login(request: web.Request) -> web.Response:
@@ -87,7 +90,8 @@ async def logout(request: web.Request) -> web.Response:
     await refuse_body(request, "logout")
     session_id = request[keys.PRINCIPAL].session_id
     if session_id is None:
-        raise ProblemError(400, "invalid_request", "only a user's session can log out; revoke API tokens instead")
+        # A well-formed request this caller may not make (as /v1/users/me for such a token).
+        raise ProblemError(403, "forbidden", "an API token has no session to end; revoke it instead")
     await request.app[keys.ACCOUNTS].logout(session_id)
     return web.Response(status=204)
 
@@ -99,4 +103,4 @@ async def me(request: web.Request) -> web.Response:
     user = await request.app[keys.ACCOUNTS].user(principal.user_id)
     if user is None:
         raise ProblemError(404, "not_found", "the account no longer exists")
-    return json_response(UserOut(user.user_id, user.email, user.name, user.role, user.created_at))
+    return json_response(UserOut(user.user_id, user.email, user.name, account_role(user.role), user.created_at))

@@ -3,27 +3,35 @@ and the access-matrix test are generated from them, so a new route cannot be for
 
 from __future__ import annotations
 
+from typing import get_args
+
 from inventoryd import limits
-from inventoryd.domain import Reservation
+from inventoryd.domain import Reservation, ReservationStatus
 from inventoryd.http import account_routes, events, openapi, operations, reservations, schemas
-from inventoryd.http.common import CURSOR_PATTERN, QueryParameter, Route
+from inventoryd.http.common import QueryParameter, Route
+from inventoryd.http.schemas import STORABLE_TEXT
 
 _LIMIT = QueryParameter(
     "limit",
     f"items per page (1..{limits.PAGE_ITEMS_MAX}, default {limits.PAGE_ITEMS_DEFAULT})",
     {"type": "integer", "minimum": 1, "maximum": limits.PAGE_ITEMS_MAX},
 )
-_CURSOR = QueryParameter("cursor", "next_cursor of the previous page", {"type": "string", "pattern": CURSOR_PATTERN})
+# A cursor is what the service answered (base64url, unpadded); empty is the first page, as absent.
+_CURSOR = QueryParameter(
+    "cursor", "next_cursor of the previous page", {"type": "string", "pattern": r"^[A-Za-z0-9_-]*\Z"}
+)
+# Text that reaches SQL: PostgreSQL cannot store a NUL (400, as a text longer than the bound).
+_TEXT = {"type": "string", "maxLength": limits.NAME_CHARS_MAX, "pattern": STORABLE_TEXT}
 _STATUS = QueryParameter(
     "status",
     "only reservations in this status",
-    {"type": "string", "enum": ["held", "confirmed", "cancelled", "expired", "waitlisted"]},
+    {"type": "string", "enum": list(get_args(ReservationStatus))},
 )
 _CATALOGUE_QUERY = (
-    QueryParameter("q", "words in the name, description or venue (any case)"),
-    QueryParameter("category", "exact category (any case)"),
-    QueryParameter("city", "exact city (any case)"),
-    QueryParameter("venue", "exact venue (any case)"),
+    QueryParameter("q", "words in the name, description or venue (any case)", _TEXT),
+    QueryParameter("category", "exact category (any case)", _TEXT),
+    QueryParameter("city", "exact city (any case)", _TEXT),
+    QueryParameter("venue", "exact venue (any case)", _TEXT),
     QueryParameter("from", "starts at or after (RFC 3339)", {"type": "string", "format": "date-time"}),
     QueryParameter("to", "starts before (RFC 3339)", {"type": "string", "format": "date-time"}),
     QueryParameter("available", "only events with seats to sell", {"type": "string", "enum": ["true", "false"]}),
@@ -31,7 +39,12 @@ _CATALOGUE_QUERY = (
     _LIMIT,
     _CURSOR,
 )
-_HISTORY_QUERY = (QueryParameter("event_id", "only this event's"), _STATUS, _LIMIT, _CURSOR)
+_HISTORY_QUERY = (
+    QueryParameter("event_id", "only this event's", {"type": "string", "pattern": STORABLE_TEXT}),
+    _STATUS,
+    _LIMIT,
+    _CURSOR,
+)
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", operations.healthz, "healthz", "The process is alive", response_body=schemas.Health, public=True),

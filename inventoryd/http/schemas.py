@@ -1,34 +1,76 @@
 """Request and response bodies. Requests are validated while they are decoded (msgspec names the
-failing field, `at $.quantity`); decoders are built once, here. Inside the service, data is valid."""
+failing field, `at $.quantity`); decoders are built once, here. Inside the service, data is valid.
+
+The OpenAPI document is generated from these types (`openapi.py`), so what is declared here is
+what the document states: patterns as the server checks them (Python's `re`), which the document
+restates in JSON Schema's syntax (`documented_pattern`)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeAlias
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from inventoryd import limits
-from inventoryd.domain import Reservation
+from inventoryd.domain import Reservation, ShownEventStatus, TicketStatus
 
+# Patterns end in `\Z`, the very end: Python's `$` also matches before a final newline, which would
+# let "GA\n" through as a code. The document writes `$`, which in JSON Schema (ECMA-262) is the end.
+END = r"\Z"
 # Text PostgreSQL can store: no NUL, no unpaired surrogate. Checked while decoding, so such a request
 # is refused with the field named and never reaches the journal (where it would fail the shared
 # transaction of every event whose batch was coalesced with it).
-STORABLE_TEXT = r"^[^\x00\ud800-\udfff]*$"
-Code = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
+SURROGATES = r"\ud800-\udfff"
+STORABLE_TEXT = rf"^[^\x00{SURROGATES}]*{END}"
+# What Python's `\s` matches (str.isspace), spelled out: ECMA-262's and Rust's `\s` differ from it.
+WHITESPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NO_SURROGATE = "No unpaired surrogate (I-JSON, RFC 7493)."
+
+
+def documented_pattern(pattern: str) -> tuple[str, bool]:
+    r"""A pattern the server checks, as the document states it: `$` for `\Z`, and without the
+    surrogate range, which most JSON Schema validators cannot compile (their strings cannot hold a
+    lone surrogate); the second value says whether it was dropped (the description says it then)."""
+    if pattern.endswith(END):
+        pattern = pattern.removesuffix(END) + "$"
+    return pattern.replace(SURROGATES, ""), SURROGATES in pattern
+
+
+def whole_number(low: int, high: int) -> Any:
+    """An integer between low and high, also when written 3.0 or 1e2: JSON does not tell these
+    apart, and JSON Schema's `integer` takes them, so the server does too (`integral` turns them
+    into ints after decoding; the document says `integer`)."""
+    return Annotated[int, Meta(ge=low, le=high)] | Annotated[float, Meta(ge=low, le=high, multiple_of=1)]
+
+
+def integral(value: Any) -> Any:
+    return int(value) if type(value) is float else value
+
+
+Code = Annotated[str, Meta(min_length=1, max_length=32, pattern=rf"^[A-Za-z0-9][A-Za-z0-9_-]*{END}")]
 Name = Annotated[str, Meta(min_length=1, max_length=limits.NAME_CHARS_MAX, pattern=STORABLE_TEXT)]
 ShortText = Annotated[str, Meta(max_length=limits.NAME_CHARS_MAX, pattern=STORABLE_TEXT)]
 Description = Annotated[str, Meta(max_length=limits.DESCRIPTION_CHARS_MAX, pattern=STORABLE_TEXT)]
-Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
+Currency = Annotated[str, Meta(pattern=rf"^[A-Z]{{3}}{END}", description="ISO 4217 code")]
 # Money in minor units; bounded so that price × capacity stays well inside a 64-bit integer.
-Price = Annotated[int, Meta(ge=0, le=100_000_000_000)]
-Capacity = Annotated[int, Meta(ge=0, le=limits.TICKET_TYPE_CAPACITY_MAX)]
-Quantity = Annotated[int, Meta(ge=1, le=limits.RESERVATION_QUANTITY_MAX)]
-PerUserLimit = Annotated[int, Meta(ge=1, le=limits.TICKET_TYPE_CAPACITY_MAX)]
-HoldSeconds = Annotated[int, Meta(ge=limits.HOLD_SECONDS_MIN, le=limits.HOLD_SECONDS_MAX)]
+if TYPE_CHECKING:  # what the service sees, once `integral` has run
+    Price: TypeAlias = int
+    Capacity: TypeAlias = int
+    Quantity: TypeAlias = int
+    PerUserLimit: TypeAlias = int
+    HoldSeconds: TypeAlias = int
+else:
+    Price = whole_number(0, 100_000_000_000)
+    Capacity = whole_number(0, limits.TICKET_TYPE_CAPACITY_MAX)
+    Quantity = whole_number(1, limits.RESERVATION_QUANTITY_MAX)
+    PerUserLimit = whole_number(1, limits.TICKET_TYPE_CAPACITY_MAX)
+    HoldSeconds = whole_number(limits.HOLD_SECONDS_MIN, limits.HOLD_SECONDS_MAX)
 Moment = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a time zone")]
-UserId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+UserId = Annotated[str, Meta(min_length=1, max_length=128, pattern=rf"^[A-Za-z0-9_.:@-]+{END}")]
+# An event as answers show it ("new", before its creation is committed, is never shown).
+EventStatus = ShownEventStatus
 
 
 class TicketTypeIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -36,6 +78,10 @@ class TicketTypeIn(msgspec.Struct, forbid_unknown_fields=True):
     name: Name
     price: Price
     capacity: Capacity
+
+    def __post_init__(self) -> None:
+        self.price = integral(self.price)
+        self.capacity = integral(self.capacity)
 
 
 class EventIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -54,9 +100,16 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     per_user_limit: PerUserLimit | None = None
     hold_seconds: HoldSeconds = limits.HOLD_SECONDS_DEFAULT
 
+    def __post_init__(self) -> None:
+        self.per_user_limit = integral(self.per_user_limit)
+        self.hold_seconds = integral(self.hold_seconds)
+
 
 class EventPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """Fields absent are left alone; null clears an optional field."""
+    """Fields absent are left alone; null clears an optional field. At least one field."""
+
+    # Merged into the document's schema (openapi.py): the server refuses {} (nothing to change).
+    json_schema_extra: ClassVar[dict[str, Any]] = {"minProperties": 1}
 
     name: Name | UnsetType = UNSET
     description: Description | UnsetType | None = UNSET
@@ -71,11 +124,21 @@ class EventPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     per_user_limit: PerUserLimit | UnsetType | None = UNSET
     hold_seconds: HoldSeconds | UnsetType = UNSET
 
+    def __post_init__(self) -> None:
+        self.per_user_limit = integral(self.per_user_limit)
+        self.hold_seconds = integral(self.hold_seconds)
+
 
 class TicketTypePatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Fields absent are left alone ({} changes nothing)."""
+
     name: Name | UnsetType = UNSET
     price: Price | UnsetType = UNSET
     capacity: Capacity | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        self.price = integral(self.price)
+        self.capacity = integral(self.capacity)
 
 
 class ReservationIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -83,6 +146,13 @@ class ReservationIn(msgspec.Struct, forbid_unknown_fields=True):
     quantity: Quantity
     user_id: UserId | None = None
     waitlist: bool = False
+
+    def __post_init__(self) -> None:
+        if type(self.quantity) is float:
+            self.quantity = int(self.quantity)
+
+
+# Answers. Every field is sent (none of these omits defaults), so the document marks all required.
 
 
 class TicketTypeOut(msgspec.Struct):
@@ -98,7 +168,7 @@ class TicketTypeOut(msgspec.Struct):
 class EventOut(msgspec.Struct):
     id: str
     name: str
-    status: str
+    status: EventStatus
     starts_at: datetime
     currency: str
     ticket_types: list[TicketTypeOut]
@@ -127,7 +197,7 @@ class ReservationPage(msgspec.Struct):
 
 class TicketOut(msgspec.Struct):
     id: str
-    status: str
+    status: TicketStatus
     checked_in_at: datetime | None
     reservation_id: str
     event_id: str
@@ -153,7 +223,7 @@ class TicketTypeReport(ReportLine):
 
 class ReportOut(msgspec.Struct):
     event_id: str
-    status: str
+    status: EventStatus
     currency: str
     ticket_types: list[TicketTypeReport]
     total: ReportLine
@@ -166,11 +236,14 @@ class TicketTypeAvailability(msgspec.Struct):
 
 class AvailabilityOut(msgspec.Struct):
     event_id: str
-    status: str
+    status: EventStatus
     ticket_types: dict[str, TicketTypeAvailability]
 
 
 class Problem(msgspec.Struct, omit_defaults=True):
+    """RFC 9457 problem details. `field` (where the request is wrong), `available` and
+    `checked_in_at` are sent only when they apply."""
+
     type: str
     title: str
     status: int
@@ -182,7 +255,8 @@ class Problem(msgspec.Struct, omit_defaults=True):
 
 
 class Health(msgspec.Struct):
-    status: Literal["ok", "ready", "not_ready"]
+    # Not ready is a 503 problem document, not one of these.
+    status: Literal["ok", "ready"]
     detail: str | None = None
 
 
