@@ -188,3 +188,110 @@ async def test_a_batch_of_every_command_kind_succeeds(client: Any) -> None:
     assert [(t["code"], t["price"]) for t in final["ticket_types"]] == [("GA", 1200), ("VIP", 9000)]
     listing = await (await client.get("/v1/events")).json()
     assert [item["name"] for item in listing["items"]] == ["Renamed"]
+
+
+# -- finding 3: logout and revoked sessions survive a restart ------------------------------------
+
+PASSWORD = "correct horse battery staple"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def register_and_login(client: Any, email: str) -> dict[str, Any]:
+    body = {"email": email, "password": PASSWORD, "name": email.split("@")[0]}
+    response = await client.post("/v1/auth/register", json=body)
+    assert response.status == 201, await response.text()
+    response = await client.post("/v1/auth/login", json={"email": email, "password": PASSWORD})
+    assert response.status == 200, await response.text()
+    return await response.json()
+
+
+async def me_status(client: Any, access_token: str) -> int:
+    return (await client.get("/v1/users/me", headers=bearer(access_token))).status
+
+
+async def test_logout_is_remembered_across_a_restart(start: Any) -> None:
+    """Finding 3: a logged-out session's access token answers 401, and must still after the
+    service restarts on the same database (today 200: the revocation lived in memory only)."""
+    client = await start(headers=None, settings={"rate_limits": False})
+    tokens = await register_and_login(client, "leaver@example.org")
+    assert await me_status(client, tokens["access_token"]) == 200
+    assert (await client.post("/v1/auth/logout", headers=bearer(tokens["access_token"]))).status == 204
+    assert await me_status(client, tokens["access_token"]) == 401
+    await client.close()
+    restarted = await start(headers=None, settings={"rate_limits": False})
+    assert await me_status(restarted, tokens["access_token"]) == 401
+
+
+async def test_a_session_ended_by_refresh_token_reuse_stays_ended_across_a_restart(start: Any) -> None:
+    """Finding 3 (second case): reusing a rotated refresh token revokes the session, whose access
+    tokens answer 401; they must still after a restart (today 200)."""
+    client = await start(headers=None, settings={"rate_limits": False})
+    first = await register_and_login(client, "victim@example.org")
+    response = await client.post("/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert response.status == 200
+    second = await response.json()
+    assert await me_status(client, second["access_token"]) == 200
+    reuse = await client.post("/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert reuse.status == 401
+    assert await me_status(client, second["access_token"]) == 401
+    assert await me_status(client, first["access_token"]) == 401
+    await client.close()
+    restarted = await start(headers=None, settings={"rate_limits": False})
+    assert [await me_status(restarted, first["access_token"]), await me_status(restarted, second["access_token"])] == [
+        401,
+        401,
+    ]
+
+
+# -- finding 4: the waiting list is first come, first served -------------------------------------
+
+
+async def test_freed_seats_go_to_the_waiting_list_before_newcomers(client: Any) -> None:
+    """Finding 4: capacity 10, A holds 8, X holds 2, B waits for 3, then C for 1; X cancels. The
+    2 freed seats must not go to a newcomer while B and C wait (today the newcomer gets them); B,
+    the head, needs 3 and keeps waiting, and C does not overtake B."""
+    event = await create_event(client, ticket_types=one_type(10))
+    event_id = event["id"]
+    first = await held(client, event_id, "a", 8)
+    x = await held(client, event_id, "x", 2)
+    b = await waiting(client, event_id, "b", 3)
+    c = await waiting(client, event_id, "c", 1)
+    cancelled = await client.post(f"/v1/reservations/{x['id']}/cancel")
+    assert cancelled.status == 200
+    status, newcomer = await reserve(client, event_id, "newcomer", 2)
+    assert status == 409 and newcomer["code"] in ("sold_out", "insufficient_tickets"), newcomer
+    status, patient = await reserve(client, event_id, "patient", 1, waitlist=True)
+    assert (status, patient["status"], patient["position"]) == (202, "waitlisted", 3), patient
+    positions = [(await read_reservation(client, r["id"]))[1] for r in (b, c)]
+    assert [(r["status"], r["position"]) for r in positions] == [("waitlisted", 1), ("waitlisted", 2)]
+    availability = await (await client.get(f"/v1/events/{event_id}/availability")).json()
+    assert availability["ticket_types"]["GA"]["waitlist"] == 3
+    # Once A's 8 seats are back, the line is served in order: B (3), C (1), the patient one (1).
+    assert (await client.post(f"/v1/reservations/{first['id']}/cancel")).status == 200
+    served = [(await read_reservation(client, r["id"]))[1]["status"] for r in (b, c, patient)]
+    assert served == ["held", "held", "held"]
+
+
+async def test_a_waiting_entry_that_can_never_fit_is_cancelled(client: Any) -> None:
+    """Finding 4 (second case): B2 waits for 5, then the capacity is lowered to 4: B2 can never be
+    served and must be cancelled (today it stays waiting and blocks the line), so that the entry
+    behind it is promoted once seats free."""
+    event = await create_event(client, ticket_types=one_type(5))
+    event_id = event["id"]
+    first = await held(client, event_id, "a", 2)
+    b2 = await waiting(client, event_id, "b2", 5)
+    c2 = await waiting(client, event_id, "c2", 4)
+    response = await client.patch(f"/v1/events/{event_id}/ticket-types/GA", json={"capacity": 4})
+    assert response.status == 200, await response.text()
+    status, body = await read_reservation(client, b2["id"])
+    assert (status, body["status"]) == (200, "cancelled"), body
+    status, body = await read_reservation(client, c2["id"])
+    assert (status, body["status"], body["position"]) == (200, "waitlisted", 1), body
+    assert (await client.post(f"/v1/reservations/{first['id']}/cancel")).status == 200
+    status, body = await read_reservation(client, c2["id"])
+    assert (status, body["status"]) == (200, "held"), body
+    availability = await (await client.get(f"/v1/events/{event_id}/availability")).json()
+    assert availability["ticket_types"]["GA"] == {"available": 0, "waitlist": 0}
