@@ -9,11 +9,14 @@ a race, the racing requests are repeated until the window is certainly hit.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 import structlog
 
 from tests.helpers import create_event
@@ -295,3 +298,130 @@ async def test_a_waiting_entry_that_can_never_fit_is_cancelled(client: Any) -> N
     assert (status, body["status"]) == (200, "held"), body
     availability = await (await client.get(f"/v1/events/{event_id}/availability")).json()
     assert availability["ticket_types"]["GA"] == {"available": 0, "waitlist": 0}
+
+
+# -- finding 5: dates that pass validation but can never be stored ------------------------------
+
+# Valid RFC 3339, but outside the years 1..9999 once taken to UTC. (An ends_at in year 1 is
+# refused already, as before starts_at.)
+UNSTORABLE_MOMENTS = ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+05:00"]
+DATE_FIELDS = ["starts_at", "ends_at", "sale_starts_at", "sale_ends_at", "cancel_until"]
+UNSTORABLE_DATES = [
+    (name, moment) for name in DATE_FIELDS for moment in UNSTORABLE_MOMENTS if (name, moment[:4]) != ("ends_at", "0001")
+]
+
+
+def assert_problem(status: int, body: Any, statuses: tuple[int, ...], field: str | None = None) -> None:
+    assert status in statuses, (status, body)
+    assert isinstance(body, dict) and body.get("status") == status and body.get("code") and body.get("detail"), body
+    if field is not None:
+        assert body.get("field") == field, body
+
+
+async def catalogue(client: Any, query: str = "") -> list[dict[str, Any]]:
+    response = await client.get(f"/v1/events{query}")
+    assert response.status == 200, await response.text()
+    return list((await response.json())["items"])
+
+
+async def post_raw(client: Any, method: str, path: str, raw: bytes) -> tuple[int, Any]:
+    response = await client.request(method, path, data=raw, headers={"Content-Type": "application/json"})
+    assert response.content_type == "application/problem+json" or response.status < 400
+    return await status_and_body(response)
+
+
+@pytest.mark.parametrize(("name", "moment"), UNSTORABLE_DATES)
+async def test_unstorable_dates_are_refused_on_create(client: Any, name: str, moment: str) -> None:
+    """Finding 5: an event whose date cannot be stored (year 10000 or 0 in UTC) is accepted by
+    validation and then fails in PostgreSQL (a 503 that never succeeds); it must be a 422 naming
+    the field, with nothing created."""
+    body = {
+        "name": "Far away",
+        "starts_at": "2027-06-01T19:00:00Z",
+        "currency": "EUR",
+        "ticket_types": one_type(10),
+    }
+    body[name] = moment
+    with server_errors():
+        status, problem = await post_raw(client, "POST", "/v1/events", json.dumps(body).encode())
+    assert_problem(status, problem, (422,), f"$.{name}")
+    assert await catalogue(client) == []
+
+
+@pytest.mark.parametrize(("name", "moment"), UNSTORABLE_DATES)
+async def test_unstorable_dates_are_refused_on_change(client: Any, name: str, moment: str) -> None:
+    """Finding 5 (PATCH): the same dates in a change of the event fail the whole batch today (the
+    reserves that shared it are rolled back); the change must be a 422 naming the field, the event
+    unchanged, and the reserves sent with it must succeed."""
+    event = await create_event(client, ticket_types=one_type(10))
+    path = f"/v1/events/{event['id']}"
+    before = await (await client.get(path)).json()
+    with server_errors():
+        results = await asyncio.gather(
+            post_raw(client, "PATCH", path, json.dumps({name: moment}).encode()),
+            *(reserve(client, event["id"], f"buyer{index}") for index in range(3)),
+        )
+    status, problem = results[0]
+    assert_problem(status, problem, (422,), f"$.{name}")
+    assert [status for status, _ in results[1:]] == [201, 201, 201], results[1:]
+    after = await (await client.get(path)).json()
+    assert {key: value for key, value in after.items() if key != "ticket_types"} == {
+        key: value for key, value in before.items() if key != "ticket_types"
+    }
+
+
+@pytest.mark.parametrize("moment", UNSTORABLE_MOMENTS)
+@pytest.mark.parametrize("parameter", ["from", "to"])
+async def test_unstorable_dates_in_catalogue_filters_are_400(client: Any, parameter: str, moment: str) -> None:
+    """Finding 5 (filters): `GET /v1/events?from=` or `to=` with such a date answers 500 today;
+    it must be 400 naming the parameter."""
+    await create_event(client)
+    with server_errors():
+        response = await client.get("/v1/events", params={parameter: moment})
+        status, problem = await status_and_body(response)
+    assert_problem(status, problem, (400,), parameter)
+
+
+# -- finding 6: forged cursors ------------------------------------------------------------------
+
+
+def forge_cursor(values: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+FAR_MOMENT = "9999-12-31T23:59:59-23:59"
+EARLY_MOMENT = "0001-01-01T00:00:00+05:00"
+FORGED_CURSORS = [
+    ("catalogue, NUL in the id", "/v1/events", ["starts_at", "2027-06-01T19:00:00+00:00", "evt_\u0000"]),
+    ("catalogue, date out of range", "/v1/events", ["starts_at", FAR_MOMENT, "evt_x"]),
+    ("catalogue, early date out of range", "/v1/events", ["starts_at", EARLY_MOMENT, "evt_x"]),
+    ("catalogue by name, NUL in the name", "/v1/events?sort=name", ["name", "Hot\u0000", "evt_x"]),
+    ("catalogue by name, NUL in the id", "/v1/events?sort=name", ["name", "Hot", "evt_\u0000"]),
+    ("event reservations, 2^63", "/v1/events/{event_id}/reservations", 2**63),
+    ("my reservations, NUL in the id", "/v1/users/me/reservations", ["2027-01-01T00:00:00Z", "evt_\u0000", 1]),
+    ("my reservations, date out of range", "/v1/users/me/reservations", [FAR_MOMENT, "evt_x", 1]),
+    ("my reservations, 2^63", "/v1/users/me/reservations", ["2027-01-01T00:00:00Z", "evt_x", 2**63]),
+    ("user reservations, NUL in the id", "/v1/users/{user_id}/reservations", ["2027-01-01T00:00:00Z", "evt_\u0000", 1]),
+    ("user reservations, date out of range", "/v1/users/{user_id}/reservations", [FAR_MOMENT, "evt_x", 1]),
+    ("user reservations, early date", "/v1/users/{user_id}/reservations", [EARLY_MOMENT, "evt_x", 1]),
+    ("user reservations, 2^63", "/v1/users/{user_id}/reservations", ["2027-01-01T00:00:00Z", "evt_x", 2**63]),
+]
+
+
+@pytest.mark.parametrize(("name", "path", "values"), FORGED_CURSORS, ids=[case[0] for case in FORGED_CURSORS])
+async def test_forged_cursors_are_400(start: Any, name: str, path: str, values: Any) -> None:
+    """Finding 6: a cursor this service never issued (a NUL in a part, a date out of range, an
+    integer of 2^63 or more) answers 500 today; it must be a 400 naming `cursor`."""
+    client = await start(settings={"rate_limits": False})
+    event = await create_event(client, ticket_types=one_type(10))
+    await held(client, event["id"], "someone")
+    headers = None
+    if path.startswith("/v1/users/me"):
+        headers = bearer((await register_and_login(client, "cursor@example.org"))["access_token"])
+    url = path.format(event_id=event["id"], user_id="someone")
+    separator = "&" if "?" in url else "?"
+    with server_errors():
+        response = await client.get(f"{url}{separator}cursor={forge_cursor(values)}", headers=headers)
+        status, problem = await status_and_body(response)
+    assert_problem(status, problem, (400,), "cursor")
+    assert problem["detail"] == "cursor is not one this service issued", problem
