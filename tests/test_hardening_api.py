@@ -425,3 +425,87 @@ async def test_forged_cursors_are_400(start: Any, name: str, path: str, values: 
         status, problem = await status_and_body(response)
     assert_problem(status, problem, (400,), "cursor")
     assert problem["detail"] == "cursor is not one this service issued", problem
+
+
+# -- finding 11: duplicate JSON keys, lax integers in the query ----------------------------------
+
+DUPLICATE_KEYS = [
+    ("reservation", "POST", RESERVE, b'{"ticket_type": "GA", "quantity": 1, "quantity": 100, "user_id": "u"}', "quantity"),
+    (
+        "event create",
+        "POST",
+        "/v1/events",
+        b'{"name": "A", "name": "B", "starts_at": "2027-06-01T19:00:00Z", "currency": "EUR",'
+        b' "ticket_types": [{"code": "GA", "name": "GA", "price": 100, "capacity": 10}]}',
+        "name",
+    ),
+    (
+        "event create, in a ticket type",
+        "POST",
+        "/v1/events",
+        b'{"name": "A", "starts_at": "2027-06-01T19:00:00Z", "currency": "EUR",'
+        b' "ticket_types": [{"code": "GA", "name": "GA", "price": 100, "capacity": 10, "capacity": 5000}]}',
+        "capacity",
+    ),
+    ("event change", "PATCH", "/v1/events/{event_id}", b'{"name": "Renamed", "name": "Renamed again"}', "name"),
+]
+
+
+@pytest.mark.parametrize(("name", "method", "path", "raw", "key"), DUPLICATE_KEYS, ids=[case[0] for case in DUPLICATE_KEYS])
+async def test_duplicate_json_keys_are_refused(client: Any, name: str, method: str, path: str, raw: bytes, key: str) -> None:
+    """Finding 11: with a key given twice the last one wins today (`quantity` 1 then 100 held
+    100); it must be a 400 or 422 naming the duplicate key, with nothing changed."""
+    event = await create_event(client, ticket_types=one_type(100))
+    before = (await catalogue(client), await (await client.get(f"/v1/events/{event['id']}")).json())
+    status, problem = await post_raw(client, method, path.format(event_id=event["id"]), raw)
+    assert_problem(status, problem, (400, 422))
+    assert key in f"{problem.get('field')} {problem['detail']}", problem
+    assert (await catalogue(client), await (await client.get(f"/v1/events/{event['id']}")).json()) == before
+
+
+LAX_INTEGERS = [" 5", "1_0", "\u0665"]
+LIMITED_LISTS = ["/v1/events", "/v1/events/{event_id}/reservations", "/v1/users/someone/reservations"]
+
+
+@pytest.mark.parametrize("path", LIMITED_LISTS)
+@pytest.mark.parametrize("value", LAX_INTEGERS, ids=["leading space", "underscore", "arabic-indic five"])
+async def test_limit_takes_only_ascii_digits(client: Any, path: str, value: str) -> None:
+    """Finding 11 (query): `limit` accepts what Python's int() does (`" 5"`, `1_0`, `٥`); it must be
+    a 400 naming `limit`."""
+    event = await create_event(client, ticket_types=one_type(10))
+    response = await client.get(path.format(event_id=event["id"]), params={"limit": value})
+    status, problem = await status_and_body(response)
+    assert_problem(status, problem, (400,), "limit")
+
+
+# -- finding 15: a cancelled event's availability; the available=false filter --------------------
+
+
+async def test_a_cancelled_event_has_nothing_available(client: Any) -> None:
+    """Finding 15b: after `POST /v1/events/{id}/cancel`, availability and the event still show
+    the seats as available; every type must show `available: 0`."""
+    event = await create_event(
+        client, ticket_types=[*one_type(10), {"code": "VIP", "name": "VIP", "price": 9000, "capacity": 5}]
+    )
+    await held(client, event["id"], "someone", 2)
+    response = await client.post(f"/v1/events/{event['id']}/cancel")
+    assert response.status == 200 and (await response.json())["status"] == "cancelled"
+    availability = await (await client.get(f"/v1/events/{event['id']}/availability")).json()
+    assert availability["status"] == "cancelled"
+    assert {code: counts["available"] for code, counts in availability["ticket_types"].items()} == {"GA": 0, "VIP": 0}
+    shown = await (await client.get(f"/v1/events/{event['id']}")).json()
+    assert {t["code"]: t["available"] for t in shown["ticket_types"]} == {"GA": 0, "VIP": 0}
+
+
+async def test_available_false_lists_only_events_with_nothing_to_sell(client: Any) -> None:
+    """Finding 15c: `GET /v1/events?available=false` returns every event today; it must return
+    only the events with no seats to sell (sold out or cancelled)."""
+    on_sale = await create_event(client, name="On sale", ticket_types=one_type(10))
+    sold_out = await create_event(client, name="Sold out", ticket_types=one_type(1))
+    await held(client, sold_out["id"], "someone")
+    cancelled = await create_event(client, name="Cancelled", ticket_types=one_type(10))
+    assert (await client.post(f"/v1/events/{cancelled['id']}/cancel")).status == 200
+    listed = {item["id"] for item in await catalogue(client, "?available=false")}
+    assert listed == {sold_out["id"], cancelled["id"]}
+    assert {item["id"] for item in await catalogue(client, "?available=true")} == {on_sale["id"]}
+    assert len(await catalogue(client)) == 3
