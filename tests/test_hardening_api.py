@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -17,9 +18,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+import aiohttp
 import structlog
 
-from tests.helpers import create_event
+from inventoryd import limits
+from tests.helpers import ADMIN, create_event
+from tests.test_durability import free_port, running_server, wait_ready
 
 RESERVE = "/v1/events/{event_id}/reservations"
 
@@ -505,7 +509,121 @@ async def test_available_false_lists_only_events_with_nothing_to_sell(client: An
     await held(client, sold_out["id"], "someone")
     cancelled = await create_event(client, name="Cancelled", ticket_types=one_type(10))
     assert (await client.post(f"/v1/events/{cancelled['id']}/cancel")).status == 200
-    listed = {item["id"] for item in await catalogue(client, "?available=false")}
-    assert listed == {sold_out["id"], cancelled["id"]}
-    assert {item["id"] for item in await catalogue(client, "?available=true")} == {on_sale["id"]}
+    assert sorted(item["name"] for item in await catalogue(client, "?available=false")) == ["Cancelled", "Sold out"]
+    assert [item["id"] for item in await catalogue(client, "?available=true")] == [on_sale["id"]]
     assert len(await catalogue(client)) == 3
+
+
+# -- finding 7: one client takes every availability stream --------------------------------------
+
+# How many streams are tried before concluding there is no bound: one more than the bound, if the
+# service names one; else a tenth of the global STREAM_SUBSCRIBERS_MAX (1000).
+STREAMS_TRIED_PER_ADDRESS = getattr(limits, "STREAMS_PER_ADDRESS_MAX", 99) + 1
+STREAMS_TRIED_PER_EVENT = getattr(limits, "STREAMS_PER_EVENT_MAX", 99) + 1
+
+
+class Stream:
+    """One `GET .../availability/stream` on its own TCP connection from a chosen source address."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int) -> None:
+        self.reader, self.writer, self.status = reader, writer, status
+
+    @classmethod
+    async def open(cls, port: int, event_id: str, source: str) -> Stream:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        writer.write(
+            f"GET /v1/events/{event_id}/availability/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        stream = cls(reader, writer, int(status_line.split()[1]))
+        if stream.status == 200:
+            # The first event: the server has counted this stream.
+            while not (await asyncio.wait_for(reader.readline(), 5)).startswith(b"data:"):
+                pass
+        else:
+            stream.close()
+        return stream
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def source_address(index: int) -> str:
+    return f"127.0.{10 + index // 250}.{1 + index % 250}"
+
+
+async def start_server_events(stack: Any, database_url: str, count: int, env: dict[str, str] | None = None) -> Any:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    session = await stack.enter_async_context(aiohttp.ClientSession(headers=ADMIN, timeout=aiohttp.ClientTimeout(total=20)))
+    process = stack.enter_context(running_server(database_url, port, env=env))
+    await wait_ready(session, base, process)
+    events = []
+    for index in range(count):
+        async with session.post(
+            f"{base}/v1/events", json={"name": f"Event {index}", "starts_at": "2027-06-01T19:00:00Z", "currency": "EUR",
+                                       "ticket_types": one_type(10)}
+        ) as response:
+            assert response.status == 201, await response.text()
+            events.append((await response.json())["id"])
+    return port, base, session, events
+
+
+async def open_until_refused(port: int, events: list[str], sources: list[str], tries: int, streams: list[Stream]) -> Stream | None:
+    """Open streams (to `events` and from `sources`, in turn) until one is refused or `tries` are
+    open; the refusal, or None."""
+    for index in range(tries):
+        stream = await Stream.open(port, events[index % len(events)], sources[index % len(sources)])
+        if stream.status != 200:
+            return stream
+        streams.append(stream)
+    return None
+
+
+async def test_availability_streams_are_bounded_per_client_address(database_url: str) -> None:
+    """Finding 7: one address may open streams until the global bound (1000) is taken, after which
+    nobody gets one. Streams from one address must be refused (429 or 503) well before that, while
+    another address still gets one; and a stream the client closes must free its slot within a
+    second (today about 12 s)."""
+    streams: list[Stream] = []
+    async with contextlib.AsyncExitStack() as stack:
+        port, _, _, events = await start_server_events(stack, database_url, 4)
+        try:
+            refused = await open_until_refused(port, events, ["127.0.0.2"], STREAMS_TRIED_PER_ADDRESS, streams)
+            assert refused is not None, f"{len(streams)} streams from one address, none refused"
+            assert refused.status in (429, 503)
+            assert (await Stream.open(port, events[-1], "127.0.0.2")).status == refused.status
+            other = await Stream.open(port, events[0], "127.0.0.3")
+            assert other.status == 200
+            streams.append(other)
+            # The client of one stream goes away: its slot is free again within a second.
+            streams.pop(0).close()
+            deadline = asyncio.get_running_loop().time() + 1.0
+            while (again := await Stream.open(port, events[0], "127.0.0.2")).status != 200:
+                assert asyncio.get_running_loop().time() < deadline, "a closed stream still holds its slot after 1 s"
+                await asyncio.sleep(0.05)
+            streams.append(again)
+        finally:
+            for stream in streams:
+                stream.close()
+
+
+async def test_availability_streams_are_bounded_per_event(database_url: str) -> None:
+    """Finding 7 (per event): streams to one event, each from its own address, must be refused
+    well before the global bound, while a stream to another event is still served."""
+    streams: list[Stream] = []
+    async with contextlib.AsyncExitStack() as stack:
+        port, _, _, events = await start_server_events(stack, database_url, 2)
+        try:
+            sources = [source_address(index) for index in range(STREAMS_TRIED_PER_EVENT + 1)]
+            refused = await open_until_refused(port, events[:1], sources[:-1], STREAMS_TRIED_PER_EVENT, streams)
+            assert refused is not None, f"{len(streams)} streams to one event, none refused"
+            assert refused.status in (429, 503)
+            other = await Stream.open(port, events[1], sources[-1])
+            assert other.status == 200
+            streams.append(other)
+        finally:
+            for stream in streams:
+                stream.close()
