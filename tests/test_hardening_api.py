@@ -22,7 +22,7 @@ import aiohttp
 import structlog
 
 from inventoryd import limits
-from tests.helpers import ADMIN, create_event
+from tests.helpers import ADMIN, create_event, wait_until
 from tests.test_durability import free_port, running_server, wait_ready
 
 RESERVE = "/v1/events/{event_id}/reservations"
@@ -627,3 +627,74 @@ async def test_availability_streams_are_bounded_per_event(database_url: str) -> 
         finally:
             for stream in streams:
                 stream.close()
+
+
+# -- finding 8: a registration flood blocks every login -----------------------------------------
+
+FLOOD_ADDRESSES = 60
+FLOOD_PER_ADDRESS = 8
+LOGINS = 4
+LOGIN_TIMEOUT_S = 5.0
+
+
+async def test_logins_succeed_during_a_registration_flood(database_url: str) -> None:
+    """Finding 8: registrations from many addresses (each within its own rate limit) fill the
+    password-hashing queue, and a real user's login is answered 503 (or waits behind every queued
+    registration). Logins of existing users must keep a share of the hashing that registrations
+    cannot take: every login answers 200, within LOGIN_TIMEOUT_S."""
+    counts: Counter[int] = Counter()
+    async with contextlib.AsyncExitStack() as stack:
+        _, base, _, _ = await start_server_events(stack, database_url, 0)
+
+        async def client_from(source: str, connections: int = 1) -> aiohttp.ClientSession:
+            connector = aiohttp.TCPConnector(local_addr=(source, 0), limit=connections)
+            return await stack.enter_async_context(
+                aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
+            )
+
+        account = {"email": "regular@example.org", "password": PASSWORD, "name": "Regular"}
+        user = await client_from("127.0.0.5")
+        async with user.post(f"{base}/v1/auth/register", json=account) as response:
+            assert response.status == 201, await response.text()
+
+        async def flood(source: str, worker: int, client: aiohttp.ClientSession) -> None:
+            attempt = 0
+            while True:
+                attempt += 1
+                body = {"email": f"bot{worker}-{attempt}@{source}.example.org", "password": PASSWORD, "name": "Bot"}
+                try:
+                    async with client.post(f"{base}/v1/auth/register", json=body) as response:
+                        status = response.status
+                except aiohttp.ClientError:
+                    status = 0
+                counts[status] += 1
+                # Every token of the address's bucket (0.5/s) is still used: 8 workers retry.
+                await asyncio.sleep(2.0 if status in (0, 429) else 0.05)
+
+        flooders = []
+        for address in range(FLOOD_ADDRESSES):
+            source = f"127.0.20.{address + 1}"
+            client = await client_from(source, FLOOD_PER_ADDRESS)
+            flooders += [asyncio.create_task(flood(source, worker, client)) for worker in range(FLOOD_PER_ADDRESS)]
+        logins: list[tuple[int, Any]] = []
+        try:
+            # The flood is on once the service starts refusing registrations (overloaded or rate-limited).
+            await wait_until(lambda: counts[503] + counts[429] > 0, 10)
+            for _ in range(LOGINS):
+                try:
+                    async with asyncio.timeout(LOGIN_TIMEOUT_S):
+                        async with user.post(
+                            f"{base}/v1/auth/login", json={"email": account["email"], "password": PASSWORD}
+                        ) as response:
+                            logins.append((response.status, await response.json()))
+                except TimeoutError:
+                    logins.append((0, f"no answer within {LOGIN_TIMEOUT_S} s"))
+                if logins[-1][0] != 200:
+                    break
+                await asyncio.sleep(0.2)
+        finally:
+            for task in flooders:
+                task.cancel()
+            await asyncio.gather(*flooders, return_exceptions=True)
+        assert [status for status, _ in logins] == [200] * LOGINS, (logins[-1][1], dict(counts))
+        assert sum(counts.values()) >= FLOOD_ADDRESSES * FLOOD_PER_ADDRESS
