@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import pytest
 import aiohttp
+import pytest
 import structlog
 
 from inventoryd import limits
@@ -207,7 +207,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 async def register_and_login(client: Any, email: str) -> dict[str, Any]:
-    body = {"email": email, "password": PASSWORD, "name": email.split("@")[0]}
+    body = {"email": email, "password": PASSWORD, "name": email.split("@", maxsplit=1)[0]}
     response = await client.post("/v1/auth/register", json=body)
     assert response.status == 201, await response.text()
     response = await client.post("/v1/auth/login", json={"email": email, "password": PASSWORD})
