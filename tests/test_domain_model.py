@@ -78,8 +78,12 @@ class Model:
     def seats(self, status: str, ticket_type: str) -> int:
         return sum(r.quantity for r in self.reservations if r.status == status and r.ticket_type == ticket_type)
 
-    def available(self, ticket_type: str) -> int:
+    def free(self, ticket_type: str) -> int:
         return self.capacity[ticket_type] - self.seats("held", ticket_type) - self.seats("confirmed", ticket_type)
+
+    def available(self, ticket_type: str) -> int:
+        """What a newcomer may take: nothing while anyone waits (the freed seats are the line's)."""
+        return 0 if self.waiting(ticket_type) else self.free(ticket_type)
 
     def user_seats(self, user: str) -> int:
         return sum(r.quantity for r in self.reservations if r.user == user and r.status in ("held", "confirmed", "waitlisted"))
@@ -96,7 +100,7 @@ class Model:
         for reservation_id in self.waiting(ticket_type):
             reservation = self.find(reservation_id)
             assert reservation is not None
-            if reservation.quantity > self.available(ticket_type):
+            if reservation.quantity > self.free(ticket_type):
                 return
             reservation.status = "held"
             reservation.expires_at = now + self.hold
@@ -214,6 +218,10 @@ class Model:
         if command.capacity < self.seats("held", command.code) + self.seats("confirmed", command.code):
             return "capacity_below_reserved", None
         self.capacity[command.code] = command.capacity
+        # An entry waiting for more than the type now holds can never be served: it is cancelled.
+        for reservation in self.reservations:
+            if reservation.status == "waitlisted" and reservation.ticket_type == command.code and reservation.quantity > command.capacity:
+                reservation.status = "cancelled"
         self.promote(command.code, self.now)
         return "accepted", None
 

@@ -186,8 +186,9 @@ async def test_cancelling_an_event(client: Any) -> None:
     after = await reserve(client, event["id"], "d")
     assert after.status == 409 and (await after.json())["code"] == "event_cancelled"
     report = await body(await client.get(f"/v1/events/{event['id']}/report"))
+    # Nothing of a cancelled event is available (issue 21 item 15b: it showed its free seats).
     assert report["total"] | {} == {
-        "capacity": 2, "available": 2, "held": 0, "sold": 0, "checked_in": 0, "cancelled": 3, "revenue": 0, "waitlist": 0
+        "capacity": 2, "available": 0, "held": 0, "sold": 0, "checked_in": 0, "cancelled": 3, "revenue": 0, "waitlist": 0
     }
     again = await client.post(f"/v1/events/{event['id']}/cancel")
     assert again.status == 200

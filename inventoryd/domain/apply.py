@@ -28,7 +28,7 @@ from inventoryd.domain.records import (
     TicketTypeChanged,
     WaitlistPromoted,
 )
-from inventoryd.domain.state import COUNTED_STATUSES, InventoryState, Reservation, Ticket, TicketTypeState
+from inventoryd.domain.state import COUNTED_STATUSES, CancelReason, InventoryState, Reservation, Ticket, TicketTypeState
 
 # What a record touched, for the checks after it: a ticket type, a buyer (either may be None).
 Touched = tuple[TicketTypeState | None, str | None]
@@ -130,7 +130,7 @@ def _reservation_confirmed(inventory: InventoryState, record: ReservationConfirm
 
 def _reservation_cancelled(inventory: InventoryState, record: ReservationCancelled) -> Touched:
     reservation = _reservation(inventory, record.reservation_id, *COUNTED_STATUSES)
-    _cancel(inventory, reservation, record.at, refunded=record.refunded)
+    _cancel(inventory, reservation, record.at, refunded=record.refunded, reason=record.reason)
     return inventory.ticket_types[reservation.ticket_type], reservation.user_id
 
 
@@ -190,13 +190,17 @@ def _event_cancelled(inventory: InventoryState, record: EventCancelled) -> Touch
     return None, None
 
 
-def _cancel(inventory: InventoryState, reservation: Reservation, at: datetime, *, refunded: bool) -> None:
+def _cancel(
+    inventory: InventoryState, reservation: Reservation, at: datetime, *, refunded: bool, reason: CancelReason | None = None
+) -> None:
     # A ticket already used stays checked in: that is history, not a seat.
     tickets = tuple(
         msgspec.structs.replace(ticket, status="cancelled") if ticket.status == "valid" else ticket
         for ticket in reservation.tickets
     )
-    inventory.replace(reservation, status="cancelled", cancelled_at=at, refunded=refunded, tickets=tickets)
+    inventory.replace(
+        reservation, status="cancelled", cancelled_at=at, refunded=refunded, cancel_reason=reason, tickets=tickets
+    )
     if reservation.status == "waitlisted":
         _advance_waitlist_head(inventory, inventory.ticket_types[reservation.ticket_type])
 

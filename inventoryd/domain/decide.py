@@ -69,7 +69,7 @@ def decide(inventory: InventoryState, command: Command, now: datetime) -> Decisi
         case AddTicketType():
             return _add_ticket_type(inventory, command)
         case ChangeTicketType():
-            decision = _change_ticket_type(inventory, command)
+            decision = _change_ticket_type(inventory, command, now)
         case CancelEvent():
             return _cancel_event(inventory, now)
         case _:
@@ -132,7 +132,8 @@ def _reserve(inventory: InventoryState, command: Reserve, now: datetime) -> Deci
         waiting = ReservationWaitlisted(reservation_id, command.user_id, ticket_type.code, command.quantity, amount, now)
         return Decision([waiting], Accepted(reservation_id))
     if available == 0:
-        return _refused("sold_out", f"ticket type {ticket_type.code!r} is sold out", available=0)
+        line = f" ({ticket_type.waiting} waiting: the seats that free up are theirs first)" if ticket_type.waiting else ""
+        return _refused("sold_out", f"ticket type {ticket_type.code!r} is sold out{line}", available=0)
     return _refused(
         "insufficient_tickets", f"only {available} tickets of type {ticket_type.code!r} are left", available=available
     )
@@ -255,7 +256,7 @@ def _add_ticket_type(inventory: InventoryState, command: AddTicketType) -> Decis
     return Decision([TicketTypeAdded(command.ticket_type)], Accepted())
 
 
-def _change_ticket_type(inventory: InventoryState, command: ChangeTicketType) -> Decision:
+def _change_ticket_type(inventory: InventoryState, command: ChangeTicketType, now: datetime) -> Decision:
     if refusal := _refusal_unless_on_sale(inventory):
         return refusal
     ticket_type = inventory.ticket_types.get(command.code)
@@ -275,7 +276,15 @@ def _change_ticket_type(inventory: InventoryState, command: ChangeTicketType) ->
     )
     if (record.name, record.price, record.capacity) == (ticket_type.name, ticket_type.price, ticket_type.capacity):
         return Decision([], Accepted(unchanged=True))
-    return Decision([record], Accepted())
+    records: list[Record] = [record]
+    # A waiting entry for more than the new capacity could never be served: it leaves the line
+    # (cancelled, with its reason) instead of blocking everyone behind it.
+    records.extend(
+        ReservationCancelled(reservation_id, at=now, refunded=False, reason="capacity_lowered")
+        for reservation_id in inventory.waiting_list(ticket_type.code)
+        if inventory.reservations[reservation_id].quantity > capacity
+    )
+    return Decision(records, Accepted())
 
 
 def _cancel_event(inventory: InventoryState, now: datetime) -> Decision:
@@ -288,8 +297,9 @@ def _cancel_event(inventory: InventoryState, now: datetime) -> Decision:
 
 def _promotions(inventory: InventoryState, records: list[Record], now: datetime) -> list[Record]:
     """The waiting-list promotions that `records` make possible, strictly first in, first out: the
-    head of a type's list is promoted when its whole quantity is free; nobody behind it goes first.
-    Computed from the state before `records` plus what they change."""
+    head of a type's list is promoted when its whole quantity is free; nobody behind it goes first
+    (and no newcomer: while anyone waits, a type shows nothing available). Computed from the state
+    before `records` plus what they change."""
     freed: dict[str, int] = {}
     leaving: set[str] = set()
     for record in records:
@@ -310,14 +320,14 @@ def _promotions(inventory: InventoryState, records: list[Record], now: datetime)
     promotions: list[Record] = []
     for code, extra in freed.items():
         ticket_type = inventory.ticket_types[code]
-        available = ticket_type.available + extra
+        free = ticket_type.free + extra
         for reservation_id in ticket_type.waitlist[ticket_type.waitlist_head :]:
             reservation = inventory.reservations[reservation_id]
             if reservation.status != "waitlisted" or reservation_id in leaving:
                 continue
-            if reservation.quantity > available:
+            if reservation.quantity > free:
                 break
-            available -= reservation.quantity
+            free -= reservation.quantity
             promotions.append(WaitlistPromoted(reservation_id, at=now, expires_at=now + hold))
     return promotions
 

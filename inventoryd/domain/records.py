@@ -9,7 +9,7 @@ cyclic collector, whose full passes would otherwise walk every reservation an on
 from __future__ import annotations
 
 from datetime import datetime
-from typing import get_args
+from typing import Literal, get_args
 
 import msgspec
 
@@ -66,6 +66,8 @@ class ReservationCancelled(msgspec.Struct, frozen=True, gc=False, tag="reservati
     reservation_id: str
     at: datetime
     refunded: bool
+    # Set when the service cancelled it (a waiting entry the lowered capacity can never serve).
+    reason: Literal["capacity_lowered"] | None = None
 
 
 class HoldExpired(msgspec.Struct, frozen=True, gc=False, tag="hold_expired"):

@@ -24,6 +24,8 @@ TICKET_STATUSES: Final[tuple[TicketStatus, ...]] = get_args(TicketStatus)
 # "new" until the event's creation is applied; only the others are ever shown.
 ShownEventStatus = Literal["on_sale", "cancelled"]
 EventStatus = Literal["new"] | ShownEventStatus
+# Why the service itself cancelled a reservation (a buyer's or organizer's cancel has no reason).
+CancelReason = Literal["capacity_lowered"]
 # Statuses whose seats count against the per-user limit.
 COUNTED_STATUSES: Final[tuple[ReservationStatus, ...]] = ("held", "confirmed", "waitlisted")
 
@@ -50,6 +52,9 @@ class Reservation(msgspec.Struct, frozen=True, gc=False):
     confirmed_at: datetime | None = None
     cancelled_at: datetime | None = None
     refunded: bool = False
+    # Set when the service cancelled it on its own: the ticket type's capacity fell below what it
+    # waited for, so it could never be served (the line does not wait behind it).
+    cancel_reason: CancelReason | None = None
     tickets: tuple[Ticket, ...] = ()
     # Set while waitlisted, by the reader (it changes as the list moves); never stored.
     position: int | None = None
@@ -109,8 +114,15 @@ class TicketTypeState:
     waiting: int = 0
 
     @property
-    def available(self) -> int:
+    def free(self) -> int:
+        """Seats neither held nor sold."""
         return self.capacity - self.held - self.sold
+
+    @property
+    def available(self) -> int:
+        """What a newcomer can hold now: the free seats, unless buyers wait for them. While anyone
+        waits, freed seats go to the line (first in, first out), never to a newcomer."""
+        return 0 if self.waiting else self.capacity - self.held - self.sold
 
     def counts(self) -> Counts:
         return (self.held, self.sold, self.revenue, self.waiting, self.cancelled, self.checked_in)
@@ -313,7 +325,7 @@ class InventoryState:
                     name=state.name,
                     price=state.price,
                     capacity=state.capacity,
-                    available=state.available,
+                    available=0 if status == "cancelled" else state.available,
                     held=state.held,
                     sold=state.sold,
                     waiting=state.waiting,
