@@ -123,12 +123,18 @@ class Accounts:
                 log.warning("api_token_reload_failed", error=repr(error))
 
     async def _reload_api_tokens(self, connection: Connection) -> None:
+        """API tokens and ended sessions, as every node has written them."""
         self._api_tokens = {
             row.token_id: _ApiToken(row.token_id, row.name, row.role, bytes(row.token_hash))
             for row in await store.api_tokens(connection)
             if row.revoked_at is None
         }
         self._api_token_principals = {}
+        since = _now() - timedelta(seconds=limits.REVOKED_SESSIONS_LOOKBACK_S)
+        for session_id, revoked_at in await store.sessions_revoked_since(connection, since):
+            if session_id not in self._revoked_sessions:
+                self._revoke_session_locally(session_id, revoked_at.timestamp())
+        self._forget_old_revocations()
 
     # -- every request --------------------------------------------------------------------------
 
@@ -276,10 +282,19 @@ class Accounts:
         async with self._pool.acquire() as connection:
             return await store.user_by_id(connection, user_id)
 
-    def _revoke_session_locally(self, session_id: str) -> None:
-        self._revoked_sessions[session_id] = time.time()
+    def _revoke_session_locally(self, session_id: str, revoked_at: float | None = None) -> None:
+        self._revoked_sessions[session_id] = time.time() if revoked_at is None else revoked_at
         while len(self._revoked_sessions) > limits.REVOKED_SESSIONS_MAX:
             self._revoked_sessions.popitem(last=False)
+
+    def _forget_old_revocations(self) -> None:
+        """Sessions ended so long ago that every access token they issued has expired."""
+        # Oldest first (they are added as they end, give or take the clocks of other nodes): only
+        # the stale ones at the front are looked at.
+        cutoff = time.time() - limits.REVOKED_SESSIONS_LOOKBACK_S
+        revoked = self._revoked_sessions
+        while revoked and next(iter(revoked.values())) < cutoff:
+            revoked.popitem(last=False)
 
     def _access_token(self, user_id: str, role: str, session_id: str) -> str:
         issued = int(time.time())

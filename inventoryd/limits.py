@@ -96,7 +96,12 @@ API_TOKENS_RELOAD_S: Final = 5.0
 API_TOKENS_MISS_RELOAD_S: Final = 1.0
 # Verified access tokens kept in memory (each until its own expiry).
 ACCESS_TOKEN_CACHE_ENTRIES_MAX: Final = 100_000
-# Sessions logged out recently: their access tokens stop working at once, not at expiry.
+# Sessions ended recently (logout, a reused refresh token): their access tokens stop working at
+# once, not at expiry, on every node and after a restart. They are read from the database at start
+# and with every API token reload; an access token outlives its session's end by at most its TTL, so
+# sessions ended more than REVOKED_SESSIONS_LOOKBACK_S ago are forgotten (5 minutes more than the TTL
+# allow for nodes' clocks that differ). At most REVOKED_SESSIONS_MAX are held (the oldest go first).
+REVOKED_SESSIONS_LOOKBACK_S: Final = ACCESS_TOKEN_TTL_S + 5 * 60
 REVOKED_SESSIONS_MAX: Final = 100_000
 # Password hashing (argon2id) runs in PASSWORD_HASH_THREADS worker threads, with at most
 # PASSWORD_HASHES_WAITING_MAX hashes waiting (beyond: 503).

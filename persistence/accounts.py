@@ -137,6 +137,14 @@ async def revoke_session(connection: Connection, session_id: str, now: datetime)
     return int(result.split()[-1])
 
 
+async def sessions_revoked_since(connection: Connection, since: datetime) -> list[tuple[str, datetime]]:
+    """The sessions ended (logged out, or revoked for a reused refresh token) since `since`, with when."""
+    rows = await connection.fetch(
+        "SELECT session_id, max(revoked_at) FROM refresh_tokens WHERE revoked_at >= $1 GROUP BY session_id", since
+    )
+    return [(row[0], row[1]) for row in rows]
+
+
 async def insert_api_token(connection: Connection, token_id: str, name: str, role: str, token_hash: bytes) -> None:
     try:
         await connection.execute(

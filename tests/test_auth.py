@@ -136,6 +136,22 @@ async def test_logout_revokes_the_session(client: Any) -> None:
     assert (await client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})).status == 401
 
 
+async def test_a_session_ended_on_one_node_is_ended_on_the_others(start: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two apps on one database (two nodes): a logout through one is honoured by the other within
+    # its reload interval, because ended sessions are read back from the database.
+    monkeypatch.setattr(limits, "API_TOKENS_RELOAD_S", 0.05)
+    first = await start(headers=None, settings={"rate_limits": False})
+    second = await start(headers=None, settings={"rate_limits": False})
+    await register(first, "roams@example.org")
+    tokens = await login(first, "roams@example.org")
+    assert (await second.get("/v1/users/me", headers=bearer(tokens["access_token"]))).status == 200
+    assert (await first.post("/v1/auth/logout", headers=bearer(tokens["access_token"]))).status == 204
+    deadline = time.monotonic() + 5
+    while (await second.get("/v1/users/me", headers=bearer(tokens["access_token"]))).status != 401:
+        assert time.monotonic() < deadline, "the other node still accepts the ended session's token"
+        await asyncio.sleep(0.05)
+
+
 async def test_service_tokens_act_for_any_user_and_can_be_revoked(
     start: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
