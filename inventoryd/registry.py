@@ -246,8 +246,8 @@ class Registry:
         start is quick even if nothing is written in between."""
         written = 0
         for actor in list(self._actors.values()):
-            if actor.running and actor.snapshot_due():
-                await actor.snapshot_now()
+            if actor.running and actor.snapshots.due(actor.inventory):
+                await actor.snapshots.write_now(actor.inventory)
                 written += 1
         return written
 
@@ -272,7 +272,7 @@ class Registry:
             task.cancel()
         await asyncio.gather(*supervisors, return_exceptions=True)
         # Snapshot writes in flight finish (they are bounded by DB_TIMEOUT_S).
-        await asyncio.gather(*(actor.wait_snapshot_written() for actor in self._actors.values()))
+        await asyncio.gather(*(actor.snapshots.wait_written() for actor in self._actors.values()))
         self._supervisors.clear()
         for actor in self._actors.values():
             actor.stop("the service is shutting down")
@@ -396,7 +396,7 @@ class Registry:
                     error=repr(error),
                     expected=isinstance(error, ActorRestartRequired),
                 )
-                actor.inventory, actor.snapshot_seq = await self._recover(actor.event_id)
+                actor.inventory, actor.snapshots.written_seq = await self._recover(actor.event_id)
                 actor.start()
                 self.stats.actors_restarted += 1
                 log.info("actor_restarted", event_id=actor.event_id, last_seq=actor.inventory.last_seq)

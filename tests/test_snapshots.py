@@ -37,7 +37,7 @@ async def test_restart_from_snapshot_and_tail(start: Any, db: Any, monkeypatch: 
         await client.post(f"/v1/reservations/{reservation['id']}/confirm")
     for reservation in made[30:35]:
         await client.post(f"/v1/reservations/{reservation['id']}/cancel")  # promotes waiting buyers
-    await client.app[keys.REGISTRY].get(event["id"]).wait_snapshot_written()
+    await client.app[keys.REGISTRY].get(event["id"]).snapshots.wait_written()
     total = await db.fetchval("SELECT count(*) FROM journal WHERE event_id = $1", event["id"])
     snapshot_seq = await db.fetchval("SELECT max(seq) FROM snapshots WHERE event_id = $1", event["id"])
     # A snapshot that falls due while the previous one is still being written waits for the next
@@ -82,12 +82,12 @@ async def test_a_snapshot_that_cannot_be_written_is_tried_again_only_after_as_ma
                 f"/v1/events/{event['id']}/reservations", json={"ticket_type": "GA", "quantity": 1, "user_id": f"u{index}"}
             )
             assert response.status == 201
-            await actor.wait_snapshot_written()
+            await actor.snapshots.wait_written()
 
     await reserve(3 * EVERY - 10, 0)  # a snapshot falls due at 25 and 50 records, and fails each time
     assert registry.stats.snapshots_failed == 2
     assert registry.stats.snapshots_written == 0
-    assert actor.snapshot_failed_seq >= 2 * EVERY
+    assert actor.snapshots.failed_seq >= 2 * EVERY
     metrics = await (await client.get("/metrics")).text()
     assert "inventoryd_snapshot_failures_total 2.0" in metrics
 
@@ -95,5 +95,5 @@ async def test_a_snapshot_that_cannot_be_written_is_tried_again_only_after_as_ma
     await db.execute("ALTER TABLE snapshots DROP CONSTRAINT refuse_all")
     await reserve(EVERY, 3 * EVERY - 10)
     assert registry.stats.snapshots_written == 1
-    assert await db.fetchval("SELECT seq FROM snapshots WHERE event_id = $1", event["id"]) == actor.snapshot_seq
-    assert actor.snapshot_seq >= 3 * EVERY
+    assert await db.fetchval("SELECT seq FROM snapshots WHERE event_id = $1", event["id"]) == actor.snapshots.written_seq
+    assert actor.snapshots.written_seq >= 3 * EVERY

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import InitVar, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -26,13 +26,14 @@ import structlog
 
 from inventoryd import domain, limits
 from inventoryd.actor.batch import Batch, fail
+from inventoryd.actor.expiry import HoldTimer
 from inventoryd.actor.mailbox import Mailbox, Message
 from inventoryd.actor.outcomes import ActorRestartRequired, IdempotencyClaim, Outcome
+from inventoryd.actor.snapshots import Snapshots, SnapshotStore
 from inventoryd.domain import EventDefinition, EventSummary, Inventory, Reservation, invariant
 from inventoryd.errors import Unavailable
 from inventoryd.tasks import TaskSupervisor
 from persistence import limits as persistence_limits
-from persistence.errors import DATABASE_AWAY
 from persistence.journal import AppendFailed, AppendOutcomeUnknown, Journal
 
 log = structlog.get_logger("inventoryd.actor")
@@ -62,15 +63,12 @@ class EventActor:
     clock: Clock = system_clock
     # Told of every committed batch: (messages decided, messages that were waiting when it began).
     on_batch: Callable[[int, int], None] | None = None
-    # Stores a snapshot (event id, seq, state); the log position of the latest one written.
-    write_snapshot: Callable[[str, int, bytes], Awaitable[None]] | None = None
-    snapshot_seq: int = 0
-    # The log position of the latest snapshot that could not be written: the next try waits for
-    # as many records again, so that a write that keeps failing (a snapshot too large for
-    # DB_TIMEOUT_S, say) is not encoded and sent again after every batch.
-    snapshot_failed_seq: int = 0
-    # Where the snapshot writes run: the registry's supervisor (an actor on its own has its own).
-    tasks: TaskSupervisor = field(default_factory=lambda: TaskSupervisor("actor"))
+    # The constructor's view of the snapshots (see `snapshots`): where they are stored, where the
+    # writes run (the registry's supervisor; an actor on its own has its own), the latest written.
+    write_snapshot: InitVar[SnapshotStore | None] = None
+    snapshot_seq: InitVar[int] = 0
+    tasks: InitVar[TaskSupervisor | None] = None
+    snapshots: Snapshots = field(init=False)
     _epoch: int = 0
     _mailbox: Mailbox = field(default_factory=lambda: Mailbox(limits.MAILBOX_MESSAGES_MAX))
     _running: bool = False
@@ -80,12 +78,13 @@ class EventActor:
     # The batch whose append is in flight (reads show what it replaced).
     _in_flight: Batch | None = None
     _view: EventSummary | None = None
-    _expiry_timer: asyncio.TimerHandle | None = None
-    _expiry_timer_due: datetime = _NEVER
-    _expiry_queued: bool = False
+    _timer: HoldTimer = field(init=False)
     # Made only while someone waits for a change, so that a commit pays nothing otherwise.
     _next_change: asyncio.Future[None] | None = None
-    _snapshot_task: asyncio.Task[None] | None = None
+
+    def __post_init__(self, write_snapshot: SnapshotStore | None, snapshot_seq: int, tasks: TaskSupervisor | None) -> None:
+        self.snapshots = Snapshots(self.event_id, write_snapshot, tasks or TaskSupervisor("actor"), snapshot_seq)
+        self._timer = HoldTimer(self._mailbox, self.clock)
 
     # -- the callers' side ----------------------------------------------------------------------
 
@@ -209,7 +208,8 @@ class EventActor:
     def wake_expiry(self) -> None:
         """Check for due holds now: the timer runs on the loop's clock, holds fall due by the wall
         clock, and the two part when the wall clock jumps (a suspended machine; a test's clock)."""
-        self._enqueue_expiry()
+        if self._running:
+            self._timer.fire()
 
     async def _ask(self, command: domain.Command, claim: IdempotencyClaim | None, request_id: str | None) -> Outcome:
         # No timer per request: the actor refuses a message that waited past REQUEST_TIMEOUT_S when
@@ -245,10 +245,8 @@ class EventActor:
         """Stop accepting; answer every waiting message with a retryable error."""
         self._running = False
         self._accepting = False
-        if self._expiry_timer is not None:
-            self._expiry_timer.cancel()
-            self._expiry_timer = None
-        self._expiry_queued = False
+        self._timer.cancel()
+        self._timer.queued = False
         for message in self._mailbox.take_nowait(len(self._mailbox)):
             fail(message, Unavailable(reason))
 
@@ -312,10 +310,8 @@ class EventActor:
                 message.future.set_result(outcome)
         if batch.kinds:
             self._log_domain_events(batch.kinds, before)
-        if batch.expiry_decided:
-            self._expiry_queued = False
-        self._schedule_expiry()
-        self._snapshot_if_due()
+        self._schedule_expiry(batch)
+        self.snapshots.write_if_due(self.inventory)
         return batch
 
     async def _append(self, batch: Batch) -> bool:
@@ -345,9 +341,7 @@ class EventActor:
                 error=str(error),
                 request_ids=[message.request_id for message, _ in batch.replies if message.request_id],
             )
-            if batch.expiry_decided:
-                self._expiry_queued = False
-            self._schedule_expiry()
+            self._schedule_expiry(batch)
             return False
         except (AppendOutcomeUnknown, asyncio.CancelledError) as error:
             # Unknown: the log knows whether this batch committed; the state here cannot.
@@ -388,45 +382,6 @@ class EventActor:
         )
         raise ActorRestartRequired(repr(error)) from error
 
-    # -- snapshots ------------------------------------------------------------------------------
-
-    def snapshot_due(self) -> bool:
-        tail = self.inventory.last_seq - max(self.snapshot_seq, self.snapshot_failed_seq)
-        return tail >= max(limits.SNAPSHOT_EVERY_RECORDS, limits.SNAPSHOT_TAIL_RATIO * len(self.inventory.reservations))
-
-    def _snapshot_if_due(self) -> None:
-        if self.write_snapshot is None or not self.snapshot_due():
-            return
-        if self._snapshot_task is not None and not self._snapshot_task.done():
-            return
-        # Encoded now, between batches (so it is committed state), written by a task the registry
-        # owns: the next batch does not wait for PostgreSQL to store it.
-        state = self.inventory.snapshot()
-        self._snapshot_task = self.tasks.spawn(
-            self._store_snapshot(self.inventory.last_seq, state), name=f"snapshot:{self.event_id}"
-        )
-
-    async def snapshot_now(self) -> None:
-        """Write a snapshot of the committed state (call between batches)."""
-        if self.inventory.definition is not None:
-            await self._store_snapshot(self.inventory.last_seq, self.inventory.snapshot())
-
-    async def _store_snapshot(self, seq: int, state: bytes) -> None:
-        # A failure costs only a longer recovery: logged, never raised.
-        if self.write_snapshot is None:
-            return
-        try:
-            await self.write_snapshot(self.event_id, seq, state)
-        except DATABASE_AWAY as error:
-            log.warning("snapshot_failed", event_id=self.event_id, seq=seq, error=repr(error))
-            self.snapshot_failed_seq = max(self.snapshot_failed_seq, seq)
-            return
-        self.snapshot_seq = max(self.snapshot_seq, seq)
-
-    async def wait_snapshot_written(self) -> None:
-        if self._snapshot_task is not None:
-            await asyncio.gather(self._snapshot_task, return_exceptions=True)
-
     # -- what is published after a commit ----------------------------------------------------------
 
     def _publish(self) -> None:
@@ -453,30 +408,8 @@ class EventActor:
             if was.available > 0 and now.available == 0:
                 log.info("sold_out", event_id=self.event_id, ticket_type=now.code, capacity=now.capacity)
 
-    # -- hold expiry: a message the actor sends itself --------------------------------------------
-
-    def _schedule_expiry(self) -> None:
-        """After every batch: make sure a timer wakes the actor when the next hold falls due. A timer
-        already set for no later than that is kept (on a busy event the earliest hold rarely
-        changes, and re-arming per batch costs a timer each time); one that fires early finds
-        nothing due, and sets the next."""
-        due = self.inventory.next_expiry() if self._running and not self._expiry_queued else None
-        if due is not None and self._expiry_timer is not None and self._expiry_timer_due <= due:
-            return
-        if self._expiry_timer is not None:
-            self._expiry_timer.cancel()
-            self._expiry_timer = None
-        if due is None:
-            return
-        delay_s = max(0.0, (due - self.clock()).total_seconds())
-        self._expiry_timer = asyncio.get_running_loop().call_later(delay_s, self._enqueue_expiry)
-        self._expiry_timer_due = due
-
-    def _enqueue_expiry(self) -> None:
-        self._expiry_timer = None
-        if not self._running or self._expiry_queued:
-            return
-        self._expiry_queued = True
-        # The timer's message is not bounded by the mailbox: there is at most one in it.
-        self._mailbox.put_nowait(Message(domain.ExpireDue(), None, None, None), bounded=False)
-
+    def _schedule_expiry(self, batch: Batch | None = None) -> None:
+        """After a batch (or at start): the timer wakes the actor when the next hold falls due."""
+        if batch is not None and batch.expiry_decided:
+            self._timer.queued = False
+        self._timer.schedule(self.inventory.next_expiry() if self._running else None)

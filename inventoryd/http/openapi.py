@@ -118,73 +118,11 @@ def build(routes: tuple[Route, ...]) -> dict[str, Any]:
     schemas, components = msgspec.json.schema_components(ordered, ref_template=_SCHEMAS + "{name}")
     schema_of = dict(zip(ordered, schemas, strict=True))
     _adjust_components(components, [schema_of[kind] for kind in requests], [schema_of[kind] for kind in answers], ordered)
-    problem = {"application/problem+json": {"schema": schema_of[Problem]}}
+    if any(route.media_type == "text/event-stream" for route in routes):
+        components[_STREAM_EVENT] = _stream_event("availability", schema_of[AvailabilityOut])
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        rules = RULES.get(route.name, ())
-        operation: dict[str, Any] = {"operationId": route.name, "summary": route.summary, "tags": [_tag(route)]}
-        description = _DESCRIPTIONS.get(route.name, "")
-        if rules:
-            description += "\n\nRules the schema cannot state:\n" + "".join(
-                f"\n- {rule.text} ({rule.status}, `field`: `{rule.field}`)" for rule in rules
-            )
-            operation["x-inventoryd-rules"] = [{"status": r.status, "field": r.field, "rule": r.text} for r in rules]
-        if description:
-            operation["description"] = description.strip()
-        parameters = [
-            {"name": name, "in": "path", "required": True, "schema": _PATH_PARAMETERS.get(name, {"type": "string"})}
-            for name in _path_parameters(route.path)
-        ]
-        parameters += [
-            {"name": query.name, "in": "query", "required": False, "description": query.description, "schema": query.schema}
-            for query in route.query
-        ]
-        if route.idempotent:
-            parameters.append(
-                {
-                    "name": "Idempotency-Key",
-                    "in": "header",
-                    "required": False,
-                    "description": "A retry with the same key and body gets the original answer and changes nothing",
-                    "schema": {
-                        "type": "string",
-                        "pattern": f"^[ -~]{{1,{limits.IDEMPOTENCY_KEY_BYTES_MAX}}}$",
-                        "description": "printable ASCII",
-                    },
-                }
-            )
-        if parameters:
-            operation["parameters"] = _documented(parameters)
-        if route.request_body is not None:
-            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema_of[route.request_body]}}}
-        success: dict[str, Any] = {"description": route.summary, "headers": _headers(route, route.success_status)}
-        if route.response_body is not None:
-            success["content"] = {route.media_type: {"schema": schema_of[route.response_body]}}
-        elif route.media_type == "text/event-stream":
-            components[_STREAM_EVENT] = _stream_event("availability", schema_of[AvailabilityOut])
-            success["content"] = {route.media_type: {"schema": {"$ref": _SCHEMAS + _STREAM_EVENT}}}
-        elif route.name == "openapi":
-            success["content"] = {route.media_type: {"schema": _OPENAPI_DOCUMENT}}
-        elif route.success_status != 204:
-            success["content"] = {route.media_type: {"schema": {"type": "string"}}}
-        if route.name in _LINKS:
-            success["links"] = _LINKS[route.name]
-        responses: dict[str, Any] = {str(route.success_status): success}
-        if route.name == "create_reservation":
-            responses["202"] = {
-                "description": "Joined the waiting list (sold out, and `waitlist` was true)",
-                "headers": _headers(route, 202),
-                "content": success["content"],
-            }
-        for status in _error_statuses(route):
-            description = _ERRORS[status]
-            refusals = [rule.text for rule in rules if rule.status == status]
-            if refusals:
-                description += "; also for the rules the schema cannot state: " + "; ".join(refusals)
-            responses[str(status)] = {"description": description, "headers": _headers(route, status), "content": problem}
-        operation["responses"] = responses
-        operation["security"] = [] if route.public else [{"bearer": []}]
-        paths.setdefault(route.path, {})[route.method.lower()] = operation
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, schema_of)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -206,6 +144,82 @@ def build(routes: tuple[Route, ...]) -> dict[str, Any]:
             },
         },
     }
+
+
+def _operation(route: Route, schema_of: dict[Any, Any]) -> dict[str, Any]:
+    """One route as the document states it: description and rules, parameters, body, answers."""
+    rules = RULES.get(route.name, ())
+    operation: dict[str, Any] = {"operationId": route.name, "summary": route.summary, "tags": [_tag(route)]}
+    description = _DESCRIPTIONS.get(route.name, "")
+    if rules:
+        description += "\n\nRules the schema cannot state:\n" + "".join(
+            f"\n- {rule.text} ({rule.status}, `field`: `{rule.field}`)" for rule in rules
+        )
+        operation["x-inventoryd-rules"] = [{"status": r.status, "field": r.field, "rule": r.text} for r in rules]
+    if description:
+        operation["description"] = description.strip()
+    if parameters := _parameters(route):
+        operation["parameters"] = _documented(parameters)
+    if route.request_body is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema_of[route.request_body]}}}
+    operation["responses"] = _responses(route, schema_of, rules)
+    operation["security"] = [] if route.public else [{"bearer": []}]
+    return operation
+
+
+def _parameters(route: Route) -> list[dict[str, Any]]:
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": _PATH_PARAMETERS.get(name, {"type": "string"})}
+        for name in _path_parameters(route.path)
+    ]
+    parameters += [
+        {"name": query.name, "in": "query", "required": False, "description": query.description, "schema": query.schema}
+        for query in route.query
+    ]
+    if route.idempotent:
+        parameters.append(
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "A retry with the same key and body gets the original answer and changes nothing",
+                "schema": {
+                    "type": "string",
+                    "pattern": f"^[ -~]{{1,{limits.IDEMPOTENCY_KEY_BYTES_MAX}}}$",
+                    "description": "printable ASCII",
+                },
+            }
+        )
+    return parameters
+
+
+def _responses(route: Route, schema_of: dict[Any, Any], rules: tuple[Rule, ...]) -> dict[str, Any]:
+    success: dict[str, Any] = {"description": route.summary, "headers": _headers(route, route.success_status)}
+    if route.response_body is not None:
+        success["content"] = {route.media_type: {"schema": schema_of[route.response_body]}}
+    elif route.media_type == "text/event-stream":
+        success["content"] = {route.media_type: {"schema": {"$ref": _SCHEMAS + _STREAM_EVENT}}}
+    elif route.name == "openapi":
+        success["content"] = {route.media_type: {"schema": _OPENAPI_DOCUMENT}}
+    elif route.success_status != 204:
+        success["content"] = {route.media_type: {"schema": {"type": "string"}}}
+    if route.name in _LINKS:
+        success["links"] = _LINKS[route.name]
+    responses: dict[str, Any] = {str(route.success_status): success}
+    if route.name == "create_reservation":
+        responses["202"] = {
+            "description": "Joined the waiting list (sold out, and `waitlist` was true)",
+            "headers": _headers(route, 202),
+            "content": success["content"],
+        }
+    problem = {"application/problem+json": {"schema": schema_of[Problem]}}
+    for status in _error_statuses(route):
+        description = _ERRORS[status]
+        refusals = [rule.text for rule in rules if rule.status == status]
+        if refusals:
+            description += "; also for the rules the schema cannot state: " + "; ".join(refusals)
+        responses[str(status)] = {"description": description, "headers": _headers(route, status), "content": problem}
+    return responses
 
 
 # Path parameters that reach SQL as text: PostgreSQL cannot store a NUL (answered 400).
