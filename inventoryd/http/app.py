@@ -88,9 +88,9 @@ def _rate_verdict(
 
 async def _admit(request: web.Request, app: web.Application, settings: Settings) -> Principal | None:
     """Who is asking, if they may ask this route, within their rate limit; raises a problem if not."""
-    if settings.metrics_token is not None and request.match_info.route.name == "metrics":
-        if operations.presents_metrics_token(request):
-            return None  # the metrics token names no principal: the handler accepts it
+    scraping = settings.metrics_token is not None and request.match_info.route.name == "metrics"
+    if scraping and operations.presents_metrics_token(request):
+        return None  # the metrics token names no principal: the handler accepts it
     try:
         principal = _principal_nowait(request, app, settings)
     except UnknownApiToken:
