@@ -71,6 +71,8 @@ class Settings:
             origin.strip() for origin in os.environ.get("INVENTORYD_CORS_ORIGINS", "").split(",") if origin.strip()
         )
     )
+    # When set, /metrics answers only `Authorization: Bearer <this>` or an admin token (else 401).
+    metrics_token: str | None = field(default_factory=lambda: os.environ.get("INVENTORYD_METRICS_TOKEN") or None)
 
     def __post_init__(self) -> None:
         if self.log_format not in LOG_FORMATS:
@@ -87,6 +89,8 @@ class Settings:
             raise SystemExit("INVENTORYD_ADMIN_TOKEN must be at least 24 characters")
         if self.jwt_secret is not None and len(self.jwt_secret) < 32:
             raise SystemExit("INVENTORYD_JWT_SECRET must be at least 32 characters")
+        if self.metrics_token is not None and len(self.metrics_token) < 24:
+            raise SystemExit("INVENTORYD_METRICS_TOKEN must be at least 24 characters")
         for name in ("rate_user_per_s", "rate_service_per_s", "rate_auth_per_s"):
             if getattr(self, name) <= 0:
                 raise SystemExit(f"{name} must be positive")

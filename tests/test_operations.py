@@ -15,14 +15,17 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import pytest
 import structlog
 from openapi_spec_validator import validate
 
 from inventoryd.cli import SHUTDOWN_TIMEOUT_S
+from inventoryd.config import Settings
 from inventoryd.http import keys
 from inventoryd.http.routes import ROUTES
 from inventoryd.metrics import Histogram
 from tests.helpers import ADMIN, FakeClock, create_event, free_port, running_server, samples, wait_ready, wait_until
+from tests.test_auth import make_api_token
 
 
 async def test_metrics(client: Any) -> None:
@@ -45,6 +48,43 @@ async def test_metrics(client: Any) -> None:
     assert found[("inventoryd_actors", ())] == 1 and found[("inventoryd_actors_running", ())] == 1
     assert found[("inventoryd_ready", ())] == 1
     assert ("inventoryd_actor_restarts_total", ()) in found and ("inventoryd_recovery_duration_seconds", ()) in found
+
+
+async def test_metrics_token_guards_metrics_when_set(start: Any, database_url: str) -> None:
+    metrics_token = "metrics-token-0123456789abcdef"
+    client = await start(headers=None, settings={"metrics_token": metrics_token})
+    service = await make_api_token(database_url, "service", "scraper")
+    answers = {}
+    for who, headers in {
+        "nobody": {},
+        "metrics token": {"Authorization": f"Bearer {metrics_token}"},
+        "admin": ADMIN,
+        "service": {"Authorization": f"Bearer {service}"},
+        "wrong token": {"Authorization": f"Bearer {metrics_token}x"},
+    }.items():
+        response = await client.get("/metrics", headers=headers)
+        answers[who] = (response.status, response.content_type)
+    assert answers == {
+        "nobody": (401, "application/problem+json"),
+        "metrics token": (200, "text/plain"),
+        "admin": (200, "text/plain"),
+        "service": (401, "application/problem+json"),
+        "wrong token": (401, "application/problem+json"),
+    }
+    # The token guards /metrics only: the other public routes stay public, and it opens nothing else.
+    for path in ("/openapi.json", "/docs", "/healthz", "/v1/events"):
+        assert (await client.get(path)).status == 200, path
+    assert (await client.post("/v1/events", json={}, headers={"Authorization": f"Bearer {metrics_token}"})).status == 401
+
+
+async def test_metrics_are_public_without_a_metrics_token(start: Any) -> None:
+    client = await start(headers=None)
+    assert (await client.get("/metrics")).status == 200
+
+
+def test_a_short_metrics_token_is_refused() -> None:
+    with pytest.raises(SystemExit, match="INVENTORYD_METRICS_TOKEN"):
+        Settings(metrics_token="short")
 
 
 def test_histograms_count_as_prometheus_buckets_do() -> None:

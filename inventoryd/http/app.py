@@ -20,7 +20,7 @@ from inventoryd import errors, limits, logs
 from inventoryd.accounts import Accounts, UnknownApiToken
 from inventoryd.actor import Clock, system_clock
 from inventoryd.config import Settings
-from inventoryd.http import keys, openapi
+from inventoryd.http import keys, openapi, operations
 from inventoryd.http.headers import X_REQUEST_ID, add_response_headers, cors_origin
 from inventoryd.http.problems import ProblemError, problem_response, refusal, unauthorized
 from inventoryd.http.routes import ROUTES, ROUTES_BY_NAME
@@ -88,6 +88,9 @@ def _rate_verdict(
 
 async def _admit(request: web.Request, app: web.Application, settings: Settings) -> Principal | None:
     """Who is asking, if they may ask this route, within their rate limit; raises a problem if not."""
+    scraping = settings.metrics_token is not None and request.match_info.route.name == "metrics"
+    if scraping and operations.presents_metrics_token(request):
+        return None  # the metrics token names no principal: the handler accepts it
     try:
         principal = _principal_nowait(request, app, settings)
     except UnknownApiToken:

@@ -1,12 +1,14 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and metrics."""
 
 from __future__ import annotations
 
-from aiohttp import web
+import hmac
+
+from aiohttp import hdrs, web
 
 from inventoryd.http import keys, schemas
 from inventoryd.http.common import json_response
-from inventoryd.http.problems import problem_response
+from inventoryd.http.problems import problem_response, unauthorized
 from inventoryd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 READINESS_DB_TIMEOUT_S = 1.0
@@ -32,7 +34,21 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response(schemas.Health("ready"))
 
 
+def presents_metrics_token(request: web.Request) -> bool:
+    """The request's bearer token is INVENTORYD_METRICS_TOKEN (never when that is unset)."""
+    expected = request.app[keys.SETTINGS].metrics_token
+    if expected is None:
+        return False
+    scheme, _, token = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode())
+
+
 async def metrics(request: web.Request) -> web.Response:
+    """Public, unless INVENTORYD_METRICS_TOKEN is set: then that token or an admin's (else 401)."""
+    if request.app[keys.SETTINGS].metrics_token is not None and not presents_metrics_token(request):
+        principal = request.get(keys.PRINCIPAL)
+        if principal is None or principal.role != "admin":
+            raise unauthorized("/metrics needs the metrics token (INVENTORYD_METRICS_TOKEN) or an admin token")
     response = web.Response(body=request.app[keys.METRICS].render())
     response.headers["Content-Type"] = METRICS_CONTENT_TYPE
     return response

@@ -53,8 +53,9 @@ ROUTES: tuple[Route, ...] = (
         response_body=schemas.Health, public=True,
     ),
     Route(
-        "GET", "/metrics", operations.metrics, "metrics", "Prometheus metrics", public=True,
-        media_type="text/plain",
+        "GET", "/metrics", operations.metrics, "metrics",
+        "Prometheus metrics (public unless INVENTORYD_METRICS_TOKEN is set: then it or an admin token)",
+        public=True, media_type="text/plain",
     ),
     Route("GET", "/openapi.json", openapi.openapi_json, "openapi", "This document", public=True),
     Route("GET", "/docs", openapi.docs, "docs", "The API reference (Swagger UI)", public=True, media_type="text/html"),
