@@ -247,6 +247,13 @@ def audit(settings: Settings, event_id: str | None) -> int:
     async def run(url: str) -> int:
         connection = await connect(url)
         try:
+            if await connection.fetchval("SELECT to_regclass('journal')") is None:
+                # A database the service never used: most likely not the server's data directory.
+                print(
+                    "this database has no inventoryd log: give audit the server's --data-dir or DATABASE_URL",
+                    file=sys.stderr,
+                )
+                return 2
             results = await run_audit(connection, event_id)
         finally:
             await connection.close()

@@ -11,6 +11,7 @@ import contextlib
 import io
 from typing import Any
 
+import asyncpg
 import msgspec
 
 from inventoryd import cli
@@ -61,3 +62,17 @@ async def test_audit_passes_a_healthy_log_and_catches_corruption(client: Any, db
     assert code == 1 and "audited 1 event(s)" in report
     code, _ = await run_audit(database_url, "--event", "evt_nosuch")
     assert code == 2
+
+
+async def test_audit_of_a_database_with_no_log_says_so(database_server: Any) -> None:
+    # A data directory or URL that is not the server's: one line and exit 2, not a traceback and 1.
+    name = "audit_empty"
+    admin = await asyncpg.connect(database_server.admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        code, _ = await run_audit(database_server.url(name))
+        assert code == 2
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await admin.close()
