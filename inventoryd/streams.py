@@ -1,13 +1,14 @@
 """The budget of live-availability streams: how many are open, in all (STREAM_SUBSCRIBERS_MAX), per
 event (STREAMS_PER_EVENT_MAX) and per client address (STREAMS_PER_ADDRESS_MAX); and the watch that
-ends a stream as soon as its client has gone.
+ends a stream as soon as its client has gone (or the service drains).
 
 A stream holds a `StreamLease` from `open` to `close`. aiohttp does not cancel a handler whose
 client went away (handler cancellation is off: a reservation's handler must not be cut off between
 its actor's decision and its answer), and a stream's handler mostly waits for its event to change,
 so it would notice only at its next write, up to STREAM_HEARTBEAT_S later. Instead one sweep, every
-STREAM_DISCONNECT_CHECK_S while any stream is open, asks each lease's `connection_gone` and resolves
-the `gone` future of those whose client has left; the stream waits on that too.
+STREAM_DISCONNECT_CHECK_S while any stream is open, asks each lease's `should_end` (its client has
+left, or the service is draining: an open stream would otherwise hold a shutdown for its whole
+timeout) and resolves the `gone` future of those that should; the stream waits on that too.
 
 Counters per event and per address are dropped when they reach 0: memory follows the open streams.
 """
@@ -32,14 +33,14 @@ class StreamRefused(Exception):
 
 
 class StreamLease:
-    """One open stream's slot. `gone` is resolved once its client has gone (or the lease closed)."""
+    """One open stream's slot. `gone` is resolved once the stream should end (or the lease closed)."""
 
-    __slots__ = ("address", "connection_gone", "event_id", "gone")
+    __slots__ = ("address", "event_id", "gone", "should_end")
 
-    def __init__(self, event_id: str, address: str, connection_gone: Callable[[], bool], gone: asyncio.Future[None]) -> None:
+    def __init__(self, event_id: str, address: str, should_end: Callable[[], bool], gone: asyncio.Future[None]) -> None:
         self.event_id = event_id
         self.address = address
-        self.connection_gone = connection_gone
+        self.should_end = should_end
         self.gone = gone
 
 
@@ -51,7 +52,7 @@ class StreamBudget:
         self._leases: set[StreamLease] = set()
         self._sweep: asyncio.TimerHandle | None = None
 
-    def open(self, event_id: str, address: str, connection_gone: Callable[[], bool]) -> StreamLease:
+    def open(self, event_id: str, address: str, should_end: Callable[[], bool]) -> StreamLease:
         """Take a slot for a new stream of `event_id` from `address` (a key of
         `inventoryd.ratelimit.address_key`); raises StreamRefused when a bound is reached. The
         address is looked at first: a client over its own bound is told so even when the service
@@ -63,7 +64,7 @@ class StreamBudget:
         if self.open_streams >= limits.STREAM_SUBSCRIBERS_MAX:
             raise StreamRefused("total", limits.STREAM_SUBSCRIBERS_MAX)
         loop = asyncio.get_running_loop()
-        lease = StreamLease(event_id, address, connection_gone, loop.create_future())
+        lease = StreamLease(event_id, address, should_end, loop.create_future())
         self._leases.add(lease)
         self.open_streams += 1
         self._by_event[event_id] = self._by_event.get(event_id, 0) + 1
@@ -96,7 +97,7 @@ class StreamBudget:
 
     def _look_for_gone_clients(self) -> None:
         for lease in self._leases:
-            if not lease.gone.done() and lease.connection_gone():
+            if not lease.gone.done() and lease.should_end():
                 lease.gone.set_result(None)
         self._sweep = (
             asyncio.get_running_loop().call_later(limits.STREAM_DISCONNECT_CHECK_S, self._look_for_gone_clients)

@@ -10,10 +10,12 @@ order in which the hashing threads take work can be watched.
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import aiohttp
 import pytest
 
 from inventoryd import limits
@@ -22,7 +24,8 @@ from inventoryd.errors import Unavailable
 from inventoryd.http import keys
 from inventoryd.ratelimit import address_key
 from inventoryd.streams import StreamBudget, StreamRefused
-from tests.helpers import create_event, wait_until
+from tests.helpers import ADMIN, create_event, free_port, running_server, wait_ready, wait_until
+from tests.test_hardening_api import Stream, one_type
 
 PASSWORD = "correct horse battery staple"
 
@@ -109,6 +112,30 @@ async def test_streams_over_http_429_per_address_503_per_event_and_free_on_disco
         stream.close()
     await wait_until(lambda: budget.streams_of() == 0, 1.0)
     assert budget._by_address == {} and budget._by_event == {}
+
+
+async def test_an_open_stream_does_not_hold_up_a_shutdown(database_url: str) -> None:
+    """Same fault as finding 7's slow-to-free slot: a stream ended only at a failed write, so one
+    anonymous stream held a SIGTERM's drain for the whole shutdown timeout, and the service exited
+    1 (`shutdown_timed_out`) after 20 s. It must end its streams as it drains, and exit 0 promptly."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession(headers=ADMIN, timeout=aiohttp.ClientTimeout(total=20)) as session:
+        with running_server(database_url, port) as process:
+            await wait_ready(session, base, process)
+            body = {"name": "Quiet", "starts_at": "2027-06-01T19:00:00Z", "currency": "EUR", "ticket_types": one_type(10)}
+            async with session.post(f"{base}/v1/events", json=body) as response:
+                event_id = (await response.json())["id"]
+            stream = await Stream.open(port, event_id, "127.0.0.2")
+            assert stream.status == 200
+            process.send_signal(signal.SIGTERM)
+            # The stream ends (EOF) soon after the drain starts; the process exits cleanly.
+            async with asyncio.timeout(5):
+                while await stream.reader.read(4096):
+                    pass
+            await wait_until(lambda: process.poll() is not None, 10)
+            stream.close()
+            assert process.returncode == 0
 
 
 @pytest.mark.parametrize(

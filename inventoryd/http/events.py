@@ -288,17 +288,20 @@ async def availability_stream(request: web.Request) -> web.StreamResponse:
     Bounded per client address (429: the client's own doing), per event and in all (503: the
     service is full); every refusal says Retry-After. The address is the TCP peer's (an IPv6
     client's /64): behind a proxy, the proxy's. A stream ends, and its slot frees, within
-    STREAM_DISCONNECT_CHECK_S of its client going away (inventoryd.streams)."""
+    STREAM_DISCONNECT_CHECK_S of its client going away or of the service starting to drain
+    (inventoryd.streams)."""
     actor = await actor_of(request, request.match_info["event_id"])
     summary_of(actor)
     budget = request.app[keys.STREAMS]
+    registry = registry_of(request)
 
-    def connection_gone() -> bool:
+    def should_end() -> bool:
+        # The client has gone, or the service drains (clients reconnect, to another node).
         transport = request.transport
-        return transport is None or transport.is_closing()
+        return transport is None or transport.is_closing() or registry.draining
 
     try:
-        lease = budget.open(actor.event_id, address_key(request.remote), connection_gone)
+        lease = budget.open(actor.event_id, address_key(request.remote), should_end)
     except StreamRefused as refused:
         retry = {"Retry-After": str(limits.STREAM_RETRY_AFTER_S)}
         if refused.scope == "address":
