@@ -354,8 +354,11 @@ class _HashQueue:
         self._admitted[lane] += 1
         try:
             await self._turn(lane)
-            loop = asyncio.get_running_loop()
-            hashed = loop.run_in_executor(self.executor, function, *arguments)
+            try:
+                hashed = asyncio.get_running_loop().run_in_executor(self.executor, function, *arguments)
+            except BaseException:  # the executor is shut down: the thread was never taken
+                self._release()
+                raise
             # The thread is free once the hash is done, not when its caller stops waiting for it.
             hashed.add_done_callback(self._release)
             return await asyncio.shield(hashed)
