@@ -9,8 +9,11 @@ the database or hashes a password:
   limits.API_TOKENS_RELOAD_S, so a revocation takes effect within that;
 - the bootstrap admin token from INVENTORYD_ADMIN_TOKEN (constant-time comparison).
 Passwords are hashed with argon2id in worker threads, at most limits.PASSWORD_HASHES_WAITING_MAX waiting:
-a login flood gets 503s, never a stalled event loop. A failed login costs the same whether or not
-the email exists, and says the same.
+a login flood gets 503s, never a stalled event loop. Registrations and logins have shares of their
+own (limits.PASSWORD_HASHES_REGISTERING_MAX, _LOGGING_IN_MAX) and a free thread takes a waiting login
+first: a registration flood cannot keep existing users from logging in. A failed login costs the
+same whether or not the email exists, and says the same. Registration does say that an email is
+taken (409): see `register`.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import hashlib
 import hmac
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal, TypeVar
 
 import asyncpg
 import jwt
@@ -46,6 +51,11 @@ JWT_ALGORITHM = "HS256"
 JWT_ISSUER = "inventoryd"
 API_TOKEN_PREFIX = "ivd_"  # noqa: S105 - a token's public prefix, not a secret
 REFRESH_TOKEN_PREFIX = "ivr_"  # noqa: S105 - a token's public prefix, not a secret
+
+Result = TypeVar("Result")
+# Who a password hash is for: an existing user logging in, or a new account.
+HashLane = Literal["login", "registration"]
+_LANES_FIRST_TO_LAST: tuple[HashLane, ...] = ("login", "registration")
 
 
 def _random_token(bytes_count: int = 32) -> str:
@@ -88,8 +98,7 @@ class Accounts:
         self._access_cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
         self._revoked_sessions: OrderedDict[str, float] = OrderedDict()
         self._hasher = PasswordHasher()  # argon2id, RFC 9106's second recommended parameters
-        self._executor = ThreadPoolExecutor(limits.PASSWORD_HASH_THREADS, thread_name_prefix="password-hash")
-        self._hashes_waiting = 0
+        self._hashing = _HashQueue(ThreadPoolExecutor(limits.PASSWORD_HASH_THREADS, thread_name_prefix="password-hash"))
         self._dummy_hash = ""
         self._tasks = TaskSupervisor("accounts")
         self._miss_reload: asyncio.Task[None] | None = None
@@ -106,12 +115,12 @@ class Accounts:
                 # survive restarts and every node of the service agrees.
                 self._jwt_key = await store.service_secret(connection, "jwt_signing_key", os.urandom(32))
             await self._reload_api_tokens(connection)
-        self._dummy_hash = await self._hash_password(_random_token())
+        self._dummy_hash = await self._hash_password(_random_token(), "login")
         self._tasks.spawn(self._reload_forever(), name="api-token-reloader")
 
     async def stop(self) -> None:
         await self._tasks.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._hashing.executor.shutdown(wait=False, cancel_futures=True)
 
     async def _reload_forever(self) -> None:
         while True:
@@ -228,13 +237,22 @@ class Accounts:
     # -- accounts -------------------------------------------------------------------------------
 
     async def register(self, email: str, password: str, name: str, role: str) -> store.UserRow:
-        password_hash = await self._hash_password(password)
+        """A new account; 409 if the email has one. That tells anyone whether an email is
+        registered, a choice: the service sends no email, so it cannot answer "check your inbox" to
+        both and tell the owner apart; the /v1/auth limits per address and for all registrations
+        together bound how fast emails can be probed. Login tells nothing (see `login`). Since the
+        answer says it anyway, a taken email is refused before its password is hashed."""
+        async with self._pool.acquire() as connection:
+            taken = await store.user_by_email(connection, email) is not None
+        if taken:
+            raise Conflict(_EMAIL_TAKEN, field="$.email")
+        password_hash = await self._hash_password(password, "registration")
         user_id = "usr_" + base64.b32encode(os.urandom(10)).decode().lower()
         async with self._pool.acquire() as connection:
             try:
                 user = await store.insert_user(connection, user_id, email, password_hash, name, role)
             except store.EmailTaken:
-                raise Conflict("an account with this email exists", field="$.email") from None
+                raise Conflict(_EMAIL_TAKEN, field="$.email") from None
         log.info("user_registered", user_id=user.user_id, role=role)
         return user
 
@@ -247,7 +265,7 @@ class Accounts:
         if user is None or not valid:
             raise Unauthenticated("wrong email or password")
         if self._hasher.check_needs_rehash(user.password_hash):
-            new_hash = await self._hash_password(password)
+            new_hash = await self._hash_password(password, "login")
             async with self._pool.acquire() as connection:
                 await store.update_password_hash(connection, user.user_id, new_hash)
         session_id = "ses_" + _random_token(12)
@@ -310,17 +328,8 @@ class Accounts:
 
     # -- password hashing, off the event loop ---------------------------------------------------
 
-    async def _in_hash_thread(self, function: object, *arguments: object) -> object:
-        if self._hashes_waiting >= limits.PASSWORD_HASHES_WAITING_MAX:
-            raise Unavailable("too many logins at once; retry shortly", code="overloaded")
-        self._hashes_waiting += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *arguments)  # type: ignore[arg-type]
-        finally:
-            self._hashes_waiting -= 1
-
-    async def _hash_password(self, password: str) -> str:
-        return str(await self._in_hash_thread(self._hasher.hash, password))
+    async def _hash_password(self, password: str, lane: HashLane) -> str:
+        return await self._hashing.run(lane, self._hasher.hash, password)
 
     async def _verify_password(self, password_hash: str, password: str) -> bool:
         def verify() -> bool:
@@ -329,7 +338,78 @@ class Accounts:
             except (VerifyMismatchError, VerificationError):
                 return False
 
-        return bool(await self._in_hash_thread(verify))
+        return await self._hashing.run("login", verify)
+
+
+_EMAIL_TAKEN = "an account with this email exists"
+
+
+class _HashQueue:
+    """Password hashes in PASSWORD_HASH_THREADS threads, admitted per lane (registrations at most
+    PASSWORD_HASHES_REGISTERING_MAX, logins at most PASSWORD_HASHES_LOGGING_IN_MAX, running or
+    waiting; beyond, 503 at once). The executor's own queue, first come first served, is never used:
+    a hash is handed to it only when a thread is free, and a free thread goes to the login waiting
+    longest, else to the registration waiting longest. A hash still waiting after
+    PASSWORD_HASH_QUEUE_WAIT_S is refused 503."""
+
+    def __init__(self, executor: ThreadPoolExecutor) -> None:
+        self.executor = executor
+        self._running = 0
+        self._admitted: dict[HashLane, int] = {"login": 0, "registration": 0}
+        # Futures of hashes waiting for a thread, per lane; each is resolved when it is its turn.
+        self._waiting: dict[HashLane, deque[asyncio.Future[None]]] = {"login": deque(), "registration": deque()}
+
+    async def run(self, lane: HashLane, function: Callable[..., Result], *arguments: object) -> Result:
+        if lane == "login":
+            admitted_max, what = limits.PASSWORD_HASHES_LOGGING_IN_MAX, "logins"
+        else:
+            admitted_max, what = limits.PASSWORD_HASHES_REGISTERING_MAX, "registrations"
+        if self._admitted[lane] >= admitted_max:
+            raise Unavailable(f"too many {what} at once; retry shortly", code="overloaded")
+        self._admitted[lane] += 1
+        try:
+            await self._turn(lane)
+            try:
+                hashed = asyncio.get_running_loop().run_in_executor(self.executor, function, *arguments)
+            except BaseException:  # the executor is shut down: the thread was never taken
+                self._release()
+                raise
+            # The thread is free once the hash is done, not when its caller stops waiting for it.
+            hashed.add_done_callback(self._release)
+            return await asyncio.shield(hashed)
+        finally:
+            self._admitted[lane] -= 1
+
+    async def _turn(self, lane: HashLane) -> None:
+        """Return holding a thread. (A thread that frees goes to a waiting hash at once: while
+        one is free, nothing waits.)"""
+        if self._running < limits.PASSWORD_HASH_THREADS:
+            self._running += 1
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[lane].append(turn)
+        try:
+            async with asyncio.timeout(limits.PASSWORD_HASH_QUEUE_WAIT_S):
+                await turn
+        except BaseException as error:
+            if turn.done() and not turn.cancelled():
+                self._release()  # the thread was handed over as this waiter gave up: pass it on
+            elif turn in self._waiting[lane]:  # (a turn given up may have been skipped already)
+                self._waiting[lane].remove(turn)
+            if isinstance(error, TimeoutError):
+                raise Unavailable("password hashing is busy; retry shortly", code="overloaded") from None
+            raise
+
+    def _release(self, _: object = None) -> None:
+        """A thread is free: to the next waiting login, else registration (it stays counted)."""
+        for lane in _LANES_FIRST_TO_LAST:
+            waiting = self._waiting[lane]
+            while waiting:
+                turn = waiting.popleft()
+                if not turn.done():
+                    turn.set_result(None)
+                    return
+        self._running -= 1
 
 
 def _now() -> datetime:

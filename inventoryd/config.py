@@ -64,6 +64,10 @@ class Settings:
     rate_service_burst: int = field(default_factory=lambda: _env_number("INVENTORYD_RATE_SERVICE_BURST", 100_000))
     rate_auth_per_s: float = field(default_factory=lambda: _env_number("INVENTORYD_RATE_AUTH_PER_S", 0.5))
     rate_auth_burst: int = field(default_factory=lambda: _env_number("INVENTORYD_RATE_AUTH_BURST", 10))
+    # Registrations from every address together (beside each address's own /v1/auth limit): a flood
+    # from many addresses stays bounded, at the cost of refusing real sign-ups meanwhile (429).
+    rate_register_per_s: float = field(default_factory=lambda: _env_number("INVENTORYD_RATE_REGISTER_PER_S", 20.0))
+    rate_register_burst: int = field(default_factory=lambda: _env_number("INVENTORYD_RATE_REGISTER_BURST", 50))
     rate_limits: bool = field(default_factory=lambda: os.environ.get("INVENTORYD_RATE_LIMITS", "on") != "off")
     # Origins allowed to call from a browser (comma-separated); none by default: CORS off.
     cors_origins: tuple[str, ...] = field(
@@ -91,6 +95,6 @@ class Settings:
             raise SystemExit("INVENTORYD_JWT_SECRET must be at least 32 characters")
         if self.metrics_token is not None and len(self.metrics_token) < 24:
             raise SystemExit("INVENTORYD_METRICS_TOKEN must be at least 24 characters")
-        for name in ("rate_user_per_s", "rate_service_per_s", "rate_auth_per_s"):
+        for name in ("rate_user_per_s", "rate_service_per_s", "rate_auth_per_s", "rate_register_per_s"):
             if getattr(self, name) <= 0:
                 raise SystemExit(f"{name} must be positive")

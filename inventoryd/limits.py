@@ -141,6 +141,31 @@ HTTP_KEEPALIVE_TIMEOUT_S: Final = 75.0
 # What a malformed request's log line quotes of the parser's reason (it may quote the request).
 LOG_REASON_CHARS_MAX: Final = 200
 
+# -- abuse bounds (security review, findings 7 and 8) ----------------------------------------------
+# Live availability per client: one address holds at most STREAMS_PER_ADDRESS_MAX streams (a
+# household or office behind one NAT, a few tabs each; beyond it 429: the client's own doing), one
+# event at most STREAMS_PER_EVENT_MAX (half of STREAM_SUBSCRIBERS_MAX: an on-sale's crowd may take
+# half the streams, the other half stays for every other event; beyond it 503). An IPv6 client is
+# counted by its /64 (one host usually holds a whole /64), see inventoryd.ratelimit.address_key.
+STREAMS_PER_ADDRESS_MAX: Final = 20
+STREAMS_PER_EVENT_MAX: Final = 500
+# Every STREAM_DISCONNECT_CHECK_S one sweep looks for streams whose client has gone, and ends them:
+# their slots are free within that (aiohttp does not cancel a handler when its client goes).
+STREAM_DISCONNECT_CHECK_S: Final = 0.25
+# A write to a stream's client that does not read (its buffers full) is given up after this.
+STREAM_WRITE_TIMEOUT_S: Final = 10.0
+# Seconds a client refused a stream is told to wait: a slot frees when some stream ends, which
+# nothing predicts; longer than RETRY_AFTER_S so that refused clients do not retry in lockstep.
+STREAM_RETRY_AFTER_S: Final = 5
+# Password hashing admits at most PASSWORD_HASHES_REGISTERING_MAX registrations (running or
+# waiting) and at most PASSWORD_HASHES_LOGGING_IN_MAX logins (their verification, or a rehash), the
+# two together PASSWORD_HASHES_WAITING_MAX: a registration flood cannot take the logins' share. A
+# free hash thread takes a waiting login before a waiting registration. A hash not started within
+# PASSWORD_HASH_QUEUE_WAIT_S is refused 503 (never a hang, even when logins keep every thread busy).
+PASSWORD_HASHES_REGISTERING_MAX: Final = 8
+PASSWORD_HASHES_LOGGING_IN_MAX: Final = 24
+PASSWORD_HASH_QUEUE_WAIT_S: Final = 5.0
+
 
 
 def _must(holds: bool, rule: str) -> None:
@@ -165,3 +190,16 @@ _must(0 < CLOCK_JUMP_TOLERANCE_S < CLOCK_JUMP_CHECK_S, "a clock leap is judged w
 _must(PASSWORD_HASH_THREADS >= 1 and PASSWORD_HASHES_WAITING_MAX >= PASSWORD_HASH_THREADS, "hashes can run")
 _must(0 < HTTP_HEADERS_READ_TIMEOUT_S < HTTP_KEEPALIVE_TIMEOUT_S, "a request's headers are awaited less than an idle connection")
 _must(HTTP_BODY_READ_TIMEOUT_S > 0, "a body is awaited for a positive time")
+_must(
+    1 <= STREAMS_PER_ADDRESS_MAX <= STREAMS_PER_EVENT_MAX <= STREAM_SUBSCRIBERS_MAX,
+    "one address holds fewer streams than one event, one event fewer than all",
+)
+_must(0 < STREAM_DISCONNECT_CHECK_S < STREAM_HEARTBEAT_S, "a gone client is noticed before the next heartbeat")
+_must(STREAM_WRITE_TIMEOUT_S > 0 and STREAM_RETRY_AFTER_S >= RETRY_AFTER_S, "stream writes and retries are bounded")
+_must(
+    PASSWORD_HASHES_REGISTERING_MAX + PASSWORD_HASHES_LOGGING_IN_MAX == PASSWORD_HASHES_WAITING_MAX
+    and PASSWORD_HASHES_REGISTERING_MAX >= 1
+    and PASSWORD_HASHES_LOGGING_IN_MAX >= PASSWORD_HASH_THREADS,
+    "registrations and logins share the hashing, and logins can fill every thread",
+)
+_must(0 < PASSWORD_HASH_QUEUE_WAIT_S < REQUEST_TIMEOUT_S, "a hash waits for a thread less than a request's whole wait")

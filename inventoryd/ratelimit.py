@@ -1,4 +1,5 @@
-"""Token buckets in memory: per principal on the API, per client address on the auth routes.
+"""Token buckets in memory: per principal on the API, per client address on the auth routes, and
+one for every registration at all.
 
 A bucket holds up to `burst` tokens and refills at `rate_per_s`; a request takes one. RateLimit-*
 headers are sent once a bucket is below half full and with every 429. The number of
@@ -8,6 +9,7 @@ forgetting it changes nothing for its owner).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -63,9 +65,32 @@ class TokenBuckets:
 
 @dataclass(slots=True)
 class RateLimits:
-    """The service's limiters: per attendee or organizer, per service token, and per client
-    address on the auth routes (against credential stuffing)."""
+    """The service's limiters: per attendee or organizer, per service token, per client address on
+    the auth routes (against credential stuffing), and registrations from every address together
+    (REGISTRATIONS_KEY: a flood from many addresses, each within its own limit, stays bounded)."""
 
     users: TokenBuckets
     services: TokenBuckets
     auth_by_address: TokenBuckets
+    registrations: TokenBuckets
+
+
+REGISTRATIONS_KEY = "registrations"
+
+
+def address_key(remote: str | None) -> str:
+    """Whom a per-address bound counts: the peer's IPv4 address, or the /64 of an IPv6 one (a host
+    is usually given a whole /64, and could otherwise take a new address per request); an
+    IPv4-mapped IPv6 address counts as its IPv4 address. Behind a proxy this is the proxy's
+    address: inventoryd does not trust X-Forwarded-For."""
+    if not remote:
+        return "address:unknown"
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return f"address:{remote}"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return f"address:{address.ipv4_mapped}"
+        return f"address:{ipaddress.IPv6Network((address, 64), strict=False)}"
+    return f"address:{address}"

@@ -27,7 +27,7 @@ from inventoryd.http.routes import ROUTES, ROUTES_BY_NAME
 from inventoryd.idempotency import IdempotencyStore
 from inventoryd.metrics import Metrics
 from inventoryd.principal import ANONYMOUS_OPERATOR, Principal
-from inventoryd.ratelimit import RateLimits, TokenBuckets, Verdict
+from inventoryd.ratelimit import REGISTRATIONS_KEY, RateLimits, TokenBuckets, Verdict, address_key
 from inventoryd.registry import Registry
 from inventoryd.streams import StreamBudget
 from inventoryd.tasks import TaskSupervisor
@@ -79,7 +79,15 @@ def _rate_verdict(
     now = time.monotonic()
     if request.path.startswith("/v1/auth/"):
         # Against credential stuffing: by client address, whoever the caller claims to be.
-        return buckets.auth_by_address.take(f"address:{request.remote}", now)
+        verdict = buckets.auth_by_address.take(address_key(request.remote), now)
+        if request.match_info.route.name == "register" and (verdict is None or verdict.allowed):
+            # And registrations from every address together: many addresses, each within its own
+            # limit, still may not take every password hash (nor probe emails without bound).
+            # Its RateLimit-* headers are sent only with its 429: they describe no one client.
+            shared = buckets.registrations.take(REGISTRATIONS_KEY, now)
+            if shared is not None and not shared.allowed:
+                return shared
+        return verdict
     if principal is None or principal.role == "admin":
         return None
     bucket = buckets.services if principal.role == "service" else buckets.users
@@ -199,6 +207,7 @@ def create_app(
         users=TokenBuckets(settings.rate_user_per_s, settings.rate_user_burst),
         services=TokenBuckets(settings.rate_service_per_s, settings.rate_service_burst),
         auth_by_address=TokenBuckets(settings.rate_auth_per_s, settings.rate_auth_burst),
+        registrations=TokenBuckets(settings.rate_register_per_s, settings.rate_register_burst),
     )
     app[keys.METRICS] = Metrics()
     app[keys.OPENAPI] = msgspec.json.encode(openapi.build(ROUTES))

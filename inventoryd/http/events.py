@@ -41,7 +41,9 @@ from inventoryd.http.common import (
 )
 from inventoryd.http.headers import add_response_headers
 from inventoryd.http.problems import ProblemError, invalid
+from inventoryd.ratelimit import address_key
 from inventoryd.registry import new_event_id
+from inventoryd.streams import StreamRefused
 from persistence import store
 
 T = TypeVar("T")
@@ -281,42 +283,69 @@ async def get_availability(request: web.Request) -> web.Response:
 
 
 async def availability_stream(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: the availability now, then each change, at most one per interval."""
+    """Server-sent events: the availability now, then each change, at most one per interval.
+
+    Bounded per client address (429: the client's own doing), per event and in all (503: the
+    service is full); every refusal says Retry-After. The address is the TCP peer's (an IPv6
+    client's /64): behind a proxy, the proxy's. A stream ends, and its slot frees, within
+    STREAM_DISCONNECT_CHECK_S of its client going away or of the service starting to drain
+    (inventoryd.streams)."""
     actor = await actor_of(request, request.match_info["event_id"])
     summary_of(actor)
     budget = request.app[keys.STREAMS]
-    if not budget.try_open():
-        raise ProblemError(503, "overloaded", f"{limits.STREAM_SUBSCRIBERS_MAX} availability streams are open already")
+    registry = registry_of(request)
+
+    def should_end() -> bool:
+        # The client has gone, or the service drains (clients reconnect, to another node).
+        transport = request.transport
+        return transport is None or transport.is_closing() or registry.draining
+
+    try:
+        lease = budget.open(actor.event_id, address_key(request.remote), should_end)
+    except StreamRefused as refused:
+        retry = {"Retry-After": str(limits.STREAM_RETRY_AFTER_S)}
+        if refused.scope == "address":
+            detail = f"{refused.bound} availability streams are open from this client address; close one"
+            raise ProblemError(429, "rate_limited", detail, headers=retry) from None
+        where = "for this event" if refused.scope == "event" else "already, the most this service serves"
+        detail = f"{refused.bound} availability streams are open {where}"
+        raise ProblemError(503, "overloaded", detail, headers=retry) from None
     try:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
         add_response_headers(request, response)
         await response.prepare(request)
-        with contextlib.suppress(ConnectionError):
-            await _stream_availability(actor, response)
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            await _stream_availability(actor, response, lease.gone)
         return response
     finally:
-        budget.close()
+        budget.close(lease)
 
 
-async def _stream_availability(actor: EventActor, response: web.StreamResponse) -> None:
+async def _stream_availability(actor: EventActor, response: web.StreamResponse, gone: asyncio.Future[None]) -> None:
+    """Until STREAM_DURATION_MAX_S have passed or the client is `gone`; a write the client does not
+    take within STREAM_WRITE_TIMEOUT_S raises TimeoutError."""
     loop = asyncio.get_running_loop()
     closes_at = loop.time() + limits.STREAM_DURATION_MAX_S
     last_sent = b""
-    while loop.time() < closes_at:
+    while loop.time() < closes_at and not gone.done():
         payload = schemas.ENCODER.encode(availability_out(summary_of(actor)))
         if payload != last_sent:
-            await response.write(b"event: availability\ndata: " + payload + b"\n\n")
+            async with asyncio.timeout(limits.STREAM_WRITE_TIMEOUT_S):
+                await response.write(b"event: availability\ndata: " + payload + b"\n\n")
             last_sent = payload
             # Changes during the pause are sent together after it: coalescing.
-            await asyncio.sleep(limits.STREAM_UPDATE_INTERVAL_S)
+            await asyncio.wait((gone,), timeout=limits.STREAM_UPDATE_INTERVAL_S)
             continue
+        changed = asyncio.ensure_future(actor.wait_changed())
         try:
-            async with asyncio.timeout(limits.STREAM_HEARTBEAT_S):
-                await actor.wait_changed()
-        except TimeoutError:
-            await response.write(b": still here\n\n")
+            done, _ = await asyncio.wait((changed, gone), timeout=limits.STREAM_HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+        if not done:
+            async with asyncio.timeout(limits.STREAM_WRITE_TIMEOUT_S):
+                await response.write(b": still here\n\n")
 
 
 def _report_line(states: list[TicketTypeSummary]) -> dict[str, int]:
