@@ -38,3 +38,13 @@ class Unavailable(Refusal):
     def __init__(self, detail: str, *, code: Literal["overloaded", "unavailable"] = "unavailable") -> None:
         super().__init__(detail)
         self.code = code
+
+
+class NotOwner(Exception):  # noqa: N818 - not an error: a routing answer
+    """The event is not served by this node: another owns its shard, or nobody does yet (the edge
+    forwards the request, or answers 503 until an owner is known). `shard` is None for a request
+    that is not an event's (creating one, on a node that holds no shard)."""
+
+    def __init__(self, shard: int | None) -> None:
+        super().__init__(f"shard {shard} is not served here")
+        self.shard = shard

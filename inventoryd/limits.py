@@ -71,6 +71,39 @@ RECOVERY_BATCH_EVENTS_MIN: Final = 16
 RECOVERY_BATCH_EVENTS_MAX: Final = 4096
 RECOVERY_SLICE_S: Final = 0.002
 COLD_ACTOR_WAIT_S: Final = 5.0
+# The cluster. Each node leases shards for SHARD_LEASE_S (by the database's clock) and renews all its
+# leases in one statement every SHARD_RENEW_INTERVAL_S (each attempt bounded by SHARD_RENEW_TIMEOUT_S).
+# A node stops answering for a shard from memory before its lease could have run out anywhere else:
+# at send time + SHARD_LEASE_S / (1 + CLOCK_DRIFT_MAX) - LEASE_SAFETY_MARGIN_S of its own monotonic
+# clock, where the send time is when the renewal that kept the shard was sent (the database stamped
+# the lease no earlier), CLOCK_DRIFT_MAX bounds how much faster the database's clock may run, and the
+# margin covers the loop's lag between that check and the answer leaving. A dead node's shards are
+# taken within SHARD_LEASE_S + SHARD_RENEW_INTERVAL_S (+ a rebuild): failover in under 5 s.
+SHARD_LEASE_S: Final = 3.0
+SHARD_RENEW_INTERVAL_S: Final = 0.5
+SHARD_RENEW_TIMEOUT_S: Final = 1.0
+CLOCK_DRIFT_MAX: Final = 0.01
+LEASE_SAFETY_MARGIN_S: Final = 0.2
+# Shards taken per statement, and handed over at once (the owner stops the shard's actors, waits
+# up to SHARD_HANDOFF_DRAIN_S for their batches to commit, then releases it); a request for a shard
+# whose owner is changing waits up to SHARD_OWNER_WAIT_S for the new one (then 503, Retry-After).
+SHARD_ACQUIRE_BATCH_MAX: Final = 64
+SHARD_HANDOFFS_IN_FLIGHT_MAX: Final = 4
+SHARD_HANDOFF_DRAIN_S: Final = 2.0
+SHARD_OWNER_WAIT_S: Final = 1.0
+# A new event's id is drawn until its shard is one this node serves (a node serving s of 256
+# shards needs 256/s draws on average; it gives up after this many, and forwards the request).
+NEW_EVENT_ID_TRIES_MAX: Final = 256
+# A SIGTERM hands every shard over within DRAIN_SHARDS_S (else the leases lapse on their own).
+DRAIN_SHARDS_S: Final = 10.0
+# A node silent this long, holding no live lease, is forgotten.
+NODE_FORGET_S: Final = 60.0
+# Forwarding to an event's owner: pooled keep-alive connections (in all, and per node), requests in
+# flight (beyond: 503), and how long a connection to a node may take to open.
+FORWARD_CONNECTIONS_MAX: Final = 256
+FORWARD_CONNECTIONS_PER_NODE_MAX: Final = 64
+FORWARD_IN_FLIGHT_MAX: Final = 1024
+FORWARD_CONNECT_TIMEOUT_S: Final = 0.5
 # How long a shutdown waits for the actors to finish what they hold.
 DRAIN_ACTORS_S: Final = 10.0
 # Hold timers run on the loop's clock; every CLOCK_JUMP_CHECK_S the registry compares it with the
@@ -190,6 +223,11 @@ _must(0 < CLOCK_JUMP_TOLERANCE_S < CLOCK_JUMP_CHECK_S, "a clock leap is judged w
 _must(PASSWORD_HASH_THREADS >= 1 and PASSWORD_HASHES_WAITING_MAX >= PASSWORD_HASH_THREADS, "hashes can run")
 _must(0 < HTTP_HEADERS_READ_TIMEOUT_S < HTTP_KEEPALIVE_TIMEOUT_S, "a request's headers are awaited less than an idle connection")
 _must(HTTP_BODY_READ_TIMEOUT_S > 0, "a body is awaited for a positive time")
+_must(
+    SHARD_RENEW_INTERVAL_S + SHARD_RENEW_TIMEOUT_S < SHARD_LEASE_S / (1 + CLOCK_DRIFT_MAX) - LEASE_SAFETY_MARGIN_S,
+    "a renewal that timed out leaves time for the next before the local deadline",
+)
+_must(SHARD_LEASE_S + SHARD_RENEW_INTERVAL_S < 5.0, "failover within 5 s (issue 16)")
 _must(
     1 <= STREAMS_PER_ADDRESS_MAX <= STREAMS_PER_EVENT_MAX <= STREAM_SUBSCRIBERS_MAX,
     "one address holds fewer streams than one event, one event fewer than all",

@@ -25,7 +25,8 @@ import structlog
 from inventoryd import domain, limits
 from inventoryd.actor import ActorRestartRequired, Clock, EventActor, IdempotencyClaim, Outcome, system_clock
 from inventoryd.domain import EventDefinition, EventSummary, Inventory, Record, invariant
-from inventoryd.errors import Unavailable
+from inventoryd.cluster import Membership, ShardOwner
+from inventoryd.errors import NotOwner, Unavailable
 from inventoryd.tasks import TaskSupervisor
 from persistence import store
 from persistence.errors import DATABASE_AWAY
@@ -76,6 +77,8 @@ class RegistryStats:
 class Registry:
     journal: Journal
     pool: asyncpg.Pool
+    # This node's leases: only events of shards it holds are served here (the others are forwarded).
+    cluster: Membership
     clock: Clock = system_clock
     on_batch: Callable[[int, int], None] | None = None
     stats: RegistryStats = field(default_factory=RegistryStats)
@@ -90,8 +93,13 @@ class Registry:
     # Events in the log whose actors start-up has not rebuilt yet; those being rebuilt because a
     # request asked (their requests wait for the task); those whose log failed recovery (and why).
     _cold: set[str] = field(default_factory=set)
+    # The events of each held shard here (rebuilt or cold), to drop them with their shard.
+    _by_shard: dict[int, set[str]] = field(default_factory=dict)
     _on_demand: dict[str, asyncio.Task[EventActor | None]] = field(default_factory=dict)
     _failed: dict[str, str] = field(default_factory=dict)
+    # What the cluster tells of shards taken, lost and handed over (the registry, unless the app
+    # puts something around it: the idempotency store reloads its keys on a takeover).
+    shard_owner: ShardOwner | None = None
     # Set when a shutdown begins: /readyz answers 503 so that traffic goes elsewhere.
     draining: bool = False
     recovery_error: str | None = None
@@ -99,23 +107,26 @@ class Registry:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Find every event in the log: then the registry is ready. Then rebuild their actors in
-        the background, a batch of events per consistent read of their latest snapshots and the
-        records after them (about RECOVERY_BATCH_BYTES a read); an event that a request asks for
-        meanwhile is rebuilt at once, by itself (see `actor`). So the time to ready does not grow
-        with the state, and a hot event is served again in the time its own state takes to load.
+        """Join the cluster and find the events of the shards this node takes: then the registry
+        is ready. Then rebuild their actors in the background, a batch of events per consistent read
+        of their latest snapshots and the records after them (about RECOVERY_BATCH_BYTES a read); an
+        event that a request asks for meanwhile is rebuilt at once, by itself (see `actor`). So the
+        time to ready does not grow with the state, and a hot event is served again in the time its
+        own state takes to load. Shards taken later are rebuilt the same way (`shards_acquired`).
 
         While the database is unreachable it waits and tries again (the service stays not ready).
         An event whose log breaks an invariant is not served (its requests get 503) and readiness
         turns 503, loudly: serving from a broken log would be wrong.
         """
         started = time.perf_counter()
-        event_ids = await self._retrying("recovery_waiting", self._logged_event_ids)
-        self._cold.update(event_id for event_id in event_ids if event_id not in self._actors)
+        await self._retrying("recovery_waiting", functools.partial(self.cluster.start, self.shard_owner or self))
+        event_ids = sorted(self._cold)
         self.stats.ready_seconds = time.perf_counter() - started
         self.ready = True
         self.tasks.spawn(self._watch_wall_clock(), name="wall-clock-watch")
-        log.info("ready", events=len(event_ids), duration_s=round(self.stats.ready_seconds, 3))
+        log.info(
+            "ready", events=len(event_ids), shards=len(self.cluster.held()), duration_s=round(self.stats.ready_seconds, 3)
+        )
         try:
             await self._rebuild_all(event_ids)
         except Exception as error:  # a bug: say so loudly, as a broken log would be
@@ -167,6 +178,45 @@ class Registry:
     async def _logged_event_ids(self) -> list[str]:
         async with self.pool.acquire() as connection:
             return await store.logged_event_ids(connection)
+
+    # -- shards: taken, lost, handed over (Membership calls these, through the ShardOwner) ------
+
+    async def shards_acquired(self, acquired: list[tuple[int, int]]) -> None:
+        """The events of these shards are this node's now: known (cold) at once, rebuilt in the
+        background (and on demand before that)."""
+        shards = {shard for shard, _ in acquired}
+        event_ids = [
+            event_id for event_id in await self._logged_event_ids() if self.cluster.shard_of(event_id) in shards
+        ]
+        for shard in shards:
+            self._by_shard.setdefault(shard, set())
+        for event_id in event_ids:
+            if event_id not in self._actors:
+                self._cold.add(event_id)
+                self._by_shard[self.cluster.shard_of(event_id)].add(event_id)
+        if self.ready and event_ids:
+            self.tasks.spawn(self._rebuild_all(sorted(event_ids)), name=f"rebuild-shards:{min(shards)}..")
+
+    def shard_lost(self, shard: int) -> None:
+        """The shard is not this node's any more: its actors stop at once (what they hold is
+        answered "retry"), and nothing of it is served from here."""
+        for event_id in self._by_shard.pop(shard, set()):
+            self._cold.discard(event_id)
+            rebuilding = self._on_demand.pop(event_id, None)
+            if rebuilding is not None:
+                rebuilding.cancel()
+            self._discard(event_id, "the event moved to another node; retry")
+
+    async def shard_releasing(self, shard: int) -> None:
+        """The shard is about to be handed over: its actors take no new request, and those queued
+        or in flight are decided, committed and answered (for at most SHARD_HANDOFF_DRAIN_S)."""
+        actors = [self._actors[event_id] for event_id in self._by_shard.get(shard, ()) if event_id in self._actors]
+        for actor in actors:
+            actor.stop_accepting()
+        deadline = asyncio.get_running_loop().time() + limits.SHARD_HANDOFF_DRAIN_S
+        while not all(actor.idle for actor in actors) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
+        self.shard_lost(shard)
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]], **context: str) -> T:
         """`attempt()`, again and again (with backoff) while the database is away."""
@@ -221,11 +271,14 @@ class Registry:
         return actor
 
     def _actor(self, event_id: str, inventory: Inventory, snapshot_seq: int) -> EventActor:
+        shard = self.cluster.shard_of(event_id)
         return EventActor(
             event_id,
             self.journal,
             inventory,
             self.clock,
+            shard=shard,
+            epoch=self.cluster.epoch(shard),
             on_batch=self.on_batch,
             write_snapshot=self._write_snapshot,
             snapshot_seq=snapshot_seq,
@@ -280,8 +333,15 @@ class Registry:
 
     # -- lookups --------------------------------------------------------------------------------
 
+    def check_serving(self, event_id: str) -> None:
+        """NotOwner unless this node serves the event now (it holds the shard, within its lease)."""
+        shard = self.cluster.shard_of(event_id)
+        if not self.cluster.serving(shard):
+            raise NotOwner(shard)
+
     def get(self, event_id: str) -> EventActor | None:
-        """The event's actor if it is rebuilt (see `actor` for one that may not be yet)."""
+        """The event's actor if it is rebuilt here (see `actor` for one that may not be yet); whether
+        this node may answer for it now is `check_serving`'s."""
         actor = self._actors.get(event_id)
         if actor is None or actor.inventory.status == "new":
             return None
@@ -289,7 +349,10 @@ class Registry:
 
     async def actor(self, event_id: str) -> EventActor | None:
         """The event's actor, rebuilt now if start-up has not come to it yet; None if there is no
-        such event. Raises Unavailable if it cannot be served (yet)."""
+        such event. Raises Unavailable if it cannot be served (yet), NotOwner if not by this node."""
+        shard = self.cluster.shard_of(event_id)
+        if not self.cluster.serving(shard):
+            raise NotOwner(shard)
         actor = self._actors.get(event_id)
         if actor is None:
             if event_id in self._failed:
@@ -337,9 +400,23 @@ class Registry:
 
     # -- creating events ------------------------------------------------------------------------
 
+    def new_event_id(self) -> str:
+        """An id for a new event, in a shard this node serves (so that its creation needs no hop);
+        NotOwner if it serves none."""
+        if not self.cluster.held():
+            raise NotOwner(None)
+        for _ in range(limits.NEW_EVENT_ID_TRIES_MAX):
+            event_id = new_event_id()
+            if self.cluster.serving(self.cluster.shard_of(event_id)):
+                return event_id
+        raise NotOwner(None)
+
     async def create_event(self, definition: EventDefinition, *, claim: IdempotencyClaim | None = None) -> Outcome:
         """Create the event's actor and its first record; the event exists once that is committed."""
         invariant(definition.id not in self._actors, "event %s created twice", definition.id)
+        shard = self.cluster.shard_of(definition.id)
+        if not self.cluster.serving(shard):
+            raise NotOwner(shard)
         actor = self._actor(definition.id, Inventory(definition.id), 0)
         self._launch(actor)
         try:
@@ -351,18 +428,19 @@ class Registry:
             self._discard(definition.id)
         return outcome
 
-    def _discard(self, event_id: str) -> None:
+    def _discard(self, event_id: str, reason: str = "the event was not created") -> None:
         actor = self._actors.pop(event_id, None)
         task = self._supervisors.pop(event_id, None)
         if task is not None:
             task.cancel()
         if actor is not None:
-            actor.stop("the event was not created")
+            actor.stop(reason)
 
     # -- supervision ----------------------------------------------------------------------------
 
     def _launch(self, actor: EventActor) -> None:
         self._actors[actor.event_id] = actor
+        self._by_shard.setdefault(actor.shard, set()).add(actor.event_id)
         actor.start()
         self._supervisors[actor.event_id] = self.tasks.spawn(self._supervise(actor), name=f"supervisor:{actor.event_id}")
 

@@ -52,6 +52,16 @@ class AppendOutcomeUnknown(Exception):
     """The append may or may not have been committed; the log must be read to know."""
 
 
+class AppendFenced(AppendFailed):
+    """The shard this append writes is no longer held at its epoch (another node took it over, or
+    this one released it): the database refused it, and nothing of it was written."""
+
+    def __init__(self, shard: int, epoch: int) -> None:
+        super().__init__(f"shard {shard} is no longer held at epoch {epoch}")
+        self.shard = shard
+        self.epoch = epoch
+
+
 class LogAhead(AppendOutcomeUnknown):
     """The log already holds records at the positions appended to: this writer's state is behind
     the log (or another writer owns the event). Nothing was written; rebuild from the log."""
@@ -87,7 +97,10 @@ class Append:
     first_seq: int
     kinds: Sequence[str]
     bodies: Sequence[bytes]
-    epoch: int = 0
+    # The event's shard, and the epoch its writer holds it at: the transaction commits only if the
+    # shard is still held at that epoch (the fence).
+    shard: int
+    epoch: int
     idempotency: Sequence[IdempotencyRow] = ()
     catalogue: Sequence[CatalogueRow] = ()
     # Called by the writer just before it takes the append into a transaction: the owner may add
@@ -111,6 +124,8 @@ class JournalStats:
     failures: int = 0
     settled_committed: int = 0
     settled_failed: int = 0
+    # Transactions the fence refused (a shard no longer held at its epoch): nothing was written.
+    fenced: int = 0
 
 
 def _catalogue_sql() -> tuple[str, str, str]:
@@ -124,25 +139,45 @@ def _catalogue_sql() -> tuple[str, str, str]:
     return ", ".join(columns), arrays, updates
 
 
-# The log's five columns and the idempotency answers' four come first in the arguments.
-_LOG_AND_ANSWER_ARGUMENTS = 9
+# The arguments: the fence's two arrays (distinct shard and epoch pairs, in shard order), the log's
+# five columns, the idempotency answers' four, then the catalogue's.
+_FENCE_ARGUMENTS = 2
+_LOG_AND_ANSWER_ARGUMENTS = _FENCE_ARGUMENTS + 9
 _CATALOGUE_TYPES = {"starts_at": "timestamptz", "created_at": "timestamptz"}
 _CATALOGUE_FIXED = ("event_id", "organizer_id", "created_at")
 _CATALOGUE_COLUMNS, _CATALOGUE_ARRAYS, _CATALOGUE_UPDATES = _catalogue_sql()
+# The fence: every (shard, epoch) the transaction writes is locked FOR KEY SHARE (a change of owner
+# changes the epoch, a key column, so it waits for this write, and this write for it), and nothing
+# is inserted unless all of them still match. Under READ COMMITTED a write that waited for a
+# takeover re-reads the newest row, where the epoch has moved: admitted is false, nothing is written.
+# The statement returns the pairs still held; fewer than were sent means it wrote nothing. One
+# statement, so that a paused or cut-off client can never hold the locks open.
 _WRITE = f"""
-WITH log AS (
+WITH fence AS MATERIALIZED (
+    SELECT coalesce(array_agg(shard_id), '{{}}') AS shards, coalesce(array_agg(epoch), '{{}}') AS epochs
+    FROM (SELECT s.shard_id, s.epoch
+          FROM unnest($1::int[], $2::bigint[]) AS f (shard_id, epoch)
+          JOIN shards s ON s.shard_id = f.shard_id AND s.epoch = f.epoch AND s.owner_node IS NOT NULL
+          ORDER BY s.shard_id
+          FOR KEY SHARE OF s) AS locked
+), admitted AS (
+    SELECT cardinality(shards) = cardinality($1::int[]) AS ok FROM fence
+), log AS (
     INSERT INTO journal (event_id, seq, epoch, kind, body)
-    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::json[])
+    SELECT * FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::json[])
+    WHERE (SELECT ok FROM admitted)
 ), answers AS (
     INSERT INTO idempotency_keys (scope, key, fingerprint, response)
-    SELECT * FROM unnest($6::text[], $7::text[], $8::bytea[], $9::bytea[])
+    SELECT * FROM unnest($8::text[], $9::text[], $10::bytea[], $11::bytea[])
+    WHERE (SELECT ok FROM admitted)
     ON CONFLICT (scope, key) DO NOTHING
 ), catalogue AS (
     INSERT INTO events ({_CATALOGUE_COLUMNS})
     SELECT * FROM unnest({_CATALOGUE_ARRAYS})
+    WHERE (SELECT ok FROM admitted)
     ON CONFLICT (event_id) DO UPDATE SET {_CATALOGUE_UPDATES}, updated_at = now()
 )
-SELECT 1
+SELECT shards, epochs FROM fence
 """
 
 
@@ -181,6 +216,8 @@ class Journal:
         self.on_commit: Callable[[float, int, int], None] | None = None
         # Told how long each group-commit wait lasted (seconds).
         self.on_wait: Callable[[float], None] | None = None
+        # Told of the (shard, epoch) pairs the fence refused: their shards are lost to this node.
+        self.on_fenced: Callable[[set[tuple[int, int]]], None] | None = None
 
     async def start(self) -> None:
         invariant(self._writer is None, "the journal was started twice")
@@ -235,6 +272,8 @@ class Journal:
                 continue
             try:
                 await self._write(taken)
+            except _Fenced as fenced:
+                self._fenced(taken, fenced.lost)
             except AppendFailed as error:
                 self.stats.failures += 1
                 if error.refused and len(taken) > 1:
@@ -301,10 +340,24 @@ class Journal:
             return False
         return True
 
+    def _fenced(self, batches: list[Append], lost: set[tuple[int, int]]) -> None:
+        """A transaction the fence refused wrote nothing: the appends of lost shards fail (their
+        owners are told), the others go first into the next transaction."""
+        self.stats.fenced += 1
+        for batch in batches:
+            if (batch.shard, batch.epoch) in lost:
+                _settle([batch], AppendFenced(batch.shard, batch.epoch))
+        self._pending.extendleft(reversed([batch for batch in batches if (batch.shard, batch.epoch) not in lost]))
+        log.warning("append_fenced", shards=sorted(lost), appends=sum((b.shard, b.epoch) in lost for b in batches))
+        if self.on_fenced is not None:
+            self.on_fenced(lost)
+
     async def _write_one_by_one(self, batches: list[Append]) -> None:
         for batch in batches:
             try:
                 await self._write([batch])
+            except _Fenced as fenced:
+                self._fenced([batch], fenced.lost)
             except (AppendFailed, AppendOutcomeUnknown) as error:
                 self.stats.failures += 1
                 _settle([batch], error)
@@ -337,7 +390,7 @@ class Journal:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(limits.DB_TIMEOUT_S):
-                await connection.execute(_WRITE, *arguments)
+                held = await connection.fetchrow(_WRITE, *arguments)
         except asyncpg.UniqueViolationError as error:
             if error.constraint_name == "journal_pkey":
                 raise LogAhead(f"the log already has records where this append goes: {error!r}") from error
@@ -356,12 +409,17 @@ class Journal:
             if connection.is_closed():
                 self._drop_connection()
             raise AppendFailed(f"the database refused the append: {error!r}", refused=True) from error
+        fence = {(batch.shard, batch.epoch) for batch in batches}
+        if held is not None and len(held["shards"]) != len(fence):
+            # Fenced: the statement wrote nothing (every insert waits on the fence).
+            raise _Fenced(fence - set(zip(held["shards"], held["epochs"], strict=True)))
         elapsed = time.perf_counter() - started
+        records = len(arguments[_FENCE_ARGUMENTS])
         self.stats.commits += 1
         self.stats.appends += len(batches)
-        self.stats.records += len(arguments[0])
+        self.stats.records += records
         if self.on_commit is not None:
-            self.on_commit(elapsed, len(arguments[0]), len(batches))
+            self.on_commit(elapsed, records, len(batches))
 
     async def _ensure_connection(self) -> asyncpg.Connection:
         if self._connection is None or self._connection.is_closed():
@@ -414,6 +472,12 @@ class Journal:
         return bool(found)
 
 
+class _Fenced(Exception):  # noqa: N818 - internal to the writer: which pairs the fence refused
+    def __init__(self, lost: set[tuple[int, int]]) -> None:
+        super().__init__(f"fenced: {sorted(lost)}")
+        self.lost = lost
+
+
 def _settle(batches: list[Append], error: BaseException | None) -> None:
     for batch in batches:
         future = batch.future
@@ -451,4 +515,7 @@ def _arguments(batches: list[Append]) -> tuple[list[object], ...]:
             catalogue.pop(event.event_id, None)
             catalogue[event.event_id] = event
     catalogue_columns = tuple([getattr(event, column.name) for event in catalogue.values()] for column in fields(CatalogueRow))
-    return (event_ids, seqs, epochs, kinds, bodies, *answers, *catalogue_columns)
+    fence = sorted({(batch.shard, batch.epoch) for batch in batches})
+    shards: list[object] = [shard for shard, _ in fence]
+    fence_epochs: list[object] = [epoch for _, epoch in fence]
+    return (shards, fence_epochs, event_ids, seqs, epochs, kinds, bodies, *answers, *catalogue_columns)

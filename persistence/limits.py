@@ -16,6 +16,9 @@ JOURNAL_LINGER_FROM_APPENDS: Final = 8
 JOURNAL_LINGER_S: Final = 0.010
 JOURNAL_LINGER_MAX_S: Final = 0.030
 JOURNAL_LINGER_QUIET_S: Final = 0.001
+# Shards of the cluster: fixed when the database is first migrated (migrations/0007_cluster.sql
+# stores it; a node refuses to start if they differ): an event's shard must never change.
+CLUSTER_SHARDS: Final = 256
 # How long one database round trip (connect, commit, query) may take.
 DB_TIMEOUT_S: Final = 5.0
 # Rows fetched per round trip while replaying the log.

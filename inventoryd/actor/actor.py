@@ -34,7 +34,7 @@ from inventoryd.domain import EventDefinition, EventSummary, Inventory, Reservat
 from inventoryd.errors import Unavailable
 from inventoryd.tasks import TaskSupervisor
 from persistence import limits as persistence_limits
-from persistence.journal import AppendFailed, AppendOutcomeUnknown, Journal
+from persistence.journal import AppendFailed, AppendFenced, AppendOutcomeUnknown, Journal
 
 log = structlog.get_logger("inventoryd.actor")
 
@@ -61,6 +61,10 @@ class EventActor:
     journal: Journal
     inventory: Inventory
     clock: Clock = system_clock
+    # The event's shard, and the epoch at which this node holds it: every append carries both, and
+    # the journal's fence refuses it if the shard has moved on (this actor is then dropped).
+    shard: int = 0
+    epoch: int = 0
     # Told of every committed batch: (messages decided, messages that were waiting when it began).
     on_batch: Callable[[int, int], None] | None = None
     # The constructor's view of the snapshots (see `snapshots`): where they are stored, where the
@@ -69,7 +73,6 @@ class EventActor:
     snapshot_seq: InitVar[int] = 0
     tasks: InitVar[TaskSupervisor | None] = None
     snapshots: Snapshots = field(init=False)
-    _epoch: int = 0
     _mailbox: Mailbox = field(default_factory=lambda: Mailbox(limits.MAILBOX_MESSAGES_MAX))
     _running: bool = False
     # False once a drain begins: new requests are refused, queued ones are still decided.
@@ -195,16 +198,6 @@ class EventActor:
     def running(self) -> bool:
         return self._running
 
-    @property
-    def epoch(self) -> int:
-        """The ownership epoch this actor writes with (a node's lease on the event's shard)."""
-        return self._epoch
-
-    @epoch.setter
-    def epoch(self, epoch: int) -> None:
-        invariant(epoch >= self._epoch, "%s: epoch %s after %s (epochs never go back)", self.event_id, epoch, self._epoch)
-        self._epoch = epoch
-
     def wake_expiry(self) -> None:
         """Check for due holds now: the timer runs on the loop's clock, holds fall due by the wall
         clock, and the two part when the wall clock jumps (a suspended machine; a test's clock)."""
@@ -318,7 +311,7 @@ class EventActor:
         """Write `batch` to the journal: True once committed, False if it certainly was not (the
         inventory is rolled back and every message told to retry); raises ActorRestartRequired if
         the outcome is unknown."""
-        append = batch.append(self.event_id, self._epoch)
+        append = batch.append(self.event_id, self.shard, self.epoch)
         # The one callback of the write path: while the append waits in the journal's queue (behind
         # other events' commit), this event's next buyers queue here; the journal calls this just
         # before it writes the append, so that they join it instead of waiting for this commit and
@@ -332,8 +325,9 @@ class EventActor:
             if batch.error is not None:
                 self._batch_failed(batch, batch.error)
             self.inventory.rollback()
+            moved = isinstance(error, AppendFenced)
             for message, _ in batch.replies:
-                fail(message, Unavailable("the change could not be saved; retry"))
+                fail(message, Unavailable("the event moved to another node; retry" if moved else "the change could not be saved; retry"))
             log.warning(
                 "actor_batch_rolled_back",
                 event_id=self.event_id,

@@ -113,8 +113,10 @@ class Batch:
         if isinstance(record, domain.CATALOGUE_RECORDS):
             self.catalogue.append(catalogue_row(inventory.require_definition(), inventory.status))
 
-    def append(self, event_id: str, epoch: int) -> Append:
-        return Append(event_id, self.first_seq, self.kinds, self.bodies, epoch=epoch, idempotency=self.answers, catalogue=self.catalogue)
+    def append(self, event_id: str, shard: int, epoch: int) -> Append:
+        return Append(
+            event_id, self.first_seq, self.kinds, self.bodies, shard, epoch, idempotency=self.answers, catalogue=self.catalogue
+        )
 
 
 def _outcome(inventory: Inventory, command: domain.Command, decision: domain.Decision, claim: IdempotencyClaim | None) -> Outcome:

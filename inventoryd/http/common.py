@@ -93,6 +93,7 @@ def registry_of(request: web.Request) -> Registry:
 async def actor_of(request: web.Request, event_id: str) -> EventActor:
     """The event's actor (rebuilt now if start-up has not come to it yet); 404 if there is none."""
     registry = registry_of(request)
+    registry.check_serving(event_id)
     actor = registry.get(event_id) or await registry.actor(event_id)
     if actor is None:
         raise ProblemError(404, "not_found", f"no event {event_id!r}", field="event_id")
@@ -103,6 +104,8 @@ async def actor_for(request: web.Request, reservation_or_ticket_id: str, kind: s
     """The actor of the event a reservation or ticket id names; 404 if there is none."""
     registry = registry_of(request)
     event_id = domain.event_id_of(reservation_or_ticket_id)
+    if event_id is not None:
+        registry.check_serving(event_id)
     actor = (registry.get(event_id) or await registry.actor(event_id)) if event_id else None
     if actor is None:
         raise ProblemError(404, "not_found", f"no {kind} {reservation_or_ticket_id!r}")

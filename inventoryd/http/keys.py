@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime
 
+import aiohttp
 import asyncpg
 from aiohttp import web
 
 from inventoryd.accounts import Accounts
+from inventoryd.cluster import Membership
 from inventoryd.config import Settings
 from inventoryd.idempotency import IdempotencyStore
 from inventoryd.metrics import Metrics
@@ -32,6 +35,12 @@ METRICS = web.AppKey("metrics", Metrics)
 OPENAPI = web.AppKey("openapi", bytes)
 # The app's own background tasks (recovery, maintenance).
 TASKS = web.AppKey("tasks", TaskSupervisor)
+# The cluster: this node's leases, the client that forwards to other nodes (and how many forwards
+# may be in flight), and the key the nodes sign forwarded requests with.
+CLUSTER = web.AppKey("cluster", Membership)
+FORWARDER = web.AppKey("forwarder", aiohttp.ClientSession)
+FORWARDS_IN_FLIGHT = web.AppKey("forwards_in_flight", asyncio.Semaphore)
+FORWARD_KEY = web.AppKey("forward_key", bytes)
 
 PRINCIPAL = web.RequestKey("principal", Principal)  # absent on public routes called without a token
 REQUEST_ID = web.RequestKey("request_id", str)

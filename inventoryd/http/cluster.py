@@ -1,0 +1,292 @@
+"""The edge in a cluster: a request for an event another node owns is forwarded to it; the views a
+listing needs of other nodes' events are asked of them; `GET /v1/cluster` shows the cluster.
+
+Any node answers any request. One that does not serve the event's shard (`NotOwner`) forwards the
+request (method, path, body, Authorization, Idempotency-Key, X-Request-ID and the rest of its
+end-to-end headers) to the owner over pooled keep-alive connections, and relays the answer as it is
+(a full mailbox there is still a 503 with Retry-After). A forwarded request carries
+`Inventoryd-Forwarded-By` and a token only nodes can make (an HMAC of the forwarding node's id,
+keyed by a secret the nodes share through the database): a node never forwards such a request
+again, but answers 421 if it does not own the event (any more), and the forwarding node, having
+refreshed its shard map, retries once. While a shard has no known owner (its lease ran out, or it
+is being handed over) a request waits up to SHARD_OWNER_WAIT_S for one, then gets 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from typing import Any
+
+import aiohttp
+import msgspec
+import structlog
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+from multidict import CIMultiDict, istr
+
+from inventoryd import domain, limits
+from inventoryd.cluster import Membership
+from inventoryd.domain import EventSummary, Reservation
+from inventoryd.errors import NotOwner
+from inventoryd.http import keys, schemas
+from inventoryd.http.headers import X_REQUEST_ID, add_response_headers
+from inventoryd.http.problems import ProblemError, problem_response
+
+log = structlog.get_logger("inventoryd.http")
+
+FORWARDED_BY = istr("Inventoryd-Forwarded-By")
+FORWARD_TOKEN = istr("Inventoryd-Forward-Token")
+SERVED_BY = istr("Inventoryd-Served-By")
+# Not passed on either way (RFC 9110 7.6.1), and what the client library sets itself.
+_HOP_BY_HOP = frozenset(
+    istr(name)
+    for name in (
+        "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+        "Transfer-Encoding", "Upgrade", "Expect", "Host", "Content-Length", "Inventoryd-Forwarded-By",
+        "Inventoryd-Forward-Token",
+    )
+)
+INTERNAL_VIEWS_PATH = "/internal/v1/views"
+
+
+class ViewsIn(msgspec.Struct, forbid_unknown_fields=True):
+    event_ids: list[str] = []
+    reservation_ids: list[str] = []
+
+
+class ViewsOut(msgspec.Struct):
+    events: dict[str, EventSummary]
+    reservations: dict[str, Reservation]
+
+
+_VIEWS_IN = msgspec.json.Decoder(ViewsIn)
+_VIEWS_OUT = msgspec.json.Decoder(ViewsOut)
+
+
+def forward_token(key: bytes, node_id: str) -> str:
+    return hmac.new(key, node_id.encode(), hashlib.sha256).hexdigest()
+
+
+def forwarded_by_a_node(request: web.Request) -> str | None:
+    """The node that forwarded this request, if a node did (its token checks out)."""
+    node_id = request.headers.get(FORWARDED_BY)
+    token = request.headers.get(FORWARD_TOKEN)
+    if node_id is None or token is None:
+        return None
+    return node_id if hmac.compare_digest(forward_token(request.app[keys.FORWARD_KEY], node_id), token) else None
+
+
+# -- forwarding -----------------------------------------------------------------------------------
+
+
+async def answer_elsewhere(request: web.Request, handler: Handler, moved: NotOwner) -> web.StreamResponse:
+    """A request for an event this node does not serve: forward it to the owner (once more after a
+    421), serve it here after all if the shard came to this node meanwhile, or 503."""
+    cluster = request.app[keys.CLUSTER]
+    if forwarded_by_a_node(request) is not None:
+        # Never forwarded twice: the node that sent it will look again and retry.
+        return problem_response(421, "owner_changed", "this node does not own the event (any more)")
+    tried: str | None = None
+    for _ in range(2):
+        url = _owner_url(cluster, moved.shard)
+        if url is None or url == tried:
+            await cluster.wait_map_changed(limits.SHARD_OWNER_WAIT_S)
+            if moved.shard is not None and cluster.serving(moved.shard):
+                return await handler(request)
+            url = _owner_url(cluster, moved.shard)
+        if url is None or url == tried:
+            break
+        response = await forward(request, url)
+        if response.status != 421:
+            return response
+        tried = url
+    raise ProblemError(503, "owner_changed", "the event's owner is changing; retry shortly")
+
+
+def _owner_url(cluster: Membership, shard: int | None) -> str | None:
+    return cluster.some_owner_url() if shard is None else cluster.owner_url(shard)
+
+
+async def forward(request: web.Request, url: str) -> web.StreamResponse:
+    """Send the request to the node at `url` and relay its answer (a stream as a stream)."""
+    app = request.app
+    cluster = app[keys.CLUSTER]
+    in_flight = app[keys.FORWARDS_IN_FLIGHT]
+    if in_flight.locked():
+        raise ProblemError(503, "overloaded", "too many requests are being forwarded; retry shortly")
+    headers = CIMultiDict((name, value) for name, value in request.headers.items() if name not in _HOP_BY_HOP)
+    headers[X_REQUEST_ID] = request.get(keys.REQUEST_ID, "")
+    headers[FORWARDED_BY] = cluster.node_id
+    headers[FORWARD_TOKEN] = forward_token(app[keys.FORWARD_KEY], cluster.node_id)
+    body = await request.read() if request.can_read_body else None
+    metrics = app[keys.METRICS]
+    started = time.perf_counter()
+    async with in_flight:
+        try:
+            upstream = await app[keys.FORWARDER].request(
+                request.method, url + str(request.rel_url), headers=headers, data=body, allow_redirects=False
+            )
+        except (aiohttp.ClientConnectionError, TimeoutError) as error:
+            metrics.observe_forward("unreachable", time.perf_counter() - started)
+            log.warning("forward_failed", url=url, path=request.path, error=repr(error))
+            if isinstance(error, aiohttp.ClientConnectorError) or request.method == "GET":
+                raise ProblemError(503, "owner_changed", "the event's node does not answer; retry shortly") from None
+            raise ProblemError(
+                503, "unavailable", "the outcome is not known; retry with the same Idempotency-Key"
+            ) from None
+        try:
+            if upstream.content_type == "text/event-stream":
+                return await _relay_stream(request, upstream)
+            answer = await upstream.read()
+        finally:
+            upstream.release()
+    metrics.observe_forward("relayed" if upstream.status != 421 else "misdirected", time.perf_counter() - started)
+    response = web.Response(status=upstream.status, body=answer)
+    for name, value in upstream.headers.items():
+        if name not in _HOP_BY_HOP:
+            response.headers.add(name, value)
+    return response
+
+
+async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    response = web.StreamResponse(status=upstream.status)
+    for name, value in upstream.headers.items():
+        if name not in _HOP_BY_HOP:
+            response.headers[name] = value
+    add_response_headers(request, response)
+    await response.prepare(request)
+    try:
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+    except (aiohttp.ClientError, ConnectionError):
+        pass  # either side went away: the client reconnects
+    return response
+
+
+# -- views of other nodes' events (listings, a user's history) -------------------------------------
+
+
+async def views_elsewhere(
+    request: web.Request, event_ids: list[str], reservation_ids: list[str]
+) -> tuple[dict[str, EventSummary], dict[str, Reservation]]:
+    """The committed views of events and reservations this node does not serve, from their owners
+    (one request per owner); those whose owner is unknown or does not answer are left out."""
+    cluster = request.app[keys.CLUSTER]
+    wanted: dict[str, ViewsIn] = {}
+    for event_id in event_ids:
+        url = cluster.owner_url(cluster.shard_of(event_id))
+        if url is not None:
+            wanted.setdefault(url, ViewsIn()).event_ids.append(event_id)
+    for reservation_id in reservation_ids:
+        event_id = domain.event_id_of(reservation_id)
+        url = cluster.owner_url(cluster.shard_of(event_id)) if event_id else None
+        if url is not None:
+            wanted.setdefault(url, ViewsIn()).reservation_ids.append(reservation_id)
+    answers = await asyncio.gather(*(_ask_views(request, url, views) for url, views in wanted.items()))
+    events: dict[str, EventSummary] = {}
+    reservations: dict[str, Reservation] = {}
+    for answer in answers:
+        if answer is not None:
+            events.update(answer.events)
+            reservations.update(answer.reservations)
+    return events, reservations
+
+
+async def _ask_views(request: web.Request, url: str, views: ViewsIn) -> ViewsOut | None:
+    app = request.app
+    cluster = app[keys.CLUSTER]
+    headers = {
+        FORWARDED_BY: cluster.node_id,
+        FORWARD_TOKEN: forward_token(app[keys.FORWARD_KEY], cluster.node_id),
+        hdrs.CONTENT_TYPE: "application/json",
+        X_REQUEST_ID: request.get(keys.REQUEST_ID, ""),
+    }
+    try:
+        async with app[keys.FORWARDER].post(url + INTERNAL_VIEWS_PATH, data=schemas.ENCODER.encode(views), headers=headers) as answer:
+            if answer.status != 200:
+                return None
+            return _VIEWS_OUT.decode(await answer.read())
+    except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError) as error:
+        log.warning("views_unavailable", url=url, error=repr(error))
+        return None
+
+
+async def internal_views(request: web.Request) -> web.Response:
+    """POST /internal/v1/views (nodes only): the committed views of the events and reservations
+    this node serves, of those asked for."""
+    if forwarded_by_a_node(request) is None:
+        raise ProblemError(403, "forbidden", "only the cluster's nodes ask for views")
+    asked = _VIEWS_IN.decode(await request.read())
+    if len(asked.event_ids) + len(asked.reservation_ids) > 2 * limits.PAGE_ITEMS_MAX:
+        raise ProblemError(413, "payload_too_large", f"at most {2 * limits.PAGE_ITEMS_MAX} views at once")
+    registry = request.app[keys.REGISTRY]
+    events: dict[str, EventSummary] = {}
+    reservations: dict[str, Reservation] = {}
+    for event_id in asked.event_ids:
+        view = await _served_view(registry, event_id)
+        if view is not None:
+            events[event_id] = view
+    for reservation_id in asked.reservation_ids:
+        event_id = domain.event_id_of(reservation_id)
+        actor = await _served_actor(registry, event_id) if event_id else None
+        reservation = actor.reservation(reservation_id) if actor is not None else None
+        if reservation is not None:
+            reservations[reservation_id] = reservation
+    return web.Response(body=schemas.ENCODER.encode(ViewsOut(events, reservations)), content_type="application/json")
+
+
+async def _served_actor(registry: Any, event_id: str) -> Any:
+    try:
+        registry.check_serving(event_id)
+        return registry.get(event_id) or await registry.actor(event_id)
+    except (NotOwner, ProblemError):
+        return None
+    except Exception as error:  # noqa: BLE001 - Unavailable and the like: this view is left out
+        log.info("view_left_out", event_id=event_id, error=repr(error))
+        return None
+
+
+async def _served_view(registry: Any, event_id: str) -> EventSummary | None:
+    actor = await _served_actor(registry, event_id)
+    return actor.view() if actor is not None else None
+
+
+# -- GET /v1/cluster --------------------------------------------------------------------------------
+
+
+class ClusterNodeOut(msgspec.Struct):
+    node_id: str
+    url: str
+    lb_server_id: int | None
+    heartbeat_age_s: float
+    draining: bool
+    live: bool
+    shards: int
+    target_shards: int
+
+
+class ClusterShardOut(msgspec.Struct):
+    shard: int
+    owner: str | None
+    epoch: int
+    local_lease_left_s: float | None
+
+
+class ClusterOut(msgspec.Struct):
+    node_id: str
+    url: str
+    shard_count: int
+    draining: bool
+    nodes: list[ClusterNodeOut]
+    shards: list[ClusterShardOut]
+
+
+async def cluster_view(request: web.Request) -> web.Response:
+    principal = request[keys.PRINCIPAL]
+    if principal.role != "admin":
+        raise ProblemError(403, "forbidden", "only admins see the cluster")
+    view = msgspec.convert(request.app[keys.CLUSTER].view(), ClusterOut)
+    return web.Response(body=schemas.ENCODER.encode(view), content_type="application/json")
