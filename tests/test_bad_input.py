@@ -8,11 +8,13 @@ number of log records must be exactly what they were.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 
 from inventoryd import limits
+from inventoryd.http.schemas import MOMENT_PATTERN, digits_between
 from tests.helpers import create_event, event_body
 
 RESERVE = "/v1/events/{event_id}/reservations"
@@ -167,3 +169,51 @@ async def test_text_postgresql_cannot_store_is_refused_at_the_edge(client: Any, 
     )
     assert_problem(response, await response.json(), 422, "$.email")
     assert await db.fetchval("SELECT count(*) FROM events") == 0
+
+
+# -- the hardening findings' classes, where else they were: times, cursors, keys, query integers --
+
+
+def test_the_documented_time_pattern_is_the_year_bound_the_server_checks() -> None:
+    """Finding 5: the document states the years as a pattern; it must take exactly the years the
+    server takes (all 10,000 four-digit years tried), and `digits_between` any range."""
+    for year in range(10_000):
+        in_bounds = limits.MOMENT_YEAR_MIN <= year <= limits.MOMENT_YEAR_MAX
+        assert (re.search(MOMENT_PATTERN, f"{year:04d}-06-01T19:00:00Z") is not None) == in_bounds, year
+    for low, high in [(0, 9999), (123, 4567), (1999, 2001), (5, 5), (2000, 2999), (9990, 9999)]:
+        pattern = re.compile(f"^{digits_between(f'{low:04d}', f'{high:04d}')}$")
+        assert [n for n in range(10_000) if (pattern.match(f"{n:04d}") is not None) != (low <= n <= high)] == []
+
+
+# Times at the edges of the years: accepted (and stored, and paged through by cursor) or refused.
+EDGE_TIMES = [
+    ("2000-01-01T00:00:00+23:59", 201),  # 1999-12-31T00:01Z in UTC: still storable
+    ("9998-12-31T23:59:59.999999-23:59", 201),  # 9999-01-01T23:58:59.999999Z
+    ("1999-12-31T23:59:59Z", 422),
+    ("9999-01-01T00:00:00Z", 422),
+]
+
+
+async def test_times_at_the_edges_of_the_years(client: Any, db: Any) -> None:
+    """Finding 5, the bounds themselves: a time written in the first or last year is stored, and
+    the catalogue pages through such events by cursor (its UTC keys a day beyond those years);
+    one a year beyond is refused naming the field, on create and on change."""
+    event = await create_event(client)
+    for moment, status in EDGE_TIMES:
+        response = await client.post("/v1/events", json=event_body(name=moment, starts_at=moment))
+        assert response.status == status, await response.text()
+        if status == 422:
+            assert (await response.json())["field"] == "$.starts_at"
+            response = await client.patch(f"/v1/events/{event['id']}", json={"cancel_until": moment})
+            assert_problem(response, await response.json(), 422, "$.cancel_until")
+    for sort in ("starts_at", "-starts_at"):
+        names, cursor = [], None
+        while True:
+            params = {"sort": sort, "limit": "1"} | ({"cursor": cursor} if cursor else {})
+            response = await client.get("/v1/events", params=params)
+            assert response.status == 200, await response.text()
+            page = await response.json()
+            names += [item["name"] for item in page["items"]]
+            if not (cursor := page["next_cursor"]):
+                break
+        assert len(names) == 3 and names[0 if sort == "starts_at" else -1] == EDGE_TIMES[0][0], names

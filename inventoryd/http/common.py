@@ -232,6 +232,8 @@ def time_query(request: web.Request, name: str) -> datetime | None:
         raise invalid(f"{name} must be an RFC 3339 time", name, 400) from None
     if moment.tzinfo is None:
         raise invalid(f"{name} needs a time zone (e.g. Z)", name, 400)
+    if problem := schemas.moment_problem(moment, name):
+        raise invalid(problem, name, 400)
     return moment
 
 
