@@ -7,6 +7,7 @@ number of log records must be exactly what they were.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from typing import Any
@@ -217,3 +218,35 @@ async def test_times_at_the_edges_of_the_years(client: Any, db: Any) -> None:
             if not (cursor := page["next_cursor"]):
                 break
         assert len(names) == 3 and names[0 if sort == "starts_at" else -1] == EDGE_TIMES[0][0], names
+
+
+def forge_cursor(values: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+FORGED_CURSORS = [
+    ("catalogue newest first, a date out of range", "/v1/events?sort=-starts_at", ["-starts_at", "9999-12-31T23:59:59-23:59", "evt_x"]),
+    ("catalogue, a time without a zone", "/v1/events", ["starts_at", "2027-06-01T19:00:00", "evt_x"]),
+    ("catalogue, a date without a time", "/v1/events", ["starts_at", "2027-06-01", "evt_x"]),
+    ("event reservations, negative", "/v1/events/{event_id}/reservations", -1),
+    ("event reservations, beyond the numbering", "/v1/events/{event_id}/reservations", 2),
+    ("user reservations, a time without a zone", "/v1/users/someone/reservations", ["2027-01-01T00:00:00", "evt_x", 1]),
+    ("user reservations, a negative number", "/v1/users/someone/reservations", ["2027-01-01T00:00:00Z", "evt_x", -1]),
+]
+
+
+@pytest.mark.parametrize(("name", "path", "values"), FORGED_CURSORS, ids=[case[0] for case in FORGED_CURSORS])
+async def test_cursors_the_service_never_issues_are_400(client: Any, name: str, path: str, values: Any) -> None:
+    """Finding 6, beyond the reported cases: cursors no page ever answered (another sort, a time
+    without its zone, a number below zero or past the event's reservations) are a 400 naming
+    `cursor` (some answered 500, the others a page of a query nobody asked)."""
+    event = await create_event(client)
+    response = await client.post(RESERVE.format(event_id=event["id"]), json={"ticket_type": "GA", "quantity": 1, "user_id": "someone"})
+    assert response.status == 201
+    url = path.format(event_id=event["id"])
+    response = await client.get(f"{url}{'&' if '?' in url else '?'}cursor={forge_cursor(values)}")
+    problem = await response.json()
+    assert_problem(response, problem, 400, "cursor")
+    assert problem["detail"] == "cursor is not one this service issued"
+
+

@@ -7,7 +7,7 @@ import binascii
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, overload
 
 import msgspec
@@ -272,13 +272,55 @@ def encode_cursor(values: Any) -> str:
     return base64.urlsafe_b64encode(msgspec.json.encode(values)).decode().rstrip("=")
 
 
+def forged_cursor() -> ProblemError:
+    return invalid("cursor is not one this service issued", "cursor", 400)
+
+
+INT64_MAX = 2**63 - 1
+# The instants a cursor may hold: a stored time, in UTC (any offset is under a day), or the clock's.
+_CURSOR_EARLIEST = datetime(limits.MOMENT_YEAR_MIN, 1, 1, tzinfo=UTC) - timedelta(days=1)
+_CURSOR_LATEST = datetime(limits.MOMENT_YEAR_MAX + 1, 1, 1, tzinfo=UTC) + timedelta(days=1)
+
+
+def _issued(value: Any) -> bool:
+    """Whether every part of a decoded cursor is one the service could have put there: text
+    PostgreSQL can store, a count within a bigint, never negative, a time with its zone within the
+    years a time may have (so that neither asyncpg's conversion to UTC nor the query can fail)."""
+    if isinstance(value, str):
+        return _UNSTORABLE.search(value) is None
+    if isinstance(value, int):
+        return 0 <= value <= INT64_MAX
+    if isinstance(value, datetime):
+        return value.tzinfo is not None and _CURSOR_EARLIEST <= value <= _CURSOR_LATEST
+    if isinstance(value, (tuple, list)):
+        return all(_issued(part) for part in value)
+    return False
+
+
 def decode_cursor(request: web.Request, shape: Any) -> Any:
-    """The query's `cursor`, decoded to `shape`, or None; a cursor we did not issue is a 400."""
+    """The query's `cursor`, decoded to `shape` and each part checked, or None; a cursor we did
+    not issue is a 400 (also one whose parts could only fail in the database: every route that
+    pages gets this check here)."""
     cursor = request.query.get("cursor")
     if not cursor:
         return None
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return msgspec.json.decode(raw, type=shape)
+        values = msgspec.json.decode(raw, type=shape)
     except (binascii.Error, ValueError, msgspec.DecodeError):
-        raise invalid("cursor is not one this service issued", "cursor", 400) from None
+        raise forged_cursor() from None
+    if not _issued(values):
+        raise forged_cursor()
+    return values
+
+
+def cursor_moment(text: str) -> datetime:
+    """A time a cursor holds as text (RFC 3339, as `encode_cursor` wrote it), checked as
+    `decode_cursor` checks its parts."""
+    try:
+        moment = msgspec.json.decode(msgspec.json.encode(text), type=datetime)
+    except msgspec.ValidationError:
+        raise forged_cursor() from None
+    if not _issued(moment):
+        raise forged_cursor()
+    return moment

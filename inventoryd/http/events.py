@@ -26,8 +26,10 @@ from inventoryd.http.common import (
     actor_of,
     actor_or_none,
     choice_query,
+    cursor_moment,
     decode_cursor,
     encode_cursor,
+    forged_cursor,
     idempotency_key,
     int_query,
     json_response,
@@ -147,10 +149,7 @@ async def list_events(request: web.Request) -> web.Response:
         cursor_sort, key, event_id = cursor
         if cursor_sort != sort:
             raise invalid("cursor belongs to another sort order", "cursor", 400)
-        try:
-            after = (key if sort == "name" else datetime.fromisoformat(key), event_id)
-        except ValueError:
-            raise invalid("cursor is not one this service issued", "cursor", 400) from None
+        after = (key if sort == "name" else cursor_moment(key), event_id)
     query = store.CatalogueQuery(
         text=text_query(request, "q"),
         category=text_query(request, "category"),
@@ -357,9 +356,11 @@ async def event_reservations(request: web.Request) -> web.Response:
     limit = int_query(request, "limit", limits.PAGE_ITEMS_DEFAULT, 1, limits.PAGE_ITEMS_MAX)
     after = decode_cursor(request, int) or 0
     # Reservation ids are numbered in the order they were made: walk the numbers after the cursor.
+    last_number = actor.inventory.reservations_created
+    if after > last_number:
+        raise forged_cursor()
     items: list[Reservation] = []
     number = after
-    last_number = actor.inventory.reservations_created
     while number < last_number and len(items) < limit and number - after < limits.RESERVATION_SCAN_MAX:
         number += 1
         reservation = actor.reservation(domain.reservation_id_for(actor.event_id, number))
