@@ -250,3 +250,40 @@ async def test_cursors_the_service_never_issues_are_400(client: Any, name: str, 
     assert problem["detail"] == "cursor is not one this service issued"
 
 
+DUPLICATE_KEYS = [
+    ("ticket type", "POST", "/v1/events/{event_id}/ticket-types", b'{"code": "VIP", "name": "VIP", "price": 1, "capacity": 5, "price": 0}', "$.price"),
+    ("ticket type change", "PATCH", "/v1/events/{event_id}/ticket-types/GA", b'{"capacity": 100, "capacity": 1}', "$.capacity"),
+    ("reservation, space before the colon", "POST", RESERVE, b'{"ticket_type": "GA", "quantity" : 1, "quantity"\n:\t100, "user_id": "u"}', "$.quantity"),
+    ("event change, the second one null", "PATCH", "/v1/events/{event_id}", b'{"venue": "A", "city": "B", "venue": null}', "$.venue"),
+]
+
+
+@pytest.mark.parametrize(("name", "method", "path", "raw", "field"), DUPLICATE_KEYS, ids=[case[0] for case in DUPLICATE_KEYS])
+async def test_duplicate_keys_are_refused_in_every_body(client: Any, db: Any, name: str, method: str, path: str, raw: bytes, field: str) -> None:
+    """Finding 11, the other bodies: a key given twice is a 400 naming it, and nothing changes."""
+    event = await create_event(client)
+    before = await snapshot(client, db, event["id"])
+    response = await client.request(method, path.format(event_id=event["id"]), data=raw, headers=JSON_HEADERS)
+    assert_problem(response, await response.json(), 400, field)
+    assert await snapshot(client, db, event["id"]) == before
+
+
+async def test_duplicate_keys_are_refused_in_account_bodies(start: Any) -> None:
+    """Finding 11, the accounts' bodies: registering with `role` given twice is refused."""
+    client = await start(headers=None, settings={"rate_limits": False})
+    raw = b'{"email": "twice@example.org", "password": "correct horse battery", "name": "T", "role": "attendee", "role": "organizer"}'
+    response = await client.post("/v1/auth/register", data=raw, headers=JSON_HEADERS)
+    assert_problem(response, await response.json(), 400, "$.role")
+    response = await client.post("/v1/auth/login", data=b'{"email": "twice@example.org", "password": "x", "password": "y"}', headers=JSON_HEADERS)
+    assert_problem(response, await response.json(), 400, "$.password")
+
+
+async def test_a_key_end_inside_a_string_is_no_duplicate(client: Any) -> None:
+    """Finding 11, the fast path's other side: text that looks like the end of a key (`":`) inside
+    a value, or the same key in two objects, is valid and accepted."""
+    raw = json.dumps(event_body(name='say ":" twice', description='"a": 1, "a": 2', ticket_types=[
+        {"code": "GA", "name": "GA", "price": 1, "capacity": 1}, {"code": "VIP", "name": "VIP", "price": 2, "capacity": 1}
+    ])).encode()
+    response = await client.post("/v1/events", data=raw, headers=JSON_HEADERS)
+    assert response.status == 201, await response.text()
+    assert (await response.json())["name"] == 'say ":" twice'
