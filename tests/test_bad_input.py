@@ -287,3 +287,15 @@ async def test_a_key_end_inside_a_string_is_no_duplicate(client: Any) -> None:
     response = await client.post("/v1/events", data=raw, headers=JSON_HEADERS)
     assert response.status == 201, await response.text()
     assert (await response.json())["name"] == 'say ":" twice'
+
+
+@pytest.mark.parametrize("value", ["+5", "5 ", "-1", "0x10", "1e1", "\uff15", "9" * 5000])
+@pytest.mark.parametrize("path", ["/v1/events", "/v1/events/{event_id}/reservations", "/v1/users/someone/reservations"])
+async def test_limit_is_ascii_digits_only(client: Any, path: str, value: str) -> None:
+    """Finding 11 (query), the other spellings Python's int() takes: a sign, a trailing space,
+    fullwidth digits; and a number too long to convert. Each a 400 naming `limit`."""
+    event = await create_event(client)
+    response = await client.get(path.format(event_id=event["id"]), params={"limit": value})
+    assert_problem(response, await response.json(), 400, "limit")
+    response = await client.get(path.format(event_id=event["id"]), params={"limit": "007"})
+    assert response.status == 200

@@ -273,16 +273,18 @@ def replayed(response: web.Response) -> web.Response:
 
 
 def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """A whole number in ASCII digits, between `low` and `high` (none of these take a negative).
+    Not Python's int(), which also takes spaces around, `_` between digits and any script's digits."""
     raw = request.query.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise invalid(f"{name} must be an integer", name, 400) from None
-    if not low <= value <= high:
+    if not (raw.isascii() and raw.isdigit()):
+        raise invalid(f"{name} must be an integer in ASCII digits", name, 400)
+    digits = raw.lstrip("0") or "0"
+    # Compared by length first: no int() of thousands of digits.
+    if len(digits) > len(str(high)) or not low <= int(digits) <= high:
         raise invalid(f"{name} must be between {low} and {high}", name, 400)
-    return value
+    return int(digits)
 
 
 def time_query(request: web.Request, name: str) -> datetime | None:
