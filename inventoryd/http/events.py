@@ -142,7 +142,7 @@ _SORTS: tuple[store.CatalogueSort, ...] = get_args(store.CatalogueSort)
 async def list_events(request: web.Request) -> web.Response:
     limit = int_query(request, "limit", limits.PAGE_ITEMS_DEFAULT, 1, limits.PAGE_ITEMS_MAX)
     sort = choice_query(request, "sort", _SORTS, "starts_at")
-    only_available = choice_query(request, "available", ("true", "false"), "false") == "true"
+    available = choice_query(request, "available", ("true", "false"), None)
     cursor = decode_cursor(request, tuple[str, str, str])
     after: store.CatalogueKey | None = None
     if cursor is not None:
@@ -178,15 +178,19 @@ async def list_events(request: web.Request) -> web.Response:
                 summary = actor.view() if actor is not None else None
                 if summary is None:
                     continue
-                if only_available and not (
-                    summary.status == "on_sale" and any(state.available > 0 for state in summary.ticket_types)
-                ):
+                if available is not None and _has_seats_to_sell(summary) != (available == "true"):
                     continue
                 items.append(event_out(summary))
             if last_key is not None:
                 query = dataclasses.replace(query, after=last_key)
     next_cursor = encode_cursor([sort, last_key[0], last_key[1]]) if more and last_key is not None else None
     return json_response(schemas.EventPage(items, next_cursor))
+
+
+def _has_seats_to_sell(summary: EventSummary) -> bool:
+    """What `available` filters on: true, on sale with a seat left in some ticket type; false,
+    sold out in every ticket type, or cancelled."""
+    return summary.status == "on_sale" and any(state.available > 0 for state in summary.ticket_types)
 
 
 async def get_event(request: web.Request) -> web.Response:

@@ -36,7 +36,12 @@ _CATALOGUE_QUERY = (
     QueryParameter("venue", "exact venue (any case)", _TEXT),
     QueryParameter("from", f"starts at or after (RFC 3339, {MOMENT_YEARS})", _MOMENT),
     QueryParameter("to", f"starts before (RFC 3339, {MOMENT_YEARS})", _MOMENT),
-    QueryParameter("available", "only events with seats to sell", {"type": "string", "enum": ["true", "false"]}),
+    QueryParameter(
+        "available",
+        "true: only events with seats to sell (on sale, a seat left in some ticket type); false: only events with"
+        " none (sold out in every ticket type, or cancelled); absent: every event",
+        {"type": "string", "enum": ["true", "false"]},
+    ),
     QueryParameter("sort", "order", {"type": "string", "enum": ["starts_at", "-starts_at", "name"]}),
     _LIMIT,
     _CURSOR,
