@@ -116,6 +116,15 @@ PAGE_ITEMS_DEFAULT: Final = 50
 # Text fields of events.
 NAME_CHARS_MAX: Final = 200
 DESCRIPTION_CHARS_MAX: Final = 10_000
+# Every time a request gives (an event's dates, the catalogue's `from` and `to`) is written in a
+# year from MOMENT_YEAR_MIN to MOMENT_YEAR_MAX, as written (before its offset is applied): a bound a
+# client can check on the text and the OpenAPI document can state as a pattern. Taken to UTC, as
+# asyncpg does before PostgreSQL stores it, any offset (under a day) keeps it within a day of those
+# years, which Python's datetime (years 1 to 9999) and PostgreSQL's timestamptz both hold: 9999 is
+# out because 9999-12-31 at a negative offset is year 10000 in UTC (and 0001-01-01 at a positive
+# one year 0), and an event before 2000 is a typo, not an on-sale.
+MOMENT_YEAR_MIN: Final = 2000
+MOMENT_YEAR_MAX: Final = 9998
 # The cyclic garbage collector's young generation: collections start after this many new container
 # objects (CPython's default is 700). An on-sale keeps thousands of request objects in flight, which
 # every young collection walks again; a larger threshold walks them far less often.
@@ -216,6 +225,7 @@ _must(RECOVERY_BATCH_BYTES > 0 and RECOVERY_SLICE_S > 0, "recovery reads and sli
 _must(COLD_ACTOR_WAIT_S < REQUEST_TIMEOUT_S, "a request waits for a cold actor less than its whole wait")
 _must(HOLD_SECONDS_MIN <= HOLD_SECONDS_DEFAULT <= HOLD_SECONDS_MAX, "the default hold is within its bounds")
 _must(PAGE_ITEMS_DEFAULT <= PAGE_ITEMS_MAX, "the default page fits the largest")
+_must(1 < MOMENT_YEAR_MIN <= MOMENT_YEAR_MAX < 9999, "every accepted time is a UTC datetime, a day from the edges")
 _must(IDEMPOTENCY_RETENTION_S >= 24 * 3600, "idempotency keys are kept at least 24 hours (API.md)")
 _must(0 < IDEMPOTENCY_KNOWN_GENERATION_S <= IDEMPOTENCY_RETENTION_S, "a generation of known keys fits the retention")
 _must(IDEMPOTENCY_CLOCK_SKEW_S >= 0, "the allowed clock skew is not negative")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, overload
 
 import msgspec
@@ -70,11 +71,73 @@ async def read_json(request: web.Request, decoder: msgspec.json.Decoder[Any]) ->
     if not body:
         raise invalid("the request needs a JSON body", status=400)
     try:
-        return decoder.decode(body)
+        decoded = decoder.decode(body)
     except msgspec.DecodeError as error:
         raise from_decode_error(error) from None
     except UnicodeDecodeError as error:
         raise invalid(f"the body is not valid UTF-8 (byte {error.start})", status=400) from None
+    refuse_duplicate_keys(body)
+    return decoded
+
+
+# The end of a key: its closing quote, JSON's whitespace, the colon.
+_KEY_END = re.compile(rb'"[ \t\n\r]*:')
+_CONTAINERS = (dict, list)
+_GENERIC = msgspec.json.Decoder()
+
+
+def _keys(value: dict[str, Any] | list[Any]) -> int:
+    """How many keys the objects in a decoded JSON value have, at any depth."""
+    items: Iterable[Any] = value
+    count = 0
+    if isinstance(value, dict):
+        count = len(value)
+        items = value.values()
+    for item in items:
+        if isinstance(item, _CONTAINERS):
+            count += _keys(item)
+    return count
+
+
+class _Members(list[tuple[str, Any]]):
+    """One object's members as written, duplicates kept (json's object_pairs_hook)."""
+
+
+def _first_duplicate(value: Any, path: str) -> str | None:
+    """The path of the first key given twice in its object, in the order written, or None."""
+    if isinstance(value, _Members):
+        seen: set[str] = set()
+        for key, item in value:
+            at = f"{path}.{key}" if key.isidentifier() else f"{path}[{schemas.ENCODER.encode(key).decode()}]"
+            if key in seen:
+                return at
+            seen.add(key)
+            if (found := _first_duplicate(item, at)) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := _first_duplicate(item, f"{path}[{index}]")) is not None:
+                return found
+    return None
+
+
+def refuse_duplicate_keys(body: bytes) -> None:
+    """400 if an object in `body` (JSON that decoded) has a key twice, which msgspec would take
+    the last of: not valid JSON in I-JSON's terms (RFC 7493), and a way to slip one value past a
+    check that reads another. The exact search (the stdlib's parser, which keeps every member) costs
+    about four times a decode, so it runs only when the body may have a duplicate: every key ends
+    in a match of _KEY_END, so if there are no more matches than keys in the decoded objects (where
+    a duplicate counts once), no key is written twice. A string holding `":` only costs the search."""
+    written = len(_KEY_END.findall(body))
+    if written == 0:
+        return
+    decoded = _GENERIC.decode(body)
+    # The top object's keys alone, first: a flat body (a reservation) is done without a walk.
+    if (type(decoded) is dict and written <= len(decoded)) or written <= _keys(decoded):
+        return
+    path = _first_duplicate(json.loads(body, object_pairs_hook=_Members), "$")
+    if path is not None:
+        raise invalid(f"the body is not valid JSON: the key {path} is given twice", path, 400)
 
 
 async def refuse_body(request: web.Request, what: str) -> None:
@@ -213,16 +276,18 @@ def replayed(response: web.Response) -> web.Response:
 
 
 def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """A whole number in ASCII digits, between `low` and `high` (none of these take a negative).
+    Not Python's int(), which also takes spaces around, `_` between digits and any script's digits."""
     raw = request.query.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise invalid(f"{name} must be an integer", name, 400) from None
-    if not low <= value <= high:
+    if not (raw.isascii() and raw.isdigit()):
+        raise invalid(f"{name} must be an integer in ASCII digits", name, 400)
+    digits = raw.lstrip("0") or "0"
+    # Compared by length first: no int() of thousands of digits.
+    if len(digits) > len(str(high)) or not low <= int(digits) <= high:
         raise invalid(f"{name} must be between {low} and {high}", name, 400)
-    return value
+    return int(digits)
 
 
 def time_query(request: web.Request, name: str) -> datetime | None:
@@ -235,6 +300,8 @@ def time_query(request: web.Request, name: str) -> datetime | None:
         raise invalid(f"{name} must be an RFC 3339 time", name, 400) from None
     if moment.tzinfo is None:
         raise invalid(f"{name} needs a time zone (e.g. Z)", name, 400)
+    if problem := schemas.moment_problem(moment, name):
+        raise invalid(problem, name, 400)
     return moment
 
 
@@ -273,13 +340,55 @@ def encode_cursor(values: Any) -> str:
     return base64.urlsafe_b64encode(msgspec.json.encode(values)).decode().rstrip("=")
 
 
+def forged_cursor() -> ProblemError:
+    return invalid("cursor is not one this service issued", "cursor", 400)
+
+
+INT64_MAX = 2**63 - 1
+# The instants a cursor may hold: a stored time, in UTC (any offset is under a day), or the clock's.
+_CURSOR_EARLIEST = datetime(limits.MOMENT_YEAR_MIN, 1, 1, tzinfo=UTC) - timedelta(days=1)
+_CURSOR_LATEST = datetime(limits.MOMENT_YEAR_MAX + 1, 1, 1, tzinfo=UTC) + timedelta(days=1)
+
+
+def _issued(value: Any) -> bool:
+    """Whether every part of a decoded cursor is one the service could have put there: text
+    PostgreSQL can store, a count within a bigint, never negative, a time with its zone within the
+    years a time may have (so that neither asyncpg's conversion to UTC nor the query can fail)."""
+    if isinstance(value, str):
+        return _UNSTORABLE.search(value) is None
+    if isinstance(value, int):
+        return 0 <= value <= INT64_MAX
+    if isinstance(value, datetime):
+        return value.tzinfo is not None and _CURSOR_EARLIEST <= value <= _CURSOR_LATEST
+    if isinstance(value, (tuple, list)):
+        return all(_issued(part) for part in value)
+    return False
+
+
 def decode_cursor(request: web.Request, shape: Any) -> Any:
-    """The query's `cursor`, decoded to `shape`, or None; a cursor we did not issue is a 400."""
+    """The query's `cursor`, decoded to `shape` and each part checked, or None; a cursor we did
+    not issue is a 400 (also one whose parts could only fail in the database: every route that
+    pages gets this check here)."""
     cursor = request.query.get("cursor")
     if not cursor:
         return None
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return msgspec.json.decode(raw, type=shape)
+        values = msgspec.json.decode(raw, type=shape)
     except (binascii.Error, ValueError, msgspec.DecodeError):
-        raise invalid("cursor is not one this service issued", "cursor", 400) from None
+        raise forged_cursor() from None
+    if not _issued(values):
+        raise forged_cursor()
+    return values
+
+
+def cursor_moment(text: str) -> datetime:
+    """A time a cursor holds as text (RFC 3339, as `encode_cursor` wrote it), checked as
+    `decode_cursor` checks its parts."""
+    try:
+        moment = msgspec.json.decode(msgspec.json.encode(text), type=datetime)
+    except msgspec.ValidationError:
+        raise forged_cursor() from None
+    if not _issued(moment):
+        raise forged_cursor()
+    return moment

@@ -26,8 +26,10 @@ from inventoryd.http.common import (
     actor_of,
     actor_or_none,
     choice_query,
+    cursor_moment,
     decode_cursor,
     encode_cursor,
+    forged_cursor,
     idempotency_key,
     int_query,
     json_response,
@@ -142,17 +144,14 @@ _SORTS: tuple[store.CatalogueSort, ...] = get_args(store.CatalogueSort)
 async def list_events(request: web.Request) -> web.Response:
     limit = int_query(request, "limit", limits.PAGE_ITEMS_DEFAULT, 1, limits.PAGE_ITEMS_MAX)
     sort = choice_query(request, "sort", _SORTS, "starts_at")
-    only_available = choice_query(request, "available", ("true", "false"), "false") == "true"
+    available = choice_query(request, "available", ("true", "false"), None)
     cursor = decode_cursor(request, tuple[str, str, str])
     after: store.CatalogueKey | None = None
     if cursor is not None:
         cursor_sort, key, event_id = cursor
         if cursor_sort != sort:
             raise invalid("cursor belongs to another sort order", "cursor", 400)
-        try:
-            after = (key if sort == "name" else datetime.fromisoformat(key), event_id)
-        except ValueError:
-            raise invalid("cursor is not one this service issued", "cursor", 400) from None
+        after = (key if sort == "name" else cursor_moment(key), event_id)
     query = store.CatalogueQuery(
         text=text_query(request, "q"),
         category=text_query(request, "category"),
@@ -181,15 +180,19 @@ async def list_events(request: web.Request) -> web.Response:
                 summary = actor.view() if actor is not None else None
                 if summary is None:
                     continue
-                if only_available and not (
-                    summary.status == "on_sale" and any(state.available > 0 for state in summary.ticket_types)
-                ):
+                if available is not None and _has_seats_to_sell(summary) != (available == "true"):
                     continue
                 items.append(event_out(summary))
             if last_key is not None:
                 query = dataclasses.replace(query, after=last_key)
     next_cursor = encode_cursor([sort, last_key[0], last_key[1]]) if more and last_key is not None else None
     return json_response(schemas.EventPage(items, next_cursor))
+
+
+def _has_seats_to_sell(summary: EventSummary) -> bool:
+    """What `available` filters on: true, on sale with a seat left in some ticket type; false,
+    sold out in every ticket type, or cancelled."""
+    return summary.status == "on_sale" and any(state.available > 0 for state in summary.ticket_types)
 
 
 async def get_event(request: web.Request) -> web.Response:
@@ -386,9 +389,11 @@ async def event_reservations(request: web.Request) -> web.Response:
     limit = int_query(request, "limit", limits.PAGE_ITEMS_DEFAULT, 1, limits.PAGE_ITEMS_MAX)
     after = decode_cursor(request, int) or 0
     # Reservation ids are numbered in the order they were made: walk the numbers after the cursor.
+    last_number = actor.inventory.reservations_created
+    if after > last_number:
+        raise forged_cursor()
     items: list[Reservation] = []
     number = after
-    last_number = actor.inventory.reservations_created
     while number < last_number and len(items) < limit and number - after < limits.RESERVATION_SCAN_MAX:
         number += 1
         reservation = actor.reservation(domain.reservation_id_for(actor.event_id, number))

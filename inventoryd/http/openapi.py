@@ -31,7 +31,7 @@ except ImportError:  # the docs page says so instead of failing the service
     SWAGGER_UI_PATH = None
 
 _ERRORS = {
-    400: "Malformed request: bad JSON, a bad query parameter or header",
+    400: "Malformed request: bad JSON (also a key given twice in one object: I-JSON, RFC 7493), a bad query parameter or header",
     401: "No valid bearer token (also on public routes, when the Authorization header sent is not valid)",
     403: "The token's role or owner may not do this",
     404: "No such event, reservation, ticket or route",

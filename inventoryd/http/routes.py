@@ -9,7 +9,7 @@ from inventoryd import limits
 from inventoryd.domain import Reservation, ReservationStatus
 from inventoryd.http import account_routes, events, openapi, operations, reservations, schemas
 from inventoryd.http.common import QueryParameter, Route
-from inventoryd.http.schemas import STORABLE_TEXT
+from inventoryd.http.schemas import MOMENT_PATTERN, MOMENT_YEARS, STORABLE_TEXT
 
 _LIMIT = QueryParameter(
     "limit",
@@ -22,6 +22,8 @@ _CURSOR = QueryParameter(
 )
 # Text that reaches SQL: PostgreSQL cannot store a NUL (400, as a text longer than the bound).
 _TEXT = {"type": "string", "maxLength": limits.NAME_CHARS_MAX, "pattern": STORABLE_TEXT}
+# A time, as an event's are given: the same years (400 beyond).
+_MOMENT = {"type": "string", "format": "date-time", "pattern": MOMENT_PATTERN}
 _STATUS = QueryParameter(
     "status",
     "only reservations in this status",
@@ -32,9 +34,14 @@ _CATALOGUE_QUERY = (
     QueryParameter("category", "exact category (any case)", _TEXT),
     QueryParameter("city", "exact city (any case)", _TEXT),
     QueryParameter("venue", "exact venue (any case)", _TEXT),
-    QueryParameter("from", "starts at or after (RFC 3339)", {"type": "string", "format": "date-time"}),
-    QueryParameter("to", "starts before (RFC 3339)", {"type": "string", "format": "date-time"}),
-    QueryParameter("available", "only events with seats to sell", {"type": "string", "enum": ["true", "false"]}),
+    QueryParameter("from", f"starts at or after (RFC 3339, {MOMENT_YEARS})", _MOMENT),
+    QueryParameter("to", f"starts before (RFC 3339, {MOMENT_YEARS})", _MOMENT),
+    QueryParameter(
+        "available",
+        "true: only events with seats to sell (on sale, a seat left in some ticket type); false: only events with"
+        " none (sold out in every ticket type, or cancelled); absent: every event",
+        {"type": "string", "enum": ["true", "false"]},
+    ),
     QueryParameter("sort", "order", {"type": "string", "enum": ["starts_at", "-starts_at", "name"]}),
     _LIMIT,
     _CURSOR,

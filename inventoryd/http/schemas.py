@@ -7,14 +7,16 @@ restates in JSON Schema's syntax (`documented_pattern`)."""
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeAlias
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeAlias, get_args
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from inventoryd import limits
 from inventoryd.domain import Reservation, ShownEventStatus, TicketStatus
+from inventoryd.errors import InvalidRequest
 
 # Patterns end in `\Z`, the very end: Python's `$` also matches before a final newline, which would
 # let "GA\n" through as a code. The document writes `$`, which in JSON Schema (ECMA-262) is the end.
@@ -49,6 +51,62 @@ def integral(value: Any) -> Any:
     return int(value) if type(value) is float else value
 
 
+def digits_between(low: str, high: str) -> str:
+    """A pattern for the numbers from `low` to `high`, both written with as many digits (leading
+    zeros kept): `[0-9]`, not `\\d`, which in Python takes any script's digits."""
+    if low == high:
+        return low
+    rest_low, rest_high = low[1:], high[1:]
+    if low[0] == high[0]:
+        return low[0] + digits_between(rest_low, rest_high)
+    zeros, nines = "0" * len(rest_low), "9" * len(rest_low)
+    parts = []
+    first, last = int(low[0]), int(high[0])
+    if rest_low != zeros:
+        parts.append(low[0] + digits_between(rest_low, nines))
+        first += 1
+    if rest_high != nines:
+        last -= 1
+    if first <= last:
+        parts.append((str(first) if first == last else f"[{first}-{last}]") + "[0-9]" * len(rest_low))
+    if rest_high != nines:
+        parts.append(high[0] + digits_between(zeros, rest_high))
+    return parts[0] if len(parts) == 1 else f"(?:{'|'.join(parts)})"
+
+
+# A time's year as written, at the start of its text (see limits.MOMENT_YEAR_MIN): the document
+# states it as a pattern beside `format: date-time`; the server checks the decoded year, the same.
+MOMENT_PATTERN = f"^{digits_between(f'{limits.MOMENT_YEAR_MIN:04d}', f'{limits.MOMENT_YEAR_MAX:04d}')}-"
+MOMENT_YEARS = f"in the years {limits.MOMENT_YEAR_MIN} to {limits.MOMENT_YEAR_MAX}, as written"
+
+
+def moment_problem(moment: datetime, name: str) -> str | None:
+    """Why `moment`, given as `name`, is refused, or None: its year as written is out of bounds."""
+    if limits.MOMENT_YEAR_MIN <= moment.year <= limits.MOMENT_YEAR_MAX:
+        return None
+    return f"{name} must be {MOMENT_YEARS}, not in {moment.year}"
+
+
+def _mentions_datetime(kind: Any) -> bool:
+    return kind is datetime or any(_mentions_datetime(arg) for arg in get_args(kind))
+
+
+@functools.cache
+def _moment_fields(kind: type[msgspec.Struct]) -> tuple[str, ...]:
+    return tuple(field.name for field in msgspec.structs.fields(kind) if _mentions_datetime(field.type))
+
+
+def check_moments(body: msgspec.Struct) -> None:
+    """Every time in a request body within the years PostgreSQL and Python can both hold once it
+    is taken to UTC (limits.MOMENT_YEAR_MIN); called by `__post_init__`, so that a decoder refuses
+    it with its field named (an InvalidRequest is not turned into a ValidationError by msgspec,
+    which would name the struct, not the field)."""
+    for name in _moment_fields(type(body)):
+        moment = getattr(body, name)
+        if isinstance(moment, datetime) and (problem := moment_problem(moment, name)):
+            raise InvalidRequest(problem, field=f"$.{name}")
+
+
 Code = Annotated[str, Meta(min_length=1, max_length=32, pattern=rf"^[A-Za-z0-9][A-Za-z0-9_-]*{END}")]
 Name = Annotated[str, Meta(min_length=1, max_length=limits.NAME_CHARS_MAX, pattern=STORABLE_TEXT)]
 ShortText = Annotated[str, Meta(max_length=limits.NAME_CHARS_MAX, pattern=STORABLE_TEXT)]
@@ -67,7 +125,10 @@ else:
     Quantity = whole_number(1, limits.RESERVATION_QUANTITY_MAX)
     PerUserLimit = whole_number(1, limits.TICKET_TYPE_CAPACITY_MAX)
     HoldSeconds = whole_number(limits.HOLD_SECONDS_MIN, limits.HOLD_SECONDS_MAX)
-Moment = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a time zone")]
+Moment = Annotated[
+    datetime,
+    Meta(tz=True, description=f"RFC 3339 with a time zone, {MOMENT_YEARS}", extra_json_schema={"pattern": MOMENT_PATTERN}),
+]
 UserId = Annotated[str, Meta(min_length=1, max_length=128, pattern=rf"^[A-Za-z0-9_.:@-]+{END}")]
 # An event as answers show it ("new", before its creation is committed, is never shown).
 EventStatus = ShownEventStatus
@@ -103,6 +164,7 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         self.per_user_limit = integral(self.per_user_limit)
         self.hold_seconds = integral(self.hold_seconds)
+        check_moments(self)
 
 
 class EventPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -127,6 +189,7 @@ class EventPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     def __post_init__(self) -> None:
         self.per_user_limit = integral(self.per_user_limit)
         self.hold_seconds = integral(self.hold_seconds)
+        check_moments(self)
 
 
 class TicketTypePatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
