@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     add_database_options(serve)
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    serve.add_argument("--advertise-url", help="the URL other nodes reach this one at (default http://HOST:PORT)")
+    serve.add_argument("--lb-server-id", type=int, help="this node's `server ... id N` in haproxy.cfg (aligns shards with it)")
+    serve.add_argument("--lb-weight", type=int, help="this node's `weight` in haproxy.cfg (default 16)")
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     add_database_options(migrate)
 
@@ -78,6 +81,9 @@ def _settings(arguments: argparse.Namespace) -> Settings:
         "log_format": arguments.log_format,
         "host": getattr(arguments, "host", None),
         "port": getattr(arguments, "port", None),
+        "advertise_url": getattr(arguments, "advertise_url", None),
+        "lb_server_id": getattr(arguments, "lb_server_id", None),
+        "lb_weight": getattr(arguments, "lb_weight", None),
     }
     return replace(settings, **{name: value for name, value in overrides.items() if value is not None})
 
@@ -115,9 +121,10 @@ def serve(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings, database_url: str) -> None:
-    """Serve until SIGTERM or SIGINT, then drain: /readyz turns 503 at once, the listener closes after
-    DRAIN_GRACE_S (load balancers notice), requests in flight get their answers, actors finish their
-    batches, the database is closed; all within SHUTDOWN_TIMEOUT_S."""
+    """Serve until SIGTERM or SIGINT, then drain: /readyz turns 503 at once, the node hands its shards
+    over to the others (each once its actors finished their batches; requests for them are
+    forwarded meanwhile), the listener closes after DRAIN_GRACE_S (load balancers notice), requests
+    in flight get their answers, the database is closed; all within SHUTDOWN_TIMEOUT_S."""
     from aiohttp import web  # noqa: PLC0415
 
     from inventoryd.http import keys  # noqa: PLC0415
@@ -140,6 +147,8 @@ async def _serve(settings: Settings, database_url: str) -> None:
     site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
     await site.start()
     log.info("serving", host=settings.host, port=settings.port, embedded_database=not settings.database_url)
+    # This process has the node's URL now: a predecessor there (killed) holds nothing any more.
+    await app[keys.CLUSTER].listening()
     gc_tuning = asyncio.create_task(_tune_gc(app[keys.REGISTRY]), name="gc-tuning")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -149,7 +158,9 @@ async def _serve(settings: Settings, database_url: str) -> None:
     started = loop.time()
     log.info("draining", grace_s=settings.drain_grace_s, timeout_s=SHUTDOWN_TIMEOUT_S)
     app[keys.REGISTRY].draining = True
+    handoff = asyncio.create_task(app[keys.CLUSTER].drain(), name="cluster-drain")
     await asyncio.sleep(settings.drain_grace_s)
+    await handoff
     try:
         async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
             await runner.cleanup()

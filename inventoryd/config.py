@@ -4,6 +4,8 @@ every setting; this is the one place they are read."""
 from __future__ import annotations
 
 import os
+import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar, get_args
@@ -77,6 +79,21 @@ class Settings:
     )
     # When set, /metrics answers only `Authorization: Bearer <this>` or an admin token (else 401).
     metrics_token: str | None = field(default_factory=lambda: os.environ.get("INVENTORYD_METRICS_TOKEN") or None)
+    # The cluster: the URL other nodes reach this one at (unset: http://HOST:PORT, with this
+    # machine's name when listening on every address), and which `server` line of haproxy.cfg this
+    # node is (its `id` and `weight`; unset: the node takes shards without regard to HAProxy).
+    advertise_url: str | None = field(default_factory=lambda: os.environ.get("INVENTORYD_ADVERTISE_URL") or None)
+    lb_server_id: int | None = field(default_factory=lambda: _env_number("INVENTORYD_LB_SERVER_ID", 0) or None)
+    lb_weight: int = field(default_factory=lambda: _env_number("INVENTORYD_LB_WEIGHT", 16))
+
+    @property
+    def node_url(self) -> str:
+        """Where the other nodes of the cluster reach this one."""
+        if self.advertise_url:
+            return self.advertise_url.rstrip("/")
+        every_address = self.host in ("0.0.0.0", "::", "")  # noqa: S104 - compared with, not bound to
+        host = socket.gethostname() if every_address else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     def __post_init__(self) -> None:
         if self.log_format not in LOG_FORMATS:
@@ -95,6 +112,12 @@ class Settings:
             raise SystemExit("INVENTORYD_JWT_SECRET must be at least 32 characters")
         if self.metrics_token is not None and len(self.metrics_token) < 24:
             raise SystemExit("INVENTORYD_METRICS_TOKEN must be at least 24 characters")
+        if self.advertise_url is not None and not re.fullmatch(r"https?://[^/\s]+/?", self.advertise_url):
+            raise SystemExit(f"INVENTORYD_ADVERTISE_URL must be http(s)://host:port, not {self.advertise_url!r}")
+        if self.lb_server_id is not None and not 1 <= self.lb_server_id <= 2**31 - 1:
+            raise SystemExit(f"INVENTORYD_LB_SERVER_ID must be 1..2147483647, not {self.lb_server_id}")
+        if not 1 <= self.lb_weight <= 256:
+            raise SystemExit(f"INVENTORYD_LB_WEIGHT must be 1..256, not {self.lb_weight}")
         for name in ("rate_user_per_s", "rate_service_per_s", "rate_auth_per_s", "rate_register_per_s"):
             if getattr(self, name) <= 0:
                 raise SystemExit(f"{name} must be positive")

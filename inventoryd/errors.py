@@ -40,7 +40,7 @@ class Unavailable(Refusal):
         self.code = code
 
 
-class NotOwner(Exception):  # noqa: N818 - not an error: a routing answer
+class NotOwner(Exception):
     """The event is not served by this node: another owns its shard, or nobody does yet (the edge
     forwards the request, or answers 503 until an owner is known). `shard` is None for a request
     that is not an event's (creating one, on a node that holds no shard)."""

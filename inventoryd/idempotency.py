@@ -30,6 +30,7 @@ import structlog
 
 from inventoryd import limits
 from inventoryd.actor import IdempotencyClaim
+from persistence import limits as persistence_limits
 from persistence import store
 
 log = structlog.get_logger("inventoryd.idempotency")
@@ -49,6 +50,9 @@ def fingerprint(method: str, path: str, canonical_body: bytes) -> bytes:
     digest.update(f"{method} {path}\n".encode())
     digest.update(canonical_body)
     return digest.digest()
+
+
+_NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 def _utc_now() -> datetime:
@@ -76,16 +80,34 @@ class IdempotencyStore:
     _answers: OrderedDict[tuple[str, str], tuple[bytes, bytes]] = field(default_factory=OrderedDict)
     # Oldest first; None once there were more than IDEMPOTENCY_KNOWN_KEYS_MAX.
     _known: deque[_Generation] | None = None
+    # The database's clock when the known keys were last read.
+    _loaded_through: datetime = _NEVER
 
     async def load(self) -> None:
         started_at = self.now()
         since = started_at - timedelta(seconds=limits.IDEMPOTENCY_RETENTION_S)
         async with self.pool.acquire() as connection:
+            self._loaded_through = await store.database_now(connection)
             keys = await store.idempotency_keys_since(connection, since, limits.IDEMPOTENCY_KNOWN_KEYS_MAX + 1)
         if len(keys) > limits.IDEMPOTENCY_KNOWN_KEYS_MAX:
             self._forget_known()
         else:
             self._known = deque([_Generation(started_at, {hash(scoped) for scoped in keys})])
+
+    async def load_recent(self) -> None:
+        """The keys other nodes stored since the last load: a node that takes a shard over must know
+        the keys its old owner answered, or a retry there would be carried out again. Read by the
+        database's clock, from a DB_TIMEOUT_S before the last read (a transaction is stamped when it
+        starts, and commits within that)."""
+        if self._known is None:
+            return
+        since = self._loaded_through - timedelta(seconds=persistence_limits.DB_TIMEOUT_S + 1)
+        async with self.pool.acquire() as connection:
+            loaded_through = await store.database_now(connection)
+            keys = await store.idempotency_keys_since(connection, since, limits.IDEMPOTENCY_KNOWN_KEYS_MAX + 1)
+        self._loaded_through = loaded_through
+        for scoped in keys:
+            self._add_known(scoped)
 
     def known_keys(self) -> int | None:
         """How many key hashes are in memory (None: too many were, every keyed request asks the database)."""

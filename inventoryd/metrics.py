@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from inventoryd.cluster import Membership
     from inventoryd.idempotency import IdempotencyStore
     from inventoryd.registry import Registry
     from persistence.journal import Journal
@@ -65,6 +66,9 @@ class Metrics:
         self.commit_records = Histogram(_COUNT_BUCKETS)
         self.commit_appends = Histogram(_COUNT_BUCKETS)
         self.journal_wait_seconds = Histogram(_LATENCY_BUCKETS_S)
+        # outcome (relayed, misdirected, unreachable) -> requests forwarded to another node.
+        self.forwards: dict[str, int] = {}
+        self.forward_seconds = Histogram(_LATENCY_BUCKETS_S)
         self.registry.register(_HotPathCollector(self))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -91,8 +95,14 @@ class Metrics:
     def observe_journal_wait(self, seconds: float) -> None:
         self.journal_wait_seconds.observe(seconds)
 
+    def observe_forward(self, outcome: str, seconds: float) -> None:
+        """A request forwarded to its event's owner: how it went, and how long it took."""
+        self.forwards[outcome] = self.forwards.get(outcome, 0) + 1
+        self.forward_seconds.observe(seconds)
+
     def watch(self, registry: Registry, journal: Journal, idempotency: IdempotencyStore) -> None:
         self.registry.register(_StateCollector(registry, journal, idempotency))
+        self.registry.register(_ClusterCollector(registry.cluster, journal))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -138,6 +148,13 @@ class _HotPathCollector(Collector):
         yield _histogram_family("inventoryd_journal_commit_records", "Records per journal transaction", metrics.commit_records)
         yield _histogram_family(
             "inventoryd_journal_commit_appends", "Actor appends coalesced into one journal transaction", metrics.commit_appends
+        )
+        forwards = CounterMetricFamily("inventoryd_forwarded_requests", "Requests forwarded to their event's owner", labels=["outcome"])
+        for outcome, count in metrics.forwards.items():
+            forwards.add_metric([outcome], count)
+        yield forwards
+        yield _histogram_family(
+            "inventoryd_forward_duration_seconds", "Time to forward a request to its owner and relay the answer", metrics.forward_seconds
         )
         yield _histogram_family(
             "inventoryd_journal_wait_seconds",
@@ -200,3 +217,23 @@ class _StateCollector(Collector):
             " (-1: too many, every keyed request asks it)",
             value=-1 if known is None else known,
         )
+
+
+class _ClusterCollector(Collector):
+    """This node's place in the cluster, read at scrape time."""
+
+    def __init__(self, cluster: Membership, journal: Journal) -> None:
+        self._cluster = cluster
+        self._journal = journal
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        cluster, stats = self._cluster, self._cluster.stats
+        yield GaugeMetricFamily("inventoryd_cluster_shards_owned", "Shards this node holds", value=len(cluster.held()))
+        yield CounterMetricFamily("inventoryd_shards_acquired", "Shards this node took (free, expired, handed over)", value=stats.acquired)
+        yield CounterMetricFamily("inventoryd_shards_released", "Shards this node handed over", value=stats.released)
+        yield CounterMetricFamily("inventoryd_shards_lost", "Shards this node found taken over (renewal or fence)", value=stats.lost)
+        yield CounterMetricFamily(
+            "inventoryd_appends_fenced", "Journal transactions the fence refused (a shard no longer held)", value=self._journal.stats.fenced
+        )
+        yield CounterMetricFamily("inventoryd_lease_renewal_failures", "Lease renewals that failed", value=stats.renewal_failures)
+        yield GaugeMetricFamily("inventoryd_lease_renewal_seconds", "The last lease renewal's round trip", value=stats.renewal_seconds)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import hashlib
 import os
 import time
 from collections import deque
@@ -24,8 +25,8 @@ import structlog
 
 from inventoryd import domain, limits
 from inventoryd.actor import ActorRestartRequired, Clock, EventActor, IdempotencyClaim, Outcome, system_clock
-from inventoryd.domain import EventDefinition, EventSummary, Inventory, Record, invariant
 from inventoryd.cluster import Membership, ShardOwner
+from inventoryd.domain import EventDefinition, EventSummary, Inventory, Record, invariant
 from inventoryd.errors import NotOwner, Unavailable
 from inventoryd.tasks import TaskSupervisor
 from persistence import store
@@ -46,6 +47,20 @@ async def _let_requests_in(since: float) -> float:
     return time.perf_counter()
 
 _RECORD_DECODER = domain.RECORD_DECODER
+
+
+async def _drained(actors: list[EventActor], timeout_s: float) -> bool:
+    """Stop the actors taking new requests, and wait (at most `timeout_s`) until what they hold is
+    decided, committed and answered; False if some are still busy then."""
+    for actor in actors:
+        actor.stop_accepting()
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    # Polled: an actor goes idle between two of its batches, with nothing to await for it.
+    while not all(actor.idle for actor in actors):
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
 
 
 def new_event_id() -> str:
@@ -211,11 +226,8 @@ class Registry:
         """The shard is about to be handed over: its actors take no new request, and those queued
         or in flight are decided, committed and answered (for at most SHARD_HANDOFF_DRAIN_S)."""
         actors = [self._actors[event_id] for event_id in self._by_shard.get(shard, ()) if event_id in self._actors]
-        for actor in actors:
-            actor.stop_accepting()
-        deadline = asyncio.get_running_loop().time() + limits.SHARD_HANDOFF_DRAIN_S
-        while not all(actor.idle for actor in actors) and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.005)
+        if not await _drained(actors, limits.SHARD_HANDOFF_DRAIN_S):
+            log.warning("handoff_drain_timed_out", shard=shard, busy=sum(not actor.idle for actor in actors))
         self.shard_lost(shard)
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]], **context: str) -> T:
@@ -312,14 +324,9 @@ class Registry:
         for task in list(self._on_demand.values()):
             task.cancel()
         await asyncio.gather(*self._on_demand.values(), return_exceptions=True)
-        for actor in self._actors.values():
-            actor.stop_accepting()
-        deadline = asyncio.get_running_loop().time() + limits.DRAIN_ACTORS_S
-        while not all(actor.idle for actor in self._actors.values()):
-            if asyncio.get_running_loop().time() > deadline:
-                log.warning("drain_timed_out", busy=sum(not actor.idle for actor in self._actors.values()))
-                break
-            await asyncio.sleep(0.01)
+        actors = list(self._actors.values())
+        if not await _drained(actors, limits.DRAIN_ACTORS_S):
+            log.warning("drain_timed_out", busy=sum(not actor.idle for actor in actors))
         supervisors = list(self._supervisors.values())
         for task in supervisors:
             task.cancel()
@@ -400,9 +407,14 @@ class Registry:
 
     # -- creating events ------------------------------------------------------------------------
 
-    def new_event_id(self) -> str:
-        """An id for a new event, in a shard this node serves (so that its creation needs no hop);
-        NotOwner if it serves none."""
+    def new_event_id(self, seed: str | None = None) -> str:
+        """An id for a new event: from `seed` if given (the same seed, the same id: NotOwner unless
+        this node serves its shard), else one in a shard this node serves (so that its creation
+        needs no hop; NotOwner if it serves none)."""
+        if seed is not None:
+            event_id = domain.EVENT_PREFIX + base64.b32encode(hashlib.blake2b(seed.encode(), digest_size=10).digest()).decode().lower()
+            self.check_serving(event_id)
+            return event_id
         if not self.cluster.held():
             raise NotOwner(None)
         for _ in range(limits.NEW_EVENT_ID_TRIES_MAX):

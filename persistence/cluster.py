@@ -36,7 +36,8 @@ class ShardRow:
     shard_id: int
     owner_node: str | None
     epoch: int
-    # Seconds left on the lease, by the database's clock (negative: expired; None: free).
+    # Seconds left on the lease, by the database's clock (negative: expired; None: free, or made
+    # takeable at once).
     lease_left_s: float | None
 
 
@@ -48,8 +49,11 @@ async def shard_count(connection: Connection) -> int:
 async def register_node(
     connection: Connection, node_id: str, url: str, lb_server_id: int | None, lb_weight: int
 ) -> None:
+    # Again after a failed start is the same node: its row is written anew.
     await connection.execute(
-        "INSERT INTO nodes (node_id, url, lb_server_id, lb_weight) VALUES ($1, $2, $3, $4)",
+        """INSERT INTO nodes (node_id, url, lb_server_id, lb_weight) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (node_id) DO UPDATE SET url = EXCLUDED.url, lb_server_id = EXCLUDED.lb_server_id,
+               lb_weight = EXCLUDED.lb_weight, heartbeat_at = now(), draining = false""",
         node_id,
         url,
         lb_server_id,
@@ -132,11 +136,24 @@ async def nodes(connection: Connection) -> list[NodeRow]:
 async def shards(connection: Connection) -> list[ShardRow]:
     rows = await connection.fetch(
         """SELECT shard_id, owner_node, epoch,
-                  CASE WHEN owner_node IS NULL THEN NULL
+                  CASE WHEN owner_node IS NULL OR NOT isfinite(lease_expires_at) THEN NULL
                        ELSE extract(epoch FROM lease_expires_at - clock_timestamp())::float8 END
            FROM shards ORDER BY shard_id"""
     )
     return [ShardRow(*row) for row in rows]
+
+
+async def expire_leases_of(connection: Connection, url: str, node_id: str) -> int:
+    """The leases of other nodes that were at `url`: this node listens there now, so they cannot be
+    serving it any more, and their shards may be taken at once (at a new epoch, which fences
+    whatever they might still try to write)."""
+    result = await connection.execute(
+        """UPDATE shards SET lease_expires_at = '-infinity'
+           WHERE owner_node IN (SELECT n.node_id FROM nodes n WHERE n.url = $1 AND n.node_id <> $2)""",
+        url,
+        node_id,
+    )
+    return int(result.split()[-1])
 
 
 async def forget_node(connection: Connection, node_id: str) -> None:

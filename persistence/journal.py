@@ -472,7 +472,7 @@ class Journal:
         return bool(found)
 
 
-class _Fenced(Exception):  # noqa: N818 - internal to the writer: which pairs the fence refused
+class _Fenced(Exception):
     def __init__(self, lost: set[tuple[int, int]]) -> None:
         super().__init__(f"fenced: {sorted(lost)}")
         self.lost = lost

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import asyncpg
 
 from persistence import limits
-from persistence.checks import invariant, present
+from persistence.checks import PersistenceInvariantViolation, invariant, present
 from persistence.connection import Connection
 from persistence.journal import init_connection
 
@@ -132,6 +132,14 @@ async def write_snapshot(connection: Connection, event_id: str, seq: int, state:
             "INSERT INTO snapshots (event_id, seq, state) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", event_id, seq, state
         )
         await connection.execute("DELETE FROM snapshots WHERE event_id = $1 AND seq < $2", event_id, seq)
+
+
+async def database_now(connection: Connection) -> datetime:
+    """The database's clock (the transaction's start)."""
+    value = await connection.fetchval("SELECT now()")
+    if not isinstance(value, datetime):
+        raise PersistenceInvariantViolation(f"now() answered {value!r}")
+    return value
 
 
 async def find_idempotency(connection: Connection, scope: str, key: str) -> tuple[bytes, bytes] | None:

@@ -17,9 +17,11 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from inventoryd.cluster import new_node_id
 from inventoryd.http import keys
+from persistence import cluster as cluster_store
 from persistence.embedded import STOP_TIMEOUT_S, EmbeddedPostgres
-from persistence.journal import Append, AppendFailed, AppendOutcomeUnknown, Journal
+from persistence.journal import Append, AppendFailed, AppendOutcomeUnknown, Journal, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 60.0
@@ -150,18 +152,32 @@ def running_server(
         log.close()
 
 
-async def wait_ready(session: aiohttp.ClientSession, base: str, process: subprocess.Popen[bytes]) -> None:
+async def wait_ready(
+    session: aiohttp.ClientSession, base: str, process: subprocess.Popen[bytes], *, alone: bool = True
+) -> None:
+    """Until the server answers /readyz 200 and (`alone`: it is the only node) it holds every shard:
+    a server restarted after a SIGKILL takes its dead predecessor's shards once their leases run
+    out (a few seconds), and answers 503 for their events until then."""
     deadline = asyncio.get_running_loop().time() + STARTUP_TIMEOUT_S
     while asyncio.get_running_loop().time() < deadline:
         assert process.poll() is None, "the server exited during start-up"
         try:
             async with session.get(f"{base}/readyz") as response:
-                if response.status == 200:
+                if response.status == 200 and (not alone or await holds_every_shard(session, base)):
                     return
         except aiohttp.ClientError:
             pass
         await asyncio.sleep(0.1)
     raise AssertionError("the server did not become ready")
+
+
+async def holds_every_shard(session: aiohttp.ClientSession, base: str) -> bool:
+    """The node at `base` holds every shard of the cluster."""
+    async with session.get(f"{base}/v1/cluster", headers=ADMIN) as response:
+        if response.status != 200:
+            return False
+        view = await response.json()
+    return all(shard["owner"] == view["node_id"] and shard["local_lease_left_s"] for shard in view["shards"])
 
 
 # -- reading what the service shows -----------------------------------------------------------
@@ -199,3 +215,16 @@ def crash_postgres(server: EmbeddedPostgres) -> None:
         timeout=STOP_TIMEOUT_S,
     )
     server.started_here = False
+
+
+async def hold_a_shard(database_url: str, shard: int = 0) -> tuple[int, int]:
+    """Lease one shard to a node of the test's own (a registered node row), as `Membership` does:
+    a journal written to directly needs its appends' shard held at their epoch (the fence)."""
+    connection = await connect(database_url)
+    try:
+        node_id = new_node_id()
+        await cluster_store.register_node(connection, node_id, "http://127.0.0.1:9", None, 16)
+        [(taken, epoch)] = await cluster_store.take(connection, node_id, [shard], 3600.0)
+        return taken, epoch
+    finally:
+        await connection.close()

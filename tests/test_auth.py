@@ -294,6 +294,7 @@ MAY: dict[str, set[str]] = {
     "healthz": EVERYONE,
     "readyz": EVERYONE,
     "metrics": EVERYONE,
+    "cluster": {"admin"},
     "openapi": EVERYONE,
     "docs": EVERYONE,
     "docs_init": EVERYONE,

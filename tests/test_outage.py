@@ -29,7 +29,7 @@ from inventoryd.http import keys
 from inventoryd.http.app import create_app
 from persistence.embedded import EmbeddedPostgres
 from persistence.journal import Append, AppendFailed, Journal, connect
-from tests.helpers import ADMIN, ADMIN_TOKEN, crash_postgres, create_event, wait_until
+from tests.helpers import ADMIN, ADMIN_TOKEN, crash_postgres, create_event, hold_a_shard, wait_until
 
 OUTAGE_S = 3.0
 RESUME_WITHIN_S = 2.0
@@ -169,9 +169,10 @@ async def test_settling_reads_the_log(database_url: str, db: Any) -> None:
     journal = Journal(database_url)
     await journal.start()
     try:
-        written = Append("evt_settle", 1, ["kind"], [b'{"a": 1}'])
+        lease = await hold_a_shard(database_url)
+        written = Append("evt_settle", 1, ["kind"], [b'{"a": 1}'], *lease)
         await journal.append(written)
-        never = Append("evt_settle", 2, ["kind"], [b'{"a": 2}'])
+        never = Append("evt_settle", 2, ["kind"], [b'{"a": 2}'], *lease)
         other = await asyncpg.connect(database_url)
         pid = other.get_server_pid()
         assert await journal._settle_in_doubt(pid, [written]) is True
@@ -186,8 +187,9 @@ async def test_a_refused_append_fails_alone(database_url: str, db: Any) -> None:
     journal = Journal(database_url)
     await journal.start()
     try:
-        good = [Append(f"evt_good{index}", 1, ["kind"], [b'{"ok": true}']) for index in range(3)]
-        poisoned = Append("evt_poison", 1, ["kind"], [b'{"not": json'])  # the server refuses this statement
+        lease = await hold_a_shard(database_url)
+        good = [Append(f"evt_good{index}", 1, ["kind"], [b'{"ok": true}'], *lease) for index in range(3)]
+        poisoned = Append("evt_poison", 1, ["kind"], [b'{"not": json'], *lease)  # the server refuses this statement
         outcomes = await asyncio.gather(
             *(journal.append(batch) for batch in [good[0], poisoned, good[1], good[2]]), return_exceptions=True
         )

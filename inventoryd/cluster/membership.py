@@ -126,8 +126,21 @@ class Membership:
         await self._call(store.register_node, self.node_id, self.url, self.lb_server_id, self.lb_weight)
         self._owners = [(None, 0)] * self.shard_count
         log.info("node_joined", node_id=self.node_id, url=self.url, lb_server_id=self.lb_server_id)
-        await self._round()
+        while await self._round():  # a batch of shards per round, until this node has its share
+            pass
         self._tasks.spawn(self._keep(), name="cluster-leases")
+
+    async def listening(self) -> None:
+        """This node now listens at its URL: a node that was there before (this process's
+        predecessor, killed) cannot be serving its shards, which may be taken at once."""
+        try:
+            expired, _ = await self._call(store.expire_leases_of, self.url, self.node_id)
+        except DATABASE_AWAY as error:
+            log.warning("predecessor_leases_kept", error=repr(error))
+            return
+        if expired:
+            log.info("predecessor_leases_expired", shards=expired, url=self.url)
+            self._wake.set()
 
     async def drain(self) -> None:
         """Hand every shard over (SIGTERM): no new shards, each held one released once its actors
@@ -256,7 +269,8 @@ class Membership:
             except TimeoutError:
                 pass
             try:
-                await self._round()
+                if await self._round():
+                    self._wake.set()  # more may be free: the next round at once
             except DATABASE_AWAY as error:
                 # The deadlines run out on their own: nothing more to do than try again.
                 self.stats.renewal_failures += 1
@@ -265,19 +279,19 @@ class Membership:
                 log.error("cluster_round_failed", error=repr(error))
                 await asyncio.sleep(limits.SHARD_RENEW_INTERVAL_S)
 
-    async def _round(self) -> None:
-        """One tick: renew, read the map, take what the ring gives this node, hand over the rest."""
+    async def _round(self) -> int:
+        """One tick: renew, read the map, take what the ring gives this node, hand over the rest;
+        returns how many shards it took."""
         await self._renew()
         await self._read_map()
         if self.draining:
-            return
+            return 0
         mine = [
             shard
             for shard, target in enumerate(self._targets)
             if target == self.node_id and shard not in self._held and shard not in self._acquiring and self._takeable(shard)
         ]
-        if mine:
-            await self._take(mine[: limits.SHARD_ACQUIRE_BATCH_MAX])
+        taken = await self._take(mine[: limits.SHARD_ACQUIRE_BATCH_MAX]) if mine else 0
         handoffs = [
             shard
             for shard in self._held
@@ -286,6 +300,7 @@ class Membership:
         for shard in handoffs[: max(0, limits.SHARD_HANDOFFS_IN_FLIGHT_MAX - len(self._releasing))]:
             self._releasing.add(shard)
             self._tasks.spawn(self._release(shard), name=f"handoff:{shard}", expected=DATABASE_AWAY)
+        return taken
 
     async def _renew(self) -> None:
         held = [(shard, lease.epoch) for shard, lease in self._held.items()] + list(self._acquiring.items())
@@ -318,16 +333,19 @@ class Membership:
             self._map_changed.set_result(None)
 
     def _live(self, node: store.NodeRow) -> bool:
-        return node.heartbeat_age_s < limits.SHARD_LEASE_S and not node.draining
+        """A node that beat within a lease and is not draining; not one that was at this node's own
+        URL before it (a predecessor, killed: it cannot be listening there any more)."""
+        predecessor = node.url == self.url and node.node_id != self.node_id
+        return node.heartbeat_age_s < limits.SHARD_LEASE_S and not node.draining and not predecessor
 
     def _takeable(self, shard: int) -> bool:
         owner, _ = self._owners[shard]
         return owner is None
 
-    async def _take(self, shards: Sequence[int]) -> None:
+    async def _take(self, shards: Sequence[int]) -> int:
         taken, sent = await self._call(store.take, self.node_id, list(shards), limits.SHARD_LEASE_S)
         if not taken:
-            return
+            return 0
         for shard, epoch in taken:
             self._acquiring[shard] = epoch
         started = time.perf_counter()
@@ -354,6 +372,7 @@ class Membership:
         )
         if self._map_changed is not None and not self._map_changed.done():
             self._map_changed.set_result(None)
+        return len(taken)
 
     async def _release(self, shard: int) -> None:
         """Hand one shard over: its actors finish, then the lease is given up at a new epoch (the

@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 import msgspec
 import structlog
 from aiohttp import hdrs, web
@@ -19,8 +20,10 @@ from aiohttp.typedefs import Handler
 from inventoryd import errors, limits, logs
 from inventoryd.accounts import Accounts, UnknownApiToken
 from inventoryd.actor import Clock, system_clock
+from inventoryd.cluster import Membership
 from inventoryd.config import Settings
-from inventoryd.http import keys, openapi, operations
+from inventoryd.http import cluster, keys, openapi, operations
+from inventoryd.http.cluster import FORWARDED_BY
 from inventoryd.http.headers import X_REQUEST_ID, add_response_headers, cors_origin
 from inventoryd.http.problems import ProblemError, problem_response, refusal, unauthorized
 from inventoryd.http.routes import ROUTES, ROUTES_BY_NAME
@@ -32,6 +35,7 @@ from inventoryd.registry import Registry
 from inventoryd.streams import StreamBudget
 from inventoryd.tasks import TaskSupervisor
 from persistence import store
+from persistence.accounts import service_secret
 from persistence.errors import CONNECTION_LOST, DATABASE_AWAY
 from persistence.journal import Journal, connect
 from persistence.migrate import migrate
@@ -109,7 +113,9 @@ async def _admit(request: web.Request, app: web.Application, settings: Settings)
         raise unauthorized("this route needs a bearer token")
     if principal is not None:
         request[keys.PRINCIPAL] = principal
-    verdict = _rate_verdict(request, app, settings, principal)
+    # A request another node forwarded was counted against its limits there.
+    forwarded = FORWARDED_BY in request.headers and cluster.forwarded_by_a_node(request) is not None
+    verdict = None if forwarded else _rate_verdict(request, app, settings, principal)
     if verdict is not None:
         request[keys.RATE_VERDICT] = verdict
         if not verdict.allowed:
@@ -128,6 +134,13 @@ def _http_error_response(request: web.Request, error: web.HTTPException) -> web.
     if "Allow" in error.headers:
         response.headers["Allow"] = error.headers["Allow"]
     return response
+
+
+async def _answered_elsewhere(request: web.Request, handler: Handler, moved: errors.NotOwner) -> web.StreamResponse:
+    try:
+        return await cluster.answer_elsewhere(request, handler, moved)
+    except ProblemError as problem:
+        return problem.response()
 
 
 @web.middleware
@@ -153,6 +166,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response = problem.response()
     except errors.Refusal as refused:
         response = refusal(refused).response()
+    except errors.NotOwner as moved:
+        response = await _answered_elsewhere(request, handler, moved)
     except web.HTTPException as error:
         if error.status < 400:
             raise
@@ -216,6 +231,8 @@ def create_app(
     # on-sale routes go first, so the hottest request does not pay for every other route.
     for route in sorted(ROUTES, key=lambda route: HOT_ROUTES.index(route.name) if route.name in HOT_ROUTES else len(HOT_ROUTES)):
         app.router.add_route(route.method, route.path, route.handler, name=route.name)
+    # Between the nodes only (a forwarding token, no bearer): not part of the API or its document.
+    app.router.add_route("POST", cluster.INTERNAL_VIEWS_PATH, cluster.internal_views, name="internal_views")
     for context in _lifecycle(database_url, journal_factory):
         app.cleanup_ctx.append(context)
     return app
@@ -244,10 +261,34 @@ def _lifecycle(database_url: str, journal_factory: Callable[[str], Journal]) -> 
         finally:
             await app[keys.POOL].close()
 
+    async def membership(app: web.Application) -> AsyncIterator[None]:
+        # Joined by the recovery task (Registry.start); here it is made, and left at the end, after
+        # the registry has drained (its leases are kept while the last batches commit).
+        settings = app[keys.SETTINGS]
+        node = Membership(database_url, settings.node_url, lb_server_id=settings.lb_server_id, lb_weight=settings.lb_weight)
+        app[keys.CLUSTER] = node
+        try:
+            yield
+        finally:
+            await node.stop()
+
+    async def forwarder(app: web.Application) -> AsyncIterator[None]:
+        async with app[keys.POOL].acquire() as connection:
+            app[keys.FORWARD_KEY] = await service_secret(connection, "cluster_forward_key", os.urandom(32))
+        connector = aiohttp.TCPConnector(
+            limit=limits.FORWARD_CONNECTIONS_MAX, limit_per_host=limits.FORWARD_CONNECTIONS_PER_NODE_MAX, keepalive_timeout=30
+        )
+        timeout = aiohttp.ClientTimeout(total=limits.REQUEST_TIMEOUT_S + 1, connect=limits.FORWARD_CONNECT_TIMEOUT_S)
+        app[keys.FORWARDS_IN_FLIGHT] = asyncio.Semaphore(limits.FORWARD_IN_FLIGHT_MAX)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
+            app[keys.FORWARDER] = session
+            yield
+
     async def journal(app: web.Application) -> AsyncIterator[None]:
         journal = journal_factory(database_url)
         journal.on_commit = app[keys.METRICS].observe_commit
         journal.on_wait = app[keys.METRICS].observe_journal_wait
+        journal.on_fenced = app[keys.CLUSTER].fenced
         await journal.start()
         app[keys.JOURNAL] = journal
         try:
@@ -273,7 +314,10 @@ def _lifecycle(database_url: str, journal_factory: Callable[[str], Journal]) -> 
 
     async def registry(app: web.Application) -> AsyncIterator[None]:
         metrics = app[keys.METRICS]
-        registry = Registry(app[keys.JOURNAL], app[keys.POOL], app[keys.CLOCK], on_batch=metrics.observe_batch)
+        registry = Registry(
+            app[keys.JOURNAL], app[keys.POOL], app[keys.CLUSTER], app[keys.CLOCK], on_batch=metrics.observe_batch
+        )
+        registry.shard_owner = _ShardsTaken(registry, app[keys.IDEMPOTENCY])
         metrics.watch(registry, app[keys.JOURNAL], app[keys.IDEMPOTENCY])
         app[keys.REGISTRY] = registry
         try:
@@ -293,7 +337,26 @@ def _lifecycle(database_url: str, journal_factory: Callable[[str], Journal]) -> 
         finally:
             await tasks.close()
 
-    return [schema, pool, journal, idempotency, accounts, registry, background]
+    return [schema, pool, membership, forwarder, journal, idempotency, accounts, registry, background]
+
+
+class _ShardsTaken:
+    """What the cluster tells of shards: the registry's business, but a takeover first reads the
+    idempotency keys the old owner stored (a retry here must replay their answers)."""
+
+    def __init__(self, registry: Registry, idempotency: IdempotencyStore) -> None:
+        self._registry = registry
+        self._idempotency = idempotency
+
+    async def shards_acquired(self, acquired: list[tuple[int, int]]) -> None:
+        await self._idempotency.load_recent()
+        await self._registry.shards_acquired(acquired)
+
+    def shard_lost(self, shard: int) -> None:
+        self._registry.shard_lost(shard)
+
+    async def shard_releasing(self, shard: int) -> None:
+        await self._registry.shard_releasing(shard)
 
 
 async def _sweep_idempotency(idempotency: IdempotencyStore) -> None:

@@ -18,7 +18,6 @@ import asyncio
 import hashlib
 import hmac
 import time
-from typing import Any
 
 import aiohttp
 import msgspec
@@ -28,12 +27,14 @@ from aiohttp.typedefs import Handler
 from multidict import CIMultiDict, istr
 
 from inventoryd import domain, limits
+from inventoryd.actor import EventActor
 from inventoryd.cluster import Membership
 from inventoryd.domain import EventSummary, Reservation
 from inventoryd.errors import NotOwner
 from inventoryd.http import keys, schemas
 from inventoryd.http.headers import X_REQUEST_ID, add_response_headers
 from inventoryd.http.problems import ProblemError, problem_response
+from inventoryd.registry import Registry
 
 log = structlog.get_logger("inventoryd.http")
 
@@ -169,6 +170,47 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse) 
 # -- views of other nodes' events (listings, a user's history) -------------------------------------
 
 
+async def summaries(request: web.Request, event_ids: list[str]) -> dict[str, EventSummary]:
+    """The committed views of these events: from the actors of those this node serves, from their
+    owners for the others (one request per owner). Events that cannot be shown now are left out."""
+    registry = request.app[keys.REGISTRY]
+    found: dict[str, EventSummary] = {}
+    elsewhere = []
+    for event_id in event_ids:
+        if registry.cluster.serving(registry.cluster.shard_of(event_id)):
+            view = await _served_view(registry, event_id)
+            if view is not None:
+                found[event_id] = view
+        else:
+            elsewhere.append(event_id)
+    if elsewhere:
+        remote, _ = await views_elsewhere(request, elsewhere, [])
+        found.update(remote)
+    return found
+
+
+async def reservations(request: web.Request, reservation_ids: list[str]) -> dict[str, Reservation]:
+    """The committed reservations with these ids (as `summaries` does for events)."""
+    registry = request.app[keys.REGISTRY]
+    found: dict[str, Reservation] = {}
+    elsewhere = []
+    for reservation_id in reservation_ids:
+        event_id = domain.event_id_of(reservation_id)
+        if event_id is None:
+            continue
+        if registry.cluster.serving(registry.cluster.shard_of(event_id)):
+            actor = await _served_actor(registry, event_id)
+            reservation = actor.reservation(reservation_id) if actor is not None else None
+            if reservation is not None:
+                found[reservation_id] = reservation
+        else:
+            elsewhere.append(reservation_id)
+    if elsewhere:
+        _, remote = await views_elsewhere(request, [], elsewhere)
+        found.update(remote)
+    return found
+
+
 async def views_elsewhere(
     request: web.Request, event_ids: list[str], reservation_ids: list[str]
 ) -> tuple[dict[str, EventSummary], dict[str, Reservation]]:
@@ -181,8 +223,8 @@ async def views_elsewhere(
         if url is not None:
             wanted.setdefault(url, ViewsIn()).event_ids.append(event_id)
     for reservation_id in reservation_ids:
-        event_id = domain.event_id_of(reservation_id)
-        url = cluster.owner_url(cluster.shard_of(event_id)) if event_id else None
+        owner_event = domain.event_id_of(reservation_id)
+        url = cluster.owner_url(cluster.shard_of(owner_event)) if owner_event else None
         if url is not None:
             wanted.setdefault(url, ViewsIn()).reservation_ids.append(reservation_id)
     answers = await asyncio.gather(*(_ask_views(request, url, views) for url, views in wanted.items()))
@@ -230,15 +272,15 @@ async def internal_views(request: web.Request) -> web.Response:
         if view is not None:
             events[event_id] = view
     for reservation_id in asked.reservation_ids:
-        event_id = domain.event_id_of(reservation_id)
-        actor = await _served_actor(registry, event_id) if event_id else None
+        owner_event = domain.event_id_of(reservation_id)
+        actor = await _served_actor(registry, owner_event) if owner_event else None
         reservation = actor.reservation(reservation_id) if actor is not None else None
         if reservation is not None:
             reservations[reservation_id] = reservation
     return web.Response(body=schemas.ENCODER.encode(ViewsOut(events, reservations)), content_type="application/json")
 
 
-async def _served_actor(registry: Any, event_id: str) -> Any:
+async def _served_actor(registry: Registry, event_id: str) -> EventActor | None:
     try:
         registry.check_serving(event_id)
         return registry.get(event_id) or await registry.actor(event_id)
@@ -249,7 +291,7 @@ async def _served_actor(registry: Any, event_id: str) -> Any:
         return None
 
 
-async def _served_view(registry: Any, event_id: str) -> EventSummary | None:
+async def _served_view(registry: Registry, event_id: str) -> EventSummary | None:
     actor = await _served_actor(registry, event_id)
     return actor.view() if actor is not None else None
 

@@ -15,7 +15,7 @@ import msgspec
 from aiohttp import hdrs, web
 
 from inventoryd import domain, limits
-from inventoryd.actor import EventActor, IdempotencyClaim, Outcome, Unavailable
+from inventoryd.actor import EventActor, IdempotencyClaim, Outcome
 from inventoryd.domain import EventSummary, Rejected
 from inventoryd.http import keys, schemas
 from inventoryd.http.headers import IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED
@@ -173,14 +173,6 @@ async def actor_for(request: web.Request, reservation_or_ticket_id: str, kind: s
     if actor is None:
         raise ProblemError(404, "not_found", f"no {kind} {reservation_or_ticket_id!r}")
     return actor
-
-
-async def actor_or_none(registry: Registry, event_id: str) -> EventActor | None:
-    """For listings: the event's actor, or None if there is none or it cannot be served now."""
-    try:
-        return await registry.actor(event_id)
-    except Unavailable:
-        return None
 
 
 def summary_of(actor: EventActor) -> EventSummary:

@@ -21,10 +21,9 @@ from inventoryd.domain import (
     TicketTypeDefinition,
     TicketTypeSummary,
 )
-from inventoryd.http import keys, schemas
+from inventoryd.http import cluster, keys, schemas
 from inventoryd.http.common import (
     actor_of,
-    actor_or_none,
     choice_query,
     cursor_moment,
     decode_cursor,
@@ -41,10 +40,9 @@ from inventoryd.http.common import (
     text_query,
     time_query,
 )
-from inventoryd.http.headers import add_response_headers
+from inventoryd.http.headers import IDEMPOTENCY_KEY, add_response_headers
 from inventoryd.http.problems import ProblemError, invalid
 from inventoryd.ratelimit import address_key
-from inventoryd.registry import new_event_id
 from inventoryd.streams import StreamRefused
 from persistence import store
 
@@ -94,9 +92,9 @@ def _check_event(body: schemas.EventIn) -> None:
             raise invalid(f"ticket type code {code!r} appears twice", f"$.ticket_types[{index}].code")
 
 
-def _definition(body: schemas.EventIn, created_at: datetime, organizer_id: str | None) -> EventDefinition:
+def _definition(body: schemas.EventIn, event_id: str, created_at: datetime, organizer_id: str | None) -> EventDefinition:
     definition = EventDefinition(
-        id=new_event_id(),
+        id=event_id,
         name=body.name,
         starts_at=body.starts_at,
         currency=body.currency,
@@ -124,8 +122,13 @@ async def create_event(request: web.Request) -> web.Response:
     body: schemas.EventIn = await read_json(request, schemas.EVENT_DECODER)
     _check_event(body)
     principal = request[keys.PRINCIPAL]
-    definition = _definition(body, request.app[keys.CLOCK](), principal.user_id)
     registry = registry_of(request)
+    # With an Idempotency-Key the new event's id follows from the key, so that a retry, on any
+    # node, is the same event's (forwarded to its shard's owner, which knows the key); without
+    # one, an id in a shard this node serves.
+    given_key = request.headers.get(IDEMPOTENCY_KEY)
+    seed = cluster.forward_token(request.app[keys.FORWARD_KEY], f"{principal.id}\n{given_key}") if given_key else None
+    definition = _definition(body, registry.new_event_id(seed), request.app[keys.CLOCK](), principal.user_id)
     principal.check_may_create_events()
     async with idempotency_key(request, body) as key:
         if key.replayed is not None:
@@ -162,7 +165,7 @@ async def list_events(request: web.Request) -> web.Response:
         sort=sort,
         after=after,
     )
-    registry = registry_of(request)
+    registry_of(request)  # 503 while recovering
     items: list[schemas.EventOut] = []
     scanned = 0
     last_key = None
@@ -173,11 +176,12 @@ async def list_events(request: web.Request) -> web.Response:
         while len(items) < limit and more and scanned < limits.CATALOGUE_SCAN_ROWS_MAX:
             page = await store.catalogue_rows(connection, query, limit - len(items))
             more = page.more
+            # The events' views: from their actors here, or from the nodes that own them.
+            views = await cluster.summaries(request, [event_id for event_id, _ in page.rows])
             for event_id, key in page.rows:
                 scanned += 1
                 last_key = key
-                actor = await actor_or_none(registry, event_id)
-                summary = actor.view() if actor is not None else None
+                summary = views.get(event_id)
                 if summary is None:
                     continue
                 if available is not None and _has_seats_to_sell(summary) != (available == "true"):

@@ -11,11 +11,10 @@ from inventoryd import domain, limits
 from inventoryd.actor import EventActor
 from inventoryd.domain import RESERVATION_STATUSES, Rejected, Reservation, Ticket
 from inventoryd.errors import Unavailable
-from inventoryd.http import keys, schemas
+from inventoryd.http import cluster, keys, schemas
 from inventoryd.http.common import (
     actor_for,
     actor_of,
-    actor_or_none,
     choice_query,
     decode_cursor,
     encode_cursor,
@@ -161,7 +160,7 @@ async def check_in_ticket(request: web.Request) -> web.Response:
 
 
 async def _user_reservations(request: web.Request, user_id: str) -> web.Response:
-    registry = registry_of(request)
+    registry_of(request)  # 503 while recovering
     status = choice_query(request, "status", RESERVATION_STATUSES, None)
     event_id = request.query.get("event_id") or None
     if event_id is not None:
@@ -177,11 +176,12 @@ async def _user_reservations(request: web.Request, user_id: str) -> web.Response
             rows, more = await store.user_reservations(
                 connection, user_id, event_id=event_id, before=before, limit=limit - len(items)
             )
-            for row_event_id, reservation_id, key in rows:
+            # Their state from their actors: here, or on the nodes that own them.
+            found = await cluster.reservations(request, [reservation_id for _, reservation_id, _ in rows])
+            for _, reservation_id, key in rows:
                 scanned += 1
                 before = key
-                actor = await actor_or_none(registry, row_event_id)
-                reservation = actor.reservation(reservation_id) if actor is not None else None
+                reservation = found.get(reservation_id)
                 if reservation is not None and (status is None or reservation.status == status):
                     items.append(reservation)
     next_cursor = encode_cursor(list(before)) if more and before is not None else None

@@ -7,7 +7,7 @@ from typing import get_args
 
 from inventoryd import limits
 from inventoryd.domain import Reservation, ReservationStatus
-from inventoryd.http import account_routes, events, openapi, operations, reservations, schemas
+from inventoryd.http import account_routes, cluster, events, openapi, operations, reservations, schemas
 from inventoryd.http.common import QueryParameter, Route
 from inventoryd.http.schemas import MOMENT_PATTERN, MOMENT_YEARS, STORABLE_TEXT
 
@@ -69,6 +69,10 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET", "/docs/init.js", openapi.docs_init, "docs_init", "The reference page's script", public=True,
         media_type="text/javascript",
+    ),
+    Route(
+        "GET", "/v1/cluster", cluster.cluster_view, "cluster", "The cluster: nodes, their URLs, shards per node, epochs, leases (admins)",
+        response_body=cluster.ClusterOut,
     ),
     # Accounts.
     Route(
