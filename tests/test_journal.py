@@ -12,9 +12,12 @@ from typing import Any
 
 import pytest
 
+from inventoryd.cluster import new_node_id
 from inventoryd.http import keys
+from persistence import cluster as cluster_store
 from persistence import limits as journal_limits
-from tests.helpers import FaultyJournal, create_event, wait_until
+from persistence.journal import Append, AppendFenced, Journal
+from tests.helpers import FaultyJournal, create_event, hold_a_shard, wait_until
 
 
 async def ten_events_that_shared_a_commit(
@@ -97,3 +100,58 @@ async def test_the_journal_waits_at_most_its_bound_for_buyers_who_do_not_come_ba
     await asyncio.wait_for(actors[0].reserve("b", "GA", 1), timeout=5)
     assert asyncio.get_running_loop().time() - started >= 0.3
     assert journal.stats.commits == commits + 1
+
+
+# -- the fence: a journal transaction commits only if its shards are still held at its epochs -----
+
+
+async def test_a_stale_epoch_commits_nothing(database_url: str, db: Any) -> None:
+    # The zombie at database level: node A holds shard 0 at epoch e and appends; B takes the shard
+    # over (e + 1) once A's lease ran out; A's next append at e is refused whole (AppendFenced), its
+    # owner told, and nothing of it is in the log. B's append at e + 1 commits.
+    journal = Journal(database_url)
+    fenced: list[set[tuple[int, int]]] = []
+    journal.on_fenced = fenced.append
+    await journal.start()
+    try:
+        shard, epoch = await hold_a_shard(database_url)
+        await journal.append(Append("evt_fence", 1, ["kind"], [b"{}"], shard, epoch))
+        await db.execute("UPDATE shards SET lease_expires_at = now() - interval '1 second' WHERE shard_id = $1", shard)
+        taken = await take_over(db, shard)
+        assert taken == epoch + 1
+        with pytest.raises(AppendFenced):
+            await journal.append(Append("evt_fence", 2, ["kind"], [b"{}"], shard, epoch))
+        assert fenced == [{(shard, epoch)}]
+        assert await db.fetchval("SELECT max(seq) FROM journal WHERE event_id = 'evt_fence'") == 1
+        await journal.append(Append("evt_fence", 2, ["kind"], [b"{}"], shard, taken))
+        assert await db.fetchval("SELECT epoch FROM journal WHERE event_id = 'evt_fence' AND seq = 2") == taken
+    finally:
+        await journal.close()
+
+
+async def test_a_fenced_append_does_not_cost_its_neighbours(database_url: str, db: Any) -> None:
+    # Two events' appends share a transaction; one's shard was lost: it fails alone, the other
+    # commits in the next transaction.
+    journal = Journal(database_url)
+    await journal.start()
+    try:
+        lost_shard, lost_epoch = await hold_a_shard(database_url, shard=1)
+        kept_shard, kept_epoch = await hold_a_shard(database_url, shard=2)
+        await db.execute("UPDATE shards SET lease_expires_at = now() - interval '1 second' WHERE shard_id = $1", lost_shard)
+        await take_over(db, lost_shard)
+        lost = Append("evt_lost", 1, ["kind"], [b"{}"], lost_shard, lost_epoch)
+        kept = Append("evt_kept", 1, ["kind"], [b"{}"], kept_shard, kept_epoch)
+        outcomes = await asyncio.gather(journal.append(lost), journal.append(kept), return_exceptions=True)
+        assert isinstance(outcomes[0], AppendFenced) and outcomes[1] is None
+        assert await db.fetchval("SELECT count(*) FROM journal WHERE event_id = 'evt_kept'") == 1
+        assert await db.fetchval("SELECT count(*) FROM journal WHERE event_id = 'evt_lost'") == 0
+    finally:
+        await journal.close()
+
+
+async def take_over(db: Any, shard: int) -> int:
+    """Another node takes the (expired) shard, as Membership does: its new epoch."""
+    node_id = new_node_id()
+    await cluster_store.register_node(db, node_id, "http://127.0.0.1:10", None, 16)
+    [(_, epoch)] = await cluster_store.take(db, node_id, [shard], 3600.0)
+    return epoch

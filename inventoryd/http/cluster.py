@@ -40,7 +40,8 @@ log = structlog.get_logger("inventoryd.http")
 
 FORWARDED_BY = istr("Inventoryd-Forwarded-By")
 FORWARD_TOKEN = istr("Inventoryd-Forward-Token")
-SERVED_BY = istr("Inventoryd-Served-By")
+# On an answer relayed from another node: which (operators, and the tests, tell hops apart by it).
+FORWARDED_TO = istr("Inventoryd-Forwarded-To")
 # Not passed on either way (RFC 9110 7.6.1), and what the client library sets itself.
 _HOP_BY_HOP = frozenset(
     istr(name)
@@ -122,7 +123,7 @@ async def forward(request: web.Request, url: str) -> web.StreamResponse:
     headers[X_REQUEST_ID] = request.get(keys.REQUEST_ID, "")
     headers[FORWARDED_BY] = cluster.node_id
     headers[FORWARD_TOKEN] = forward_token(app[keys.FORWARD_KEY], cluster.node_id)
-    body = await request.read() if request.can_read_body else None
+    body = await request.read() if request.body_exists else None  # read() keeps what a handler read
     metrics = app[keys.METRICS]
     started = time.perf_counter()
     async with in_flight:
@@ -149,6 +150,7 @@ async def forward(request: web.Request, url: str) -> web.StreamResponse:
     for name, value in upstream.headers.items():
         if name not in _HOP_BY_HOP:
             response.headers.add(name, value)
+    response.headers[FORWARDED_TO] = url
     return response
 
 
@@ -157,6 +159,7 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse) 
     for name, value in upstream.headers.items():
         if name not in _HOP_BY_HOP:
             response.headers[name] = value
+    response.headers[FORWARDED_TO] = str(upstream.url.origin())
     add_response_headers(request, response)
     await response.prepare(request)
     try:
