@@ -18,7 +18,7 @@ import structlog
 
 from inventoryd import logs
 from inventoryd.config import Settings
-from inventoryd.limits import GC_YOUNG_OBJECTS_THRESHOLD, HTTP_KEEPALIVE_TIMEOUT_S
+from inventoryd.limits import GC_YOUNG_OBJECTS_THRESHOLD, HTTP_KEEPALIVE_TIMEOUT_S, SHARD_LEASE_S
 
 if TYPE_CHECKING:
     from inventoryd.registry import Registry
@@ -105,7 +105,33 @@ def database(settings: Settings) -> Iterator[str]:
     try:
         yield url
     finally:
-        server.stop()
+        # Two `serve` on one machine share the embedded server: the last node to leave stops it.
+        if not _other_nodes_live(url):
+            server.stop(also_if_reused=True)
+
+
+def _other_nodes_live(url: str) -> bool:
+    """Whether nodes of a cluster still use this database (their heartbeat is fresh)."""
+    from persistence.errors import DATABASE_AWAY  # noqa: PLC0415
+    from persistence.journal import connect  # noqa: PLC0415
+
+    async def count() -> int:
+        connection = await connect(url)
+        try:
+            if await connection.fetchval("SELECT to_regclass('nodes')") is None:
+                return 0
+            return int(
+                await connection.fetchval(
+                    "SELECT count(*) FROM nodes WHERE heartbeat_at > now() - make_interval(secs => $1)", SHARD_LEASE_S
+                )
+            )
+        finally:
+            await connection.close()
+
+    try:
+        return asyncio.run(count()) > 0
+    except DATABASE_AWAY:
+        return False
 
 
 def serve(settings: Settings) -> None:

@@ -17,6 +17,8 @@ once to a root-owned, world-readable directory, INVENTORYD_PG_INSTALL_DIR (defau
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
 import hashlib
 import os
@@ -24,6 +26,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,8 +139,24 @@ class EmbeddedPostgres:
         return f"postgresql://{SUPERUSER}@/{database}?host={self.socket_dir}&port={SOCKET_PORT}"
 
     def start(self) -> str:
-        """Start (or reuse) the server and make sure the inventoryd database exists; returns its DSN."""
+        """Start (or reuse) the server and make sure the inventoryd database exists; returns its DSN.
+        Several processes may start on one data directory at once (the nodes of a cluster on one
+        machine): a lock beside it lets one initialise and start the server, the others reuse it."""
         self._ensure_runnable()
+        with self._starting():
+            return self._start_or_reuse()
+
+    @contextlib.contextmanager
+    def _starting(self) -> Iterator[None]:
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.data_dir.parent / f".{self.data_dir.name}.start.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _start_or_reuse(self) -> str:
         self._prepare_directory()
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
@@ -163,8 +182,10 @@ class EmbeddedPostgres:
         self._ensure_database(DATABASE)
         return self.dsn()
 
-    def stop(self) -> None:
-        if not self.started_here:
+    def stop(self, *, also_if_reused: bool = False) -> None:
+        """Stop the server if this process started it (or, `also_if_reused`, if it reused it: the
+        last node of a cluster on this machine stops it, whichever started it)."""
+        if not self.started_here and not (also_if_reused and self._running()):
             return
         self._run(
             [str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", str(STOP_TIMEOUT_S)],

@@ -16,9 +16,11 @@ import asyncio
 import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from inventoryd.audit import audit
 from inventoryd.cluster import shard_of
 from inventoryd.cluster.membership import LOCAL_LEASE_S
 from persistence import limits as persistence_limits
+from persistence.embedded import EmbeddedPostgres
 from persistence.journal import connect
 from tests.helpers import ADMIN, ADMIN_TOKEN, ROOT, free_port, samples
 
@@ -560,3 +563,53 @@ async def test_join_leave_and_a_rolling_restart_under_load(database_url: str, tm
             await check_nothing_acknowledged_is_lost(load, load.nodes[0])
         await check_the_log(database_url, events)
         assert await stale_writes_after_takeover(database_url, events) == 0
+
+
+async def test_two_nodes_on_one_machine_share_the_embedded_database(tmp_path: Path) -> None:
+    # `inventoryd serve --port …` twice on one data directory, nothing else: one embedded
+    # PostgreSQL, a two-node cluster; the node that started the server may leave first, the other
+    # serves on; the last to leave stops the server.
+    # Not under pytest's own temporary root: the unprivileged server user must reach it (as root).
+    scratch = Path(tempfile.mkdtemp(prefix="inventoryd-two-nodes-"))
+    scratch.chmod(0o755)
+    data_dir = scratch / "pgdata"
+    env = {**os.environ, "INVENTORYD_DATA_DIR": str(data_dir), "INVENTORYD_LOG_FORMAT": "json", "INVENTORYD_ACCESS_LOG": "0",
+           "INVENTORYD_ADMIN_TOKEN": ADMIN_TOKEN, "INVENTORYD_DRAIN_GRACE_S": "0.2"}
+    env.pop("DATABASE_URL", None)
+    ports = [free_port(), free_port()]
+    logs = [open(tmp_path / f"node{index}.log", "ab") for index in range(2)]  # noqa: SIM115 - closed below
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "inventoryd", "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=log)
+        for port, log in zip(ports, logs, strict=True)
+    ]
+    nodes = [Node(f"node{index}", port, process, tmp_path / f"node{index}.log") for index, (port, process) in enumerate(zip(ports, processes, strict=True))]
+    try:
+        async with aiohttp.ClientSession(headers=ADMIN) as session:
+            for node in nodes:
+                await wait_ready(session, node)
+            view = await wait_settled(session, nodes[0], owners=2)
+            assert len([node for node in view["nodes"] if node["live"]]) == 2
+            events = await create_events(session, nodes, 4)
+            starter = next(node for node in nodes if "embedded_postgres_started" in node.log_path.read_text())
+            stayer = next(node for node in nodes if node is not starter)
+            starter.signal(signal.SIGTERM)
+            assert starter.process.wait(timeout=30) == 0
+            await wait_settled(session, stayer, owners=1)
+            for event_id in events:
+                async with session.post(
+                    f"{stayer.base}/v1/events/{event_id}/reservations", json={"ticket_type": "GA", "quantity": 1, "user_id": "u"}
+                ) as response:
+                    assert response.status == 201, await response.text()
+            stayer.signal(signal.SIGTERM)
+            assert stayer.process.wait(timeout=30) == 0
+        assert "embedded_postgres_stopped" in stayer.log_path.read_text(), "the last node did not stop the server"
+        assert not (data_dir / "postmaster.pid").exists()
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+        for log in logs:
+            log.close()
+        EmbeddedPostgres(data_dir).stop(also_if_reused=True)
+        shutil.rmtree(scratch, ignore_errors=True)
