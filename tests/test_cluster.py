@@ -34,6 +34,7 @@ import pytest
 from inventoryd.audit import audit
 from inventoryd.cluster import shard_of
 from inventoryd.cluster.membership import LOCAL_LEASE_S
+from inventoryd.limits import SHARD_LEASE_S, SHARD_RENEW_INTERVAL_S
 from persistence import limits as persistence_limits
 from persistence.embedded import EmbeddedPostgres
 from persistence.journal import connect
@@ -320,6 +321,11 @@ async def test_any_node_answers_for_any_event(database_url: str, tmp_path: Path)
             await wait_ready(session, second)
             view = await wait_settled(session, first, owners=2)
             assert sum(node["shards"] for node in view["nodes"]) == SHARDS
+            # Every shard's lease is live by the database's clock; the holder's own deadline is the shorter.
+            assert all(0 < shard["lease_left_s"] <= SHARD_LEASE_S for shard in view["shards"]), view["shards"]
+            mine = [shard for shard in view["shards"] if shard["owner"] == view["node_id"]]
+            assert mine and all(shard["local_lease_left_s"] <= shard["lease_left_s"] for shard in mine)
+            assert 0 <= view["map_age_s"] < 2 * SHARD_RENEW_INTERVAL_S
             events = await create_events(session, [first, second], 12)
             # A reservation through the node that does not own the event is forwarded to the one that does.
             for index, event_id in enumerate(events):

@@ -98,8 +98,11 @@ class Membership:
     # Taken (at this epoch) and being made ready, or being handed over: not serving meanwhile.
     _acquiring: dict[int, int] = field(default_factory=dict)
     _releasing: set[int] = field(default_factory=set)
-    # Who owns each shard, as last read: (node id or None, epoch, lease seconds left when read).
+    # Who owns each shard, as last read: (node id or None, epoch); and each lease's seconds left by
+    # the database's clock at that read (None: free), with when that was (the loop's clock).
     _owners: list[tuple[str | None, int]] = field(default_factory=list)
+    _lease_left: list[float | None] = field(default_factory=list)
+    _map_read_at: float = 0.0
     _nodes: dict[str, store.NodeRow] = field(default_factory=dict)
     _targets: list[str] = field(default_factory=list)
     _connection: asyncpg.Connection | None = None
@@ -252,11 +255,17 @@ class Membership:
                     "shard": shard,
                     "owner": owner,
                     "epoch": epoch,
+                    "lease_left_s": self._lease_left_now(shard, now),
                     "local_lease_left_s": round(self._held[shard].deadline - now, 3) if shard in self._held else None,
                 }
                 for shard, (owner, epoch) in enumerate(self._owners)
             ],
+            "map_age_s": round(now - self._map_read_at, 3),
         }
+
+    def _lease_left_now(self, shard: int, now: float) -> float | None:
+        left = self._lease_left[shard] if shard < len(self._lease_left) else None
+        return None if left is None else round(left - (now - self._map_read_at), 3)
 
     # -- the lease keeper -----------------------------------------------------------------------
 
@@ -322,6 +331,8 @@ class Membership:
         nodes, _ = await self._call(store.nodes)
         shards, _ = await self._call(store.shards)
         self._nodes = {node.node_id: node for node in nodes}
+        self._lease_left = [row.lease_left_s for row in shards]
+        self._map_read_at = asyncio.get_running_loop().time()
         owners = [(row.owner_node if (row.lease_left_s or -1) > 0 else None, row.epoch) for row in shards]
         changed = owners != self._owners
         self._owners = owners

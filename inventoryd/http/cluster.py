@@ -315,8 +315,12 @@ class ClusterNodeOut(msgspec.Struct):
 
 class ClusterShardOut(msgspec.Struct):
     shard: int
+    # The owning node (None: free, or its lease ran out) and the shard's epoch (fencing token).
     owner: str | None
     epoch: int
+    # Seconds the lease has left by the database's clock, as of the last map read (negative: ran
+    # out; None: free); and, on the node that holds it, by that node's own, shorter, reckoning.
+    lease_left_s: float | None
     local_lease_left_s: float | None
 
 
@@ -327,6 +331,8 @@ class ClusterOut(msgspec.Struct):
     draining: bool
     nodes: list[ClusterNodeOut]
     shards: list[ClusterShardOut]
+    # How old this node's reading of the shard map is (seconds; it is read every renewal).
+    map_age_s: float
 
 
 async def cluster_view(request: web.Request) -> web.Response:
