@@ -1,0 +1,447 @@
+"""What a cluster costs and how fast it heals, measured with real `inventoryd serve` processes.
+
+    python -m loadtests.cluster_bench failover [--trials 10] [--nodes 2] [--events 8]
+    python -m loadtests.cluster_bench forward-cost [--requests 2000]       # needs valgrind
+    python -m loadtests.cluster_bench throughput [--nodes 1,2,3] [--duration 8]   # needs wrk, haproxy
+
+failover: per trial, one node (the victim) is killed with SIGKILL while probes reserve, through a
+surviving node, at events the victim owns; the trial's failover time is from the kill until every
+one of those events has acknowledged a reservation again (its shard taken over by a survivor, its
+actor rebuilt from the log). The victim is then started again on its port: shards move back to it
+(rebalance), and the longest gap between two acknowledged reservations of one event while they
+move is that trial's pause per shard. Every other trial the victim leaves with SIGTERM instead of
+SIGKILL (a planned handoff: drained, then released), and its gap is the planned pause.
+
+forward-cost: the instructions (callgrind) the cluster spends per reservation when the request
+reaches a node that does not own the event, against the same request sent to the owner. Three
+runs on two nodes, one of them under valgrind each time: the owner asked directly; the owner
+serving forwarded requests; the forwarding node. Forwarded cost = forwarder + owner-when-forwarded,
+as a multiple of direct. Valgrind slows its node ~50x; its lease renewals still come in time.
+
+throughput: 1, 2 and 3 nodes behind HAProxy (deploy/haproxy.cfg's scheme, generated for the ports
+used), wrk reserving at --events events through HAProxy, and the same load sent straight to one
+node (so about (N-1)/N of it is forwarded): accepted reservations per second, p50/p99, WAL syncs
+per reservation and the share of requests a node forwarded. Two cores cannot show a cluster
+scaling (three nodes, PostgreSQL, HAProxy and wrk share them); on a bigger machine the same
+command does.
+
+Everything runs on 127.0.0.1 against a throwaway embedded PostgreSQL, is bounded in time, and
+every process started here is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+
+from inventoryd.cluster import shard_of
+from loadtests.auth_cost import WARMUP_REQUESTS, callgrind_control, drive
+from loadtests.bench import ADMIN_TOKEN, HUGE_CAPACITY, ROOT, callgrind_totals, create_database, free_port, scratch_postgres
+from persistence.limits import CLUSTER_SHARDS
+
+READY_TIMEOUT_S = 60.0
+VALGRIND_READY_TIMEOUT_S = 300.0
+SETTLE_TIMEOUT_S = 60.0
+# A trial gives up (and says so) if the victim's events are not served again within this.
+FAILOVER_GIVE_UP_S = 30.0
+PROBE_TIMEOUT_S = 5.0
+# After a refusal a probe waits this long before it asks again (so that it does not spin).
+PROBE_BACKOFF_S = 0.01
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@dataclass
+class Node:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def signal(self, number: int) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(number)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within 30 s; by PID."""
+        self.signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+@dataclass
+class Nodes:
+    """The `inventoryd serve` processes of one run, all on one database."""
+
+    database_url: str
+    directory: Path
+    started: list[Node] = field(default_factory=list)
+
+    def start(self, name: str, port: int | None = None, *, valgrind: Path | None = None, **flags: object) -> Node:
+        port = port or free_port()
+        argv = [sys.executable, "-m", "inventoryd", "serve", "--port", str(port), "--database-url", self.database_url]
+        for flag, value in flags.items():
+            argv += [f"--{flag.replace('_', '-')}", str(value)]
+        if valgrind is not None:
+            argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={valgrind}", *argv]
+        log_path = self.directory / f"{name}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                stdout=log,
+                stderr=log,
+                env={
+                    **os.environ,
+                    "INVENTORYD_LOG_FORMAT": "json",
+                    "INVENTORYD_ACCESS_LOG": "0",
+                    "INVENTORYD_ADMIN_TOKEN": ADMIN_TOKEN,
+                    "INVENTORYD_DRAIN_GRACE_S": "0.2",
+                    "INVENTORYD_AUTH": "off",
+                    "INVENTORYD_RATE_LIMITS": "off",
+                },
+            )
+        node = Node(name, port, process, log_path)
+        self.started.append(node)
+        return node
+
+    def stop_all(self) -> None:
+        for node in self.started:
+            node.stop()
+
+
+@contextlib.contextmanager
+def nodes_on(database_url: str, directory: Path) -> Iterator[Nodes]:
+    nodes = Nodes(database_url, directory)
+    try:
+        yield nodes
+    finally:
+        nodes.stop_all()
+
+
+async def wait_ready(session: aiohttp.ClientSession, node: Node, timeout_s: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if node.process.poll() is not None:
+            raise RuntimeError(f"{node.name} exited:\n{node.log_path.read_text()[-3000:]}")
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with session.get(f"{node.base}/readyz") as response:
+                if response.status == 200:
+                    return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{node.name} did not become ready within {timeout_s:.0f} s")
+
+
+async def cluster_view(session: aiohttp.ClientSession, node: Node) -> dict[str, object]:
+    async with session.get(f"{node.base}/v1/cluster", headers=ADMIN) as response:
+        if response.status != 200:
+            raise RuntimeError(f"GET /v1/cluster on {node.name}: {response.status} {await response.text()}")
+        return dict(await response.json())
+
+
+async def owners(session: aiohttp.ClientSession, node: Node) -> tuple[list[str | None], set[str], dict[str, str]]:
+    """As `node` sees it: each shard's owner, the live nodes, and node id by URL."""
+    view = await cluster_view(session, node)
+    shards = [shard["owner"] for shard in view["shards"]]  # type: ignore[attr-defined]
+    live = {item["node_id"] for item in view["nodes"] if item["live"]}  # type: ignore[attr-defined]
+    ids = {item["url"]: item["node_id"] for item in view["nodes"]}  # type: ignore[attr-defined]
+    return shards, live, ids
+
+
+async def wait_settled(session: aiohttp.ClientSession, node: Node, count: int) -> dict[str, str]:
+    """Until every shard has a live owner, `count` nodes share them and each holds what the ring
+    gives it; returns node id by URL."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        view = await cluster_view(session, node)
+        nodes = view["nodes"]
+        live = {item["node_id"] for item in nodes if item["live"]}  # type: ignore[attr-defined]
+        holders = {shard["owner"] for shard in view["shards"]}  # type: ignore[attr-defined]
+        balanced = all(item["shards"] == item["target_shards"] for item in nodes if item["live"])  # type: ignore[attr-defined]
+        if holders <= live and len(holders) == count and balanced:
+            return {item["url"]: item["node_id"] for item in nodes}  # type: ignore[attr-defined]
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"the shards did not settle on {count} nodes within {SETTLE_TIMEOUT_S:.0f} s")
+
+
+async def create_events(session: aiohttp.ClientSession, node: Node, count: int) -> list[str]:
+    ids = []
+    for index in range(count):
+        body = {
+            "name": f"cluster bench {index}",
+            "starts_at": "2027-06-01T19:00:00Z",
+            "currency": "EUR",
+            "ticket_types": [{"code": "GA", "name": "GA", "price": 1000, "capacity": HUGE_CAPACITY}],
+        }
+        async with session.post(f"{node.base}/v1/events", json=body, headers=ADMIN) as response:
+            if response.status != 201:
+                raise RuntimeError(f"creating an event: {response.status} {await response.text()}")
+            ids.append((await response.json())["id"])
+    return ids
+
+
+# -- failover ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Probes:
+    """One prober per event, reserving through `via` as fast as it is answered; every answer kept
+    as (when it came, event, status)."""
+
+    session: aiohttp.ClientSession
+    via: Node
+    events: list[str]
+    answers: list[tuple[float, str, int]] = field(default_factory=list)
+    _numbers: Iterator[int] = field(default_factory=itertools.count)
+
+    async def _probe(self, event_id: str, stop: asyncio.Event) -> None:
+        timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+        while not stop.is_set():
+            body = {"ticket_type": "GA", "quantity": 1, "user_id": f"p{next(self._numbers)}"}
+            try:
+                async with self.session.post(
+                    f"{self.via.base}/v1/events/{event_id}/reservations", json=body, timeout=timeout
+                ) as response:
+                    await response.read()
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError):
+                status = 0
+            self.answers.append((time.monotonic(), event_id, status))
+            if status != 201:
+                await asyncio.sleep(PROBE_BACKOFF_S)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(self._probe(event_id, stop)) for event_id in self.events]
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+
+    def first_acknowledged_after(self, moment: float) -> dict[str, float]:
+        first: dict[str, float] = {}
+        for when, event_id, status in self.answers:
+            if status == 201 and when > moment and event_id not in first:
+                first[event_id] = when
+        return first
+
+    def longest_gap(self, start: float, end: float) -> float:
+        """The longest time, over the events, between two acknowledged reservations within
+        [start, end] (or from `start` to the first one)."""
+        worst = 0.0
+        for event_id in self.events:
+            times = [start] + [when for when, event, status in self.answers if event == event_id and status == 201 and start < when <= end]
+            worst = max(worst, *(later - earlier for earlier, later in itertools.pairwise(times)), 0.0)
+        return worst
+
+    def refused(self, start: float, end: float) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for when, _, status in self.answers:
+            if start < when <= end and status != 201:
+                counts[status] = counts.get(status, 0) + 1
+        return counts
+
+    def answered(self, start: float, end: float) -> int:
+        return sum(1 for when, _, _ in self.answers if start < when <= end)
+
+
+async def failover(args: argparse.Namespace, admin_url: str, scratch: Path) -> None:
+    database_url = await create_database(admin_url, "cluster_failover")
+    failovers: list[float] = []
+    rebalances: list[float] = []
+    drains: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        with nodes_on(database_url, scratch) as nodes:
+            ports = [free_port() for _ in range(args.nodes)]
+            survivors = [nodes.start(f"node{index}", port) for index, port in enumerate(ports[:-1])]
+            for node in survivors:
+                await wait_ready(session, node)
+            victim_port = ports[-1]
+            victim = nodes.start("victim", victim_port)
+            await wait_ready(session, victim)
+            ids = await wait_settled(session, survivors[0], args.nodes)
+            # A node makes new events in its own shards: made through the victim, they are its; the
+            # survivors take them over, and when it comes back it takes its share of them again.
+            events = await create_events(session, victim, args.events * args.nodes * 4)
+            for trial in range(args.trials):
+                graceful = trial % 2 == 1
+                shards, _, ids = await owners(session, survivors[0])
+                victim_id = ids[victim.base]
+                theirs = [event for event in events if shards[shard_of(event, CLUSTER_SHARDS)] == victim_id][: args.events]
+                if not theirs:
+                    raise RuntimeError("the victim owns none of the events")
+                probes = Probes(session, survivors[0], theirs)
+                async with probes.running():
+                    await asyncio.sleep(0.5)
+                    stopped_at = time.monotonic()
+                    victim.signal(signal.SIGTERM if graceful else signal.SIGKILL)
+                    await asyncio.to_thread(victim.process.wait, 30)
+                    # A draining node still answers until it has handed its shards over: what
+                    # counts is the first acknowledgement after it is gone.
+                    gone_at = time.monotonic() if graceful else stopped_at
+                    deadline = gone_at + FAILOVER_GIVE_UP_S
+                    while len(probes.first_acknowledged_after(gone_at)) < len(theirs) and time.monotonic() < deadline:
+                        await asyncio.sleep(0.01)
+                    served = probes.first_acknowledged_after(gone_at)
+                    if len(served) < len(theirs):
+                        missing = len(theirs) - len(served)
+                        raise RuntimeError(f"trial {trial + 1}: {missing} events not served within {FAILOVER_GIVE_UP_S:.0f} s")
+                    healed_at = max(served.values())
+                    away = probes.refused(stopped_at, healed_at)
+                    if graceful:
+                        pause = probes.longest_gap(stopped_at, healed_at)
+                        drains.append(pause)
+                    else:
+                        pause = healed_at - stopped_at
+                        failovers.append(pause)
+                    # Back on its port: its share moves back to it.
+                    returned_at = time.monotonic()
+                    victim = nodes.start(f"victim-{trial + 1}", victim_port)
+                    await wait_ready(session, victim)
+                    await wait_settled(session, survivors[0], args.nodes)
+                    settled_at = time.monotonic()
+                    await asyncio.sleep(0.3)
+                rebalance = probes.longest_gap(returned_at, settled_at + 0.3)
+                rebalances.append(rebalance)
+                print(
+                    f"trial {trial + 1:2}: {'SIGTERM' if graceful else 'SIGKILL'}"
+                    f" {'longest pause' if graceful else 'served again after'} {pause:.3f} s"
+                    f" ({len(theirs)} events; refusals meanwhile {away}); rejoined and rebalanced in"
+                    f" {settled_at - returned_at:.2f} s, longest pause per event {rebalance:.3f} s"
+                    f" (refusals {probes.refused(returned_at, settled_at)} of {probes.answered(returned_at, settled_at)})",
+                    flush=True,
+                )
+
+    def summary(values: list[float]) -> str:
+        return f"median {statistics.median(values):.3f} s, worst {max(values):.3f} s over {len(values)}" if values else "–"
+
+    print()
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, {args.nodes} nodes, {args.trials} trials")
+    print(f"- SIGKILL, until every event of the victim is served again: {summary(failovers)}")
+    print(f"- SIGTERM (planned handoff), longest pause of one event: {summary(drains)}")
+    print(f"- rejoin (shards moving back), longest pause of one event: {summary(rebalances)}")
+
+
+# -- forward-cost -----------------------------------------------------------------------------------
+
+IDLE_WINDOW_S = 5.0
+
+
+async def counted(
+    args: argparse.Namespace, admin_url: str, scratch: Path, run: str, *, measured: str, asked: str
+) -> tuple[float, float]:
+    """Two nodes, `owner` and `other`, the events the owner's; `measured` of them runs under
+    callgrind while `args.requests` reservations are sent to `asked`. Returns instructions per
+    reservation, as counted and less the node's idle rate (its lease renewals) over the window."""
+    database_url = await create_database(admin_url, f"forward_cost_{run}")
+    out_file = scratch / f"callgrind.{run}.out"
+    async with aiohttp.ClientSession() as session:
+        with nodes_on(database_url, scratch) as nodes:
+            started = {
+                name: nodes.start(f"{run}-{name}", valgrind=out_file if name == measured else None) for name in ("owner", "other")
+            }
+            for node in started.values():
+                await wait_ready(session, node, VALGRIND_READY_TIMEOUT_S)
+            await wait_settled(session, started["other"], 2)
+            events = await create_events(session, started["owner"], args.events)
+            target, counting = started[asked], started[measured]
+            await drive(target.base, events, "", WARMUP_REQUESTS, args.concurrency, 0)
+            callgrind_control("--instr=on", str(counting.process.pid))
+            began = time.monotonic()
+            await asyncio.sleep(IDLE_WINDOW_S)
+            callgrind_control("--dump", str(counting.process.pid))
+            idle_per_s = callgrind_totals(out_file_of_dump(out_file)) / (time.monotonic() - began)
+            callgrind_control("--zero", str(counting.process.pid))
+            began = time.monotonic()
+            created = await drive(target.base, events, "", args.requests, args.concurrency, WARMUP_REQUESTS)
+            window_s = time.monotonic() - began
+            callgrind_control("--instr=off", str(counting.process.pid))
+            counting.stop()
+    if created != args.requests:
+        raise RuntimeError(f"{run}: {created} of {args.requests} reservations were created")
+    total = callgrind_totals(out_file)
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out_file, args.keep / out_file.name)
+    raw, net = total / created, (total - idle_per_s * window_s) / created
+    print(
+        f"{run:22} {raw:10,.0f} instructions per reservation ({net:,.0f} less idle {idle_per_s:,.0f}/s over {window_s:.1f} s)",
+        flush=True,
+    )
+    return raw, net
+
+
+def out_file_of_dump(out_file: Path) -> Path:
+    """The file `callgrind_control --dump` wrote beside `out_file` (callgrind numbers each dump)."""
+    dumps = sorted(out_file.parent.glob(out_file.name + ".*"), key=lambda path: path.stat().st_mtime)
+    if not dumps:
+        raise RuntimeError(f"no dump beside {out_file}")
+    return dumps[-1]
+
+
+async def forward_cost(args: argparse.Namespace, admin_url: str, scratch: Path) -> None:
+    direct = await counted(args, admin_url, scratch, "direct", measured="owner", asked="owner")
+    owner = await counted(args, admin_url, scratch, "owner-when-forwarded", measured="owner", asked="other")
+    forwarder = await counted(args, admin_url, scratch, "forwarder", measured="other", asked="other")
+    print()
+    print(
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, {args.requests:,} reservations"
+        f" over {args.events} event(s), {args.concurrency} at a time"
+    )
+    for label, index in (("as counted", 0), ("less idle", 1)):
+        total = owner[index] + forwarder[index]
+        print(
+            f"- {label}: direct {direct[index]:,.0f}; forwarded {total:,.0f} (owner {owner[index]:,.0f} + forwarder"
+            f" {forwarder[index]:,.0f}) = {total / direct[index]:.2f}x direct"
+        )
+
+
+# -- entry point ------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    modes = parser.add_subparsers(dest="mode", required=True)
+    one = modes.add_parser("failover", help="SIGKILL / SIGTERM / rejoin, timed")
+    one.add_argument("--trials", type=int, default=10)
+    one.add_argument("--nodes", type=int, default=2)
+    one.add_argument("--events", type=int, default=8, help="the victim's events probed per trial")
+    cost = modes.add_parser("forward-cost", help="instructions per forwarded reservation (callgrind)")
+    cost.add_argument("--requests", type=int, default=2000)
+    cost.add_argument("--concurrency", type=int, default=32)
+    cost.add_argument("--events", type=int, default=1)
+    cost.add_argument("--keep", type=Path, help="copy the callgrind files here (for callgrind_annotate)")
+    args = parser.parse_args()
+    if args.mode == "forward-cost" and (shutil.which("valgrind") is None or shutil.which("callgrind_control") is None):
+        raise SystemExit("needs valgrind (apt install valgrind)")
+    if args.mode == "failover" and not (1 <= args.trials <= 100 and 2 <= args.nodes <= 8 and 1 <= args.events <= 64):
+        raise SystemExit("--trials 1..100, --nodes 2..8, --events 1..64")
+    with scratch_postgres("inventoryd-cluster-bench-") as (embedded, scratch):
+        asyncio.run({"failover": failover, "forward-cost": forward_cost}[args.mode](args, embedded.dsn("postgres"), scratch))
+
+
+if __name__ == "__main__":
+    main()
