@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import random
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from inventoryd.audit import audit
 from inventoryd.cluster import new_node_id
 from inventoryd.http import keys
 from persistence import cluster as cluster_store
@@ -180,6 +187,30 @@ async def holds_every_shard(session: aiohttp.ClientSession, base: str) -> bool:
     return all(shard["owner"] == view["node_id"] and shard["local_lease_left_s"] for shard in view["shards"])
 
 
+# -- HAProxy (tests/test_haproxy.py, tests/test_containers.py) -----------------------------------
+
+HAPROXY_CHECK_TIMEOUT_S = 30.0
+
+
+def haproxy_binary() -> str:
+    """The haproxy executable (2.6: the ring the nodes copy is that version's)."""
+    found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+    assert found, "haproxy 2.6 is a test dependency (.ci/run installs it: apt-get install -y haproxy)"
+    return found
+
+
+def haproxy_check(path: Path) -> subprocess.CompletedProcess[str]:
+    """`haproxy -c -f path`: the configuration parsed and checked, nothing started."""
+    return subprocess.run(
+        [haproxy_binary(), "-c", "-f", str(path)], capture_output=True, text=True, timeout=HAPROXY_CHECK_TIMEOUT_S
+    )
+
+
+def assert_haproxy_config_valid(path: Path) -> None:
+    result = haproxy_check(path)
+    assert result.returncode == 0 and "Configuration file is valid" in result.stdout, result.stdout + result.stderr
+
+
 # -- reading what the service shows -----------------------------------------------------------
 
 
@@ -228,3 +259,231 @@ async def hold_a_shard(database_url: str, shard: int = 0) -> tuple[int, int]:
         return taken, epoch
     finally:
         await connection.close()
+
+
+# -- a cluster of real nodes (tests/cluster_node.py), and load on it ------------------------------
+#
+# Nodes are subprocesses on loopback, each with its own log file; `cluster_of` kills every one it
+# started, by its PID. `Load` is buyers reserving, confirming and cancelling through the nodes (or a
+# load balancer in front of them); the checks after it read what the service answered and the log.
+
+
+@dataclass
+class Node:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def signal(self, number: int) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(number)
+
+
+@dataclass
+class Cluster:
+    database_url: str
+    directory: Path
+    nodes: list[Node] = field(default_factory=list)
+
+    def start(self, name: str, *, env: dict[str, str] | None = None, database_url: str | None = None, **flags: Any) -> Node:
+        port = flags.pop("port", None) or free_port()
+        arguments = ["--port", str(port), "--advertise-url", f"http://127.0.0.1:{port}"]
+        for flag, value in flags.items():
+            arguments += [f"--{flag.replace('_', '-')}", str(value)]
+        log_path = self.directory / f"{name}.log"
+        log = open(log_path, "ab")  # noqa: SIM115 - closed with the process, below
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.cluster_node", "serve", "--database-url", database_url or self.database_url, *arguments],
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+            env={
+                **os.environ,
+                "INVENTORYD_LOG_FORMAT": "json",
+                "INVENTORYD_ACCESS_LOG": "0",
+                "INVENTORYD_ADMIN_TOKEN": ADMIN_TOKEN,
+                "INVENTORYD_DRAIN_GRACE_S": "0.2",
+                **(env or {}),
+            },
+        )
+        log.close()
+        node = Node(name, port, process, log_path)
+        self.nodes.append(node)
+        return node
+
+    def stop_all(self) -> None:
+        for node in self.nodes:
+            node.signal(signal.SIGCONT)
+            node.signal(signal.SIGKILL)
+        for node in self.nodes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def cluster_of(database_url: str, directory: Path) -> Iterator[Cluster]:
+    cluster = Cluster(database_url, directory)
+    try:
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+async def wait_node_ready(session: aiohttp.ClientSession, node: Node) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert node.process.poll() is None, f"{node.name} exited:\n{node.log_path.read_text()[-3000:]}"
+        with contextlib.suppress(aiohttp.ClientError):
+            async with session.get(f"{node.base}/readyz") as response:
+                if response.status == 200:
+                    return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{node.name} did not become ready")
+
+
+async def cluster_view(session: aiohttp.ClientSession, node: Node) -> dict[str, Any]:
+    async with session.get(f"{node.base}/v1/cluster") as response:
+        assert response.status == 200, await response.text()
+        return dict(await response.json())
+
+
+async def wait_settled(session: aiohttp.ClientSession, node: Node, owners: int, timeout_s: float = 30.0) -> dict[str, Any]:
+    """Until, as `node` sees it, every shard has a live owner and `owners` nodes share them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        view = await cluster_view(session, node)
+        live = {n["node_id"] for n in view["nodes"] if n["live"]}
+        holders = {shard["owner"] for shard in view["shards"]}
+        if holders <= live and len(holders) == owners and None not in holders:
+            return view
+        assert time.monotonic() < deadline, f"the shards did not settle on {owners} nodes: {view['nodes']}"
+        await asyncio.sleep(0.1)
+
+
+def cluster_event_body(name: str, capacity: int = 10_000) -> dict[str, Any]:
+    return {
+        "name": name,
+        "starts_at": "2027-06-01T19:00:00Z",
+        "currency": "EUR",
+        "ticket_types": [{"code": "GA", "name": "GA", "price": 100, "capacity": capacity}],
+    }
+
+
+async def create_events(session: aiohttp.ClientSession, nodes: list[Node], count: int) -> list[str]:
+    """Events made through each node in turn (each in a shard of the node that made it)."""
+    ids = []
+    for index in range(count):
+        node = nodes[index % len(nodes)]
+        async with session.post(f"{node.base}/v1/events", json=cluster_event_body(f"cluster {index}")) as response:
+            assert response.status == 201, await response.text()
+            ids.append((await response.json())["id"])
+    return ids
+
+
+@dataclass
+class Load:
+    """Buyers reserving, confirming and cancelling through random nodes, each request with its own
+    Idempotency-Key; what was acknowledged is kept, with the answer, to be checked after."""
+
+    session: aiohttp.ClientSession
+    nodes: list[Node]
+    events: list[str]
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+    acknowledged: dict[str, tuple[str, str, dict[str, Any] | None, dict[str, Any]]] = field(default_factory=dict)
+    statuses: dict[int, int] = field(default_factory=dict)
+    reserved: list[str] = field(default_factory=list)
+    # (when, the node asked, status, whether another node answered): who acknowledged what, when.
+    answers: list[tuple[float, str, int, bool]] = field(default_factory=list)
+    running: bool = True
+
+    async def buyer(self, index: int) -> None:
+        attempt = 0
+        while self.running:
+            attempt += 1
+            key = f"b{index}-{attempt}"
+            live = [node for node in self.nodes if node.process.poll() is None] or self.nodes
+            node = self.rng.choice(live)
+            if self.reserved and self.rng.random() < 0.3:
+                verb = self.rng.choice(["confirm", "confirm", "cancel"])
+                path, body = f"/v1/reservations/{self.rng.choice(self.reserved)}/{verb}", None
+            else:
+                path = f"/v1/events/{self.rng.choice(self.events)}/reservations"
+                body = {"ticket_type": "GA", "quantity": 1, "user_id": f"u{index}-{attempt}"}
+            try:
+                async with self.session.post(node.base + path, json=body, headers={"Idempotency-Key": key}) as response:
+                    status = response.status
+                    answer = await response.json()
+                    relayed = "Inventoryd-Forwarded-To" in response.headers
+                    self.answers.append((time.monotonic(), node.name, status, relayed))
+            except (aiohttp.ClientError, TimeoutError):
+                await asyncio.sleep(0.05)
+                continue
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+            if status in (200, 201):
+                self.acknowledged[key] = (path, answer["status"], body, answer)
+                if status == 201:
+                    self.reserved.append(answer["id"])
+            elif status in (429, 503):
+                assert "Retry-After" in response.headers, answer
+                await asyncio.sleep(0.05)
+            else:
+                assert status == 409, (status, answer)
+
+    @contextlib.asynccontextmanager
+    async def running_with(self, buyers: int) -> AsyncIterator[Load]:
+        tasks = [asyncio.create_task(self.buyer(index)) for index in range(buyers)]
+        try:
+            yield self
+        finally:
+            self.running = False
+            await asyncio.gather(*tasks)
+
+
+_STEP = {"held": 1, "confirmed": 2, "cancelled": 3, "expired": 3}
+
+
+async def check_nothing_acknowledged_is_lost(load: Load, node: Node) -> None:
+    """Every acknowledged change is there (a reservation never found behind its last acknowledged
+    step), and every acknowledged request, retried with its key, gets its original answer."""
+    latest: dict[str, str] = {}
+    for _, step, _, answer in load.acknowledged.values():
+        if _STEP[step] > _STEP.get(latest.get(answer["id"], ""), 0):
+            latest[answer["id"]] = step
+    for reservation_id, step in latest.items():
+        async with load.session.get(f"{node.base}/v1/reservations/{reservation_id}") as response:
+            assert response.status == 200, f"acknowledged {reservation_id} is missing: {await response.text()}"
+            now = (await response.json())["status"]
+        assert _STEP[now] >= _STEP[step], f"{reservation_id} was acknowledged {step}, is {now}"
+    for key, (path, _, body, answer) in list(load.acknowledged.items())[:200]:
+        async with load.session.post(f"{node.base}{path}", json=body, headers={"Idempotency-Key": key}) as response:
+            assert response.status in (200, 201), await response.text()
+            assert (await response.json())["id"] == answer["id"]
+
+
+async def check_the_log(database_url: str, events: list[str]) -> None:
+    """The audit passes; each event's epochs never decrease along its log; no record was written at
+    a shard's old epoch after a newer epoch's first record (a deposed owner committed nothing)."""
+    connection = await connect(database_url)
+    try:
+        results = await audit(connection)
+        assert all(not result.problems for result in results), [r.line() for r in results if r.problems]
+        rows = await connection.fetch(
+            "SELECT event_id, seq, epoch FROM journal WHERE event_id = ANY($1::text[]) ORDER BY event_id, seq", events
+        )
+    finally:
+        await connection.close()
+    last: dict[str, int] = {}
+    for event_id, seq, epoch in rows:
+        assert epoch >= last.get(event_id, 0), f"{event_id} seq {seq}: epoch {epoch} after {last[event_id]}"
+        last[event_id] = epoch
+
+
+async def metric(session: aiohttp.ClientSession, node: Node, name: str) -> float:
+    async with session.get(f"{node.base}/metrics") as response:
+        found = samples(await response.text())
+    return sum(value for (sample, _), value in found.items() if sample == name)

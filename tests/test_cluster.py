@@ -13,17 +13,13 @@ takeover committed. Every wait is bounded; every process is stopped by its PID.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,233 +27,32 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from inventoryd.audit import audit
 from inventoryd.cluster import shard_of
 from inventoryd.cluster.membership import LOCAL_LEASE_S
 from inventoryd.limits import SHARD_LEASE_S, SHARD_RENEW_INTERVAL_S
 from persistence import limits as persistence_limits
 from persistence.embedded import EmbeddedPostgres
 from persistence.journal import connect
-from tests.helpers import ADMIN, ADMIN_TOKEN, ROOT, free_port, samples
+from tests.helpers import (
+    ADMIN,
+    ADMIN_TOKEN,
+    ROOT,
+    Load,
+    Node,
+    check_nothing_acknowledged_is_lost,
+    check_the_log,
+    cluster_event_body,
+    cluster_of,
+    cluster_view,
+    create_events,
+    free_port,
+    metric,
+    wait_node_ready,
+    wait_settled,
+)
 
-STARTUP_TIMEOUT_S = 60.0
 FAILOVER_BOUND_S = 5.0
 SHARDS = persistence_limits.CLUSTER_SHARDS
-
-
-@dataclass
-class Node:
-    name: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def signal(self, number: int) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(number)
-
-
-@dataclass
-class Cluster:
-    database_url: str
-    directory: Path
-    nodes: list[Node] = field(default_factory=list)
-
-    def start(self, name: str, *, env: dict[str, str] | None = None, database_url: str | None = None, **flags: Any) -> Node:
-        port = flags.pop("port", None) or free_port()
-        arguments = ["--port", str(port), "--advertise-url", f"http://127.0.0.1:{port}"]
-        for flag, value in flags.items():
-            arguments += [f"--{flag.replace('_', '-')}", str(value)]
-        log_path = self.directory / f"{name}.log"
-        log = open(log_path, "ab")  # noqa: SIM115 - closed with the process, below
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.cluster_node", "serve", "--database-url", database_url or self.database_url, *arguments],
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
-            env={
-                **os.environ,
-                "INVENTORYD_LOG_FORMAT": "json",
-                "INVENTORYD_ACCESS_LOG": "0",
-                "INVENTORYD_ADMIN_TOKEN": ADMIN_TOKEN,
-                "INVENTORYD_DRAIN_GRACE_S": "0.2",
-                **(env or {}),
-            },
-        )
-        log.close()
-        node = Node(name, port, process, log_path)
-        self.nodes.append(node)
-        return node
-
-    def stop_all(self) -> None:
-        for node in self.nodes:
-            node.signal(signal.SIGCONT)
-            node.signal(signal.SIGKILL)
-        for node in self.nodes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                node.process.wait(timeout=30)
-
-
-@contextlib.contextmanager
-def cluster_of(database_url: str, directory: Path) -> Iterator[Cluster]:
-    cluster = Cluster(database_url, directory)
-    try:
-        yield cluster
-    finally:
-        cluster.stop_all()
-
-
-async def wait_ready(session: aiohttp.ClientSession, node: Node) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert node.process.poll() is None, f"{node.name} exited:\n{node.log_path.read_text()[-3000:]}"
-        with contextlib.suppress(aiohttp.ClientError):
-            async with session.get(f"{node.base}/readyz") as response:
-                if response.status == 200:
-                    return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{node.name} did not become ready")
-
-
-async def cluster_view(session: aiohttp.ClientSession, node: Node) -> dict[str, Any]:
-    async with session.get(f"{node.base}/v1/cluster") as response:
-        assert response.status == 200, await response.text()
-        return dict(await response.json())
-
-
-async def wait_settled(session: aiohttp.ClientSession, node: Node, owners: int, timeout_s: float = 30.0) -> dict[str, Any]:
-    """Until, as `node` sees it, every shard has a live owner and `owners` nodes share them."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        view = await cluster_view(session, node)
-        live = {n["node_id"] for n in view["nodes"] if n["live"]}
-        holders = {shard["owner"] for shard in view["shards"]}
-        if holders <= live and len(holders) == owners and None not in holders:
-            return view
-        assert time.monotonic() < deadline, f"the shards did not settle on {owners} nodes: {view['nodes']}"
-        await asyncio.sleep(0.1)
-
-
-def event_body(name: str, capacity: int = 10_000) -> dict[str, Any]:
-    return {
-        "name": name,
-        "starts_at": "2027-06-01T19:00:00Z",
-        "currency": "EUR",
-        "ticket_types": [{"code": "GA", "name": "GA", "price": 100, "capacity": capacity}],
-    }
-
-
-async def create_events(session: aiohttp.ClientSession, nodes: list[Node], count: int) -> list[str]:
-    """Events made through each node in turn (each in a shard of the node that made it)."""
-    ids = []
-    for index in range(count):
-        node = nodes[index % len(nodes)]
-        async with session.post(f"{node.base}/v1/events", json=event_body(f"cluster {index}")) as response:
-            assert response.status == 201, await response.text()
-            ids.append((await response.json())["id"])
-    return ids
-
-
-@dataclass
-class Load:
-    """Buyers reserving, confirming and cancelling through random nodes, each request with its own
-    Idempotency-Key; what was acknowledged is kept, with the answer, to be checked after."""
-
-    session: aiohttp.ClientSession
-    nodes: list[Node]
-    events: list[str]
-    rng: random.Random = field(default_factory=lambda: random.Random(7))
-    acknowledged: dict[str, tuple[str, str, dict[str, Any] | None, dict[str, Any]]] = field(default_factory=dict)
-    statuses: dict[int, int] = field(default_factory=dict)
-    reserved: list[str] = field(default_factory=list)
-    # (when, the node asked, status, whether another node answered): who acknowledged what, when.
-    answers: list[tuple[float, str, int, bool]] = field(default_factory=list)
-    running: bool = True
-
-    async def buyer(self, index: int) -> None:
-        attempt = 0
-        while self.running:
-            attempt += 1
-            key = f"b{index}-{attempt}"
-            live = [node for node in self.nodes if node.process.poll() is None] or self.nodes
-            node = self.rng.choice(live)
-            if self.reserved and self.rng.random() < 0.3:
-                verb = self.rng.choice(["confirm", "confirm", "cancel"])
-                path, body = f"/v1/reservations/{self.rng.choice(self.reserved)}/{verb}", None
-            else:
-                path = f"/v1/events/{self.rng.choice(self.events)}/reservations"
-                body = {"ticket_type": "GA", "quantity": 1, "user_id": f"u{index}-{attempt}"}
-            try:
-                async with self.session.post(node.base + path, json=body, headers={"Idempotency-Key": key}) as response:
-                    status = response.status
-                    answer = await response.json()
-                    relayed = "Inventoryd-Forwarded-To" in response.headers
-                    self.answers.append((time.monotonic(), node.name, status, relayed))
-            except (aiohttp.ClientError, TimeoutError):
-                await asyncio.sleep(0.05)
-                continue
-            self.statuses[status] = self.statuses.get(status, 0) + 1
-            if status in (200, 201):
-                self.acknowledged[key] = (path, answer["status"], body, answer)
-                if status == 201:
-                    self.reserved.append(answer["id"])
-            elif status in (429, 503):
-                assert "Retry-After" in response.headers, answer
-                await asyncio.sleep(0.05)
-            else:
-                assert status == 409, (status, answer)
-
-    @contextlib.asynccontextmanager
-    async def running_with(self, buyers: int) -> AsyncIterator[Load]:
-        tasks = [asyncio.create_task(self.buyer(index)) for index in range(buyers)]
-        try:
-            yield self
-        finally:
-            self.running = False
-            await asyncio.gather(*tasks)
-
-
-_STEP = {"held": 1, "confirmed": 2, "cancelled": 3, "expired": 3}
-
-
-async def check_nothing_acknowledged_is_lost(load: Load, node: Node) -> None:
-    """Every acknowledged change is there (a reservation never found behind its last acknowledged
-    step), and every acknowledged request, retried with its key, gets its original answer."""
-    latest: dict[str, str] = {}
-    for _, step, _, answer in load.acknowledged.values():
-        if _STEP[step] > _STEP.get(latest.get(answer["id"], ""), 0):
-            latest[answer["id"]] = step
-    for reservation_id, step in latest.items():
-        async with load.session.get(f"{node.base}/v1/reservations/{reservation_id}") as response:
-            assert response.status == 200, f"acknowledged {reservation_id} is missing: {await response.text()}"
-            now = (await response.json())["status"]
-        assert _STEP[now] >= _STEP[step], f"{reservation_id} was acknowledged {step}, is {now}"
-    for key, (path, _, body, answer) in list(load.acknowledged.items())[:200]:
-        async with load.session.post(f"{node.base}{path}", json=body, headers={"Idempotency-Key": key}) as response:
-            assert response.status in (200, 201), await response.text()
-            assert (await response.json())["id"] == answer["id"]
-
-
-async def check_the_log(database_url: str, events: list[str]) -> None:
-    """The audit passes; each event's epochs never decrease along its log; no record was written at
-    a shard's old epoch after a newer epoch's first record (a deposed owner committed nothing)."""
-    connection = await connect(database_url)
-    try:
-        results = await audit(connection)
-        assert all(not result.problems for result in results), [r.line() for r in results if r.problems]
-        rows = await connection.fetch(
-            "SELECT event_id, seq, epoch FROM journal WHERE event_id = ANY($1::text[]) ORDER BY event_id, seq", events
-        )
-    finally:
-        await connection.close()
-    last: dict[str, int] = {}
-    for event_id, seq, epoch in rows:
-        assert epoch >= last.get(event_id, 0), f"{event_id} seq {seq}: epoch {epoch} after {last[event_id]}"
-        last[event_id] = epoch
 
 
 async def database_now(database_url: str) -> Any:
@@ -306,19 +101,13 @@ async def stale_writes_after_takeover(database_url: str, events: list[str]) -> i
         await connection.close()
 
 
-async def metric(session: aiohttp.ClientSession, node: Node, name: str) -> float:
-    async with session.get(f"{node.base}/metrics") as response:
-        found = samples(await response.text())
-    return sum(value for (sample, _), value in found.items() if sample == name)
-
-
 async def test_any_node_answers_for_any_event(database_url: str, tmp_path: Path) -> None:
     async with aiohttp.ClientSession(headers=ADMIN) as session:
         with cluster_of(database_url, tmp_path) as cluster:
             first = cluster.start("first")
-            await wait_ready(session, first)
+            await wait_node_ready(session, first)
             second = cluster.start("second")
-            await wait_ready(session, second)
+            await wait_node_ready(session, second)
             view = await wait_settled(session, first, owners=2)
             assert sum(node["shards"] for node in view["nodes"]) == SHARDS
             # Every shard's lease is live by the database's clock; the holder's own deadline is the shorter.
@@ -349,10 +138,10 @@ async def test_any_node_answers_for_any_event(database_url: str, tmp_path: Path)
                 assert len(history["items"]) == len(events) and {item["status"] for item in history["items"]} == {"confirmed"}
             # A keyed create retried on the other node is the same event (its id follows from the key).
             keyed = {"Idempotency-Key": "create-once"}
-            async with session.post(f"{first.base}/v1/events", json=event_body("once"), headers=keyed) as response:
+            async with session.post(f"{first.base}/v1/events", json=cluster_event_body("once"), headers=keyed) as response:
                 assert response.status == 201, await response.text()
                 created = await response.json()
-            async with session.post(f"{second.base}/v1/events", json=event_body("once"), headers=keyed) as response:
+            async with session.post(f"{second.base}/v1/events", json=cluster_event_body("once"), headers=keyed) as response:
                 assert response.status == 201 and (await response.json())["id"] == created["id"]
                 assert response.headers.get("Idempotent-Replayed") == "true"
         await check_the_log(database_url, events)
@@ -363,7 +152,7 @@ async def test_a_killed_node_is_replaced_within_the_lease(database_url: str, tmp
         with cluster_of(database_url, tmp_path) as cluster:
             nodes = [cluster.start(f"node{index}") for index in range(3)]
             for node in nodes:
-                await wait_ready(session, node)
+                await wait_node_ready(session, node)
             await wait_settled(session, nodes[0], owners=3)
             events = await create_events(session, nodes, 30)
             doomed = nodes[2]
@@ -405,10 +194,10 @@ async def test_a_zombie_can_commit_nothing_after_the_takeover(database_url: str,
         with cluster_of(database_url, tmp_path) as cluster:
             env = {"INVENTORYD_TEST_WRITE_DELAY_S": "0.3", **({"INVENTORYD_TEST_NO_EPOCH_FENCE": "1"} if mutant else {})}
             zombie = cluster.start("zombie", env=env)
-            await wait_ready(session, zombie)
+            await wait_node_ready(session, zombie)
             events = await create_events(session, [zombie], 4)
             other = cluster.start("other")
-            await wait_ready(session, other)
+            await wait_node_ready(session, other)
             load = Load(session, [zombie], events)
             buyers = [asyncio.create_task(load.buyer(index)) for index in range(12)]
             await asyncio.sleep(1.0)
@@ -503,10 +292,10 @@ async def test_a_node_cut_off_from_the_database_gives_its_shards_up(database_url
     async with aiohttp.ClientSession(headers=ADMIN, timeout=aiohttp.ClientTimeout(total=20)) as session:
         with cluster_of(database_url, tmp_path) as cluster:
             cut_off = cluster.start("cut-off", database_url=through_proxy)
-            await wait_ready(session, cut_off)
+            await wait_node_ready(session, cut_off)
             events = await create_events(session, [cut_off], 4)
             other = cluster.start("other")
-            await wait_ready(session, other)
+            await wait_node_ready(session, other)
             load = Load(session, [cut_off, other], events)
             async with load.running_with(buyers=8):
                 await asyncio.sleep(1.0)
@@ -540,16 +329,16 @@ async def test_join_leave_and_a_rolling_restart_under_load(database_url: str, tm
     async with aiohttp.ClientSession(headers=ADMIN, timeout=aiohttp.ClientTimeout(total=20)) as session:
         with cluster_of(database_url, tmp_path) as cluster:
             first = cluster.start("first")
-            await wait_ready(session, first)
+            await wait_node_ready(session, first)
             events = await create_events(session, [first], 16)
             load = Load(session, [first], events)
             async with load.running_with(buyers=12):
                 second = cluster.start("second")
-                await wait_ready(session, second)
+                await wait_node_ready(session, second)
                 load.nodes = [first, second]
                 await wait_settled(session, first, owners=2)
                 third = cluster.start("third")
-                await wait_ready(session, third)
+                await wait_node_ready(session, third)
                 load.nodes = [first, second, third]
                 await wait_settled(session, first, owners=3)
                 for index in range(3):  # a rolling restart: each node drained (SIGTERM), then started again
@@ -558,7 +347,7 @@ async def test_join_leave_and_a_rolling_restart_under_load(database_url: str, tm
                     leaving.signal(signal.SIGTERM)
                     assert leaving.process.wait(timeout=30) == 0, leaving.log_path.read_text()[-3000:]
                     back = cluster.start(f"{leaving.name}-again")
-                    await wait_ready(session, back)
+                    await wait_node_ready(session, back)
                     load.nodes.insert(index, back)
                     await wait_settled(session, back, owners=3)
                 await asyncio.sleep(0.5)
@@ -592,7 +381,7 @@ async def test_two_nodes_on_one_machine_share_the_embedded_database(tmp_path: Pa
     try:
         async with aiohttp.ClientSession(headers=ADMIN) as session:
             for node in nodes:
-                await wait_ready(session, node)
+                await wait_node_ready(session, node)
             view = await wait_settled(session, nodes[0], owners=2)
             assert len([node for node in view["nodes"] if node["live"]]) == 2
             events = await create_events(session, nodes, 4)
