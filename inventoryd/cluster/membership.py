@@ -30,7 +30,7 @@ import asyncpg
 import structlog
 
 from inventoryd import limits
-from inventoryd.cluster.ring import RingNode, shard_of, targets
+from inventoryd.cluster.ring import RingNode, shard_of, targets, unaligned
 from inventoryd.tasks import TaskSupervisor
 from persistence import cluster as store
 from persistence import limits as persistence_limits
@@ -105,6 +105,8 @@ class Membership:
     _map_read_at: float = 0.0
     _nodes: dict[str, store.NodeRow] = field(default_factory=dict)
     _targets: list[str] = field(default_factory=list)
+    # The live nodes `_targets` was computed for.
+    _ring: tuple[RingNode, ...] | None = None
     _connection: asyncpg.Connection | None = None
     # One statement at a time on the lease connection (the keeper and the handoffs share it).
     _statements: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -339,7 +341,13 @@ class Membership:
         live = [RingNode(node.node_id, node.lb_server_id, node.lb_weight) for node in nodes if self._live(node)]
         if not any(node.node_id == self.node_id for node in live) and not self.draining:
             live.append(RingNode(self.node_id, self.lb_server_id, self.lb_weight))
-        self._targets = targets(self.shard_count, live) if live else [self.node_id] * self.shard_count
+        ring = tuple(sorted(live, key=lambda node: node.node_id))
+        if ring != self._ring:  # placing 256 shards costs milliseconds: only when the nodes change
+            self._ring = ring
+            self._targets = targets(self.shard_count, ring) if ring else [self.node_id] * self.shard_count
+            reason = unaligned(ring)
+            if reason is not None:
+                log.warning("lb_ring_unaligned", reason=reason, detail="shards placed by rendezvous: requests via HAProxy are forwarded")
         if changed and self._map_changed is not None and not self._map_changed.done():
             self._map_changed.set_result(None)
 

@@ -71,6 +71,10 @@ class RingNode:
     lb_weight: int
 
 
+class RingCollision(ValueError):
+    """Two servers' points fall on one spot of the ring (two nodes given one id, most likely)."""
+
+
 class HaproxyRing:
     """HAProxy's consistent ring over the servers that are up."""
 
@@ -86,7 +90,7 @@ class HaproxyRing:
         self._keys = [key for key, _ in points]
         self._owners = [owner for _, owner in points]
         if len(set(self._keys)) != len(self._keys):
-            raise ValueError("two servers' points collide on the ring: give one another id")
+            raise RingCollision("two servers' points collide on the ring: give one another id")
 
     def node_for(self, shard: int) -> str:
         """chash_get_server_hash: the nearest point, the one before it on a tie."""
@@ -100,13 +104,37 @@ class HaproxyRing:
         return self._owners[following]
 
 
+def unaligned(nodes: Sequence[RingNode]) -> str | None:
+    """Why the shards cannot be placed where HAProxy sends them, when some node says it is behind
+    HAProxy (None: they can be, or no node uses HAProxy's ring)."""
+    if not any(node.lb_server_id is not None for node in nodes):
+        return None
+    without = sorted(node.node_id for node in nodes if node.lb_server_id is None)
+    if without:
+        return f"nodes without a load-balancer id: {', '.join(without)}"
+    try:
+        HaproxyRing(nodes)
+    except RingCollision:
+        ids = [node.lb_server_id for node in nodes]
+        repeated = sorted({str(server_id) for server_id in ids if ids.count(server_id) > 1})
+        return f"load-balancer ids given to two nodes: {', '.join(repeated)}" if repeated else "the nodes' ring points collide"
+    return None
+
+
 def targets(shard_count: int, nodes: Sequence[RingNode]) -> list[str]:
-    """Which node should own each shard, given the live nodes (at least one)."""
+    """Which node should own each shard, given the live nodes (at least one): HAProxy's ring when
+    every node is on it, else rendezvous. A ring HAProxy cannot have (ids that collide) falls back
+    to rendezvous too: a placement that is not HAProxy's costs forwarding hops, never ownership,
+    and every node computes the same one from the same nodes table."""
     if not nodes:
         raise ValueError("no live node to own the shards")
     if all(node.lb_server_id is not None for node in nodes):
-        ring = HaproxyRing(nodes)
-        return [ring.node_for(shard) for shard in range(shard_count)]
+        try:
+            ring = HaproxyRing(nodes)
+        except RingCollision:
+            pass
+        else:
+            return [ring.node_for(shard) for shard in range(shard_count)]
     return [max(nodes, key=lambda node: _rendezvous(node.node_id, shard)).node_id for shard in range(shard_count)]
 
 
