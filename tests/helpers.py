@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import random
 import shutil
@@ -23,6 +24,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from inventoryd import cli
 from inventoryd.audit import audit
 from inventoryd.cluster import new_node_id
 from inventoryd.http import keys
@@ -487,3 +489,51 @@ async def metric(session: aiohttp.ClientSession, node: Node, name: str) -> float
     async with session.get(f"{node.base}/metrics") as response:
         found = samples(await response.text())
     return sum(value for (sample, _), value in found.items() if sample == name)
+
+
+async def token_command(database_url: str, *words: str) -> tuple[int, str]:
+    """Run `inventoryd token ...` as the CLI does, in a thread (it runs its own event loop), and
+    without cli.main, which would set up logging for the whole process."""
+    arguments = cli._parser().parse_args(["token", *words, "--database-url", database_url])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = await asyncio.to_thread(cli.token, cli._settings(arguments), arguments)
+    return code, out.getvalue().strip()
+
+
+async def make_api_token(database_url: str, role: str, name: str) -> str:
+    code, token = await token_command(database_url, "create", "--role", role, "--name", name)
+    assert code == 0 and token.startswith("ivd_")
+    return token
+
+
+def one_type(capacity: int, code: str = "GA") -> list[dict[str, Any]]:
+    return [{"code": code, "name": code, "price": 1000, "capacity": capacity}]
+
+
+class Stream:
+    """One `GET .../availability/stream` on its own TCP connection from a chosen source address."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int) -> None:
+        self.reader, self.writer, self.status = reader, writer, status
+
+    @classmethod
+    async def open(cls, port: int, event_id: str, source: str) -> Stream:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        writer.write(
+            f"GET /v1/events/{event_id}/availability/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        stream = cls(reader, writer, int(status_line.split()[1]))
+        if stream.status == 200:
+            # The first event: the server has counted this stream.
+            while not (await asyncio.wait_for(reader.readline(), 5)).startswith(b"data:"):
+                pass
+        else:
+            stream.close()
+        return stream
+
+    def close(self) -> None:
+        self.writer.close()

@@ -24,8 +24,7 @@ from inventoryd.errors import Unavailable
 from inventoryd.http import keys
 from inventoryd.ratelimit import address_key
 from inventoryd.streams import StreamBudget, StreamRefused
-from tests.helpers import ADMIN, create_event, free_port, running_server, wait_ready, wait_until
-from tests.test_hardening_api import Stream, one_type
+from tests.helpers import ADMIN, Stream, create_event, free_port, one_type, running_server, wait_ready, wait_until
 
 PASSWORD = "correct horse battery staple"
 

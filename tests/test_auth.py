@@ -9,8 +9,6 @@ from the route table: a route added without an expectation here fails the test.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import time
 from typing import Any
 
@@ -18,9 +16,9 @@ import jwt
 import pytest
 import structlog
 
-from inventoryd import cli, limits
+from inventoryd import limits
 from inventoryd.http.routes import ROUTES
-from tests.helpers import create_event, event_body
+from tests.helpers import create_event, event_body, make_api_token, token_command
 
 PASSWORD = "correct horse battery staple"
 
@@ -41,22 +39,6 @@ async def login(client: Any, email: str, password: str = PASSWORD) -> dict[str, 
     response = await client.post("/v1/auth/login", json={"email": email, "password": password})
     assert response.status == 200, await response.text()
     return await response.json()
-
-
-async def token_command(database_url: str, *words: str) -> tuple[int, str]:
-    """Run `inventoryd token ...` as the CLI does, in a thread (it runs its own event loop), and
-    without cli.main, which would set up logging for the whole process."""
-    arguments = cli._parser().parse_args(["token", *words, "--database-url", database_url])
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        code = await asyncio.to_thread(cli.token, cli._settings(arguments), arguments)
-    return code, out.getvalue().strip()
-
-
-async def make_api_token(database_url: str, role: str, name: str) -> str:
-    code, token = await token_command(database_url, "create", "--role", role, "--name", name)
-    assert code == 0 and token.startswith("ivd_")
-    return token
 
 
 async def test_register_login_me(client: Any) -> None:

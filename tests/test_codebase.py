@@ -49,3 +49,18 @@ def test_no_bare_assert_outside_the_tests(package: str) -> None:
         if isinstance(node, ast.Assert)
     ]
     assert not found, f"bare assert (stripped by python -O): {found}"
+
+
+# What test modules may import of the tests: their shared helpers, never another test module (whose
+# fixtures and module-level set-up would come along, and whose change would break a stranger).
+TEST_SUPPORT_MODULES = {"tests.helpers", "tests.cluster_node", "tests.conftest", "tests.fuzz_hooks"}
+
+
+def test_tests_import_only_the_shared_helpers() -> None:
+    found = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            found += [f"{path.name}: {name}" for name in names if name.startswith("tests.") and name not in TEST_SUPPORT_MODULES]
+    assert not found, f"test modules importing other test modules: {found}"

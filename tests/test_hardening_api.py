@@ -22,14 +22,12 @@ import pytest
 import structlog
 
 from inventoryd import limits
-from tests.helpers import ADMIN, create_event, wait_until
-from tests.test_durability import free_port, running_server, wait_ready
+from tests.helpers import ADMIN, Stream, create_event, free_port, one_type, running_server, wait_ready, wait_until
 
 RESERVE = "/v1/events/{event_id}/reservations"
 
 
-def one_type(capacity: int, code: str = "GA") -> list[dict[str, Any]]:
-    return [{"code": code, "name": code, "price": 1000, "capacity": capacity}]
+
 
 
 async def reserve(
@@ -520,34 +518,6 @@ async def test_available_false_lists_only_events_with_nothing_to_sell(client: An
 # service names one; else a tenth of the global STREAM_SUBSCRIBERS_MAX (1000).
 STREAMS_TRIED_PER_ADDRESS = getattr(limits, "STREAMS_PER_ADDRESS_MAX", 99) + 1
 STREAMS_TRIED_PER_EVENT = getattr(limits, "STREAMS_PER_EVENT_MAX", 99) + 1
-
-
-class Stream:
-    """One `GET .../availability/stream` on its own TCP connection from a chosen source address."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int) -> None:
-        self.reader, self.writer, self.status = reader, writer, status
-
-    @classmethod
-    async def open(cls, port: int, event_id: str, source: str) -> Stream:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
-        writer.write(
-            f"GET /v1/events/{event_id}/availability/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            "Accept: text/event-stream\r\n\r\n".encode()
-        )
-        await writer.drain()
-        status_line = await asyncio.wait_for(reader.readline(), 5)
-        stream = cls(reader, writer, int(status_line.split()[1]))
-        if stream.status == 200:
-            # The first event: the server has counted this stream.
-            while not (await asyncio.wait_for(reader.readline(), 5)).startswith(b"data:"):
-                pass
-        else:
-            stream.close()
-        return stream
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 def source_address(index: int) -> str:

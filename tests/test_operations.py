@@ -24,8 +24,7 @@ from inventoryd.config import Settings
 from inventoryd.http import keys
 from inventoryd.http.routes import ROUTES
 from inventoryd.metrics import Histogram
-from tests.helpers import ADMIN, FakeClock, create_event, free_port, running_server, samples, wait_ready, wait_until
-from tests.test_auth import make_api_token
+from tests.helpers import ADMIN, FakeClock, create_event, free_port, make_api_token, running_server, samples, wait_ready, wait_until
 
 
 async def test_metrics(client: Any) -> None:
