@@ -104,6 +104,14 @@ FORWARD_CONNECTIONS_MAX: Final = 256
 FORWARD_CONNECTIONS_PER_NODE_MAX: Final = 64
 FORWARD_IN_FLIGHT_MAX: Final = 1024
 FORWARD_CONNECT_TIMEOUT_S: Final = 0.5
+# The forwarding client's own pool (http/peers.py): connections to each node, and how long one may
+# sit idle before it is not used again (shorter than the node's HTTP_KEEPALIVE_TIMEOUT_S).
+PEER_CONNECTIONS_PER_NODE_MAX: Final = 64
+PEER_IDLE_S: Final = 30.0
+# A node id is "nod_" and 16 base32 letters; the forwarding tokens of this many node ids are kept
+# (a node's own, and those of the nodes that forward to it: a few; forged ids only evict).
+NODE_ID_CHARS_MAX: Final = 20
+FORWARD_TOKENS_CACHED: Final = 64
 # How long a shutdown waits for the actors to finish what they hold.
 DRAIN_ACTORS_S: Final = 10.0
 # Hold timers run on the loop's clock; every CLOCK_JUMP_CHECK_S the registry compares it with the
@@ -231,6 +239,7 @@ _must(0 < IDEMPOTENCY_KNOWN_GENERATION_S <= IDEMPOTENCY_RETENTION_S, "a generati
 _must(IDEMPOTENCY_CLOCK_SKEW_S >= 0, "the allowed clock skew is not negative")
 _must(0 < CLOCK_JUMP_TOLERANCE_S < CLOCK_JUMP_CHECK_S, "a clock leap is judged within one check interval")
 _must(PASSWORD_HASH_THREADS >= 1 and PASSWORD_HASHES_WAITING_MAX >= PASSWORD_HASH_THREADS, "hashes can run")
+_must(0 < PEER_IDLE_S < HTTP_KEEPALIVE_TIMEOUT_S, "a pooled connection is dropped before the node would close it")
 _must(0 < HTTP_HEADERS_READ_TIMEOUT_S < HTTP_KEEPALIVE_TIMEOUT_S, "a request's headers are awaited less than an idle connection")
 _must(HTTP_BODY_READ_TIMEOUT_S > 0, "a body is awaited for a positive time")
 _must(

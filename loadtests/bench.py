@@ -7,6 +7,8 @@ Targets, each a separate process on 127.0.0.1, measured one after the other in t
   (b) baseline  the conventional design on the same stack: SELECT … FOR UPDATE, UPDATE, INSERT, COMMIT
   (c) inventoryd, as shipped: a service token, authentication and rate limits on
   (c0) inventoryd-open: the same with INVENTORYD_AUTH=off and INVENTORYD_RATE_LIMITS=off, to price them
+  cluster-N (--nodes 1,2,3): N inventoryd nodes on one database behind HAProxy (deploy/haproxy.cfg's
+                scheme), and with --through-one-node cluster-N-direct, the load sent to one node
 Scenarios: every reservation at one hot event, and spread over --events events (and, when asked
 for, mixed: half of them at one event, half spread over --events events). Load comes from wrk
 (--connections connections, 2 threads) with loadtests/wrk_reserve.lua. Reported per target: accepted
@@ -32,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +74,8 @@ class Result:
     server_busy: float
     # Mean time PostgreSQL took per WAL sync (track_wal_io_timing), if it was counted.
     ms_per_wal_sync: float | None
+    # Of a cluster's requests, the share a node forwarded to another (None: one node).
+    forwarded_share: float | None = None
 
 
 def free_port() -> int:
@@ -157,8 +161,8 @@ class Server:
                 self.process.wait(timeout=10)
 
 
-async def wait_listening(port: int) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
+async def wait_listening(port: int, timeout_s: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -262,6 +266,10 @@ async def setup_baseline(database_url: str, events: int) -> list[str]:
 async def measure(
     target: str, scenario: str, events: int, admin_url: str, args: argparse.Namespace, scratch: Path
 ) -> Result:
+    if target.startswith("cluster-"):
+        from loadtests.cluster_bench import measure_cluster  # noqa: PLC0415 - it imports this module
+
+        return await measure_cluster(target, scenario, events, admin_url, args, scratch)
     database_url = await create_database(admin_url, f"bench_{target}_{scenario}")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -294,42 +302,68 @@ async def measure(
         else:
             ids = [f"evt_noop{index}" for index in range(events)]
             accepted_query = ""
-        events_file = scratch / f"{target}-{scenario}.txt"
-        if scenario == "mixed":  # wrk picks an id at random: half of the picks are the first event
-            ids = ids + [ids[0]] * len(ids)
-        events_file.write_text("\n".join(ids) + "\n")
-        run_wrk(base, events_file, WARMUP_S, args.connections, token)
-        before_rows = await count_rows(database_url, accepted_query) if accepted_query else 0
-        commits_before, wal_before = await counters(database_url)
-        cpu_before = process_cpu_seconds(server.process.pid)
-        stats = run_wrk(base, events_file, args.duration, args.connections, token)
-        cpu_seconds = process_cpu_seconds(server.process.pid) - cpu_before
-        commits_after, wal_after = await counters(database_url)
-        if accepted_query:
-            accepted = await count_rows(database_url, accepted_query) - before_rows
-        else:
-            accepted = int(stats["requests_per_s"] * args.duration - stats["non_2xx"])
-        def per(value: float) -> float | None:
-            return value / accepted if accepted else None
-
-        syncs, sync_seconds = wal_sync_change(wal_before, wal_after)
-        return Result(
-            scenario=scenario,
-            target=target,
-            requests_per_s=stats["requests_per_s"],
-            accepted=accepted,
-            accepted_per_s=accepted / args.duration,
-            p50_ms=stats["p50_ms"],
-            p99_ms=stats["p99_ms"],
-            non_2xx=int(stats["non_2xx"]),
-            transactions_per_accepted=per(commits_after - commits_before) if accepted_query else None,
-            wal_syncs_per_accepted=per(syncs) if accepted_query and wal_after is not None else None,
-            server_cpu_us_per_request=cpu_seconds * 1e6 / (stats["requests_per_s"] * args.duration),
-            server_busy=cpu_seconds / args.duration,
-            ms_per_wal_sync=sync_seconds * 1000 / syncs if accepted_query and syncs and sync_seconds is not None else None,
+        return await load_and_count(
+            base, database_url, ids, token, [server.process.pid], target, scenario, accepted_query, args, scratch
         )
     finally:
         server.stop()
+
+
+async def load_and_count(
+    base: str,
+    database_url: str,
+    ids: list[str],
+    token: str,
+    pids: list[int],
+    target: str,
+    scenario: str,
+    accepted_query: str,
+    args: argparse.Namespace,
+    scratch: Path,
+    forwarded: Callable[[], Awaitable[float]] | None = None,
+) -> Result:
+    """wrk at `base` (warm-up, then --duration), and what it came to: accepted reservations (by the
+    log), transactions and WAL syncs per accepted, the servers' CPU (`pids`, summed), and the share
+    of requests forwarded (`forwarded` reads the count)."""
+    events_file = scratch / f"{target}-{scenario}.txt"
+    if scenario == "mixed":  # wrk picks an id at random: half of the picks are the first event
+        ids = ids + [ids[0]] * len(ids)
+    events_file.write_text("\n".join(ids) + "\n")
+    run_wrk(base, events_file, WARMUP_S, args.connections, token)
+    before_rows = await count_rows(database_url, accepted_query) if accepted_query else 0
+    commits_before, wal_before = await counters(database_url)
+    forwarded_before = await forwarded() if forwarded is not None else 0.0
+    cpu_before = sum(process_cpu_seconds(pid) for pid in pids)
+    stats = run_wrk(base, events_file, args.duration, args.connections, token)
+    cpu_seconds = sum(process_cpu_seconds(pid) for pid in pids) - cpu_before
+    forwarded_count = (await forwarded() - forwarded_before) if forwarded is not None else None
+    commits_after, wal_after = await counters(database_url)
+    if accepted_query:
+        accepted = await count_rows(database_url, accepted_query) - before_rows
+    else:
+        accepted = int(stats["requests_per_s"] * args.duration - stats["non_2xx"])
+
+    def per(value: float) -> float | None:
+        return value / accepted if accepted else None
+
+    requests = stats["requests_per_s"] * args.duration
+    syncs, sync_seconds = wal_sync_change(wal_before, wal_after)
+    return Result(
+        scenario=scenario,
+        target=target,
+        requests_per_s=stats["requests_per_s"],
+        accepted=accepted,
+        accepted_per_s=accepted / args.duration,
+        p50_ms=stats["p50_ms"],
+        p99_ms=stats["p99_ms"],
+        non_2xx=int(stats["non_2xx"]),
+        transactions_per_accepted=per(commits_after - commits_before) if accepted_query else None,
+        wal_syncs_per_accepted=per(syncs) if accepted_query and wal_after is not None else None,
+        server_cpu_us_per_request=cpu_seconds * 1e6 / requests,
+        server_busy=cpu_seconds / args.duration,
+        ms_per_wal_sync=sync_seconds * 1000 / syncs if accepted_query and syncs and sync_seconds is not None else None,
+        forwarded_share=forwarded_count / requests if forwarded_count is not None and requests else None,
+    )
 
 
 def callgrind_totals(out_file: Path) -> int:
@@ -346,19 +380,23 @@ def fmt(value: float | None, digits: int = 4) -> str:
 
 
 def table(results: list[Result]) -> str:
+    clustered = any(result.forwarded_share is not None for result in results)
     lines = [
         (
             "| scenario | target | accepted/s | p50 ms | p99 ms | non-2xx | transactions / accepted"
             " | WAL syncs / accepted | ms / WAL sync | server CPU µs / request | server busy |"
+            + (" forwarded |" if clustered else "")
         ),
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if clustered else ""),
     ]
     for result in results:
+        forwarded = "–" if result.forwarded_share is None else f"{result.forwarded_share:.1%}"
         lines.append(
             f"| {result.scenario} | {result.target} | {result.accepted_per_s:,.0f} | {result.p50_ms:.2f} | "
             f"{result.p99_ms:.2f} | {result.non_2xx} | {fmt(result.transactions_per_accepted)} | "
             f"{fmt(result.wal_syncs_per_accepted)} | {fmt(result.ms_per_wal_sync, 2)} |"
             f" {result.server_cpu_us_per_request:.0f} | {result.server_busy:.0%} |"
+            + (f" {forwarded} |" if clustered else "")
         )
     lines.append("")
     for scenario in dict.fromkeys(result.scenario for result in results):
@@ -375,6 +413,11 @@ def table(results: list[Result]) -> str:
                 f"- {scenario}: auth + rate limits cost {1 - secured.accepted_per_s / open_.accepted_per_s:+.1%} of"
                 f" throughput, {secured.server_cpu_us_per_request - open_.server_cpu_us_per_request:+.0f} µs CPU per request"
             )
+        single = by_target.get("inventoryd")
+        for name, result in by_target.items():
+            if name.startswith("cluster-") and single is not None and single.accepted_per_s:
+                share = "–" if result.forwarded_share is None else f"{result.forwarded_share:.1%}"
+                lines.append(f"- {scenario}: {name} / one node = {result.accepted_per_s / single.accepted_per_s:.2f} ({share} forwarded)")
     return "\n".join(lines)
 
 
@@ -409,10 +452,25 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1000, help="events in the spread and mixed scenarios")
     parser.add_argument("--scenarios", default="hot,spread", help="hot, spread, mixed (comma-separated)")
     parser.add_argument("--targets", default="noop,baseline,inventoryd-open,inventoryd")
+    parser.add_argument(
+        "--nodes", default="1",
+        help="cluster sizes, e.g. 1,2,3: each N > 1 adds the target cluster-N, N nodes behind HAProxy (needs haproxy)",
+    )
+    parser.add_argument(
+        "--through-one-node", action="store_true",
+        help="also cluster-N-direct: the same load sent straight to one of the N nodes ((N-1)/N of it forwarded)",
+    )
     parser.add_argument("--no-access-log", dest="access_log", action="store_false", help="inventoryd without access lines")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     assert 1 <= args.duration <= 600 and 1 <= args.connections <= 1024 and 1 <= args.repeat <= 9
+    sizes = [int(size) for size in args.nodes.split(",")]
+    assert all(1 <= size <= 16 for size in sizes), "--nodes: 1 to 16 each"
+    for size in sizes:
+        if size > 1:
+            args.targets += f",cluster-{size}" + (f",cluster-{size}-direct" if args.through_one_node else "")
+    if any(size > 1 for size in sizes) and shutil.which("haproxy", path=f"{os.environ.get('PATH', '')}:/usr/sbin") is None:
+        raise SystemExit("haproxy is needed for --nodes: apt-get install haproxy")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
     scratch = Path(tempfile.mkdtemp(prefix="inventoryd-bench-"))

@@ -50,8 +50,22 @@ from pathlib import Path
 import aiohttp
 
 from inventoryd.cluster import shard_of
+from loadtests import haproxy_config
 from loadtests.auth_cost import WARMUP_REQUESTS, callgrind_control, drive
-from loadtests.bench import ADMIN_TOKEN, HUGE_CAPACITY, ROOT, callgrind_totals, create_database, free_port, scratch_postgres
+from loadtests.bench import (
+    ADMIN_TOKEN,
+    HUGE_CAPACITY,
+    ROOT,
+    Result,
+    callgrind_totals,
+    create_database,
+    free_port,
+    load_and_count,
+    make_service_token,
+    scratch_postgres,
+    setup_inventoryd,
+    wait_listening,
+)
 from persistence.limits import CLUSTER_SHARDS
 
 READY_TIMEOUT_S = 60.0
@@ -98,7 +112,11 @@ class Nodes:
     directory: Path
     started: list[Node] = field(default_factory=list)
 
-    def start(self, name: str, port: int | None = None, *, valgrind: Path | None = None, **flags: object) -> Node:
+    def start(
+        self, name: str, port: int | None = None, *, valgrind: Path | None = None, env: dict[str, str] | None = None, **flags: object
+    ) -> Node:
+        """A node; `env` adds to (or overrides) its environment: authentication and rate limits are
+        off unless it says otherwise."""
         port = port or free_port()
         argv = [sys.executable, "-m", "inventoryd", "serve", "--port", str(port), "--database-url", self.database_url]
         for flag, value in flags.items():
@@ -120,6 +138,7 @@ class Nodes:
                     "INVENTORYD_DRAIN_GRACE_S": "0.2",
                     "INVENTORYD_AUTH": "off",
                     "INVENTORYD_RATE_LIMITS": "off",
+                    **(env or {}),
                 },
             )
         node = Node(name, port, process, log_path)
@@ -402,7 +421,33 @@ def out_file_of_dump(out_file: Path) -> Path:
     return dumps[-1]
 
 
+async def http_floor(args: argparse.Namespace, scratch: Path) -> float:
+    """Instructions per request of the no-op aiohttp server (loadtests/noop_server.py): what any
+    node that receives a request over HTTP spends before it does anything, forwarding included."""
+    port = free_port()
+    out_file = scratch / "callgrind.noop.out"
+    server = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_file}",
+         sys.executable, "-m", "loadtests.noop_server", str(port)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        await wait_listening(port, VALGRIND_READY_TIMEOUT_S)
+        base = f"http://127.0.0.1:{port}"
+        await drive(base, ["evt_noop"], "", WARMUP_REQUESTS, args.concurrency, 0)
+        callgrind_control("--instr=on", str(server.pid))
+        answered = await drive(base, ["evt_noop"], "", args.requests, args.concurrency, WARMUP_REQUESTS)
+        callgrind_control("--instr=off", str(server.pid))
+    finally:
+        server.terminate()
+        server.wait(timeout=120)
+    floor = callgrind_totals(out_file) / answered
+    print(f"{'no-op HTTP server':22} {floor:10,.0f} instructions per request", flush=True)
+    return floor
+
+
 async def forward_cost(args: argparse.Namespace, admin_url: str, scratch: Path) -> None:
+    floor = await http_floor(args, scratch)
     direct = await counted(args, admin_url, scratch, "direct", measured="owner", asked="owner")
     owner = await counted(args, admin_url, scratch, "owner-when-forwarded", measured="owner", asked="other")
     forwarder = await counted(args, admin_url, scratch, "forwarder", measured="other", asked="other")
@@ -417,6 +462,81 @@ async def forward_cost(args: argparse.Namespace, admin_url: str, scratch: Path) 
             f"- {label}: direct {direct[index]:,.0f}; forwarded {total:,.0f} (owner {owner[index]:,.0f} + forwarder"
             f" {forwarder[index]:,.0f}) = {total / direct[index]:.2f}x direct"
         )
+    print(
+        f"- the floor of forwarding over HTTP: the owner's cost and a no-op HTTP server's,"
+        f" (direct + {floor:,.0f}) / direct = {(direct[1] + floor) / direct[1]:.2f}x (less idle);"
+        f" the forwarder spends {forwarder[1] - floor:+,.0f} beyond that floor"
+    )
+
+
+# -- throughput (python -m loadtests.bench --nodes N) ----------------------------------------------
+
+HAPROXY_READY_TIMEOUT_S = 30.0
+
+
+def haproxy_binary() -> str:
+    found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise SystemExit("haproxy is needed: apt-get install haproxy")
+    return found
+
+
+async def forwarded_total(session: aiohttp.ClientSession, nodes: list[Node]) -> float:
+    """Requests the nodes forwarded to another, so far (their inventoryd_forwarded_requests_total)."""
+    total = 0.0
+    for node in nodes:
+        async with session.get(f"{node.base}/metrics") as response:
+            text = await response.text()
+        for line in text.splitlines():
+            if line.startswith("inventoryd_forwarded_requests_total{"):
+                total += float(line.rpartition(" ")[2])
+    return total
+
+
+async def measure_cluster(
+    target: str, scenario: str, events: int, admin_url: str, args: argparse.Namespace, scratch: Path
+) -> Result:
+    """`cluster-N`: N nodes, as shipped (a service token, authentication and rate limits on), with
+    the HAProxy ids and weights of their `server` lines, and HAProxy in front; `cluster-N-direct`:
+    the same nodes, the load sent to the first of them."""
+    count = int(target.split("-")[1])
+    through_proxy = not target.endswith("-direct")
+    database_url = await create_database(admin_url, f"bench_{target.replace('-', '_')}_{scenario}")
+    servers = [haproxy_config.Server(f"node{index + 1}", f"127.0.0.1:{free_port()}", index + 1) for index in range(count)]
+    env = {"INVENTORYD_AUTH": "on", "INVENTORYD_RATE_LIMITS": "on", "INVENTORYD_ACCESS_LOG": "1" if args.access_log else "0"}
+    proxy_port = free_port()
+    config = scratch / f"haproxy-{target}-{scenario}.cfg"
+    config.write_text(haproxy_config.render(servers, bind=f"127.0.0.1:{proxy_port}", stats_socket=None, log=False, path=str(config)))
+    proxy: subprocess.Popen[bytes] | None = None
+    async with aiohttp.ClientSession() as session:
+        with nodes_on(database_url, scratch) as nodes:
+            try:
+                started = []
+                for server in servers:
+                    port = int(server.address.rpartition(":")[2])
+                    started.append(
+                        nodes.start(
+                            f"{target}-{scenario}-{server.name}", port, env=env, advertise_url=f"http://{server.address}",
+                            lb_server_id=server.server_id, lb_weight=server.weight,
+                        )
+                    )
+                for node in started:
+                    await wait_ready(session, node)
+                await wait_settled(session, started[0], count)
+                proxy = subprocess.Popen([haproxy_binary(), "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                await wait_listening(proxy_port, HAPROXY_READY_TIMEOUT_S)
+                base = f"http://127.0.0.1:{proxy_port}" if through_proxy else started[0].base
+                token = make_service_token(database_url)
+                ids = await setup_inventoryd(base, events)
+                return await load_and_count(
+                    base, database_url, ids, token, [node.process.pid for node in started], target, scenario,
+                    "SELECT count(*) FROM journal WHERE kind = 'reservation_held'", args, scratch,
+                    forwarded=lambda: forwarded_total(session, started),
+                )
+            finally:
+                if proxy is not None:
+                    proxy.terminate()
+                    proxy.wait(timeout=30)
 
 
 # -- entry point ------------------------------------------------------------------------------------

@@ -93,6 +93,7 @@ frontend inventory
     # Cluster-internal headers are never accepted from clients.
     http-request del-header Inventoryd-Forwarded-By
     http-request del-header Inventoryd-Forward-Token
+    http-request del-header Inventoryd-Forwarded-For
     default_backend inventoryd
 
 backend inventoryd

@@ -29,7 +29,7 @@ import pytest
 
 from inventoryd.cluster import shard_of
 from inventoryd.cluster.membership import LOCAL_LEASE_S
-from inventoryd.limits import SHARD_LEASE_S, SHARD_RENEW_INTERVAL_S
+from inventoryd.limits import SHARD_LEASE_S, SHARD_RENEW_INTERVAL_S, STREAMS_PER_ADDRESS_MAX
 from persistence import limits as persistence_limits
 from persistence.embedded import EmbeddedPostgres
 from persistence.journal import connect
@@ -39,6 +39,7 @@ from tests.helpers import (
     ROOT,
     Load,
     Node,
+    Stream,
     check_nothing_acknowledged_is_lost,
     check_the_log,
     cluster_event_body,
@@ -145,6 +146,42 @@ async def test_any_node_answers_for_any_event(database_url: str, tmp_path: Path)
                 assert response.status == 201 and (await response.json())["id"] == created["id"]
                 assert response.headers.get("Idempotent-Replayed") == "true"
         await check_the_log(database_url, events)
+
+
+async def test_a_stream_through_another_node_is_relayed_and_counted_by_its_client(database_url: str, tmp_path: Path) -> None:
+    # An availability stream asked of a node that does not own the event is relayed from the owner
+    # as it comes; the owner counts it against the client's address (which the forwarding node
+    # passes on), not the forwarding node's: more clients than one address may hold all get theirs.
+    async with aiohttp.ClientSession(headers=ADMIN) as session:
+        with cluster_of(database_url, tmp_path) as cluster:
+            asked, owner = cluster.start("asked"), cluster.start("owner")
+            for node in (asked, owner):
+                await wait_node_ready(session, node)
+            await wait_settled(session, asked, owners=2)
+            [event_id] = await create_events(session, [owner], 1)
+            clients = STREAMS_PER_ADDRESS_MAX + 1
+            streams = [await Stream.open(asked.port, event_id, f"127.0.{20 + index // 250}.{1 + index % 250}") for index in range(clients)]
+            try:
+                assert [stream.status for stream in streams] == [200] * clients
+                async with session.post(
+                    f"{asked.base}/v1/events/{event_id}/reservations", json={"ticket_type": "GA", "quantity": 3, "user_id": "u"}
+                ) as response:
+                    assert response.status == 201 and response.headers["Inventoryd-Forwarded-To"] == owner.base
+                # The change reaches a relayed stream: its next event shows 3 fewer seats.
+                while True:
+                    line = await asyncio.wait_for(streams[0].reader.readline(), 10)
+                    if line.startswith(b"data:") and b'"available":9997' in line.replace(b" ", b""):
+                        break
+            finally:
+                for stream in streams:
+                    stream.close()
+            # Past the bound from one client address, through the other node too: refused.
+            same = [await Stream.open(asked.port, event_id, "127.0.30.1") for _ in range(clients)]
+            try:
+                assert [stream.status for stream in same].count(429) == 1, [stream.status for stream in same]
+            finally:
+                for stream in same:
+                    stream.close()
 
 
 async def test_a_killed_node_is_replaced_within_the_lease(database_url: str, tmp_path: Path) -> None:

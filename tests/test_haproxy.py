@@ -54,6 +54,8 @@ from tests.helpers import (
 )
 
 SHARDS = persistence_limits.CLUSTER_SHARDS
+# What only nodes may send each other: the proxy strips them from every client request.
+INTERNAL_HEADERS = ("Inventoryd-Forwarded-By", "Inventoryd-Forward-Token", "Inventoryd-Forwarded-For")
 RUNTIME_API_TIMEOUT_S = 10.0
 HAPROXY_STOP_TIMEOUT_S = 10.0
 # Health checks every 500 ms (250 ms while changing), rise/fall 2: a state change takes about 1 s.
@@ -178,7 +180,7 @@ async def stub_servers(names: list[str]) -> AsyncIterator[dict[str, tuple[int, w
 
     def app_for(name: str) -> web.Application:
         async def answer(request: web.Request) -> web.Response:
-            leaked = [header for header in ("Inventoryd-Forwarded-By", "Inventoryd-Forward-Token") if header in request.headers]
+            leaked = [header for header in INTERNAL_HEADERS if header in request.headers]
             return web.Response(text=name, headers={"X-Leaked": ",".join(leaked)})
 
         app = web.Application()
@@ -245,7 +247,10 @@ async def test_the_python_ring_is_haproxys(tmp_path: Path) -> None:
                     spread[await response.text()] += 1
             assert set(spread) == set(names) and min(spread.values()) >= 0.15 * spread.total(), spread
             # Clients cannot pass for a node.
-            forged = {"Inventoryd-Forwarded-By": "nod_aaaaaaaaaaaaaaaa", "Inventoryd-Forward-Token": "0" * 64}
+            forged = {
+                "Inventoryd-Forwarded-By": "nod_aaaaaaaaaaaaaaaa", "Inventoryd-Forward-Token": "0" * 64,
+                "Inventoryd-Forwarded-For": "203.0.113.9",
+            }
             async with session.post(f"{front}/v1/events/evt_{keys[0]}/reservations", headers=forged) as response:
                 assert response.headers["X-Leaked"] == "", response.headers["X-Leaked"]
 

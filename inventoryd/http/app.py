@@ -23,8 +23,8 @@ from inventoryd.actor import Clock, system_clock
 from inventoryd.cluster import Membership
 from inventoryd.config import Settings
 from inventoryd.http import cluster, keys, openapi, operations
-from inventoryd.http.cluster import FORWARDED_BY
 from inventoryd.http.headers import X_REQUEST_ID, add_response_headers, cors_origin
+from inventoryd.http.peers import Peers
 from inventoryd.http.problems import ProblemError, problem_response, refusal, unauthorized
 from inventoryd.http.routes import ROUTES, ROUTES_BY_NAME
 from inventoryd.idempotency import IdempotencyStore
@@ -113,9 +113,9 @@ async def _admit(request: web.Request, app: web.Application, settings: Settings)
         raise unauthorized("this route needs a bearer token")
     if principal is not None:
         request[keys.PRINCIPAL] = principal
-    # A request another node forwarded was counted against its limits there.
-    forwarded = FORWARDED_BY in request.headers and cluster.forwarded_by_a_node(request) is not None
-    verdict = None if forwarded else _rate_verdict(request, app, settings, principal)
+    # Counted where it is served: a node forwards a request for another node's event before it
+    # knows who asks (the owner authenticates it, and counts it here).
+    verdict = _rate_verdict(request, app, settings, principal)
     if verdict is not None:
         request[keys.RATE_VERDICT] = verdict
         if not verdict.allowed:
@@ -160,8 +160,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         if request.method == "OPTIONS" and cors_origin(request, settings) is not None:
             response = web.Response(status=204)
         else:
-            principal = await _admit(request, app, settings)
-            response = await handler(request)
+            elsewhere = await cluster.forward_if_elsewhere(request)
+            if elsewhere is not None:
+                response = elsewhere
+            else:
+                principal = await _admit(request, app, settings)
+                response = await handler(request)
     except ProblemError as problem:
         response = problem.response()
     except errors.Refusal as refused:
@@ -280,9 +284,13 @@ def _lifecycle(database_url: str, journal_factory: Callable[[str], Journal]) -> 
         )
         timeout = aiohttp.ClientTimeout(total=limits.REQUEST_TIMEOUT_S + 1, connect=limits.FORWARD_CONNECT_TIMEOUT_S)
         app[keys.FORWARDS_IN_FLIGHT] = asyncio.Semaphore(limits.FORWARD_IN_FLIGHT_MAX)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
-            app[keys.FORWARDER] = session
-            yield
+        app[keys.PEERS] = peers = Peers()
+        try:
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
+                app[keys.FORWARDER] = session
+                yield
+        finally:
+            peers.close()
 
     async def journal(app: web.Application) -> AsyncIterator[None]:
         journal = journal_factory(database_url)

@@ -15,9 +15,11 @@ is being handed over) a request waits up to SHARD_OWNER_WAIT_S for one, then get
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import time
+from typing import NoReturn
 
 import aiohttp
 import msgspec
@@ -33,6 +35,7 @@ from inventoryd.domain import EventSummary, Reservation
 from inventoryd.errors import NotOwner
 from inventoryd.http import keys, schemas
 from inventoryd.http.headers import X_REQUEST_ID, add_response_headers
+from inventoryd.http.peers import PeerLost, PeerUnreachable
 from inventoryd.http.problems import ProblemError, problem_response
 from inventoryd.registry import Registry
 
@@ -40,6 +43,8 @@ log = structlog.get_logger("inventoryd.http")
 
 FORWARDED_BY = istr("Inventoryd-Forwarded-By")
 FORWARD_TOKEN = istr("Inventoryd-Forward-Token")
+# The client's address, as the forwarding node saw it (believed only with a valid token).
+FORWARDED_FOR = istr("Inventoryd-Forwarded-For")
 # On an answer relayed from another node: which (operators, and the tests, tell hops apart by it).
 FORWARDED_TO = istr("Inventoryd-Forwarded-To")
 # Not passed on either way (RFC 9110 7.6.1), and what the client library sets itself.
@@ -48,9 +53,11 @@ _HOP_BY_HOP = frozenset(
     for name in (
         "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
         "Transfer-Encoding", "Upgrade", "Expect", "Host", "Content-Length", "Inventoryd-Forwarded-By",
-        "Inventoryd-Forward-Token",
+        "Inventoryd-Forward-Token", "Inventoryd-Forwarded-For", "Inventoryd-Forwarded-To",
     )
 )
+# Of an answer relayed: what aiohttp sets itself on the response it sends on.
+_NOT_RELAYED = _HOP_BY_HOP | {istr("Date"), istr("Server")}
 INTERNAL_VIEWS_PATH = "/internal/v1/views"
 
 
@@ -68,7 +75,9 @@ _VIEWS_IN = msgspec.json.Decoder(ViewsIn)
 _VIEWS_OUT = msgspec.json.Decoder(ViewsOut)
 
 
+@functools.lru_cache(maxsize=limits.FORWARD_TOKENS_CACHED)
 def forward_token(key: bytes, node_id: str) -> str:
+    """The token a node with this id sends (an HMAC: the same for every request, so kept)."""
     return hmac.new(key, node_id.encode(), hashlib.sha256).hexdigest()
 
 
@@ -76,29 +85,65 @@ def forwarded_by_a_node(request: web.Request) -> str | None:
     """The node that forwarded this request, if a node did (its token checks out)."""
     node_id = request.headers.get(FORWARDED_BY)
     token = request.headers.get(FORWARD_TOKEN)
-    if node_id is None or token is None:
+    if node_id is None or token is None or len(node_id) > limits.NODE_ID_CHARS_MAX:
         return None
     return node_id if hmac.compare_digest(forward_token(request.app[keys.FORWARD_KEY], node_id), token) else None
+
+
+def client_address(request: web.Request) -> str | None:
+    """The address of the client: for a request another node forwarded, the one it says."""
+    forwarded_for = request.headers.get(FORWARDED_FOR)
+    if forwarded_for is not None and forwarded_by_a_node(request) is not None:
+        return forwarded_for
+    return request.remote
+
+
+def shard_asked(request: web.Request) -> int | None:
+    """The shard of the event the request's path names (by its id, or a reservation's or ticket's,
+    which carry their event's key); None if it names none."""
+    info = request.match_info
+    event_id = info.get("event_id")
+    if event_id is None:
+        other = info.get("reservation_id") or info.get("ticket_id")
+        event_id = domain.event_id_of(other) if other else None
+    return request.app[keys.CLUSTER].shard_of(event_id) if event_id else None
 
 
 # -- forwarding -----------------------------------------------------------------------------------
 
 
+async def forward_if_elsewhere(request: web.Request) -> web.StreamResponse | None:
+    """A request whose path names an event this node does not serve: the owner's answer, forwarded
+    before this node authenticates, limits or decodes anything (the owner does all of it, once).
+    None: this node serves it (or it names no event)."""
+    shard = shard_asked(request)
+    if shard is None or request.app[keys.CLUSTER].serving(shard):
+        return None
+    return await _to_owner(request, shard)
+
+
 async def answer_elsewhere(request: web.Request, handler: Handler, moved: NotOwner) -> web.StreamResponse:
-    """A request for an event this node does not serve: forward it to the owner (once more after a
-    421), serve it here after all if the shard came to this node meanwhile, or 503."""
+    """A handler found its event is not this node's (an event whose id the request does not name:
+    a keyed create): the owner's answer, or this node's if the shard came here meanwhile."""
+    response = await _to_owner(request, moved.shard)
+    return response if response is not None else await handler(request)
+
+
+async def _to_owner(request: web.Request, shard: int | None) -> web.StreamResponse | None:
+    """Forward to the shard's owner (once more after a 421); None if the shard came to this node
+    meanwhile; 503 if no owner answers for it."""
     cluster = request.app[keys.CLUSTER]
     if forwarded_by_a_node(request) is not None:
         # Never forwarded twice: the node that sent it will look again and retry.
         return problem_response(421, "owner_changed", "this node does not own the event (any more)")
     tried: str | None = None
     for _ in range(2):
-        url = _owner_url(cluster, moved.shard)
+        url = _owner_url(cluster, shard)
         if url is None or url == tried:
             await cluster.wait_map_changed(limits.SHARD_OWNER_WAIT_S)
-            if moved.shard is not None and cluster.serving(moved.shard):
-                return await handler(request)
-            url = _owner_url(cluster, moved.shard)
+            if shard is not None and cluster.serving(shard):
+                return None
+            url = _owner_url(cluster, shard)
         if url is None or url == tried:
             break
         response = await forward(request, url)
@@ -115,37 +160,66 @@ def _owner_url(cluster: Membership, shard: int | None) -> str | None:
 async def forward(request: web.Request, url: str) -> web.StreamResponse:
     """Send the request to the node at `url` and relay its answer (a stream as a stream)."""
     app = request.app
-    cluster = app[keys.CLUSTER]
     in_flight = app[keys.FORWARDS_IN_FLIGHT]
     if in_flight.locked():
         raise ProblemError(503, "overloaded", "too many requests are being forwarded; retry shortly")
-    headers = CIMultiDict((name, value) for name, value in request.headers.items() if name not in _HOP_BY_HOP)
-    headers[X_REQUEST_ID] = request.get(keys.REQUEST_ID, "")
-    headers[FORWARDED_BY] = cluster.node_id
-    headers[FORWARD_TOKEN] = forward_token(app[keys.FORWARD_KEY], cluster.node_id)
-    body = await request.read() if request.body_exists else None  # read() keeps what a handler read
     metrics = app[keys.METRICS]
     started = time.perf_counter()
     async with in_flight:
+        if request.headers.get(hdrs.ACCEPT) == "text/event-stream" or request.path.endswith("/stream"):
+            return await _forward_stream(request, url)
+        head = _request_head(request, url)
+        body = await request.read() if request.body_exists else b""  # read() keeps what a handler read
         try:
-            upstream = await app[keys.FORWARDER].request(
-                request.method, url + str(request.rel_url), headers=headers, data=body, allow_redirects=False
-            )
-        except (aiohttp.ClientConnectionError, TimeoutError) as error:
+            answer = await app[keys.PEERS].request(url, head + b"Content-Length: %d\r\n\r\n" % len(body), body)
+        except (PeerUnreachable, PeerLost) as error:
             metrics.observe_forward("unreachable", time.perf_counter() - started)
             log.warning("forward_failed", url=url, path=request.path, error=repr(error))
-            if isinstance(error, aiohttp.ClientConnectorError) or request.method == "GET":
-                raise ProblemError(503, "owner_changed", "the event's node does not answer; retry shortly") from None
-            raise ProblemError(
-                503, "unavailable", "the outcome is not known; retry with the same Idempotency-Key"
-            ) from None
-        try:
-            if upstream.content_type == "text/event-stream":
-                return await _relay_stream(request, upstream)
-            answer = await upstream.read()
-        finally:
-            upstream.release()
-    metrics.observe_forward("relayed" if upstream.status != 421 else "misdirected", time.perf_counter() - started)
+            _refuse_unreachable(request, sent=isinstance(error, PeerLost))
+    metrics.observe_forward("relayed" if answer.status != 421 else "misdirected", time.perf_counter() - started)
+    headers = CIMultiDict([(name, value) for name, value in answer.headers if name not in _NOT_RELAYED])
+    headers[FORWARDED_TO] = url
+    return web.Response(status=answer.status, body=answer.body, headers=headers)
+
+
+def _request_head(request: web.Request, url: str) -> bytes:
+    """The forwarded request's line and headers, up to its Content-Length (added by the caller)."""
+    cluster = request.app[keys.CLUSTER]
+    lines = [f"{request.method} {request.raw_path} HTTP/1.1", f"Host: {url.partition('://')[2]}"]
+    lines += [f"{name}: {value}" for name, value in request.headers.items() if name not in _HOP_BY_HOP]
+    lines.append(f"{X_REQUEST_ID}: {request.get(keys.REQUEST_ID, '')}")
+    lines.append(f"{FORWARDED_BY}: {cluster.node_id}")
+    lines.append(f"{FORWARD_TOKEN}: {forward_token(request.app[keys.FORWARD_KEY], cluster.node_id)}")
+    lines.append(f"{FORWARDED_FOR}: {client_address(request) or ''}")
+    # aiohttp decoded the client's header bytes as UTF-8 with surrogateescape: the same bytes go on.
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+def _refuse_unreachable(request: web.Request, *, sent: bool) -> NoReturn:
+    if not sent or request.method == "GET":
+        raise ProblemError(503, "owner_changed", "the event's node does not answer; retry shortly") from None
+    raise ProblemError(503, "unavailable", "the outcome is not known; retry with the same Idempotency-Key") from None
+
+
+async def _forward_stream(request: web.Request, url: str) -> web.StreamResponse:
+    """A stream, through aiohttp's client, which reads it as it comes."""
+    cluster = request.app[keys.CLUSTER]
+    headers = CIMultiDict((name, value) for name, value in request.headers.items() if name not in _HOP_BY_HOP)
+    headers[X_REQUEST_ID] = request.get(keys.REQUEST_ID, "")
+    headers[FORWARDED_BY] = cluster.node_id
+    headers[FORWARD_TOKEN] = forward_token(request.app[keys.FORWARD_KEY], cluster.node_id)
+    headers[FORWARDED_FOR] = client_address(request) or ""
+    try:
+        upstream = await request.app[keys.FORWARDER].get(url + request.raw_path, headers=headers, allow_redirects=False)
+    except (aiohttp.ClientConnectionError, TimeoutError) as error:
+        log.warning("forward_failed", url=url, path=request.path, error=repr(error))
+        _refuse_unreachable(request, sent=not isinstance(error, aiohttp.ClientConnectorError))
+    try:
+        if upstream.content_type == "text/event-stream":
+            return await _relay_stream(request, upstream)
+        answer = await upstream.read()
+    finally:
+        upstream.release()
     response = web.Response(status=upstream.status, body=answer)
     for name, value in upstream.headers.items():
         if name not in _HOP_BY_HOP:

@@ -308,7 +308,7 @@ async def availability_stream(request: web.Request) -> web.StreamResponse:
         return transport is None or transport.is_closing() or registry.draining
 
     try:
-        lease = budget.open(actor.event_id, address_key(request.remote), should_end)
+        lease = budget.open(actor.event_id, address_key(cluster.client_address(request)), should_end)
     except StreamRefused as refused:
         retry = {"Retry-After": str(limits.STREAM_RETRY_AFTER_S)}
         if refused.scope == "address":

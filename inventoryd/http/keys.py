@@ -13,6 +13,7 @@ from aiohttp import web
 from inventoryd.accounts import Accounts
 from inventoryd.cluster import Membership
 from inventoryd.config import Settings
+from inventoryd.http.peers import Peers
 from inventoryd.idempotency import IdempotencyStore
 from inventoryd.metrics import Metrics
 from inventoryd.principal import Principal
@@ -39,6 +40,7 @@ TASKS = web.AppKey("tasks", TaskSupervisor)
 # may be in flight), and the key the nodes sign forwarded requests with.
 CLUSTER = web.AppKey("cluster", Membership)
 FORWARDER = web.AppKey("forwarder", aiohttp.ClientSession)
+PEERS = web.AppKey("peers", Peers)
 FORWARDS_IN_FLIGHT = web.AppKey("forwards_in_flight", asyncio.Semaphore)
 FORWARD_KEY = web.AppKey("forward_key", bytes)
 
