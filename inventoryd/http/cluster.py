@@ -15,6 +15,7 @@ is being handed over) a request waits up to SHARD_OWNER_WAIT_S for one, then get
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -229,6 +230,9 @@ async def _forward_stream(request: web.Request, url: str) -> web.StreamResponse:
 
 
 async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    """Relay a stream as it comes, until either side ends it. The client going away is noticed
+    within STREAM_DISCONNECT_CHECK_S (not at the next heartbeat): the upstream connection is closed
+    then, so that the owner frees the stream's slot as soon as it would for a direct client."""
     response = web.StreamResponse(status=upstream.status)
     for name, value in upstream.headers.items():
         if name not in _HOP_BY_HOP:
@@ -236,11 +240,22 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse) 
     response.headers[FORWARDED_TO] = str(upstream.url.origin())
     add_response_headers(request, response)
     await response.prepare(request)
+
+    async def pump() -> None:
+        with contextlib.suppress(aiohttp.ClientError, ConnectionError):  # either side went away
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+
+    pumping = asyncio.ensure_future(pump())
     try:
-        async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
-    except (aiohttp.ClientError, ConnectionError):
-        pass  # either side went away: the client reconnects
+        while not pumping.done():
+            await asyncio.wait((pumping,), timeout=limits.STREAM_DISCONNECT_CHECK_S)
+            transport = request.transport
+            if transport is None or transport.is_closing() or request.app[keys.REGISTRY].draining:
+                break
+    finally:
+        pumping.cancel()
+        upstream.close()  # not back to the pool: the owner sees the stream end
     return response
 
 

@@ -294,7 +294,8 @@ async def availability_stream(request: web.Request) -> web.StreamResponse:
 
     Bounded per client address (429: the client's own doing), per event and in all (503: the
     service is full); every refusal says Retry-After. The address is the TCP peer's (an IPv6
-    client's /64): behind a proxy, the proxy's. A stream ends, and its slot frees, within
+    client's /64): behind a proxy, the proxy's; relayed by another node, the client's as that node
+    saw it. A stream ends, and its slot frees, within
     STREAM_DISCONNECT_CHECK_S of its client going away or of the service starting to drain
     (inventoryd.streams)."""
     actor = await actor_of(request, request.match_info["event_id"])
