@@ -184,7 +184,8 @@ async def owners(session: aiohttp.ClientSession, node: Node) -> tuple[list[str |
     view = await cluster_view(session, node)
     shards = [shard["owner"] for shard in view["shards"]]  # type: ignore[attr-defined]
     live = {item["node_id"] for item in view["nodes"] if item["live"]}  # type: ignore[attr-defined]
-    ids = {item["url"]: item["node_id"] for item in view["nodes"]}  # type: ignore[attr-defined]
+    # A node restarted at a URL leaves its predecessor's row behind for a while: the live one counts.
+    ids = {item["url"]: item["node_id"] for item in view["nodes"] if item["live"]}  # type: ignore[attr-defined]
     return shards, live, ids
 
 
@@ -199,7 +200,7 @@ async def wait_settled(session: aiohttp.ClientSession, node: Node, count: int) -
         holders = {shard["owner"] for shard in view["shards"]}  # type: ignore[attr-defined]
         balanced = all(item["shards"] == item["target_shards"] for item in nodes if item["live"])  # type: ignore[attr-defined]
         if holders <= live and len(holders) == count and balanced:
-            return {item["url"]: item["node_id"] for item in nodes}  # type: ignore[attr-defined]
+            return {item["url"]: item["node_id"] for item in nodes if item["live"]}  # type: ignore[attr-defined]
         await asyncio.sleep(0.05)
     raise RuntimeError(f"the shards did not settle on {count} nodes within {SETTLE_TIMEOUT_S:.0f} s")
 
