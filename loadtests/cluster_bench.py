@@ -9,8 +9,9 @@ surviving node, at events the victim owns; the trial's failover time is from the
 one of those events has acknowledged a reservation again (its shard taken over by a survivor, its
 actor rebuilt from the log). The victim is then started again on its port: shards move back to it
 (rebalance), and the longest gap between two acknowledged reservations of one event while they
-move is that trial's pause per shard. Every other trial the victim leaves with SIGTERM instead of
-SIGKILL (a planned handoff: drained, then released), and its gap is the planned pause.
+move is that trial's pause per shard. --trials N runs N such trials and N more, alternating with
+them, where the victim leaves with SIGTERM instead (a planned handoff: drained, then released),
+whose longest gap is the planned pause.
 
 forward-cost: the instructions (callgrind) the cluster spends per reservation when the request
 reaches a node that does not own the event, against the same request sent to the owner. Three
@@ -306,7 +307,7 @@ async def failover(args: argparse.Namespace, admin_url: str, scratch: Path) -> N
             # A node makes new events in its own shards: made through the victim, they are its; the
             # survivors take them over, and when it comes back it takes its share of them again.
             events = await create_events(session, victim, args.events * args.nodes * 4)
-            for trial in range(args.trials):
+            for trial in range(2 * args.trials):
                 graceful = trial % 2 == 1
                 shards, _, ids = await owners(session, survivors[0])
                 victim_id = ids[victim.base]
@@ -359,7 +360,7 @@ async def failover(args: argparse.Namespace, admin_url: str, scratch: Path) -> N
         return f"median {statistics.median(values):.3f} s, worst {max(values):.3f} s over {len(values)}" if values else "–"
 
     print()
-    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, {args.nodes} nodes, {args.trials} trials")
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, {args.nodes} nodes, {args.trials} trials of each kind")
     print(f"- SIGKILL, until every event of the victim is served again: {summary(failovers)}")
     print(f"- SIGTERM (planned handoff), longest pause of one event: {summary(drains)}")
     print(f"- rejoin (shards moving back), longest pause of one event: {summary(rebalances)}")
@@ -547,7 +548,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     modes = parser.add_subparsers(dest="mode", required=True)
     one = modes.add_parser("failover", help="SIGKILL / SIGTERM / rejoin, timed")
-    one.add_argument("--trials", type=int, default=10)
+    one.add_argument("--trials", type=int, default=10, help="SIGKILL trials, and as many SIGTERM ones")
     one.add_argument("--nodes", type=int, default=2)
     one.add_argument("--events", type=int, default=8, help="the victim's events probed per trial")
     cost = modes.add_parser("forward-cost", help="instructions per forwarded reservation (callgrind)")
