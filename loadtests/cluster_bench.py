@@ -500,7 +500,7 @@ async def measure_cluster(
 ) -> Result:
     """`cluster-N`: N nodes, as shipped (a service token, authentication and rate limits on), with
     the HAProxy ids and weights of their `server` lines, and HAProxy in front; `cluster-N-direct`:
-    the same nodes, the load sent to the first of them."""
+    the same nodes, the load sent to the first of them, the events made on all of them."""
     count = int(target.split("-")[1])
     through_proxy = not target.endswith("-direct")
     database_url = await create_database(admin_url, f"bench_{target.replace('-', '_')}_{scenario}")
@@ -529,7 +529,16 @@ async def measure_cluster(
                 await wait_listening(proxy_port, HAPROXY_READY_TIMEOUT_S)
                 base = f"http://127.0.0.1:{proxy_port}" if through_proxy else started[0].base
                 token = make_service_token(database_url)
-                ids = await setup_inventoryd(base, events)
+                if through_proxy:
+                    ids = await setup_inventoryd(base, events)
+                else:
+                    # A node makes new events in its own shards: made on every node in turn, the last
+                    # first, the events the first node is sent are mostly another's ((N-1)/N spread,
+                    # the one hot event always), as when organisers reach any node.
+                    shares = [events // count + (index < events % count) for index in range(count)]
+                    ids = []
+                    for maker, share in zip(started[::-1], shares, strict=True):
+                        ids += await setup_inventoryd(maker.base, share) if share else []
                 return await load_and_count(
                     base, database_url, ids, token, [node.process.pid for node in started], target, scenario,
                     "SELECT count(*) FROM journal WHERE kind = 'reservation_held'", args, scratch,
