@@ -446,7 +446,7 @@ class Registry:
         if task is not None:
             task.cancel()
         if actor is not None:
-            actor.stop(reason)
+            actor.retire(reason)
 
     # -- supervision ----------------------------------------------------------------------------
 
@@ -479,6 +479,7 @@ class Registry:
                         window_s=limits.ACTOR_RESTART_WINDOW_S,
                         error=repr(error),
                     )
+                    actor.retire("the event's actor failed; retry later")
                     return
                 log.warning(
                     "actor_restarting",

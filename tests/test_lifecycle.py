@@ -330,6 +330,21 @@ async def test_live_availability_stream(client: Any) -> None:
         assert update["ticket_types"]["GA"]["available"] == 95
 
 
+async def test_a_stream_ends_when_its_event_leaves_this_node(client: Any) -> None:
+    # The shard moved (taken by another node, or handed over in a rebalance): the actor the stream
+    # watches is gone from here and will never change again. The stream must end at once, so the
+    # client reconnects (through any node, to the new owner), not hear "still here" from a stale
+    # copy for an hour.
+    event = await create_event(client)
+    registry = client.app[keys.REGISTRY]
+    async with client.get(f"/v1/events/{event['id']}/availability/stream") as stream:
+        assert stream.status == 200
+        assert (await asyncio.wait_for(stream.content.readline(), 5)).startswith(b"event: availability")
+        registry.shard_lost(registry.cluster.shard_of(event["id"]))
+        rest = await asyncio.wait_for(stream.content.read(), 3)
+        assert b"event: availability" not in rest
+
+
 async def test_stream_subscribers_are_bounded(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     event = await create_event(client)
     monkeypatch.setattr(limits, "STREAM_SUBSCRIBERS_MAX", 1)

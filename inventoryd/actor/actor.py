@@ -84,6 +84,8 @@ class EventActor:
     _timer: HoldTimer = field(init=False)
     # Made only while someone waits for a change, so that a commit pays nothing otherwise.
     _next_change: asyncio.Future[None] | None = None
+    # True once this actor will never run again here (see `retire`).
+    _retired: bool = False
 
     def __post_init__(self, write_snapshot: SnapshotStore | None, snapshot_seq: int, tasks: TaskSupervisor | None) -> None:
         self.snapshots = Snapshots(self.event_id, write_snapshot, tasks or TaskSupervisor("actor"), snapshot_seq)
@@ -187,6 +189,12 @@ class EventActor:
             self._next_change = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._next_change)
 
+    @property
+    def retired(self) -> bool:
+        """Will this actor never change again here (its event moved to another node, or it failed
+        for good)? Whoever watches it should let go: a fresh look finds where the event is now."""
+        return self._retired
+
     def view(self) -> EventSummary | None:
         """The event as last committed, or None before its creation is."""
         return self._view
@@ -242,6 +250,14 @@ class EventActor:
         self._timer.queued = False
         for message in self._mailbox.take_nowait(len(self._mailbox)):
             fail(message, Unavailable(reason))
+
+    def retire(self, reason: str) -> None:
+        """Stop for good, and wake whoever waits for a change (`wait_changed`), who finds it retired."""
+        self._retired = True
+        self.stop(reason)
+        if self._next_change is not None:
+            self._next_change.set_result(None)
+            self._next_change = None
 
     async def run(self) -> None:
         """Process batches until cancelled; raises ActorRestartRequired when it must be rebuilt.

@@ -332,12 +332,13 @@ async def availability_stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream_availability(actor: EventActor, response: web.StreamResponse, gone: asyncio.Future[None]) -> None:
-    """Until STREAM_DURATION_MAX_S have passed or the client is `gone`; a write the client does not
-    take within STREAM_WRITE_TIMEOUT_S raises TimeoutError."""
+    """Until STREAM_DURATION_MAX_S have passed, the client is `gone` or the actor is retired (the
+    event moved to another node: the client's reconnection, through any node, reaches the new
+    owner); a write the client does not take within STREAM_WRITE_TIMEOUT_S raises TimeoutError."""
     loop = asyncio.get_running_loop()
     closes_at = loop.time() + limits.STREAM_DURATION_MAX_S
     last_sent = b""
-    while loop.time() < closes_at and not gone.done():
+    while loop.time() < closes_at and not gone.done() and not actor.retired:
         payload = schemas.ENCODER.encode(availability_out(summary_of(actor)))
         if payload != last_sent:
             async with asyncio.timeout(limits.STREAM_WRITE_TIMEOUT_S):
