@@ -354,14 +354,19 @@ async def cluster_view(session: aiohttp.ClientSession, node: Node) -> dict[str, 
         return dict(await response.json())
 
 
-async def wait_settled(session: aiohttp.ClientSession, node: Node, owners: int, timeout_s: float = 30.0) -> dict[str, Any]:
-    """Until, as `node` sees it, every shard has a live owner and `owners` nodes share them."""
+async def wait_settled(
+    session: aiohttp.ClientSession, node: Node, owners: int, timeout_s: float = 30.0, *, balanced: bool = False
+) -> dict[str, Any]:
+    """Until, as `node` sees it, every shard has a live owner and `owners` nodes share them; and,
+    if `balanced`, every live node holds its target (a rebalance after a join is over: no shard
+    of theirs moves any more, and none is being released)."""
     deadline = time.monotonic() + timeout_s
     while True:
         view = await cluster_view(session, node)
         live = {n["node_id"] for n in view["nodes"] if n["live"]}
         holders = {shard["owner"] for shard in view["shards"]}
-        if holders <= live and len(holders) == owners and None not in holders:
+        at_target = all(n["shards"] == n["target_shards"] for n in view["nodes"] if n["live"])
+        if holders <= live and len(holders) == owners and None not in holders and (at_target or not balanced):
             return view
         assert time.monotonic() < deadline, f"the shards did not settle on {owners} nodes: {view['nodes']}"
         await asyncio.sleep(0.1)
