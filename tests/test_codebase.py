@@ -4,7 +4,7 @@ Method: run the three checkers as the README's check commands do (`mypy` strict 
 `persistence/`, `ruff check`, `lint-imports`), each configured in pyproject.toml, and fail on any
 finding, with the checker's own report as the message. Also: no bare `assert` outside the tests
 (they vanish under `python -O`; the service's checks are `invariant()`), which ruff's S101 enforces
-there; this test says so by name."""
+there; this test says so by name. And no function in the service over FUNCTION_LINES_MAX lines."""
 
 from __future__ import annotations
 
@@ -49,6 +49,23 @@ def test_no_bare_assert_outside_the_tests(package: str) -> None:
         if isinstance(node, ast.Assert)
     ]
     assert not found, f"bare assert (stripped by python -O): {found}"
+
+
+# A function a reader takes in at once (the architecture issue's bound; TigerBeetle keeps 70).
+FUNCTION_LINES_MAX = 70
+
+
+@pytest.mark.parametrize("package", ["inventoryd", "persistence"])
+def test_no_function_is_longer_than_a_screen(package: str) -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > FUNCTION_LINES_MAX
+    ]
+    assert not found, f"functions over {FUNCTION_LINES_MAX} lines: {found}"
 
 
 # What test modules may import of the tests: their shared helpers, never another test module (whose

@@ -6,6 +6,7 @@ closed, in reverse, even when a later one fails to start."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import time
@@ -246,106 +247,125 @@ Context = Callable[[web.Application], AsyncIterator[None]]
 
 
 def _lifecycle(database_url: str, journal_factory: Callable[[str], Journal]) -> list[Context]:
-    """The service's resources, one cleanup context each, in the order they start."""
+    """The service's resources, one cleanup context each, in the order they start (aiohttp closes
+    them in the reverse order)."""
+    return [
+        functools.partial(_schema, database_url),
+        functools.partial(_pool, database_url),
+        functools.partial(_membership, database_url),
+        _forwarder,
+        functools.partial(_journal, database_url, journal_factory),
+        _idempotency,
+        _accounts,
+        _registry,
+        _background,
+    ]
 
-    async def schema(app: web.Application) -> AsyncIterator[None]:
-        connection = await connect(database_url)
-        try:
-            applied = await migrate(connection)
-        finally:
-            await connection.close()
-        if applied:
-            log.info("migrations_applied", versions=[migration.version for migration in applied])
+
+async def _schema(database_url: str, app: web.Application) -> AsyncIterator[None]:
+    connection = await connect(database_url)
+    try:
+        applied = await migrate(connection)
+    finally:
+        await connection.close()
+    if applied:
+        log.info("migrations_applied", versions=[migration.version for migration in applied])
+    yield
+
+
+async def _pool(database_url: str, app: web.Application) -> AsyncIterator[None]:
+    app[keys.POOL] = await store.create_pool(database_url, max_size=app[keys.SETTINGS].db_pool_size)
+    try:
         yield
+    finally:
+        await app[keys.POOL].close()
 
-    async def pool(app: web.Application) -> AsyncIterator[None]:
-        app[keys.POOL] = await store.create_pool(database_url, max_size=app[keys.SETTINGS].db_pool_size)
-        try:
-            yield
-        finally:
-            await app[keys.POOL].close()
 
-    async def membership(app: web.Application) -> AsyncIterator[None]:
-        # Joined by the recovery task (Registry.start); here it is made, and left at the end, after
-        # the registry has drained (its leases are kept while the last batches commit).
-        settings = app[keys.SETTINGS]
-        node = Membership(database_url, settings.node_url, lb_server_id=settings.lb_server_id, lb_weight=settings.lb_weight)
-        app[keys.CLUSTER] = node
-        try:
-            yield
-        finally:
-            await node.stop()
-
-    async def forwarder(app: web.Application) -> AsyncIterator[None]:
-        async with app[keys.POOL].acquire() as connection:
-            app[keys.FORWARD_KEY] = await service_secret(connection, "cluster_forward_key", os.urandom(32))
-        connector = aiohttp.TCPConnector(
-            limit=limits.FORWARD_CONNECTIONS_MAX, limit_per_host=limits.FORWARD_CONNECTIONS_PER_NODE_MAX, keepalive_timeout=30
-        )
-        timeout = aiohttp.ClientTimeout(total=limits.REQUEST_TIMEOUT_S + 1, connect=limits.FORWARD_CONNECT_TIMEOUT_S)
-        app[keys.FORWARDS_IN_FLIGHT] = asyncio.Semaphore(limits.FORWARD_IN_FLIGHT_MAX)
-        app[keys.PEERS] = peers = Peers()
-        try:
-            async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
-                app[keys.FORWARDER] = session
-                yield
-        finally:
-            peers.close()
-
-    async def journal(app: web.Application) -> AsyncIterator[None]:
-        journal = journal_factory(database_url)
-        journal.on_commit = app[keys.METRICS].observe_commit
-        journal.on_wait = app[keys.METRICS].observe_journal_wait
-        journal.on_fenced = app[keys.CLUSTER].fenced
-        await journal.start()
-        app[keys.JOURNAL] = journal
-        try:
-            yield
-        finally:
-            await journal.close()
-
-    async def idempotency(app: web.Application) -> AsyncIterator[None]:
-        store = IdempotencyStore(app[keys.POOL])
-        await store.load()
-        app[keys.IDEMPOTENCY] = store
+async def _membership(database_url: str, app: web.Application) -> AsyncIterator[None]:
+    # Joined by the recovery task (Registry.start); here it is made, and left at the end, after
+    # the registry has drained (its leases are kept while the last batches commit).
+    settings = app[keys.SETTINGS]
+    node = Membership(database_url, settings.node_url, lb_server_id=settings.lb_server_id, lb_weight=settings.lb_weight)
+    app[keys.CLUSTER] = node
+    try:
         yield
+    finally:
+        await node.stop()
 
-    async def accounts(app: web.Application) -> AsyncIterator[None]:
-        settings = app[keys.SETTINGS]
-        accounts = Accounts(app[keys.POOL], admin_token=settings.admin_token, jwt_secret=settings.jwt_secret)
-        await accounts.start()
-        app[keys.ACCOUNTS] = accounts
-        try:
+
+async def _forwarder(app: web.Application) -> AsyncIterator[None]:
+    async with app[keys.POOL].acquire() as connection:
+        app[keys.FORWARD_KEY] = await service_secret(connection, "cluster_forward_key", os.urandom(32))
+    connector = aiohttp.TCPConnector(
+        limit=limits.FORWARD_CONNECTIONS_MAX, limit_per_host=limits.FORWARD_CONNECTIONS_PER_NODE_MAX, keepalive_timeout=30
+    )
+    timeout = aiohttp.ClientTimeout(total=limits.REQUEST_TIMEOUT_S + 1, connect=limits.FORWARD_CONNECT_TIMEOUT_S)
+    app[keys.FORWARDS_IN_FLIGHT] = asyncio.Semaphore(limits.FORWARD_IN_FLIGHT_MAX)
+    app[keys.PEERS] = peers = Peers()
+    try:
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
+            app[keys.FORWARDER] = session
             yield
-        finally:
-            await accounts.stop()
+    finally:
+        peers.close()
 
-    async def registry(app: web.Application) -> AsyncIterator[None]:
-        metrics = app[keys.METRICS]
-        registry = Registry(
-            app[keys.JOURNAL], app[keys.POOL], app[keys.CLUSTER], app[keys.CLOCK], on_batch=metrics.observe_batch
-        )
-        registry.shard_owner = _ShardsTaken(registry, app[keys.IDEMPOTENCY])
-        metrics.watch(registry, app[keys.JOURNAL], app[keys.IDEMPOTENCY])
-        app[keys.REGISTRY] = registry
-        try:
-            yield
-        finally:
-            await registry.stop()
 
-    async def background(app: web.Application) -> AsyncIterator[None]:
-        # Recovery runs while the server already answers: /healthz says alive; until the events
-        # are known, /readyz says not ready and inventory routes answer 503 + Retry-After. Then the
-        # actors are rebuilt in the background, and on demand for the events requests ask for.
-        tasks = app[keys.TASKS] = TaskSupervisor("app")
-        tasks.spawn(app[keys.REGISTRY].start(), name="recovery")
-        tasks.spawn(_sweep_idempotency(app[keys.IDEMPOTENCY]), name="idempotency-sweeper")
-        try:
-            yield
-        finally:
-            await tasks.close()
+async def _journal(database_url: str, journal_factory: Callable[[str], Journal], app: web.Application) -> AsyncIterator[None]:
+    journal = journal_factory(database_url)
+    journal.on_commit = app[keys.METRICS].observe_commit
+    journal.on_wait = app[keys.METRICS].observe_journal_wait
+    journal.on_fenced = app[keys.CLUSTER].fenced
+    await journal.start()
+    app[keys.JOURNAL] = journal
+    try:
+        yield
+    finally:
+        await journal.close()
 
-    return [schema, pool, membership, forwarder, journal, idempotency, accounts, registry, background]
+
+async def _idempotency(app: web.Application) -> AsyncIterator[None]:
+    store = IdempotencyStore(app[keys.POOL])
+    await store.load()
+    app[keys.IDEMPOTENCY] = store
+    yield
+
+
+async def _accounts(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    accounts = Accounts(app[keys.POOL], admin_token=settings.admin_token, jwt_secret=settings.jwt_secret)
+    await accounts.start()
+    app[keys.ACCOUNTS] = accounts
+    try:
+        yield
+    finally:
+        await accounts.stop()
+
+
+async def _registry(app: web.Application) -> AsyncIterator[None]:
+    metrics = app[keys.METRICS]
+    registry = Registry(
+        app[keys.JOURNAL], app[keys.POOL], app[keys.CLUSTER], app[keys.CLOCK], on_batch=metrics.observe_batch
+    )
+    registry.shard_owner = _ShardsTaken(registry, app[keys.IDEMPOTENCY])
+    metrics.watch(registry, app[keys.JOURNAL], app[keys.IDEMPOTENCY])
+    app[keys.REGISTRY] = registry
+    try:
+        yield
+    finally:
+        await registry.stop()
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    # Recovery runs while the server already answers: /healthz says alive; until the events
+    # are known, /readyz says not ready and inventory routes answer 503 + Retry-After. Then the
+    # actors are rebuilt in the background, and on demand for the events requests ask for.
+    tasks = app[keys.TASKS] = TaskSupervisor("app")
+    tasks.spawn(app[keys.REGISTRY].start(), name="recovery")
+    tasks.spawn(_sweep_idempotency(app[keys.IDEMPOTENCY]), name="idempotency-sweeper")
+    try:
+        yield
+    finally:
+        await tasks.close()
 
 
 class _ShardsTaken:
