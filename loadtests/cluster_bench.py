@@ -67,6 +67,7 @@ from loadtests.bench import (
     setup_inventoryd,
     wait_listening,
 )
+from loadtests.nodes import Node, spawn_node
 from persistence.limits import CLUSTER_SHARDS
 
 READY_TIMEOUT_S = 60.0
@@ -78,31 +79,6 @@ PROBE_TIMEOUT_S = 5.0
 # After a refusal a probe waits this long before it asks again (so that it does not spin).
 PROBE_BACKOFF_S = 0.01
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-@dataclass
-class Node:
-    name: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def signal(self, number: int) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(number)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within 30 s; by PID."""
-        self.signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
 
 
 @dataclass
@@ -124,25 +100,8 @@ class Nodes:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
         if valgrind is not None:
             argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={valgrind}", *argv]
-        log_path = self.directory / f"{name}.log"
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                stdout=log,
-                stderr=log,
-                env={
-                    **os.environ,
-                    "INVENTORYD_LOG_FORMAT": "json",
-                    "INVENTORYD_ACCESS_LOG": "0",
-                    "INVENTORYD_ADMIN_TOKEN": ADMIN_TOKEN,
-                    "INVENTORYD_DRAIN_GRACE_S": "0.2",
-                    "INVENTORYD_AUTH": "off",
-                    "INVENTORYD_RATE_LIMITS": "off",
-                    **(env or {}),
-                },
-            )
-        node = Node(name, port, process, log_path)
+        env = {"INVENTORYD_AUTH": "off", "INVENTORYD_RATE_LIMITS": "off", **(env or {})}
+        node = spawn_node(argv, name, port, self.directory, ADMIN_TOKEN, env)
         self.started.append(node)
         return node
 

@@ -28,6 +28,7 @@ from inventoryd import cli
 from inventoryd.audit import audit
 from inventoryd.cluster import new_node_id
 from inventoryd.http import keys
+from loadtests.nodes import Node, spawn_node
 from persistence import cluster as cluster_store
 from persistence.embedded import STOP_TIMEOUT_S, EmbeddedPostgres
 from persistence.journal import Append, AppendFailed, AppendOutcomeUnknown, Journal, connect
@@ -271,22 +272,6 @@ async def hold_a_shard(database_url: str, shard: int = 0) -> tuple[int, int]:
 
 
 @dataclass
-class Node:
-    name: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def signal(self, number: int) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(number)
-
-
-@dataclass
 class Cluster:
     database_url: str
     directory: Path
@@ -297,24 +282,8 @@ class Cluster:
         arguments = ["--port", str(port), "--advertise-url", f"http://127.0.0.1:{port}"]
         for flag, value in flags.items():
             arguments += [f"--{flag.replace('_', '-')}", str(value)]
-        log_path = self.directory / f"{name}.log"
-        log = open(log_path, "ab")  # noqa: SIM115 - closed with the process, below
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.cluster_node", "serve", "--database-url", database_url or self.database_url, *arguments],
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
-            env={
-                **os.environ,
-                "INVENTORYD_LOG_FORMAT": "json",
-                "INVENTORYD_ACCESS_LOG": "0",
-                "INVENTORYD_ADMIN_TOKEN": ADMIN_TOKEN,
-                "INVENTORYD_DRAIN_GRACE_S": "0.2",
-                **(env or {}),
-            },
-        )
-        log.close()
-        node = Node(name, port, process, log_path)
+        argv = [sys.executable, "-m", "tests.cluster_node", "serve", "--database-url", database_url or self.database_url, *arguments]
+        node = spawn_node(argv, name, port, self.directory, ADMIN_TOKEN, env or {})
         self.nodes.append(node)
         return node
 
