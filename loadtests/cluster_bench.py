@@ -52,7 +52,7 @@ import aiohttp
 
 from inventoryd.cluster import shard_of
 from loadtests import haproxy_config
-from loadtests.auth_cost import WARMUP_REQUESTS, callgrind_control, drive
+from loadtests.auth_cost import WARMUP_REQUESTS, callgrind_control, counted_window, drive, out_file_of_dump
 from loadtests.bench import (
     ADMIN_TOKEN,
     HUGE_CAPACITY,
@@ -327,9 +327,6 @@ async def failover(args: argparse.Namespace, admin_url: str, scratch: Path) -> N
 
 # -- forward-cost -----------------------------------------------------------------------------------
 
-IDLE_WINDOW_S = 5.0
-
-
 async def counted(
     args: argparse.Namespace, admin_url: str, scratch: Path, run: str, *, measured: str, asked: str
 ) -> tuple[float, float]:
@@ -349,37 +346,21 @@ async def counted(
             events = await create_events(session, started["owner"], args.events)
             target, counting = started[asked], started[measured]
             await drive(target.base, events, "", WARMUP_REQUESTS, args.concurrency, 0)
-            callgrind_control("--instr=on", str(counting.process.pid))
-            began = time.monotonic()
-            await asyncio.sleep(IDLE_WINDOW_S)
-            callgrind_control("--dump", str(counting.process.pid))
-            idle_per_s = callgrind_totals(out_file_of_dump(out_file)) / (time.monotonic() - began)
-            callgrind_control("--zero", str(counting.process.pid))
-            began = time.monotonic()
-            created = await drive(target.base, events, "", args.requests, args.concurrency, WARMUP_REQUESTS)
-            window_s = time.monotonic() - began
-            callgrind_control("--instr=off", str(counting.process.pid))
+            window = await counted_window(
+                counting.process.pid, out_file, lambda: drive(target.base, events, "", args.requests, args.concurrency, WARMUP_REQUESTS)
+            )
             counting.stop()
-    if created != args.requests:
-        raise RuntimeError(f"{run}: {created} of {args.requests} reservations were created")
-    total = callgrind_totals(out_file)
+    if window.created != args.requests:
+        raise RuntimeError(f"{run}: {window.created} of {args.requests} reservations were created")
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
-        shutil.copy(out_file, args.keep / out_file.name)
-    raw, net = total / created, (total - idle_per_s * window_s) / created
+        shutil.copy(out_file_of_dump(out_file), args.keep / out_file.name)
+    raw, net = window.per_reservation, window.per_reservation_less_idle
     print(
-        f"{run:22} {raw:10,.0f} instructions per reservation ({net:,.0f} less idle {idle_per_s:,.0f}/s over {window_s:.1f} s)",
+        f"{run:22} {raw:10,.0f} instructions per reservation ({net:,.0f} less idle {window.idle_per_s:,.0f}/s over {window.seconds:.1f} s)",
         flush=True,
     )
     return raw, net
-
-
-def out_file_of_dump(out_file: Path) -> Path:
-    """The file `callgrind_control --dump` wrote beside `out_file` (callgrind numbers each dump)."""
-    dumps = sorted(out_file.parent.glob(out_file.name + ".*"), key=lambda path: path.stat().st_mtime)
-    if not dumps:
-        raise RuntimeError(f"no dump beside {out_file}")
-    return dumps[-1]
 
 
 async def http_floor(args: argparse.Namespace, scratch: Path) -> float:
