@@ -86,21 +86,25 @@ async def renew(
     connection: Connection, node_id: str, held: list[tuple[int, int]], lease_s: float, *, draining: bool
 ) -> set[int]:
     """The node's heartbeat, and every lease it holds extended, in one statement: the shards it
-    still holds at their epochs (the others were taken over)."""
-    rows = await connection.fetch(
+    still holds at their epochs (the others were taken over), as one array (a row per shard
+    cost more to decode than the statement, twice a second)."""
+    kept = await connection.fetchval(
         """
-        WITH beat AS (UPDATE nodes SET heartbeat_at = now(), draining = $5 WHERE node_id = $1 RETURNING 1)
-        UPDATE shards s SET lease_expires_at = now() + make_interval(secs => $2)
-        FROM unnest($3::int[], $4::bigint[]) AS h (shard_id, epoch)
-        WHERE s.shard_id = h.shard_id AND s.epoch = h.epoch AND s.owner_node = $1
-        RETURNING s.shard_id""",
+        WITH beat AS (UPDATE nodes SET heartbeat_at = now(), draining = $5 WHERE node_id = $1 RETURNING 1),
+        renewed AS (
+            UPDATE shards s SET lease_expires_at = now() + make_interval(secs => $2)
+            FROM unnest($3::int[], $4::bigint[]) AS h (shard_id, epoch)
+            WHERE s.shard_id = h.shard_id AND s.epoch = h.epoch AND s.owner_node = $1
+            RETURNING s.shard_id
+        )
+        SELECT coalesce(array_agg(shard_id), '{}') FROM renewed""",
         node_id,
         lease_s,
         [shard for shard, _ in held],
         [epoch for _, epoch in held],
         draining,
     )
-    return {row[0] for row in rows}
+    return set(kept)
 
 
 async def release(connection: Connection, node_id: str, held: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -134,13 +138,18 @@ async def nodes(connection: Connection) -> list[NodeRow]:
 
 
 async def shards(connection: Connection) -> list[ShardRow]:
-    rows = await connection.fetch(
-        """SELECT shard_id, owner_node, epoch,
-                  CASE WHEN owner_node IS NULL OR NOT isfinite(lease_expires_at) THEN NULL
-                       ELSE extract(epoch FROM lease_expires_at - clock_timestamp())::float8 END
-           FROM shards ORDER BY shard_id"""
+    """Every shard, in order, read as four arrays in one row (cheaper to decode than 256 rows)."""
+    row = await connection.fetchrow(
+        """SELECT array_agg(shard_id ORDER BY shard_id), array_agg(owner_node ORDER BY shard_id),
+                  array_agg(epoch ORDER BY shard_id),
+                  array_agg(CASE WHEN owner_node IS NULL OR NOT isfinite(lease_expires_at) THEN NULL
+                                 ELSE extract(epoch FROM lease_expires_at - clock_timestamp())::float8 END
+                            ORDER BY shard_id)
+           FROM shards"""
     )
-    return [ShardRow(*row) for row in rows]
+    if row is None or row[0] is None:
+        return []
+    return [ShardRow(*columns) for columns in zip(row[0], row[1], row[2], row[3], strict=True)]
 
 
 async def expire_leases_of(connection: Connection, url: str, node_id: str) -> int:
