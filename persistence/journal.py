@@ -30,6 +30,7 @@ import structlog
 from persistence import limits
 from persistence.checks import PersistenceInvariantViolation, invariant
 from persistence.errors import CONNECTION_LOST, DATABASE_AWAY
+from persistence.linger import Busy
 
 log = structlog.get_logger("persistence.journal")
 
@@ -303,14 +304,16 @@ class Journal:
         is late, not missing), then while more keep coming: a pause of JOURNAL_LINGER_QUIET_S ends
         it. Otherwise the few that come first, or the few that come a commit late (an event's
         second buyer waits for its first buyer's commit), would get a sync of their own, or hold
-        the burst's commit back."""
+        the burst's commit back. And the wait ends as soon as the process idles through it
+        (persistence.linger): buyers arriving at their own pace are not a burst coming back."""
         wanted = min(appends, limits.JOURNAL_PENDING_APPENDS_MAX)
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + limits.JOURNAL_LINGER_S
         extended = False
+        busy = Busy()  # the wait ends early if this process idles: nobody is coming back at once
         try:
-            while (pending := len(self._pending)) < wanted and not self._closing:
+            while (pending := len(self._pending)) < wanted and not self._closing and not busy.idle():
                 if 2 * pending >= wanted:
                     # Half are back: the rest of their burst comes right behind them, if at all.
                     self._wanted = wanted
@@ -319,7 +322,9 @@ class Journal:
                         return
                 else:
                     self._wanted = (wanted + 1) // 2
-                    if not await self._woken_before(deadline):
+                    if not await self._woken_before(min(deadline, loop.time() + limits.LINGER_CHECK_S)):
+                        if loop.time() < deadline:
+                            continue  # a look at how busy the process is, not the deadline
                         if extended:
                             return
                         extended = True

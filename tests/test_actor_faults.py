@@ -18,6 +18,7 @@ from inventoryd.actor import Unavailable
 from inventoryd.domain import Inventory, decide
 from inventoryd.http import keys
 from inventoryd.registry import decode_log
+from persistence import limits as journal_limits
 from persistence import store
 from tests.helpers import FaultyJournal, create_event, wait_until
 
@@ -279,9 +280,35 @@ async def test_a_busy_event_waits_for_its_buyers_to_share_one_commit(
     # Group commit under load: 21 buyers were active around the last batch, so the actor waits for
     # 21 messages before it takes the next one (here with a long linger, so the test sees it
     # waiting); the buyer who comes back during the wait joins that batch instead of the next.
+    # (The test idles while the actor waits: the wait's end on idling is off, as on a busy server.)
     monkeypatch.setattr(limits, "BATCH_LINGER_S", 30.0)
+    monkeypatch.setattr(journal_limits, "LINGER_BUSY_SHARE_MIN", 0.0)
     _, batches = await twenty_one_buyers_waited_for(*faulty)
     assert batches == [1, 21]
+
+
+async def test_an_idle_server_does_not_wait_for_buyers_who_are_not_coming(
+    faulty: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 21 buyers were active around the last batch, 20 are queued and the 21st does not come; the
+    # process has nothing else to do (buyers arriving at their own pace, not a burst coming back):
+    # the actor takes the 20 within a few LINGER_CHECK_S, not after BATCH_LINGER_S (30 s here).
+    client, journal = faulty
+    monkeypatch.setattr(limits, "BATCH_LINGER_S", 30.0)
+    event = await create_event(client, ticket_types=[{"code": "GA", "name": "GA", "price": 1, "capacity": 1000}])
+    actor = client.app[keys.REGISTRY].get(event["id"])
+    batches: list[int] = []
+    actor.on_batch = lambda messages, depth: batches.append(messages)
+    journal.write_gate = asyncio.Event()
+    first = asyncio.create_task(actor.reserve("u0", "GA", 1))
+    await wait_until(lambda: journal.writes_at_gate == 1)
+    queued = [asyncio.create_task(actor.reserve(f"u{i}", "GA", 1)) for i in range(1, 21)]
+    await wait_until(lambda: actor.mailbox_depth() == 20)
+    started = asyncio.get_running_loop().time()
+    journal.write_gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *queued), timeout=5)
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert batches == [1, 20]
 
 
 async def test_buyers_who_think_between_requests_are_not_waited_for(
@@ -292,6 +319,7 @@ async def test_buyers_who_think_between_requests_are_not_waited_for(
     # later sees many buyers again (here the wait would otherwise last 30 s).
     client, journal = faulty
     monkeypatch.setattr(limits, "BATCH_LINGER_S", 30.0)
+    monkeypatch.setattr(journal_limits, "LINGER_BUSY_SHARE_MIN", 0.0)  # as above
     actor, batches = await twenty_one_buyers_waited_for(client, journal)
     assert batches == [1, 21]
     # One buyer back, twenty thinking: the wait (short now) runs out.

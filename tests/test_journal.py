@@ -24,7 +24,12 @@ async def ten_events_that_shared_a_commit(
     faulty: Any, monkeypatch: pytest.MonkeyPatch, **bounds: float
 ) -> tuple[FaultyJournal, list[Any], int]:
     """The journal's `bounds` set, then ten events whose actors' appends shared the last commit:
-    the writer now waits for ten. Returns the journal, the actors and the commits so far."""
+    the writer now waits for ten. Returns the journal, the actors and the commits so far.
+
+    The appends come back on a schedule of sleeps, so this process idles while the writer waits:
+    unless `bounds` says otherwise, the wait's end on idling is off (LINGER_BUSY_SHARE_MIN 0), as
+    if a busy server were receiving them."""
+    bounds = {"LINGER_BUSY_SHARE_MIN": 0.0, **bounds}
     for name, value in bounds.items():
         monkeypatch.setattr(journal_limits, name, value)
     client, journal = faulty
@@ -99,6 +104,21 @@ async def test_the_journal_waits_at_most_its_bound_for_buyers_who_do_not_come_ba
     started = asyncio.get_running_loop().time()
     await asyncio.wait_for(actors[0].reserve("b", "GA", 1), timeout=5)
     assert asyncio.get_running_loop().time() - started >= 0.3
+    assert journal.stats.commits == commits + 1
+
+
+async def test_an_idle_server_does_not_wait_for_appends_that_are_not_coming(
+    faulty: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ten were active, one comes back, and the process has nothing else to do: the buyers are not
+    # coming back at once (open loop), so the writer commits the one within a few LINGER_CHECK_S,
+    # not after the wait's bounds (30 s here).
+    journal, actors, commits = await ten_events_that_shared_a_commit(
+        faulty, monkeypatch, JOURNAL_LINGER_S=30.0, JOURNAL_LINGER_MAX_S=30.0, LINGER_BUSY_SHARE_MIN=0.75
+    )
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(actors[0].reserve("b", "GA", 1), timeout=5)
+    assert asyncio.get_running_loop().time() - started < 1.0
     assert journal.stats.commits == commits + 1
 
 

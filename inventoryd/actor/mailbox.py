@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from inventoryd import domain
+from persistence.limits import LINGER_CHECK_S
+from persistence.linger import Busy
 
 if TYPE_CHECKING:
     from inventoryd.actor.outcomes import IdempotencyClaim, Outcome
@@ -61,18 +63,25 @@ class Mailbox:
                 self._waiter = None
 
     async def wait_for(self, count: int, timeout_s: float) -> bool:
-        """Wait until `count` messages are queued, or for `timeout_s`; True if at least half came."""
+        """Wait until `count` messages are queued, for `timeout_s` at most, and only while the
+        process is busy (persistence.linger: idling, it is not receiving them); True if at least
+        half came."""
         if len(self._messages) >= count:
             return True
         loop = asyncio.get_running_loop()
-        self._waiter = waiter = loop.create_future()
+        deadline = loop.time() + timeout_s
+        busy = Busy()
         self._wanted = count
-        timer = loop.call_later(timeout_s, _wake, waiter)
         try:
-            await waiter
+            while len(self._messages) < count and (now := loop.time()) < deadline and not busy.idle():
+                self._waiter = waiter = loop.create_future()
+                timer = loop.call_later(min(deadline - now, LINGER_CHECK_S), _wake, waiter)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+                    self._waiter = None
         finally:
-            timer.cancel()
-            self._waiter = None
             self._wanted = 1
         return 2 * len(self._messages) >= count
 
