@@ -194,7 +194,7 @@ async def test_a_killed_node_is_replaced_within_the_lease(database_url: str, tmp
             for node in nodes:
                 await wait_node_ready(session, node)
             await wait_settled(session, nodes[0], owners=3, balanced=True)
-            events = await create_events(session, nodes, 30)
+            events = await create_events(session, nodes, 100)  # as the issue asks: 100 events on three nodes
             doomed = nodes[2]
             doomed_view = await cluster_view(session, doomed)
             theirs = [event for event in events if doomed_view["shards"][shard_of(event, SHARDS)]["owner"] == doomed_view["node_id"]]
