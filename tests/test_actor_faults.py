@@ -253,10 +253,9 @@ async def test_a_crashing_actor_is_restarted_and_the_others_run_on(
     await assert_memory_matches_log(client, db, healthy["id"])
 
 
-async def twenty_one_buyers_waited_for(client: Any, journal: FaultyJournal) -> tuple[Any, list[int]]:
-    """A new event's actor: one reservation held at the journal's gate and twenty queued behind it;
-    once the gate opens the actor has seen 21 buyers, so it waits for 21 (with 20 queued), and a
-    21st buyer's return ends the wait. Returns the actor and the sizes of its batches so far."""
+async def twenty_behind_one(client: Any, journal: FaultyJournal) -> tuple[Any, list[int], list[asyncio.Task[Any]]]:
+    """A new event's actor: one reservation held at the journal's gate and twenty queued behind it.
+    Returns the actor, the sizes of its batches so far, and the 21 reservations (the held first)."""
     event = await create_event(client, ticket_types=[{"code": "GA", "name": "GA", "price": 1, "capacity": 1000}])
     actor = client.app[keys.REGISTRY].get(event["id"])
     batches: list[int] = []
@@ -266,6 +265,14 @@ async def twenty_one_buyers_waited_for(client: Any, journal: FaultyJournal) -> t
     await wait_until(lambda: journal.writes_at_gate == 1)
     queued = [asyncio.create_task(actor.reserve(f"u{i}", "GA", 1)) for i in range(1, 21)]
     await wait_until(lambda: actor.mailbox_depth() == 20)
+    return actor, batches, [first, *queued]
+
+
+async def twenty_one_buyers_waited_for(client: Any, journal: FaultyJournal) -> tuple[Any, list[int]]:
+    """Twenty behind one (above); once the gate opens the actor has seen 21 buyers, so it waits for
+    21 (with 20 queued), and a 21st buyer's return ends the wait. Returns the actor and the sizes
+    of its batches so far."""
+    actor, batches, [first, *queued] = await twenty_behind_one(client, journal)
     journal.write_gate.set()
     await first
     await wait_until(lambda: actor._mailbox._wanted == 21)  # waiting, with 20 queued
@@ -295,18 +302,10 @@ async def test_an_idle_server_does_not_wait_for_buyers_who_are_not_coming(
     # the actor takes the 20 within a few LINGER_CHECK_S, not after BATCH_LINGER_S (30 s here).
     client, journal = faulty
     monkeypatch.setattr(limits, "BATCH_LINGER_S", 30.0)
-    event = await create_event(client, ticket_types=[{"code": "GA", "name": "GA", "price": 1, "capacity": 1000}])
-    actor = client.app[keys.REGISTRY].get(event["id"])
-    batches: list[int] = []
-    actor.on_batch = lambda messages, depth: batches.append(messages)
-    journal.write_gate = asyncio.Event()
-    first = asyncio.create_task(actor.reserve("u0", "GA", 1))
-    await wait_until(lambda: journal.writes_at_gate == 1)
-    queued = [asyncio.create_task(actor.reserve(f"u{i}", "GA", 1)) for i in range(1, 21)]
-    await wait_until(lambda: actor.mailbox_depth() == 20)
+    _, batches, reservations = await twenty_behind_one(client, journal)
     started = asyncio.get_running_loop().time()
     journal.write_gate.set()
-    await asyncio.wait_for(asyncio.gather(first, *queued), timeout=5)
+    await asyncio.wait_for(asyncio.gather(*reservations), timeout=5)
     assert asyncio.get_running_loop().time() - started < 1.0
     assert batches == [1, 20]
 
