@@ -22,7 +22,7 @@ JOURNAL_LINGER_QUIET_S: Final = 0.001
 # since the wait began (checked every LINGER_CHECK_S). A process that idles while it waits is
 # waiting for buyers who are not coming back at once: open-loop arrivals, at their own pace.
 LINGER_CHECK_S: Final = 0.001
-LINGER_BUSY_SHARE_MIN: Final = 0.75
+LINGER_BUSY_SHARE_MIN: Final = 0.9
 # Shards of the cluster: fixed when the database is first migrated (migrations/0007_cluster.sql
 # stores it; a node refuses to start if they differ): an event's shard must never change.
 CLUSTER_SHARDS: Final = 256
