@@ -67,10 +67,9 @@ from loadtests.bench import (
     setup_inventoryd,
     wait_listening,
 )
-from loadtests.nodes import Node, spawn_node
+from loadtests.nodes import Node, cluster_view, live_ids, spawn_node, wait_node_ready, wait_settled
 from persistence.limits import CLUSTER_SHARDS
 
-READY_TIMEOUT_S = 60.0
 VALGRIND_READY_TIMEOUT_S = 300.0
 SETTLE_TIMEOUT_S = 60.0
 # A trial gives up (and says so) if the victim's events are not served again within this.
@@ -119,50 +118,18 @@ def nodes_on(database_url: str, directory: Path) -> Iterator[Nodes]:
         nodes.stop_all()
 
 
-async def wait_ready(session: aiohttp.ClientSession, node: Node, timeout_s: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if node.process.poll() is not None:
-            raise RuntimeError(f"{node.name} exited:\n{node.log_path.read_text()[-3000:]}")
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-            async with session.get(f"{node.base}/readyz") as response:
-                if response.status == 200:
-                    return
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"{node.name} did not become ready within {timeout_s:.0f} s")
-
-
-async def cluster_view(session: aiohttp.ClientSession, node: Node) -> dict[str, object]:
-    async with session.get(f"{node.base}/v1/cluster", headers=ADMIN) as response:
-        if response.status != 200:
-            raise RuntimeError(f"GET /v1/cluster on {node.name}: {response.status} {await response.text()}")
-        return dict(await response.json())
-
-
 async def owners(session: aiohttp.ClientSession, node: Node) -> tuple[list[str | None], set[str], dict[str, str]]:
     """As `node` sees it: each shard's owner, the live nodes, and node id by URL."""
-    view = await cluster_view(session, node)
-    shards = [shard["owner"] for shard in view["shards"]]  # type: ignore[attr-defined]
-    live = {item["node_id"] for item in view["nodes"] if item["live"]}  # type: ignore[attr-defined]
-    # A node restarted at a URL leaves its predecessor's row behind for a while: the live one counts.
-    ids = {item["url"]: item["node_id"] for item in view["nodes"] if item["live"]}  # type: ignore[attr-defined]
-    return shards, live, ids
+    view = await cluster_view(session, node, ADMIN)
+    shards = [shard["owner"] for shard in view["shards"]]
+    live = {item["node_id"] for item in view["nodes"] if item["live"]}
+    return shards, live, live_ids(view)
 
 
-async def wait_settled(session: aiohttp.ClientSession, node: Node, count: int) -> dict[str, str]:
+async def wait_balanced(session: aiohttp.ClientSession, node: Node, count: int) -> dict[str, str]:
     """Until every shard has a live owner, `count` nodes share them and each holds what the ring
     gives it; returns node id by URL."""
-    deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    while time.monotonic() < deadline:
-        view = await cluster_view(session, node)
-        nodes = view["nodes"]
-        live = {item["node_id"] for item in nodes if item["live"]}  # type: ignore[attr-defined]
-        holders = {shard["owner"] for shard in view["shards"]}  # type: ignore[attr-defined]
-        balanced = all(item["shards"] == item["target_shards"] for item in nodes if item["live"])  # type: ignore[attr-defined]
-        if holders <= live and len(holders) == count and balanced:
-            return {item["url"]: item["node_id"] for item in nodes if item["live"]}  # type: ignore[attr-defined]
-        await asyncio.sleep(0.05)
-    raise RuntimeError(f"the shards did not settle on {count} nodes within {SETTLE_TIMEOUT_S:.0f} s")
+    return live_ids(await wait_settled(session, node, count, SETTLE_TIMEOUT_S, balanced=True, headers=ADMIN))
 
 
 async def create_events(session: aiohttp.ClientSession, node: Node, count: int) -> list[str]:
@@ -258,11 +225,11 @@ async def failover(args: argparse.Namespace, admin_url: str, scratch: Path) -> N
             ports = [free_port() for _ in range(args.nodes)]
             survivors = [nodes.start(f"node{index}", port) for index, port in enumerate(ports[:-1])]
             for node in survivors:
-                await wait_ready(session, node)
+                await wait_node_ready(session, node)
             victim_port = ports[-1]
             victim = nodes.start("victim", victim_port)
-            await wait_ready(session, victim)
-            ids = await wait_settled(session, survivors[0], args.nodes)
+            await wait_node_ready(session, victim)
+            ids = await wait_balanced(session, survivors[0], args.nodes)
             # A node makes new events in its own shards: made through the victim, they are its; the
             # survivors take them over, and when it comes back it takes its share of them again.
             events = await create_events(session, victim, args.events * args.nodes * 4)
@@ -300,8 +267,8 @@ async def failover(args: argparse.Namespace, admin_url: str, scratch: Path) -> N
                     # Back on its port: its share moves back to it.
                     returned_at = time.monotonic()
                     victim = nodes.start(f"victim-{trial + 1}", victim_port)
-                    await wait_ready(session, victim)
-                    await wait_settled(session, survivors[0], args.nodes)
+                    await wait_node_ready(session, victim)
+                    await wait_balanced(session, survivors[0], args.nodes)
                     settled_at = time.monotonic()
                     await asyncio.sleep(0.3)
                 rebalance = probes.longest_gap(returned_at, settled_at + 0.3)
@@ -341,8 +308,8 @@ async def counted(
                 name: nodes.start(f"{run}-{name}", valgrind=out_file if name == measured else None) for name in ("owner", "other")
             }
             for node in started.values():
-                await wait_ready(session, node, VALGRIND_READY_TIMEOUT_S)
-            await wait_settled(session, started["other"], 2)
+                await wait_node_ready(session, node, VALGRIND_READY_TIMEOUT_S)
+            await wait_balanced(session, started["other"], 2)
             events = await create_events(session, started["owner"], args.events)
             target, counting = started[asked], started[measured]
             await drive(target.base, events, "", WARMUP_REQUESTS, args.concurrency, 0)
@@ -463,8 +430,8 @@ async def measure_cluster(
                         )
                     )
                 for node in started:
-                    await wait_ready(session, node)
-                await wait_settled(session, started[0], count)
+                    await wait_node_ready(session, node)
+                await wait_balanced(session, started[0], count)
                 proxy = subprocess.Popen([haproxy_binary(), "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 await wait_listening(proxy_port, HAPROXY_READY_TIMEOUT_S)
                 base = f"http://127.0.0.1:{proxy_port}" if through_proxy else started[0].base

@@ -28,7 +28,9 @@ from inventoryd import cli
 from inventoryd.audit import audit
 from inventoryd.cluster import new_node_id
 from inventoryd.http import keys
-from loadtests.nodes import Node, spawn_node
+
+# The cluster tests' node helpers are the benchmarks' (one home), offered here with every test helper.
+from loadtests.nodes import Node, cluster_view, spawn_node, wait_node_ready, wait_settled  # noqa: F401
 from persistence import cluster as cluster_store
 from persistence.embedded import STOP_TIMEOUT_S, EmbeddedPostgres
 from persistence.journal import Append, AppendFailed, AppendOutcomeUnknown, Journal, connect
@@ -303,42 +305,6 @@ def cluster_of(database_url: str, directory: Path) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.stop_all()
-
-
-async def wait_node_ready(session: aiohttp.ClientSession, node: Node) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert node.process.poll() is None, f"{node.name} exited:\n{node.log_path.read_text()[-3000:]}"
-        with contextlib.suppress(aiohttp.ClientError):
-            async with session.get(f"{node.base}/readyz") as response:
-                if response.status == 200:
-                    return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{node.name} did not become ready")
-
-
-async def cluster_view(session: aiohttp.ClientSession, node: Node) -> dict[str, Any]:
-    async with session.get(f"{node.base}/v1/cluster") as response:
-        assert response.status == 200, await response.text()
-        return dict(await response.json())
-
-
-async def wait_settled(
-    session: aiohttp.ClientSession, node: Node, owners: int, timeout_s: float = 30.0, *, balanced: bool = False
-) -> dict[str, Any]:
-    """Until, as `node` sees it, every shard has a live owner and `owners` nodes share them; and,
-    if `balanced`, every live node holds its target (a rebalance after a join is over: no shard
-    of theirs moves any more, and none is being released)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        view = await cluster_view(session, node)
-        live = {n["node_id"] for n in view["nodes"] if n["live"]}
-        holders = {shard["owner"] for shard in view["shards"]}
-        at_target = all(n["shards"] == n["target_shards"] for n in view["nodes"] if n["live"])
-        if holders <= live and len(holders) == owners and None not in holders and (at_target or not balanced):
-            return view
-        assert time.monotonic() < deadline, f"the shards did not settle on {owners} nodes: {view['nodes']}"
-        await asyncio.sleep(0.1)
 
 
 def cluster_event_body(name: str, capacity: int = 10_000) -> dict[str, Any]:
