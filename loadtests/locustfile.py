@@ -68,7 +68,8 @@ def _read_event(host: str, event_id: str) -> dict[str, Any]:
     """The event with its counters; public, so the check needs no token."""
     request = urllib.request.Request(f"{host}/v1/events/{urllib.parse.quote(event_id, safe='')}")
     with urllib.request.urlopen(request, timeout=CHECK_TIMEOUT_S) as response:
-        return json.loads(response.read())
+        event: dict[str, Any] = json.loads(response.read())
+    return event
 
 
 def _why(error: Exception) -> str:
@@ -146,7 +147,7 @@ class Buyer(FastHttpUser):
         ) as response:
             if response.status_code in (201, 202):
                 response.success()
-                reservation = response.json()
+                reservation: dict[str, Any] = response.json()
                 outcomes[reservation["status"]] += 1
                 return reservation
             code = response.json().get("code") if response.status_code == 409 else None

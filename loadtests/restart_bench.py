@@ -31,10 +31,9 @@ import msgspec
 
 from inventoryd.cli import freeze_after_recovery
 from inventoryd.domain import EventCreated, EventDefinition, TicketTypeDefinition
-from inventoryd.registry import Registry
 from loadtests import bench
-from persistence import store
-from persistence.journal import Journal, connect
+from loadtests.core import local_core
+from persistence.journal import connect
 from persistence.migrate import migrate
 
 
@@ -110,28 +109,23 @@ class Restart:
 async def recover(url: str, last_event: str) -> Restart:
     """Start a registry on the log as `serve` does, and as soon as it is ready, ask for the actor
     of `last_event`, which its background rebuild comes to last (an event not yet rebuilt)."""
-    pool = await store.create_pool(url)
-    journal = Journal(url)
-    await journal.start()
-    registry = Registry(journal, pool)
-    started = time.perf_counter()
-    recovery = asyncio.create_task(registry.start())
-    try:
-        while not registry.ready:
-            await asyncio.sleep(0.0005)
-        ready_s = time.perf_counter() - started
-        asked = time.perf_counter()
-        assert await registry.actor(last_event) is not None
-        first_request_s = time.perf_counter() - asked
-        await recovery
-        return Restart(
-            ready_s, first_request_s, registry.stats.recovery_seconds, registry.stats.recovered_records, len(registry.actors())
-        )
-    finally:
-        recovery.cancel()
-        await registry.stop()
-        await journal.close()
-        await pool.close()
+    async with local_core(url, pool_size=10, start=False) as running:
+        registry = running.registry
+        started = time.perf_counter()
+        recovery = asyncio.create_task(registry.start())
+        try:
+            while not registry.ready:
+                await asyncio.sleep(0.0005)
+            ready_s = time.perf_counter() - started
+            asked = time.perf_counter()
+            assert await registry.actor(last_event) is not None
+            first_request_s = time.perf_counter() - asked
+            await recovery
+            return Restart(
+                ready_s, first_request_s, registry.stats.recovery_seconds, registry.stats.recovered_records, len(registry.actors())
+            )
+        finally:
+            recovery.cancel()
 
 
 async def serve_restart(url: str, last_event: str) -> str:
@@ -174,22 +168,16 @@ async def main(arguments: argparse.Namespace, url_of: dict[str, str]) -> None:
     if arguments.idle_events:
         await write_log(url_of["memory"], arguments.idle_events, 3, "m")
         before = rss_mib()
-        pool = await store.create_pool(url_of["memory"])
-        journal = Journal(url_of["memory"])
-        await journal.start()
-        registry = Registry(journal, pool)
-        await registry.start()
-        freeze_after_recovery()
-        after = rss_mib()
-        print(
-            f"{arguments.idle_events:,} events: ready in {registry.stats.ready_seconds:.2f} s, every actor rebuilt in"
-            f" {registry.stats.recovery_seconds:.2f} s: RSS {after:.0f} MiB"
-            f" ({(after - before) * 1024 / arguments.idle_events:.1f} KiB per event)",
-            flush=True,
-        )
-        await registry.stop()
-        await journal.close()
-        await pool.close()
+        async with local_core(url_of["memory"], pool_size=10) as running:
+            registry = running.registry
+            freeze_after_recovery()
+            after = rss_mib()
+            print(
+                f"{arguments.idle_events:,} events: ready in {registry.stats.ready_seconds:.2f} s, every actor rebuilt in"
+                f" {registry.stats.recovery_seconds:.2f} s: RSS {after:.0f} MiB"
+                f" ({(after - before) * 1024 / arguments.idle_events:.1f} KiB per event)",
+                flush=True,
+            )
 
 
 def cli() -> None:

@@ -1,6 +1,6 @@
 """The code itself: types, lint and the layers are contracts the suite enforces.
 
-Method: run the three checkers as the README's check commands do (`mypy` strict on `inventoryd/` and
+Method: run the three checkers as the README's check commands do (`mypy` strict on `inventoryd/`, `loadtests/` and
 `persistence/`, `ruff check`, `lint-imports`), each configured in pyproject.toml, and fail on any
 finding, with the checker's own report as the message. Also: no bare `assert` outside the tests
 (they vanish under `python -O`; the service's checks are `invariant()`), which ruff's S101 enforces
