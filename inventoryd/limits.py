@@ -123,6 +123,8 @@ PAGE_ITEMS_MAX: Final = 200
 PAGE_ITEMS_DEFAULT: Final = 50
 # Text fields of events.
 NAME_CHARS_MAX: Final = 200
+# Money in minor units: a price at most this, so that price × capacity stays well inside 64 bits.
+PRICE_MAX: Final = 100_000_000_000
 DESCRIPTION_CHARS_MAX: Final = 10_000
 # Every time a request gives (an event's dates, the catalogue's `from` and `to`) is written in a
 # year from MOMENT_YEAR_MIN to MOMENT_YEAR_MAX, as written (before its offset is applied): a bound a
@@ -161,6 +163,27 @@ PASSWORD_CHARS_MIN: Final = 10
 # Rows of the catalogue looked at per listing when `available=true` filters most of them out, of
 # an event's reservations and of a user's history when a status filter skips most of them.
 CATALOGUE_SCAN_ROWS_MAX: Final = 2000
+# The catalogue in memory (inventoryd/catalogue.py). `q` finds an event by the words of its name and
+# venue and the first of its description's words, at most CATALOGUE_WORDS_PER_EVENT_MAX distinct
+# words in all, each by its first CATALOGUE_WORD_CHARS_MAX characters (a query's words too); a query
+# has at most CATALOGUE_QUERY_WORDS_MAX words. So an entry holds at most
+# CATALOGUE_ENTRY_BYTES_MAX (its strings, its words and their places in the index; measured RSS per
+# entry in BENCHMARKS.md is far below). Filtered listings are kept in order for reuse until the
+# catalogue changes: at most CATALOGUE_CACHED_LISTINGS_MAX of them, CATALOGUE_CACHED_KEYS_MAX events
+# in all.
+CATALOGUE_WORDS_PER_EVENT_MAX: Final = 256
+CATALOGUE_WORD_CHARS_MAX: Final = 40
+CATALOGUE_QUERY_WORDS_MAX: Final = 8
+CATALOGUE_ENTRY_BYTES_MAX: Final = 96 * 1024
+CATALOGUE_CACHED_LISTINGS_MAX: Final = 256
+CATALOGUE_CACHED_KEYS_MAX: Final = 1_000_000
+# Another node's change is listed here within CATALOGUE_FRESH_S (a notification, then a read of the
+# changed rows). The notification connection is checked every CATALOGUE_CHECK_S (a query within
+# DB_TIMEOUT_S); a lost one is replaced, waiting CATALOGUE_RECONNECT_S between tries, and the
+# whole catalogue read again.
+CATALOGUE_FRESH_S: Final = 0.25
+CATALOGUE_CHECK_S: Final = 5.0
+CATALOGUE_RECONNECT_S: Final = 0.5
 RESERVATION_SCAN_MAX: Final = 10_000
 HISTORY_SCAN_ROWS_MAX: Final = 2000
 # Live availability: at most STREAM_SUBSCRIBERS_MAX streams open; updates per event are coalesced to
@@ -194,6 +217,7 @@ LOG_REASON_CHARS_MAX: Final = 200
 # -- abuse bounds (security review, findings 7 and 8) ----------------------------------------------
 # Live availability per client: one address holds at most STREAMS_PER_ADDRESS_MAX streams (a
 # household or office behind one NAT, a few tabs each; beyond it 429: the client's own doing), one
+
 # event at most STREAMS_PER_EVENT_MAX (half of STREAM_SUBSCRIBERS_MAX: an on-sale's crowd may take
 # half the streams, the other half stays for every other event; beyond it 503). An IPv6 client is
 # counted by its /64 (one host usually holds a whole /64), see inventoryd.ratelimit.address_key.
@@ -217,7 +241,6 @@ PASSWORD_HASHES_LOGGING_IN_MAX: Final = 24
 PASSWORD_HASH_QUEUE_WAIT_S: Final = 5.0
 
 
-
 def _must(holds: bool, rule: str) -> None:
     """A relationship between bounds, checked at import (not `assert`: `python -O` keeps it)."""
     if not holds:
@@ -233,6 +256,12 @@ _must(RECOVERY_BATCH_BYTES > 0 and RECOVERY_SLICE_S > 0, "recovery reads and sli
 _must(COLD_ACTOR_WAIT_S < REQUEST_TIMEOUT_S, "a request waits for a cold actor less than its whole wait")
 _must(HOLD_SECONDS_MIN <= HOLD_SECONDS_DEFAULT <= HOLD_SECONDS_MAX, "the default hold is within its bounds")
 _must(PAGE_ITEMS_DEFAULT <= PAGE_ITEMS_MAX, "the default page fits the largest")
+# An entry: its name, venue, city and category (NAME_CHARS_MAX each, 4 bytes a character at most, and
+# again folded), 2 KiB of fixed fields and sort keys, and per word its text and ~100 bytes of index.
+_must(
+    2 * 4 * 4 * NAME_CHARS_MAX + 2048 + CATALOGUE_WORDS_PER_EVENT_MAX * (4 * CATALOGUE_WORD_CHARS_MAX + 100) <= CATALOGUE_ENTRY_BYTES_MAX,
+    "a catalogue entry fits its bound",
+)
 _must(1 < MOMENT_YEAR_MIN <= MOMENT_YEAR_MAX < 9999, "every accepted time is a UTC datetime, a day from the edges")
 _must(IDEMPOTENCY_RETENTION_S >= 24 * 3600, "idempotency keys are kept at least 24 hours (API.md)")
 _must(0 < IDEMPOTENCY_KNOWN_GENERATION_S <= IDEMPOTENCY_RETENTION_S, "a generation of known keys fits the retention")

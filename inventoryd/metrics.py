@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from inventoryd.catalogue import CatalogueFeed
     from inventoryd.cluster import Membership
     from inventoryd.idempotency import IdempotencyStore
     from inventoryd.registry import Registry
@@ -100,9 +101,10 @@ class Metrics:
         self.forwards[outcome] = self.forwards.get(outcome, 0) + 1
         self.forward_seconds.observe(seconds)
 
-    def watch(self, registry: Registry, journal: Journal, idempotency: IdempotencyStore) -> None:
+    def watch(self, registry: Registry, journal: Journal, idempotency: IdempotencyStore, catalogue: CatalogueFeed) -> None:
         self.registry.register(_StateCollector(registry, journal, idempotency))
         self.registry.register(_ClusterCollector(registry.cluster, journal))
+        self.registry.register(_CatalogueCollector(catalogue))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -216,6 +218,26 @@ class _StateCollector(Collector):
             "Idempotency keys known to be stored, held in memory so that a new key skips the database"
             " (-1: too many, every keyed request asks it)",
             value=-1 if known is None else known,
+        )
+
+
+class _CatalogueCollector(Collector):
+    """The catalogue in memory: its size, whether it is current, and its lag when it is not."""
+
+    def __init__(self, feed: CatalogueFeed) -> None:
+        self._feed = feed
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        feed = self._feed
+        yield GaugeMetricFamily("inventoryd_catalogue_events", "Events in the catalogue in memory", value=len(feed.catalogue))
+        yield GaugeMetricFamily(
+            "inventoryd_catalogue_current", "1 while the catalogue is known current (its notifications are heard)", value=int(feed.current)
+        )
+        yield GaugeMetricFamily(
+            "inventoryd_catalogue_lag_seconds", "How long the catalogue has not been known current (0 while it is)", value=feed.lag_s()
+        )
+        yield CounterMetricFamily(
+            "inventoryd_catalogue_reads", "Whole reads of the catalogue (at start, after a lost connection)", value=feed.resyncs
         )
 
 

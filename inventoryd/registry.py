@@ -16,7 +16,7 @@ import hashlib
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -31,7 +31,7 @@ from inventoryd.errors import NotOwner, Unavailable
 from inventoryd.tasks import TaskSupervisor
 from persistence import store
 from persistence.errors import DATABASE_AWAY
-from persistence.journal import Journal
+from persistence.journal import CatalogueRow, Journal
 
 log = structlog.get_logger("inventoryd.registry")
 T = TypeVar("T")
@@ -96,6 +96,8 @@ class Registry:
     cluster: Membership
     clock: Clock = system_clock
     on_batch: Callable[[int, int], None] | None = None
+    # Told of the catalogue rows of every committed batch that wrote some (the catalogue in memory).
+    on_catalogue: Callable[[Sequence[CatalogueRow]], object] | None = None
     stats: RegistryStats = field(default_factory=RegistryStats)
     # Every task the registry starts: actors' supervisors, on-demand rebuilds, snapshot writes.
     tasks: TaskSupervisor = field(default_factory=lambda: TaskSupervisor("registry"))
@@ -292,6 +294,7 @@ class Registry:
             shard=shard,
             epoch=self.cluster.epoch(shard),
             on_batch=self.on_batch,
+            on_catalogue=self.on_catalogue,
             write_snapshot=self._write_snapshot,
             snapshot_seq=snapshot_seq,
             tasks=self.tasks,

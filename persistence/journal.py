@@ -88,6 +88,10 @@ class CatalogueRow:
     organizer_id: str | None
     status: str
     created_at: datetime
+    # Each ticket type's price, ascending (the catalogue filters on them).
+    prices: tuple[int, ...]
+    # The log position of the record that made this row: of two rows of an event, the newer.
+    catalogue_seq: int
 
 
 @dataclass(slots=True)
@@ -129,24 +133,35 @@ class JournalStats:
     fenced: int = 0
 
 
-def _catalogue_sql() -> tuple[str, str, str]:
+def _catalogue_sql() -> tuple[str, str, str, str]:
     """The catalogue's part of the write, from CatalogueRow's fields: its columns, their unnest
-    arguments, and what an update of an existing row sets (the event's id, organizer and creation
-    never change)."""
+    arguments, the values selected from them (an array column travels as its text form: PostgreSQL
+    has no arrays of arrays), and what an update of an existing row sets (the event's id, organizer
+    and creation never change)."""
     columns = [column.name for column in fields(CatalogueRow)]
     first = _LOG_AND_ANSWER_ARGUMENTS + 1
     arrays = ", ".join(f"${first + index}::{_CATALOGUE_TYPES.get(name, 'text')}[]" for index, name in enumerate(columns))
+    values = ", ".join(f"{name}::{_CATALOGUE_ARRAY_COLUMNS[name]}" if name in _CATALOGUE_ARRAY_COLUMNS else name for name in columns)
     updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in columns if name not in _CATALOGUE_FIXED)
-    return ", ".join(columns), arrays, updates
+    return ", ".join(columns), f"unnest({arrays}) AS c ({', '.join(columns)})", values, updates
 
 
 # The arguments: the fence's two arrays (distinct shard and epoch pairs, in shard order), the log's
 # five columns, the idempotency answers' four, then the catalogue's.
 _FENCE_ARGUMENTS = 2
 _LOG_AND_ANSWER_ARGUMENTS = _FENCE_ARGUMENTS + 9
-_CATALOGUE_TYPES = {"starts_at": "timestamptz", "created_at": "timestamptz"}
+_CATALOGUE_TYPES = {"starts_at": "timestamptz", "created_at": "timestamptz", "catalogue_seq": "bigint"}
+_CATALOGUE_ARRAY_COLUMNS = {"prices": "bigint[]"}
 _CATALOGUE_FIXED = ("event_id", "organizer_id", "created_at")
-_CATALOGUE_COLUMNS, _CATALOGUE_ARRAYS, _CATALOGUE_UPDATES = _catalogue_sql()
+_CATALOGUE_COLUMNS, _CATALOGUE_SOURCE, _CATALOGUE_VALUES, _CATALOGUE_UPDATES = _catalogue_sql()
+# Other nodes hear of the events a transaction wrote catalogue rows for (their ids, comma-separated)
+# on this channel; PostgreSQL delivers a notification only once its transaction commits. A payload
+# over CATALOGUE_NOTIFY_BYTES_MAX (PostgreSQL's bound is 8,000 bytes) is sent as "*": read them all.
+CATALOGUE_CHANNEL = "inventoryd_catalogue"
+CATALOGUE_NOTIFY_BYTES_MAX = 7_900
+CATALOGUE_NOTIFY_ALL = "*"
+# The last argument: the notification's payload ('' when the transaction writes no catalogue row).
+_NOTIFY_ARGUMENT = _LOG_AND_ANSWER_ARGUMENTS + len(fields(CatalogueRow)) + 1
 # The fence: every (shard, epoch) the transaction writes is locked FOR KEY SHARE (a change of owner
 # changes the epoch, a key column, so it waits for this write, and this write for it), and nothing
 # is inserted unless all of them still match. Under READ COMMITTED a write that waited for a
@@ -174,11 +189,14 @@ WITH fence AS MATERIALIZED (
     ON CONFLICT (scope, key) DO NOTHING
 ), catalogue AS (
     INSERT INTO events ({_CATALOGUE_COLUMNS})
-    SELECT * FROM unnest({_CATALOGUE_ARRAYS})
+    SELECT {_CATALOGUE_VALUES} FROM {_CATALOGUE_SOURCE}
     WHERE (SELECT ok FROM admitted)
     ON CONFLICT (event_id) DO UPDATE SET {_CATALOGUE_UPDATES}, updated_at = now()
+), notified AS (
+    SELECT pg_notify('{CATALOGUE_CHANNEL}', ${_NOTIFY_ARGUMENT}::text)
+    WHERE ${_NOTIFY_ARGUMENT}::text <> '' AND (SELECT ok FROM admitted)
 )
-SELECT shards, epochs FROM fence
+SELECT shards, epochs, (SELECT count(*) FROM notified) AS notified FROM fence
 """
 
 
@@ -386,7 +404,7 @@ class Journal:
         return taken
 
     async def _write(self, batches: list[Append]) -> None:
-        arguments = _arguments(batches)
+        arguments, notification = _arguments(batches)
         try:
             connection = await self._ensure_connection()
         except DATABASE_AWAY as error:
@@ -395,7 +413,7 @@ class Journal:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(limits.DB_TIMEOUT_S):
-                held = await connection.fetchrow(_WRITE, *arguments)
+                held = await connection.fetchrow(_WRITE, *arguments, notification)
         except asyncpg.UniqueViolationError as error:
             if error.constraint_name == "journal_pkey":
                 raise LogAhead(f"the log already has records where this append goes: {error!r}") from error
@@ -496,7 +514,8 @@ def _settle(batches: list[Append], error: BaseException | None) -> None:
             future.set_exception(error)
 
 
-def _arguments(batches: list[Append]) -> tuple[list[object], ...]:
+def _arguments(batches: list[Append]) -> tuple[tuple[list[object], ...], str]:
+    """The statement's arrays, and the notification's payload (see CATALOGUE_CHANNEL)."""
     event_ids: list[object] = []
     seqs: list[object] = []
     epochs: list[object] = []
@@ -519,8 +538,19 @@ def _arguments(batches: list[Append]) -> tuple[list[object], ...]:
         for event in batch.catalogue:
             catalogue.pop(event.event_id, None)
             catalogue[event.event_id] = event
-    catalogue_columns = tuple([getattr(event, column.name) for event in catalogue.values()] for column in fields(CatalogueRow))
+    catalogue_columns = tuple([_column_value(event, column.name) for event in catalogue.values()] for column in fields(CatalogueRow))
     fence = sorted({(batch.shard, batch.epoch) for batch in batches})
     shards: list[object] = [shard for shard, _ in fence]
     fence_epochs: list[object] = [epoch for _, epoch in fence]
-    return (shards, fence_epochs, event_ids, seqs, epochs, kinds, bodies, *answers, *catalogue_columns)
+    arrays = (shards, fence_epochs, event_ids, seqs, epochs, kinds, bodies, *answers, *catalogue_columns)
+    return arrays, _notification(catalogue)
+
+
+def _column_value(row: CatalogueRow, name: str) -> object:
+    value = getattr(row, name)
+    return "{" + ",".join(map(str, value)) + "}" if name in _CATALOGUE_ARRAY_COLUMNS else value
+
+
+def _notification(catalogue: dict[str, CatalogueRow]) -> str:
+    payload = ",".join(catalogue)
+    return payload if len(payload) <= CATALOGUE_NOTIFY_BYTES_MAX else CATALOGUE_NOTIFY_ALL

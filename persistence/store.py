@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 
@@ -159,72 +159,6 @@ async def idempotency_keys_since(connection: Connection, since: datetime, limit:
 async def forget_idempotency_before(connection: Connection, before: datetime) -> int:
     result = await connection.execute("DELETE FROM idempotency_keys WHERE created_at < $1", before)
     return int(result.split()[-1])
-
-
-CatalogueSort = Literal["starts_at", "-starts_at", "name"]
-CatalogueKey = tuple[datetime | str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class CatalogueQuery:
-    text: str | None = None
-    category: str | None = None
-    city: str | None = None
-    venue: str | None = None
-    starts_from: datetime | None = None
-    starts_to: datetime | None = None
-    sort: CatalogueSort = "starts_at"
-    # The sort key and event id of the last row already seen (keyset pagination).
-    after: CatalogueKey | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CatalogueRows:
-    rows: list[tuple[str, CatalogueKey]]  # (event_id, its key)
-    more: bool
-
-
-_SORTS: dict[str, tuple[str, str, str]] = {
-    # column, ORDER BY, keyset comparison
-    "starts_at": ("starts_at", "starts_at ASC, event_id ASC", ">"),
-    "-starts_at": ("starts_at", "starts_at DESC, event_id DESC", "<"),
-    "name": ("name", "name ASC, event_id ASC", ">"),
-}
-
-
-def _like_pattern(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-async def catalogue_rows(connection: Connection, query: CatalogueQuery, limit: int) -> CatalogueRows:
-    """Events matching `query`, in its order, after its cursor: keyset pagination, which stays
-    correct while events are added (an event added before the cursor does not shift later pages)."""
-    column, order, comparison = _SORTS[query.sort]
-    conditions: list[str] = []
-    arguments: list[object] = []
-
-    def argument(value: object) -> str:
-        arguments.append(value)
-        return f"${len(arguments)}"
-
-    if query.text:
-        pattern = argument(_like_pattern(query.text))
-        conditions.append(f"(name ILIKE {pattern} OR description ILIKE {pattern} OR venue ILIKE {pattern})")
-    for name, value in (("category", query.category), ("city", query.city), ("venue", query.venue)):
-        if value is not None:
-            conditions.append(f"lower({name}) = lower({argument(value)})")
-    if query.starts_from is not None:
-        conditions.append(f"starts_at >= {argument(query.starts_from)}")
-    if query.starts_to is not None:
-        conditions.append(f"starts_at < {argument(query.starts_to)}")
-    if query.after is not None:
-        key, event_id = query.after
-        conditions.append(f"({column}, event_id) {comparison} ({argument(key)}, {argument(event_id)})")
-    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-    sql = f"SELECT event_id, {column} FROM events {where} ORDER BY {order} LIMIT {argument(limit + 1)}"
-    rows = await connection.fetch(sql, *arguments)
-    return CatalogueRows([(row[0], (row[1], row[0])) for row in rows[:limit]], more=len(rows) > limit)
 
 
 HistoryKey = tuple[datetime, str, int]

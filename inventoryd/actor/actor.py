@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -34,7 +34,7 @@ from inventoryd.domain import EventDefinition, EventSummary, Inventory, Reservat
 from inventoryd.errors import Unavailable
 from inventoryd.tasks import TaskSupervisor
 from persistence import limits as persistence_limits
-from persistence.journal import AppendFailed, AppendFenced, AppendOutcomeUnknown, Journal
+from persistence.journal import AppendFailed, AppendFenced, AppendOutcomeUnknown, CatalogueRow, Journal
 
 log = structlog.get_logger("inventoryd.actor")
 
@@ -67,6 +67,8 @@ class EventActor:
     epoch: int = 0
     # Told of every committed batch: (messages decided, messages that were waiting when it began).
     on_batch: Callable[[int, int], None] | None = None
+    # Told of the catalogue rows of every committed batch that wrote some.
+    on_catalogue: Callable[[Sequence[CatalogueRow]], object] | None = None
     # The constructor's view of the snapshots (see `snapshots`): where they are stored, where the
     # writes run (the registry's supervisor; an actor on its own has its own), the latest written.
     write_snapshot: InitVar[SnapshotStore | None] = None
@@ -314,6 +316,8 @@ class EventActor:
             )
         before = self._view
         self._publish()
+        if batch.catalogue and self.on_catalogue is not None:
+            self.on_catalogue(batch.catalogue)
         for message, outcome in batch.replies:
             if message.future is not None and not message.future.done():
                 message.future.set_result(outcome)

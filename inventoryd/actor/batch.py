@@ -12,7 +12,7 @@ import msgspec
 from inventoryd import domain
 from inventoryd.actor.mailbox import Message
 from inventoryd.actor.outcomes import IdempotencyClaim, Outcome
-from inventoryd.domain import EventDefinition, EventSummary, Inventory, Rejected, Reservation
+from inventoryd.domain import EventSummary, Inventory, Rejected, Reservation
 from inventoryd.domain.apply import apply
 from inventoryd.domain.decide import decide
 from inventoryd.errors import Unavailable
@@ -22,10 +22,17 @@ _ENCODER = msgspec.json.Encoder()
 _CATALOGUE_FIELDS = tuple(column.name for column in dataclasses.fields(CatalogueRow))
 
 
-def catalogue_row(definition: EventDefinition, status: str) -> CatalogueRow:
-    """The event's catalogue row: each of the row's columns from the definition's field of that name."""
-    values = {name: getattr(definition, name) for name in _CATALOGUE_FIELDS if name not in ("event_id", "status")}
-    return CatalogueRow(event_id=definition.id, status=status, **values)
+_CATALOGUE_OWN_FIELDS = ("event_id", "status", "prices", "catalogue_seq")
+
+
+def catalogue_row(inventory: Inventory) -> CatalogueRow:
+    """The event's catalogue row as `inventory` has it now: each of the row's columns from the
+    definition's field of that name, and the ticket types' prices as they are now (a definition
+    keeps those it was created with)."""
+    definition = inventory.require_definition()
+    values = {name: getattr(definition, name) for name in _CATALOGUE_FIELDS if name not in _CATALOGUE_OWN_FIELDS}
+    prices = tuple(sorted({ticket_type.price for ticket_type in inventory.ticket_types.values()}))
+    return CatalogueRow(event_id=definition.id, status=inventory.status, prices=prices, catalogue_seq=inventory.last_seq, **values)
 
 
 class Batch:
@@ -111,7 +118,7 @@ class Batch:
         self.kinds.append(domain.record_kind(record))
         self.bodies.append(_ENCODER.encode(record))
         if isinstance(record, domain.CATALOGUE_RECORDS):
-            self.catalogue.append(catalogue_row(inventory.require_definition(), inventory.status))
+            self.catalogue.append(catalogue_row(inventory))
 
     def append(self, event_id: str, shard: int, epoch: int) -> Append:
         return Append(

@@ -136,8 +136,8 @@ Record = (
     | TicketTypeChanged
     | EventCancelled
 )
-# Records that change the event's row in the catalogue.
-CATALOGUE_RECORDS = (EventCreated, EventUpdated, EventCancelled)
+# Records that change the event's row in the catalogue (its prices among them).
+CATALOGUE_RECORDS = (EventCreated, EventUpdated, TicketTypeAdded, TicketTypeChanged, EventCancelled)
 
 RECORD_DECODER = msgspec.json.Decoder(Record)
 # Each record type's tag: the `kind` column of its journal row.

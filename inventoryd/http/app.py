@@ -21,6 +21,7 @@ from aiohttp.typedefs import Handler
 from inventoryd import errors, limits, logs
 from inventoryd.accounts import Accounts, UnknownApiToken
 from inventoryd.actor import Clock, system_clock
+from inventoryd.catalogue import CatalogueFeed
 from inventoryd.cluster import Membership
 from inventoryd.config import Settings
 from inventoryd.http import cluster, keys, openapi, operations
@@ -252,6 +253,7 @@ def _lifecycle(database_url: str, journal_factory: Callable[[str], Journal]) -> 
     return [
         functools.partial(_schema, database_url),
         functools.partial(_pool, database_url),
+        functools.partial(_catalogue, database_url),
         functools.partial(_membership, database_url),
         _forwarder,
         functools.partial(_journal, database_url, journal_factory),
@@ -279,6 +281,16 @@ async def _pool(database_url: str, app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await app[keys.POOL].close()
+
+
+async def _catalogue(database_url: str, app: web.Application) -> AsyncIterator[None]:
+    # Read in the background (with retries, like recovery); /readyz waits for the first read.
+    feed = app[keys.CATALOGUE] = CatalogueFeed(database_url, app[keys.POOL])
+    feed.start()
+    try:
+        yield
+    finally:
+        await feed.close()
 
 
 async def _membership(database_url: str, app: web.Application) -> AsyncIterator[None]:
@@ -344,10 +356,15 @@ async def _accounts(app: web.Application) -> AsyncIterator[None]:
 async def _registry(app: web.Application) -> AsyncIterator[None]:
     metrics = app[keys.METRICS]
     registry = Registry(
-        app[keys.JOURNAL], app[keys.POOL], app[keys.CLUSTER], app[keys.CLOCK], on_batch=metrics.observe_batch
+        app[keys.JOURNAL],
+        app[keys.POOL],
+        app[keys.CLUSTER],
+        app[keys.CLOCK],
+        on_batch=metrics.observe_batch,
+        on_catalogue=app[keys.CATALOGUE].catalogue.apply,
     )
     registry.shard_owner = _ShardsTaken(registry, app[keys.IDEMPOTENCY])
-    metrics.watch(registry, app[keys.JOURNAL], app[keys.IDEMPOTENCY])
+    metrics.watch(registry, app[keys.JOURNAL], app[keys.IDEMPOTENCY], app[keys.CATALOGUE])
     app[keys.REGISTRY] = registry
     try:
         yield

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import itertools
 from datetime import datetime
-from typing import TypeVar, get_args
+from typing import TypeVar
 
 import msgspec
 from aiohttp import web
 
 from inventoryd import domain, limits
 from inventoryd.actor import EventActor
+from inventoryd.catalogue import SORTS, Key, Query, QueryRefused
 from inventoryd.domain import (
     RESERVATION_STATUSES,
     EventDefinition,
@@ -44,7 +45,6 @@ from inventoryd.http.headers import IDEMPOTENCY_KEY, add_response_headers
 from inventoryd.http.problems import ProblemError, invalid
 from inventoryd.ratelimit import address_key
 from inventoryd.streams import StreamRefused
-from persistence import store
 
 T = TypeVar("T")
 
@@ -141,56 +141,81 @@ def _event_created(summary: EventSummary) -> web.Response:
     return json_response(event_out(summary), status=201, headers={"Location": f"/v1/events/{summary.definition.id}"})
 
 
-_SORTS: tuple[store.CatalogueSort, ...] = get_args(store.CatalogueSort)
-
-
 async def list_events(request: web.Request) -> web.Response:
+    """A page of the catalogue in memory (inventoryd/catalogue.py): filtered and ordered there, each
+    event's view (its availability) from its actor here or from the node that owns it."""
     limit = int_query(request, "limit", limits.PAGE_ITEMS_DEFAULT, 1, limits.PAGE_ITEMS_MAX)
-    sort = choice_query(request, "sort", _SORTS, "starts_at")
     available = choice_query(request, "available", ("true", "false"), None)
-    cursor = decode_cursor(request, tuple[str, str, str])
-    after: store.CatalogueKey | None = None
-    if cursor is not None:
-        cursor_sort, key, event_id = cursor
-        if cursor_sort != sort:
-            raise invalid("cursor belongs to another sort order", "cursor", 400)
-        after = (key if sort == "name" else cursor_moment(key), event_id)
-    query = store.CatalogueQuery(
+    query = _catalogue_query(request)
+    after = _catalogue_cursor(request, query.sort)
+    registry_of(request)  # 503 while recovering
+    feed = request.app[keys.CATALOGUE]
+    if not feed.loaded:
+        raise ProblemError(503, "recovering", "the catalogue is being read; retry shortly")
+    catalogue = feed.catalogue
+    items: list[schemas.EventOut] = []
+    scanned = 0
+    last: str | None = None
+    ids = catalogue.page(query, after)
+    more = True
+    # Availability lives in the actors: filtered here, a chunk of the order at a time, up to a bound
+    # (then the cursor continues where the scan stopped).
+    while len(items) < limit and more and scanned < limits.CATALOGUE_SCAN_ROWS_MAX:
+        chunk = list(itertools.islice(ids, limit - len(items)))
+        more = len(chunk) == limit - len(items)
+        views = await cluster.summaries(request, chunk)
+        for event_id in chunk:
+            scanned += 1
+            last = event_id
+            summary = views.get(event_id)
+            if summary is None:
+                continue
+            if available is not None and _has_seats_to_sell(summary) != (available == "true"):
+                continue
+            items.append(event_out(summary))
+    if more:  # is there one after the last looked at?
+        more = next(ids, None) is not None
+    entry = catalogue.entry(last) if last is not None else None
+    next_cursor = None
+    if more and entry is not None:
+        key, event_id = entry.key(query.sort)
+        next_cursor = encode_cursor([query.sort, key, event_id])
+    return json_response(schemas.EventPage(items, next_cursor))
+
+
+def _catalogue_query(request: web.Request) -> Query:
+    query = Query(
         text=text_query(request, "q"),
         category=text_query(request, "category"),
         city=text_query(request, "city"),
         venue=text_query(request, "venue"),
         starts_from=time_query(request, "from"),
         starts_to=time_query(request, "to"),
-        sort=sort,
-        after=after,
+        min_price=_price_query(request, "min_price"),
+        max_price=_price_query(request, "max_price"),
+        sort=choice_query(request, "sort", SORTS, "starts_at"),
     )
-    registry_of(request)  # 503 while recovering
-    items: list[schemas.EventOut] = []
-    scanned = 0
-    last_key = None
-    more = True
-    async with request.app[keys.POOL].acquire() as connection:
-        # Availability lives in the actors, not in the table: filter here, fetching more rows while
-        # the page is not full, up to a bound (then the cursor continues where the scan stopped).
-        while len(items) < limit and more and scanned < limits.CATALOGUE_SCAN_ROWS_MAX:
-            page = await store.catalogue_rows(connection, query, limit - len(items))
-            more = page.more
-            # The events' views: from their actors here, or from the nodes that own them.
-            views = await cluster.summaries(request, [event_id for event_id, _ in page.rows])
-            for event_id, key in page.rows:
-                scanned += 1
-                last_key = key
-                summary = views.get(event_id)
-                if summary is None:
-                    continue
-                if available is not None and _has_seats_to_sell(summary) != (available == "true"):
-                    continue
-                items.append(event_out(summary))
-            if last_key is not None:
-                query = dataclasses.replace(query, after=last_key)
-    next_cursor = encode_cursor([sort, last_key[0], last_key[1]]) if more and last_key is not None else None
-    return json_response(schemas.EventPage(items, next_cursor))
+    try:
+        query.check()
+    except QueryRefused as refused:
+        raise invalid(str(refused), refused.field, 400) from None
+    return query
+
+
+def _price_query(request: web.Request, name: str) -> int | None:
+    if name not in request.query:
+        return None
+    return int_query(request, name, 0, 0, limits.PRICE_MAX)
+
+
+def _catalogue_cursor(request: web.Request, sort: str) -> Key | None:
+    cursor = decode_cursor(request, tuple[str, str, str])
+    if cursor is None:
+        return None
+    cursor_sort, key, event_id = cursor
+    if cursor_sort != sort:
+        raise invalid("cursor belongs to another sort order", "cursor", 400)
+    return (key if sort == "name" else cursor_moment(key), event_id)
 
 
 def _has_seats_to_sell(summary: EventSummary) -> bool:

@@ -11,6 +11,7 @@ import asyncpg
 from aiohttp import web
 
 from inventoryd.accounts import Accounts
+from inventoryd.catalogue import CatalogueFeed
 from inventoryd.cluster import Membership
 from inventoryd.config import Settings
 from inventoryd.http.peers import Peers
@@ -27,6 +28,7 @@ SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 JOURNAL = web.AppKey("journal", Journal)
 REGISTRY = web.AppKey("registry", Registry)
+CATALOGUE = web.AppKey("catalogue", CatalogueFeed)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
 STREAMS = web.AppKey("streams", StreamBudget)

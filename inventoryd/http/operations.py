@@ -26,12 +26,19 @@ async def readyz(request: web.Request) -> web.Response:
         return problem_response(503, "not_ready", "the service is shutting down")
     if not registry.ready:
         return problem_response(503, "not_ready", "recovery has not finished")
+    feed = request.app[keys.CATALOGUE]
+    if not feed.loaded:
+        return problem_response(503, "not_ready", "the catalogue has not been read yet")
     try:
         async with request.app[keys.POOL].acquire(timeout=READINESS_DB_TIMEOUT_S) as connection:
             await connection.fetchval("SELECT 1", timeout=READINESS_DB_TIMEOUT_S)
     except Exception as error:  # noqa: BLE001 - any failure to reach the database means "not ready"
         return problem_response(503, "not_ready", f"the database does not answer: {type(error).__name__}")
-    return json_response(schemas.Health("ready"))
+    # A catalogue that lost its notifications still answers listings (as of its lag) while it reads
+    # them again: the node stays in service, and says so here and in its metrics.
+    catalogue = schemas.CatalogueHealth(feed.current, round(feed.lag_s(), 3), len(feed.catalogue))
+    detail = None if feed.current else "the catalogue is catching up with other nodes' changes"
+    return json_response(schemas.Health("ready", detail, catalogue))
 
 
 def presents_metrics_token(request: web.Request) -> bool:

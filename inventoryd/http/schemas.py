@@ -120,7 +120,7 @@ if TYPE_CHECKING:  # what the service sees, once `integral` has run
     PerUserLimit: TypeAlias = int
     HoldSeconds: TypeAlias = int
 else:
-    Price = whole_number(0, 100_000_000_000)
+    Price = whole_number(0, limits.PRICE_MAX)
     Capacity = whole_number(0, limits.TICKET_TYPE_CAPACITY_MAX)
     Quantity = whole_number(1, limits.RESERVATION_QUANTITY_MAX)
     PerUserLimit = whole_number(1, limits.TICKET_TYPE_CAPACITY_MAX)
@@ -317,10 +317,19 @@ class Problem(msgspec.Struct, omit_defaults=True):
     checked_in_at: datetime | None = None
 
 
-class Health(msgspec.Struct):
+class CatalogueHealth(msgspec.Struct):
+    """The catalogue in memory: whether it is known current, how long it has not been, its size."""
+
+    current: bool
+    lag_s: float
+    events: int
+
+
+class Health(msgspec.Struct, omit_defaults=True):
     # Not ready is a 503 problem document, not one of these.
     status: Literal["ok", "ready"]
     detail: str | None = None
+    catalogue: CatalogueHealth | None = None
 
 
 EVENT_DECODER = msgspec.json.Decoder(EventIn)
