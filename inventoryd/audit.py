@@ -40,7 +40,7 @@ class EventAudit:
 async def audit(connection: asyncpg.Connection, event_id: str | None = None) -> list[EventAudit]:
     catalogue = {
         row["event_id"]: row
-        for row in await connection.fetch("SELECT event_id, name, status FROM events")
+        for row in await connection.fetch("SELECT event_id, name, status, prices FROM events")
         if event_id is None or row["event_id"] == event_id
     }
     results: list[EventAudit] = []
@@ -77,6 +77,9 @@ async def audit(connection: asyncpg.Connection, event_id: str | None = None) -> 
                 result.problems.append(f"catalogue says {row['status']}, the log says {result.inventory.status}")
             if row["name"] != definition.name:
                 result.problems.append(f"catalogue name {row['name']!r}, the log says {definition.name!r}")
+            prices = sorted({ticket_type.price for ticket_type in result.inventory.ticket_types.values()})
+            if list(row["prices"]) != prices:
+                result.problems.append(f"catalogue prices {list(row['prices'])}, the log says {prices}")
     for missing in sorted(set(catalogue) - seen):
         results.append(EventAudit(missing, 0, ["in the catalogue, but the log has no records"]))
     return results

@@ -163,6 +163,9 @@ PASSWORD_CHARS_MIN: Final = 10
 # Rows of the catalogue looked at per listing when `available=true` filters most of them out, of
 # an event's reservations and of a user's history when a status filter skips most of them.
 CATALOGUE_SCAN_ROWS_MAX: Final = 2000
+# How long a browser or a CDN may serve a public read (listings, an event, its availability) before
+# it asks again (with If-None-Match: a 304 while nothing changed).
+PUBLIC_READ_MAX_AGE_S: Final = 1
 # The catalogue in memory (inventoryd/catalogue.py). `q` finds an event by the words of its name and
 # venue and the first of its description's words, at most CATALOGUE_WORDS_PER_EVENT_MAX distinct
 # words in all, each by its first CATALOGUE_WORD_CHARS_MAX characters (a query's words too); a query

@@ -48,7 +48,7 @@ async def test_audit_passes_a_healthy_log_and_catches_corruption(client: Any, db
     )
     await db.execute("INSERT INTO journal (event_id, seq, kind, body) VALUES ($1, $2, 'reservation_held', $3)", event["id"], seq + 1, body)
     # And the catalogue disagrees with the other event's log.
-    await db.execute("UPDATE events SET status = 'on_sale' WHERE event_id = $1", other["id"])
+    await db.execute("UPDATE events SET status = 'on_sale', prices = '{1}' WHERE event_id = $1", other["id"])
 
     code, report = await run_audit(database_url)
     assert code == 1
@@ -57,6 +57,7 @@ async def test_audit_passes_a_healthy_log_and_catches_corruption(client: Any, db
     assert "VIOLATION" in bad and "exceeds capacity" in bad
     mismatch = next(line for line in report.splitlines() if line.startswith(other["id"]))
     assert "catalogue says on_sale, the log says cancelled" in mismatch
+    assert "catalogue prices [1], the log says [" in mismatch
 
     code, report = await run_audit(database_url, "--event", other["id"])
     assert code == 1 and "audited 1 event(s)" in report

@@ -319,3 +319,26 @@ async def _readiness_until(session: aiohttp.ClientSession, node: Any, condition:
             return body
         await asyncio.sleep(0.002)
     raise AssertionError(f"readiness never met the condition: {body}")
+
+
+async def test_public_reads_carry_an_etag_and_answer_304_while_nothing_changed(client: Any) -> None:
+    event = await create_event(client, name="Cached")
+    paths = ["/v1/events?limit=5", f"/v1/events/{event['id']}", f"/v1/events/{event['id']}/availability"]
+    tags = {}
+    for path in paths:
+        first = await client.get(path)
+        assert first.status == 200
+        assert first.headers["Cache-Control"] == f"public, max-age={limits.PUBLIC_READ_MAX_AGE_S}"
+        tags[path] = first.headers["ETag"]
+        again = await client.get(path, headers={"If-None-Match": f'W/"other", {tags[path]}'})
+        assert again.status == 304 and await again.read() == b"" and again.headers["ETag"] == tags[path]
+        assert (await client.get(path, headers={"If-None-Match": "*"})).status == 304
+        assert (await client.get(path, headers={"If-None-Match": '"stale"'})).status == 200
+    reserved = await client.post(f"/v1/events/{event['id']}/reservations", json={"ticket_type": "GA", "quantity": 1, "user_id": "u1"})
+    assert reserved.status == 201
+    for path in paths:  # the availability moved: every one of them changed
+        changed = await client.get(path, headers={"If-None-Match": tags[path]})
+        assert changed.status == 200 and changed.headers["ETag"] != tags[path]
+    # Anything else is never kept by a cache: a reservation, and every change.
+    assert (await client.get(f"/v1/reservations/{(await reserved.json())['id']}")).headers["Cache-Control"] == "no-store"
+    assert reserved.headers["Cache-Control"] == "no-store"

@@ -98,6 +98,8 @@ async def _rule_breakers(client: Any) -> dict[tuple[str, str], Any]:
         # The admin token reserving without naming the buyer.
         ("create_reservation", "$.user_id"): await client.post(f"{path}/reservations", json={"ticket_type": "GA", "quantity": 1}),
         ("list_events", "cursor"): await client.get("/v1/events", params={"cursor": "0"}),
+        ("list_events", "q"): await client.get("/v1/events", params={"q": "?!"}),
+        ("list_events", "min_price"): await client.get("/v1/events", params={"min_price": "2", "max_price": "1"}),
         ("event_reservations", "cursor"): await client.get(f"{path}/reservations", params={"cursor": "0"}),
         ("user_reservations", "cursor"): await client.get("/v1/users/u1/reservations", params={"cursor": "0"}),
     }

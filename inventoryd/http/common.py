@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterable
@@ -61,6 +62,31 @@ class Route:
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=schemas.ENCODER.encode(body), content_type=JSON, headers=headers)
+
+
+# What a browser or a CDN may keep of a public read (the catalogue, an event, its availability):
+# PUBLIC_READ_MAX_AGE_S, then it asks again with If-None-Match and gets a 304 while nothing changed.
+_PUBLIC_CACHE_CONTROL = f"public, max-age={limits.PUBLIC_READ_MAX_AGE_S}"
+
+
+def cacheable_json(request: web.Request, body: Any) -> web.Response:
+    """A public read: 200 with an ETag (a hash of the body, so every node gives the same one for the
+    same state) and Cache-Control, or 304 when the request's If-None-Match names that ETag."""
+    encoded = schemas.ENCODER.encode(body)
+    etag = f'"{hashlib.blake2b(encoded, digest_size=12).hexdigest()}"'
+    headers = {hdrs.ETAG: etag, hdrs.CACHE_CONTROL: _PUBLIC_CACHE_CONTROL}
+    if _matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=encoded, content_type=JSON, headers=headers)
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110's weak comparison, as If-None-Match asks: `*`, or any listed tag, W/ or not."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
 
 
 async def read_json(request: web.Request, decoder: msgspec.json.Decoder[Any]) -> Any:

@@ -25,6 +25,7 @@ from inventoryd.domain import (
 from inventoryd.http import cluster, keys, schemas
 from inventoryd.http.common import (
     actor_of,
+    cacheable_json,
     choice_query,
     cursor_moment,
     decode_cursor,
@@ -180,7 +181,7 @@ async def list_events(request: web.Request) -> web.Response:
     if more and entry is not None:
         key, event_id = entry.key(query.sort)
         next_cursor = encode_cursor([query.sort, key, event_id])
-    return json_response(schemas.EventPage(items, next_cursor))
+    return cacheable_json(request, schemas.EventPage(items, next_cursor))
 
 
 def _catalogue_query(request: web.Request) -> Query:
@@ -226,7 +227,7 @@ def _has_seats_to_sell(summary: EventSummary) -> bool:
 
 async def get_event(request: web.Request) -> web.Response:
     actor = await actor_of(request, request.match_info["event_id"])
-    return json_response(event_out(summary_of(actor)))
+    return cacheable_json(request, event_out(summary_of(actor)))
 
 
 async def update_event(request: web.Request) -> web.Response:
@@ -311,7 +312,7 @@ def availability_out(summary: EventSummary) -> schemas.AvailabilityOut:
 
 async def get_availability(request: web.Request) -> web.Response:
     actor = await actor_of(request, request.match_info["event_id"])
-    return json_response(availability_out(summary_of(actor)))
+    return cacheable_json(request, availability_out(summary_of(actor)))
 
 
 async def availability_stream(request: web.Request) -> web.StreamResponse:

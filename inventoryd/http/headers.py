@@ -45,8 +45,8 @@ def add_response_headers(request: web.Request, response: web.StreamResponse, set
     headers[X_REQUEST_ID] = request.get(keys.REQUEST_ID, "")
     for name, value in _SECURITY_HEADERS.items():
         headers.setdefault(name, value)
-    if request.method != "GET":
-        headers.setdefault(hdrs.CACHE_CONTROL, "no-store")
+    # Nothing is kept by a cache unless its handler says so (the public reads: common.cacheable_json).
+    headers.setdefault(hdrs.CACHE_CONTROL, "no-store")
     verdict = request.get(keys.RATE_VERDICT)
     if verdict is not None:
         for name, value in verdict.headers().items():

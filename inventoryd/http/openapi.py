@@ -92,7 +92,11 @@ RULES: dict[str, tuple[Rule, ...]] = {
             " themselves (omit `user_id`, or give their own: another is 403)",
         ),
     ),
-    "list_events": (_CURSOR_RULE,),
+    "list_events": (
+        _CURSOR_RULE,
+        Rule(400, "q", f"`q` has at least one word (letters or digits) and at most {limits.CATALOGUE_QUERY_WORDS_MAX}"),
+        Rule(400, "min_price", "`min_price` is not above `max_price`"),
+    ),
     "event_reservations": (_CURSOR_RULE,),
     "my_reservations": (_CURSOR_RULE,),
     "user_reservations": (_CURSOR_RULE,),

@@ -22,6 +22,7 @@ _CURSOR = QueryParameter(
 )
 # Text that reaches SQL: PostgreSQL cannot store a NUL (400, as a text longer than the bound).
 _TEXT = {"type": "string", "maxLength": limits.NAME_CHARS_MAX, "pattern": STORABLE_TEXT}
+_PRICE = {"type": "integer", "minimum": 0, "maximum": limits.PRICE_MAX}
 # A time, as an event's are given: the same years (400 beyond).
 _MOMENT = {"type": "string", "format": "date-time", "pattern": MOMENT_PATTERN}
 _STATUS = QueryParameter(
@@ -30,12 +31,19 @@ _STATUS = QueryParameter(
     {"type": "string", "enum": list(get_args(ReservationStatus))},
 )
 _CATALOGUE_QUERY = (
-    QueryParameter("q", "words in the name, description or venue (any case)", _TEXT),
-    QueryParameter("category", "exact category (any case)", _TEXT),
-    QueryParameter("city", "exact city (any case)", _TEXT),
-    QueryParameter("venue", "exact venue (any case)", _TEXT),
+    QueryParameter(
+        "q",
+        f"words (at most {limits.CATALOGUE_QUERY_WORDS_MAX}), each the beginning of a word of the name, venue or description"
+        " (any case, with or without accents); a q without a word is refused",
+        _TEXT,
+    ),
+    QueryParameter("category", "the category (any case, with or without accents)", _TEXT),
+    QueryParameter("city", "the city (any case, with or without accents)", _TEXT),
+    QueryParameter("venue", "the venue (any case, with or without accents)", _TEXT),
     QueryParameter("from", f"starts at or after (RFC 3339, {MOMENT_YEARS})", _MOMENT),
     QueryParameter("to", f"starts before (RFC 3339, {MOMENT_YEARS})", _MOMENT),
+    QueryParameter("min_price", "a ticket type priced at least this (minor units)", _PRICE),
+    QueryParameter("max_price", "a ticket type priced at most this (minor units); not below min_price", _PRICE),
     QueryParameter(
         "available",
         "true: only events with seats to sell (on sale, a seat left in some ticket type); false: only events with"

@@ -325,7 +325,7 @@ class CatalogueHealth(msgspec.Struct):
     events: int
 
 
-class Health(msgspec.Struct, omit_defaults=True):
+class Health(msgspec.Struct):
     # Not ready is a 503 problem document, not one of these.
     status: Literal["ok", "ready"]
     detail: str | None = None
