@@ -163,6 +163,8 @@ PASSWORD_CHARS_MIN: Final = 10
 # Rows of the catalogue looked at per listing when `available=true` filters most of them out, of
 # an event's reservations and of a user's history when a status filter skips most of them.
 CATALOGUE_SCAN_ROWS_MAX: Final = 2000
+# Events whose answer (EventOut) is kept encoded for listings and event pages, the latest view each.
+ENCODED_EVENTS_MAX: Final = 20_000
 # How long a browser or a CDN may serve a public read (listings, an event, its availability) before
 # it asks again (with If-None-Match: a 304 while nothing changed).
 PUBLIC_READ_MAX_AGE_S: Final = 1

@@ -130,6 +130,11 @@ def run_wrk(url: str, events_file: Path, duration_s: int, connections: int, toke
         check=True,
         timeout=duration_s + 60,
     ).stdout
+    return parse_wrk(output)
+
+
+def parse_wrk(output: str) -> dict[str, float]:
+    """wrk's report (with --latency): requests per second, p50 and p99 in ms, non-2xx/3xx answers."""
     stats = {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}  # type: ignore[union-attr]
     for percentile in ("50", "99"):
         match = re.search(rf"^\s+{percentile}%\s+(\S+)", output, re.MULTILINE)

@@ -44,45 +44,11 @@ from inventoryd.http.common import (
 )
 from inventoryd.http.headers import IDEMPOTENCY_KEY, add_response_headers
 from inventoryd.http.problems import ProblemError, invalid
+from inventoryd.http.views import event_out, ticket_type_out
 from inventoryd.ratelimit import address_key
 from inventoryd.streams import StreamRefused
 
 T = TypeVar("T")
-
-
-def event_out(summary: EventSummary) -> schemas.EventOut:
-    definition = summary.definition
-    return schemas.EventOut(
-        id=definition.id,
-        name=definition.name,
-        status=summary.status,
-        starts_at=definition.starts_at,
-        currency=definition.currency,
-        ticket_types=[ticket_type_out(state) for state in summary.ticket_types],
-        created_at=definition.created_at,
-        hold_seconds=definition.hold_seconds,
-        description=definition.description,
-        venue=definition.venue,
-        city=definition.city,
-        category=definition.category,
-        ends_at=definition.ends_at,
-        sale_starts_at=definition.sale_starts_at,
-        sale_ends_at=definition.sale_ends_at,
-        cancel_until=definition.cancel_until,
-        per_user_limit=definition.per_user_limit,
-    )
-
-
-def ticket_type_out(state: TicketTypeSummary) -> schemas.TicketTypeOut:
-    return schemas.TicketTypeOut(
-        code=state.code,
-        name=state.name,
-        price=state.price,
-        capacity=state.capacity,
-        available=state.available,
-        held=state.held,
-        sold=state.sold,
-    )
 
 
 def _check_event(body: schemas.EventIn) -> None:
@@ -154,7 +120,8 @@ async def list_events(request: web.Request) -> web.Response:
     if not feed.loaded:
         raise ProblemError(503, "recovering", "the catalogue is being read; retry shortly")
     catalogue = feed.catalogue
-    items: list[schemas.EventOut] = []
+    encoded = request.app[keys.ENCODED_EVENTS]
+    items: list[msgspec.Raw] = []
     scanned = 0
     last: str | None = None
     ids = catalogue.page(query, after)
@@ -173,7 +140,7 @@ async def list_events(request: web.Request) -> web.Response:
                 continue
             if available is not None and _has_seats_to_sell(summary) != (available == "true"):
                 continue
-            items.append(event_out(summary))
+            items.append(encoded.encoded(summary))
     if more:  # is there one after the last looked at?
         more = next(ids, None) is not None
     entry = catalogue.entry(last) if last is not None else None
@@ -181,7 +148,7 @@ async def list_events(request: web.Request) -> web.Response:
     if more and entry is not None:
         key, event_id = entry.key(query.sort)
         next_cursor = encode_cursor([query.sort, key, event_id])
-    return cacheable_json(request, schemas.EventPage(items, next_cursor))
+    return cacheable_json(request, schemas.EncodedEventPage(items, next_cursor))
 
 
 def _catalogue_query(request: web.Request) -> Query:
@@ -227,7 +194,7 @@ def _has_seats_to_sell(summary: EventSummary) -> bool:
 
 async def get_event(request: web.Request) -> web.Response:
     actor = await actor_of(request, request.match_info["event_id"])
-    return cacheable_json(request, event_out(summary_of(actor)))
+    return cacheable_json(request, request.app[keys.ENCODED_EVENTS].encoded(summary_of(actor)))
 
 
 async def update_event(request: web.Request) -> web.Response:

@@ -15,6 +15,7 @@ from inventoryd.catalogue import CatalogueFeed
 from inventoryd.cluster import Membership
 from inventoryd.config import Settings
 from inventoryd.http.peers import Peers
+from inventoryd.http.views import EncodedEvents
 from inventoryd.idempotency import IdempotencyStore
 from inventoryd.metrics import Metrics
 from inventoryd.principal import Principal
@@ -29,6 +30,7 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 JOURNAL = web.AppKey("journal", Journal)
 REGISTRY = web.AppKey("registry", Registry)
 CATALOGUE = web.AppKey("catalogue", CatalogueFeed)
+ENCODED_EVENTS = web.AppKey("encoded_events", EncodedEvents)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
 STREAMS = web.AppKey("streams", StreamBudget)

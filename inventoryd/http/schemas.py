@@ -253,6 +253,13 @@ class EventPage(msgspec.Struct):
     next_cursor: str | None
 
 
+class EncodedEventPage(msgspec.Struct):
+    """An EventPage whose items are already encoded (each an EventOut's JSON): the same answer."""
+
+    items: list[msgspec.Raw]
+    next_cursor: str | None
+
+
 class ReservationPage(msgspec.Struct):
     items: list[Reservation]
     next_cursor: str | None
