@@ -42,6 +42,7 @@ from loadtests import bench
 HERE = Path(__file__).resolve().parent
 # Events are made this many requests at a time.
 SETUP_CONCURRENCY = 32
+CREATE_ATTEMPTS_MAX = 10
 CITIES = ["Zürich", "Bern", "Basel", "Genève", "Lausanne", "Luzern", "Lugano", "St. Gallen"]
 CATEGORIES = ["music", "theatre", "sport", "comedy", "family"]
 WORDS = ["rock", "jazz", "opera", "night", "festival", "quartet", "symphony", "tour", "live", "classic", "open", "air"]
@@ -116,10 +117,17 @@ async def make_events(base: str, count: int, seed: int = 7) -> list[str]:
         await _ready(session, base)
 
         async def create(body: dict[str, Any]) -> str:
-            async with session.post(f"{base}/v1/events", json=body) as response:
-                assert response.status == 201, await response.text()
-                event_id: str = (await response.json())["id"]
-                return event_id
+            # A 503 (a shard changing hands, the lease not yet renewed on a loaded machine) is
+            # retried after its Retry-After, as a client would, a bounded number of times.
+            for _ in range(CREATE_ATTEMPTS_MAX):
+                async with session.post(f"{base}/v1/events", json=body) as response:
+                    if response.status == 503:
+                        await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+                        continue
+                    assert response.status == 201, await response.text()
+                    event_id: str = (await response.json())["id"]
+                    return event_id
+            raise RuntimeError(f"no event made in {CREATE_ATTEMPTS_MAX} attempts")
 
         for start in range(0, count, SETUP_CONCURRENCY):
             ids += await asyncio.gather(*(create(body) for body in bodies[start : start + SETUP_CONCURRENCY]))

@@ -273,6 +273,12 @@ async def test_a_change_on_one_node_is_listed_on_the_other_within_the_bound(data
                     event_id = (await response.json())["id"]
                 delays.append(await _listed_after(session, second, event_id))
             assert max(delays) <= limits.CATALOGUE_FRESH_S + FRESH_SLACK_S, delays
+            # The same state has the same ETag whichever node answers (a CDN may ask any).
+            tags = set()
+            for node in (first, second):
+                async with session.get(f"{node.base}/v1/events?limit=200") as response:
+                    tags.add(response.headers["ETag"])
+            assert len(tags) == 1, tags
             # The notification connection is cut: the node says so until it has read the table
             # again, and then lists what changed meanwhile.
             reads_before = await metric(session, second, "inventoryd_catalogue_reads_total")

@@ -268,13 +268,18 @@ async def summaries(request: web.Request, event_ids: list[str]) -> dict[str, Eve
     registry = request.app[keys.REGISTRY]
     found: dict[str, EventSummary] = {}
     elsewhere = []
+    cluster = registry.cluster
     for event_id in event_ids:
-        if registry.cluster.serving(registry.cluster.shard_of(event_id)):
+        actor = registry.get(event_id)
+        if actor is not None and cluster.serving(actor.shard):  # the common case, without hashing the id
+            view = actor.view()
+        elif cluster.serving(cluster.shard_of(event_id)):
             view = await _served_view(registry, event_id)
-            if view is not None:
-                found[event_id] = view
         else:
             elsewhere.append(event_id)
+            continue
+        if view is not None:
+            found[event_id] = view
     if elsewhere:
         remote, _ = await views_elsewhere(request, elsewhere, [])
         found.update(remote)

@@ -122,6 +122,8 @@ async def list_events(request: web.Request) -> web.Response:
     catalogue = feed.catalogue
     encoded = request.app[keys.ENCODED_EVENTS]
     items: list[msgspec.Raw] = []
+    # What the page is made of, exactly (each event's answer is a function of its log position).
+    state: list[str] = []
     scanned = 0
     last: str | None = None
     ids = catalogue.page(query, after)
@@ -141,6 +143,7 @@ async def list_events(request: web.Request) -> web.Response:
             if available is not None and _has_seats_to_sell(summary) != (available == "true"):
                 continue
             items.append(encoded.encoded(summary))
+            state.append(f"{event_id}:{summary.last_seq}")
     if more:  # is there one after the last looked at?
         more = next(ids, None) is not None
     entry = catalogue.entry(last) if last is not None else None
@@ -148,7 +151,8 @@ async def list_events(request: web.Request) -> web.Response:
     if more and entry is not None:
         key, event_id = entry.key(query.sort)
         next_cursor = encode_cursor([query.sort, key, event_id])
-    return cacheable_json(request, schemas.EncodedEventPage(items, next_cursor))
+    state.append(next_cursor or "")
+    return cacheable_json(request, schemas.EncodedEventPage(items, next_cursor), "\n".join(state).encode())
 
 
 def _catalogue_query(request: web.Request) -> Query:
