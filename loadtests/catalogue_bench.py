@@ -3,6 +3,7 @@ one run, on one server; and the memory 100,000 events take.
 
     python -m loadtests.catalogue_bench [--events 10000] [--duration 8] [--connections 64]
                                         [--rss-events 100000] [--tree PATH]
+    python -m loadtests.catalogue_bench --fresh 50
 
 One `inventoryd serve` (as shipped: authentication and rate limits on, no access lines) on a scratch
 PostgreSQL, with --events events made through its API (names, cities, categories and prices drawn
@@ -12,8 +13,14 @@ duration each) GETs, at random among a fixed set of paths of each kind:
 - listing: the first page (limit 20) of each sort, and of a few cities and categories;
 - search: `q` (one or two words) with and without a city, limit 20.
 Printed: requests per second, p50 and p99, and each kind's rate against availability's in the
-same run. With --rss-events, a second server is given that many events and its resident memory is
-read before and after (per event: the actor and its catalogue entry together).
+same run; then the no-op server (`loadtests.noop_server`) answering bodies of the mean sizes of an
+availability and of a listing, under the same wrk: the ratio that answer size alone allows. With
+--rss-events, a second server is given that many events and its resident memory is read before
+and after (per event: the actor and its catalogue entry together).
+
+--fresh N instead starts two nodes on one database (`loadtests.cluster_bench`'s, as the cluster
+benchmarks do), makes N events through the first and times, from each 201, until the second lists
+it (a search for the event's key, polled every 2 ms).
 
 --tree runs the server from another checkout (a worktree at an older commit: the before of a
 before/after, with this harness). Everything stays on 127.0.0.1; servers are stopped by their PID.
@@ -43,6 +50,8 @@ HERE = Path(__file__).resolve().parent
 # Events are made this many requests at a time.
 SETUP_CONCURRENCY = 32
 CREATE_ATTEMPTS_MAX = 10
+FRESH_POLL_S = 0.002
+FRESH_GIVE_UP_S = 5.0
 CITIES = ["Zürich", "Bern", "Basel", "Genève", "Lausanne", "Luzern", "Lugano", "St. Gallen"]
 CATEGORIES = ["music", "theatre", "sport", "comedy", "family"]
 WORDS = ["rock", "jazz", "opera", "night", "festival", "quartet", "symphony", "tour", "live", "classic", "open", "air"]
@@ -159,6 +168,25 @@ def _wrk(base: str, paths: list[str], duration_s: int, connections: int, scratch
     return bench.parse_wrk(output)
 
 
+def _row(kind: str, stats: dict[str, float], availability: dict[str, float]) -> None:
+    ratio = stats["requests_per_s"] / availability["requests_per_s"]
+    print(
+        f"| {kind} | {stats['requests_per_s']:,.0f} | {stats['p50_ms']:.2f} | {stats['p99_ms']:.2f} |"
+        f" {stats['non_2xx']:.0f} | {ratio:.2f} |",
+        flush=True,
+    )
+
+
+async def _mean_size(base: str, paths: list[str]) -> int:
+    """The mean size of these paths' answers (their bodies)."""
+    total = 0
+    async with aiohttp.ClientSession() as session:
+        for path in paths[:20]:
+            async with session.get(base + path) as response:
+                total += len(await response.read())
+    return round(total / min(len(paths), 20))
+
+
 async def run(args: argparse.Namespace, admin_url: str, scratch: Path) -> None:
     tree = args.tree
     commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
@@ -171,16 +199,28 @@ async def run(args: argparse.Namespace, admin_url: str, scratch: Path) -> None:
         print("| reads | per second | p50 ms | p99 ms | non-2xx | against availability |")
         print("|---|---:|---:|---:|---:|---:|")
         measured: dict[str, dict[str, float]] = {}
-        for kind, paths in _paths(ids).items():
+        paths_of = _paths(ids)
+        for kind, paths in paths_of.items():
             stats = measured[kind] = _wrk(server.base, paths, args.duration, args.connections, scratch)
-            ratio = stats["requests_per_s"] / measured["availability"]["requests_per_s"]
-            print(
-                f"| {kind} | {stats['requests_per_s']:,.0f} | {stats['p50_ms']:.2f} | {stats['p99_ms']:.2f} |"
-                f" {stats['non_2xx']:.0f} | {ratio:.2f} |",
-                flush=True,
-            )
+            _row(kind, stats, measured["availability"])
+        sizes = {kind: await _mean_size(server.base, paths) for kind, paths in paths_of.items()}
     finally:
         server.stop()
+    # The ceiling for answers of these sizes: the no-op server, the same bytes, the same wrk.
+    noop_port = bench.free_port()
+    noop = subprocess.Popen([sys.executable, "-m", "loadtests.noop_server", str(noop_port)], cwd=HERE.parent,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        await bench.wait_listening(noop_port)
+        ceiling: dict[str, float] = {}
+        for kind in ("availability", "listing"):
+            stats = _wrk(f"http://127.0.0.1:{noop_port}", [f"/bytes/{sizes[kind]}"], args.duration, args.connections, scratch)
+            ceiling[kind] = stats["requests_per_s"]
+            _row(f"no-op, {sizes[kind]:,} bytes (as {kind})", stats, measured["availability"])
+        print(f"the ceiling's own ratio, listing-sized to availability-sized answers: {ceiling['listing'] / ceiling['availability']:.2f}")
+    finally:
+        noop.terminate()
+        noop.wait(timeout=30)
     if args.rss_events:
         database_url = await bench.create_database(admin_url, "catalogue_rss")
         server = Serve(tree, bench.free_port(), database_url)
@@ -200,6 +240,42 @@ async def run(args: argparse.Namespace, admin_url: str, scratch: Path) -> None:
             server.stop()
 
 
+async def freshness(admin_url: str, scratch: Path, trials: int) -> None:
+    """Two nodes on one database: from each 201 of an event made through one, until the other
+    lists it (polled every FRESH_POLL_S), `trials` times."""
+    from loadtests.cluster_bench import ADMIN, nodes_on, wait_balanced  # noqa: PLC0415 - it imports bench, as this does
+    from loadtests.nodes import wait_node_ready  # noqa: PLC0415
+
+    database_url = await bench.create_database(admin_url, "catalogue_fresh")
+    rng = random.Random(3)
+    delays = []
+    async with aiohttp.ClientSession(headers=ADMIN) as session:
+        with nodes_on(database_url, scratch) as nodes:
+            first, second = nodes.start("first"), nodes.start("second")
+            await wait_node_ready(session, first)
+            await wait_node_ready(session, second)
+            await wait_balanced(session, first, 2)
+            for index in range(trials):
+                word = f"fresh{index}z{rng.randrange(10**9)}"  # a word no other event has
+                async with session.post(f"{first.base}/v1/events", json={**_event(rng, index), "name": word}) as response:
+                    assert response.status == 201, await response.text()
+                    event_id = (await response.json())["id"]
+                started = time.perf_counter()
+                while True:
+                    async with session.get(f"{second.base}/v1/events?q={word}") as response:
+                        listed = {item["id"] for item in (await response.json())["items"]}
+                    if event_id in listed or time.perf_counter() - started > FRESH_GIVE_UP_S:
+                        break
+                    await asyncio.sleep(FRESH_POLL_S)
+                delays.append(time.perf_counter() - started)
+    delays.sort()
+    print(
+        f"listed on the other node after (ms, {trials} events, polled every {FRESH_POLL_S * 1000:.0f} ms): median"
+        f" {delays[len(delays) // 2] * 1000:.1f}, p90 {delays[int(len(delays) * 0.9)] * 1000:.1f}, max {delays[-1] * 1000:.1f}",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=10_000)
@@ -207,11 +283,15 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rss-events", type=int, default=100_000)
     parser.add_argument("--tree", default=str(HERE.parent), help="the checkout to serve from (default: this one)")
+    parser.add_argument("--fresh", type=int, default=0, metavar="N", help="instead: two nodes, how soon one lists the other's events")
     args = parser.parse_args()
     assert 1 <= args.events <= 1_000_000 and 1 <= args.duration <= 120 and 1 <= args.connections <= 1024
     assert 0 <= args.rss_events <= 1_000_000
     args.tree = Path(args.tree).resolve()
-    with bench.scratch_postgres("inventoryd-catalogue-bench-") as (server, _), tempfile.TemporaryDirectory() as paths:
+    with bench.scratch_postgres("inventoryd-catalogue-bench-") as (server, scratch), tempfile.TemporaryDirectory() as paths:
+        if args.fresh:
+            uvloop.run(freshness(server.dsn("postgres"), scratch, args.fresh))
+            return
         uvloop.run(run(args, server.dsn("postgres"), Path(paths)))
 
 
