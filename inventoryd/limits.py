@@ -165,6 +165,8 @@ PASSWORD_CHARS_MIN: Final = 10
 CATALOGUE_SCAN_ROWS_MAX: Final = 2000
 # Events whose answer (EventOut) is kept encoded for listings and event pages, the latest view each.
 ENCODED_EVENTS_MAX: Final = 20_000
+# Listings (by query string) kept as answered while nothing they show changed.
+LISTING_ANSWERS_MAX: Final = 1024
 # How long a browser or a CDN may serve a public read (listings, an event, its availability) before
 # it asks again (with If-None-Match: a 304 while nothing changed).
 PUBLIC_READ_MAX_AGE_S: Final = 1

@@ -345,6 +345,9 @@ async def test_public_reads_carry_an_etag_and_answer_304_while_nothing_changed(c
     for path in paths:  # the availability moved: every one of them changed
         changed = await client.get(path, headers={"If-None-Match": tags[path]})
         assert changed.status == 200 and changed.headers["ETag"] != tags[path]
+    # A listing answered again as it was changes with the catalogue too: a new event is in it.
+    await create_event(client, name="Added later")
+    assert "Added later" in await _names(client, limit="5")
     # Anything else is never kept by a cache: a reservation, and every change.
     assert (await client.get(f"/v1/reservations/{(await reserved.json())['id']}")).headers["Cache-Control"] == "no-store"
     assert reserved.headers["Cache-Control"] == "no-store"

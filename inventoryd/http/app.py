@@ -29,7 +29,7 @@ from inventoryd.http.headers import X_REQUEST_ID, add_response_headers, cors_ori
 from inventoryd.http.peers import Peers
 from inventoryd.http.problems import ProblemError, problem_response, refusal, unauthorized
 from inventoryd.http.routes import ROUTES, ROUTES_BY_NAME
-from inventoryd.http.views import EncodedEvents
+from inventoryd.http.views import EncodedEvents, ListingAnswers
 from inventoryd.idempotency import IdempotencyStore
 from inventoryd.metrics import Metrics
 from inventoryd.principal import ANONYMOUS_OPERATOR, Principal
@@ -226,6 +226,7 @@ def create_app(
     app[keys.CLOCK] = clock
     app[keys.STREAMS] = StreamBudget()
     app[keys.ENCODED_EVENTS] = EncodedEvents()
+    app[keys.LISTING_ANSWERS] = ListingAnswers()
     app[keys.RATE_LIMITS] = RateLimits(
         users=TokenBuckets(settings.rate_user_per_s, settings.rate_user_burst),
         services=TokenBuckets(settings.rate_service_per_s, settings.rate_service_burst),

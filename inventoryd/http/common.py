@@ -74,14 +74,22 @@ def cacheable_json(request: web.Request, body: Any, state: bytes | None = None) 
     names that ETag. The ETag is a hash of the body, or of `state` when the caller gives what the
     body is made from exactly (a listing: its events' ids and log positions, and its cursor), which
     is shorter; either way every node gives the same one for the same state."""
-    encoded = schemas.ENCODER.encode(body) if state is None else None
-    etag = f'"{hashlib.blake2b(encoded if encoded is not None else state or b"", digest_size=12).hexdigest()}"'
+    if state is None:
+        encoded = schemas.ENCODER.encode(body)
+        return public_answer(request, etag_of(encoded), encoded)
+    return public_answer(request, etag_of(state), lambda: schemas.ENCODER.encode(body))
+
+
+def etag_of(data: bytes) -> str:
+    return f'"{hashlib.blake2b(data, digest_size=12).hexdigest()}"'
+
+
+def public_answer(request: web.Request, etag: str, body: bytes | Callable[[], bytes]) -> web.Response:
+    """A public read's answer (see `cacheable_json`), its body made only if it is sent."""
     headers = {hdrs.ETAG: etag, hdrs.CACHE_CONTROL: _PUBLIC_CACHE_CONTROL}
     if _matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
         return web.Response(status=304, headers=headers)
-    if encoded is None:
-        encoded = schemas.ENCODER.encode(body)
-    return web.Response(body=encoded, content_type=JSON, headers=headers)
+    return web.Response(body=body if isinstance(body, bytes) else body(), content_type=JSON, headers=headers)
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:

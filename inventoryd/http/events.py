@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 from datetime import datetime
 from typing import TypeVar
@@ -30,10 +31,12 @@ from inventoryd.http.common import (
     cursor_moment,
     decode_cursor,
     encode_cursor,
+    etag_of,
     forged_cursor,
     idempotency_key,
     int_query,
     json_response,
+    public_answer,
     read_json,
     refuse_body,
     registry_of,
@@ -44,7 +47,7 @@ from inventoryd.http.common import (
 )
 from inventoryd.http.headers import IDEMPOTENCY_KEY, add_response_headers
 from inventoryd.http.problems import ProblemError, invalid
-from inventoryd.http.views import event_out, ticket_type_out
+from inventoryd.http.views import CachedListing, event_out, ticket_type_out
 from inventoryd.ratelimit import address_key
 from inventoryd.streams import StreamRefused
 
@@ -110,20 +113,48 @@ def _event_created(summary: EventSummary) -> web.Response:
 
 async def list_events(request: web.Request) -> web.Response:
     """A page of the catalogue in memory (inventoryd/catalogue.py): filtered and ordered there, each
-    event's view (its availability) from its actor here or from the node that owns it."""
+    event's view (its availability) from its actor here or from the node that owns it; answered
+    again as it was while nothing it shows changed (views.ListingAnswers)."""
     limit = int_query(request, "limit", limits.PAGE_ITEMS_DEFAULT, 1, limits.PAGE_ITEMS_MAX)
     available = choice_query(request, "available", ("true", "false"), None)
     query = _catalogue_query(request)
     after = _catalogue_cursor(request, query.sort)
-    registry_of(request)  # 503 while recovering
+    registry = registry_of(request)  # 503 while recovering
     feed = request.app[keys.CATALOGUE]
     if not feed.loaded:
         raise ProblemError(503, "recovering", "the catalogue is being read; retry shortly")
-    catalogue = feed.catalogue
+    answers = request.app[keys.LISTING_ANSWERS]
+    # With `available`, events left out of the page decide it too: such a page is not kept.
+    kept = available is None
+    version = feed.catalogue.version
+    if kept and (cached := answers.valid(request.query_string, version, registry)) is not None:
+        return public_answer(request, cached.etag, cached.body)
+    page = await _listing_page(request, query, after, limit, available)
+    body = schemas.ENCODER.encode(schemas.EncodedEventPage(page.items, page.next_cursor))
+    etag = etag_of(page.state)
+    if kept and page.local is not None:
+        answers.keep(request.query_string, CachedListing(version, *page.local, body, etag))
+    return public_answer(request, etag, body)
+
+
+@dataclasses.dataclass(slots=True)
+class _Page:
+    items: list[msgspec.Raw]
+    # What the page is made of, exactly (each event's answer is a function of its log position).
+    state: bytes
+    next_cursor: str | None
+    # The actors and views of its events, if every one is served here and none was left out.
+    local: tuple[tuple[EventActor, ...], tuple[EventSummary, ...]] | None
+
+
+async def _listing_page(request: web.Request, query: Query, after: Key | None, limit: int, available: str | None) -> _Page:
+    catalogue = request.app[keys.CATALOGUE].catalogue
+    registry = request.app[keys.REGISTRY]
     encoded = request.app[keys.ENCODED_EVENTS]
     items: list[msgspec.Raw] = []
-    # What the page is made of, exactly (each event's answer is a function of its log position).
     state: list[str] = []
+    actors: list[EventActor] | None = []
+    views: list[EventSummary] = []
     scanned = 0
     last: str | None = None
     ids = catalogue.page(query, after)
@@ -133,17 +164,21 @@ async def list_events(request: web.Request) -> web.Response:
     while len(items) < limit and more and scanned < limits.CATALOGUE_SCAN_ROWS_MAX:
         chunk = list(itertools.islice(ids, limit - len(items)))
         more = len(chunk) == limit - len(items)
-        views = await cluster.summaries(request, chunk)
+        found = await cluster.summaries(request, chunk)
         for event_id in chunk:
             scanned += 1
             last = event_id
-            summary = views.get(event_id)
-            if summary is None:
-                continue
-            if available is not None and _has_seats_to_sell(summary) != (available == "true"):
+            summary = found.get(event_id)
+            actor = registry.get(event_id)
+            if actors is not None and (summary is None or actor is None or actor.view() is not summary):
+                actors = None  # not all of it is served here (or one was left out)
+            if summary is None or (available is not None and _has_seats_to_sell(summary) != (available == "true")):
                 continue
             items.append(encoded.encoded(summary))
             state.append(f"{event_id}:{summary.last_seq}")
+            if actors is not None and actor is not None:
+                actors.append(actor)
+                views.append(summary)
     if more:  # is there one after the last looked at?
         more = next(ids, None) is not None
     entry = catalogue.entry(last) if last is not None else None
@@ -152,7 +187,8 @@ async def list_events(request: web.Request) -> web.Response:
         key, event_id = entry.key(query.sort)
         next_cursor = encode_cursor([query.sort, key, event_id])
     state.append(next_cursor or "")
-    return cacheable_json(request, schemas.EncodedEventPage(items, next_cursor), "\n".join(state).encode())
+    local = (tuple(actors), tuple(views)) if actors is not None else None
+    return _Page(items, "\n".join(state).encode(), next_cursor, local)
 
 
 def _catalogue_query(request: web.Request) -> Query:

@@ -15,7 +15,7 @@ from inventoryd.catalogue import CatalogueFeed
 from inventoryd.cluster import Membership
 from inventoryd.config import Settings
 from inventoryd.http.peers import Peers
-from inventoryd.http.views import EncodedEvents
+from inventoryd.http.views import EncodedEvents, ListingAnswers
 from inventoryd.idempotency import IdempotencyStore
 from inventoryd.metrics import Metrics
 from inventoryd.principal import Principal
@@ -31,6 +31,7 @@ JOURNAL = web.AppKey("journal", Journal)
 REGISTRY = web.AppKey("registry", Registry)
 CATALOGUE = web.AppKey("catalogue", CatalogueFeed)
 ENCODED_EVENTS = web.AppKey("encoded_events", EncodedEvents)
+LISTING_ANSWERS = web.AppKey("listing_answers", ListingAnswers)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
 STREAMS = web.AppKey("streams", StreamBudget)

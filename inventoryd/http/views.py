@@ -6,8 +6,10 @@ from __future__ import annotations
 import msgspec
 
 from inventoryd import limits
+from inventoryd.actor import EventActor
 from inventoryd.domain import EventSummary, TicketTypeSummary
 from inventoryd.http import schemas
+from inventoryd.registry import Registry
 
 
 def event_out(summary: EventSummary) -> schemas.EventOut:
@@ -69,3 +71,47 @@ def ticket_type_out(state: TicketTypeSummary) -> schemas.TicketTypeOut:
         held=state.held,
         sold=state.sold,
     )
+
+
+class CachedListing:
+    """A listing's answer, and what it was made from: valid while the catalogue is at `version` and
+    each event still has the same actor here, serving, with the same view."""
+
+    __slots__ = ("actors", "body", "etag", "version", "views")
+
+    def __init__(self, version: int, actors: tuple[EventActor, ...], views: tuple[EventSummary, ...], body: bytes, etag: str) -> None:
+        self.version = version
+        self.actors = actors
+        self.views = views
+        self.body = body
+        self.etag = etag
+
+
+class ListingAnswers:
+    """Listings answered again as they were while nothing they show changed (the same page asked
+    by a crowd of refreshing browsers): keyed by the query string, at most `entries_max` (the
+    oldest goes). Only pages whose events are all served here, none left out, are kept."""
+
+    __slots__ = ("_answers", "_entries_max")
+
+    def __init__(self, entries_max: int = limits.LISTING_ANSWERS_MAX) -> None:
+        self._answers: dict[str, CachedListing] = {}
+        self._entries_max = entries_max
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def valid(self, key: str, version: int, registry: Registry) -> CachedListing | None:
+        cached = self._answers.get(key)
+        if cached is None or cached.version != version:
+            return None
+        serving = registry.cluster.serving
+        for actor, view in zip(cached.actors, cached.views, strict=True):
+            if actor.view() is not view or actor.retired or not serving(actor.shard) or registry.get(actor.event_id) is not actor:
+                return None
+        return cached
+
+    def keep(self, key: str, listing: CachedListing) -> None:
+        if key not in self._answers and len(self._answers) >= self._entries_max:
+            del self._answers[next(iter(self._answers))]
+        self._answers[key] = listing
