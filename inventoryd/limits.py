@@ -163,6 +163,15 @@ PASSWORD_CHARS_MIN: Final = 10
 # Rows of the catalogue looked at per listing when `available=true` filters most of them out, of
 # an event's reservations and of a user's history when a status filter skips most of them.
 CATALOGUE_SCAN_ROWS_MAX: Final = 2000
+# The waiting room: at most QUEUE_ENTRIES_MAX joins per event (409 queue_full beyond); admissions
+# are let in as waves at most every QUEUE_WAVE_INTERVAL_S, at most QUEUE_WAVE_ENTRIES_MAX (or
+# expired) per wave, so a wave's record fits one journal transaction with the rest of its batch.
+QUEUE_ENTRIES_MAX: Final = 1_000_000
+QUEUE_WAVE_INTERVAL_S: Final = 0.25
+QUEUE_WAVE_ENTRIES_MAX: Final = 1000
+QUEUE_ADMIT_PER_MINUTE_MAX: Final = 1_000_000
+QUEUE_ADMISSION_SECONDS_MIN: Final = 10
+QUEUE_ADMISSION_SECONDS_MAX: Final = 86_400
 # Events whose answer (EventOut) is kept encoded for listings and event pages, the latest view each.
 ENCODED_EVENTS_MAX: Final = 20_000
 # Listings (by query string) kept as answered while nothing they show changed.

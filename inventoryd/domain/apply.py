@@ -5,11 +5,13 @@ type and which buyer it touched, and the local invariants are checked on those a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import assert_never
+from typing import TypeVar, assert_never
 
 import msgspec
 
+from inventoryd.domain import apply_queue
 from inventoryd.domain.checks import InvariantViolation, invariant, present
 from inventoryd.domain.ids import ticket_id_for
 from inventoryd.domain.invariants import check_after_apply
@@ -18,6 +20,11 @@ from inventoryd.domain.records import (
     EventCreated,
     EventUpdated,
     HoldExpired,
+    QueueAdmitted,
+    QueueExpired,
+    QueueJoined,
+    QueueLeft,
+    QueueShuffled,
     Record,
     ReservationCancelled,
     ReservationConfirmed,
@@ -32,6 +39,7 @@ from inventoryd.domain.state import COUNTED_STATUSES, CancelReason, InventorySta
 
 # What a record touched, for the checks after it: a ticket type, a buyer (either may be None).
 Touched = tuple[TicketTypeState | None, str | None]
+R = TypeVar("R", QueueJoined, QueueShuffled, QueueAdmitted, QueueExpired, QueueLeft)
 
 
 def apply(inventory: InventoryState, seq: int, record: Record) -> None:
@@ -63,10 +71,26 @@ def apply(inventory: InventoryState, seq: int, record: Record) -> None:
             touched = _ticket_type_changed(inventory, record)
         case EventCancelled():
             touched = _event_cancelled(inventory, record)
+        case QueueJoined():
+            touched = _queue(apply_queue.queue_joined, inventory, record)
+        case QueueShuffled():
+            touched = _queue(apply_queue.queue_shuffled, inventory, record)
+        case QueueAdmitted():
+            touched = _queue(apply_queue.queue_admitted, inventory, record)
+        case QueueExpired():
+            touched = _queue(apply_queue.queue_expired, inventory, record)
+        case QueueLeft():
+            touched = _queue(apply_queue.queue_left, inventory, record)
         case _:
             assert_never(record)
     inventory.set_attr(inventory, "last_seq", seq)
     check_after_apply(inventory, *touched)
+
+
+def _queue(fold: Callable[[InventoryState, R], None], inventory: InventoryState, record: R) -> Touched:
+    fold(inventory, record)
+    invariant(inventory.queue.active >= 0, "%s: a negative count of admissions", inventory.event_id)
+    return None, None
 
 
 def _event_created(inventory: InventoryState, record: EventCreated) -> Touched:
@@ -125,12 +149,14 @@ def _reservation_confirmed(inventory: InventoryState, record: ReservationConfirm
     reservation = _reservation(inventory, record.reservation_id, "held")
     tickets = tuple(Ticket(ticket_id_for(reservation.id, index), "valid") for index in range(1, reservation.quantity + 1))
     inventory.replace(reservation, status="confirmed", confirmed_at=record.at, tickets=tickets)
+    apply_queue.finished(inventory, reservation.user_id)
     return inventory.ticket_types[reservation.ticket_type], None
 
 
 def _reservation_cancelled(inventory: InventoryState, record: ReservationCancelled) -> Touched:
     reservation = _reservation(inventory, record.reservation_id, *COUNTED_STATUSES)
     _cancel(inventory, reservation, record.at, refunded=record.refunded, reason=record.reason)
+    apply_queue.finished(inventory, reservation.user_id)
     return inventory.ticket_types[reservation.ticket_type], reservation.user_id
 
 

@@ -38,7 +38,21 @@ class Cancel(msgspec.Struct, frozen=True, gc=False, tag="cancel"):
 
 
 class ExpireDue(msgspec.Struct, frozen=True, gc=False, tag="expire_due"):
-    """Expire the holds that are due (the actor's timer sends it)."""
+    """Expire the holds that are due, and move the waiting room on (shuffle at the sale's start,
+    admissions due, admissions ended): the actor's timer sends it. `seed` draws the shuffle, if
+    this is the message that makes it (a fresh random number each time)."""
+
+    seed: int = 0
+
+
+class JoinQueue(msgspec.Struct, frozen=True, gc=False, tag="join_queue"):
+    user_id: str
+    # Draws the shuffle if this join is the first thing decided after the sale started.
+    seed: int = 0
+
+
+class LeaveQueue(msgspec.Struct, frozen=True, gc=False, tag="leave_queue"):
+    entry_id: str
 
 
 class CheckIn(msgspec.Struct, frozen=True, gc=False, tag="check_in"):
@@ -59,6 +73,7 @@ EVENT_FIELDS_UPDATABLE = frozenset(
         "cancel_until",
         "per_user_limit",
         "hold_seconds",
+        "queue",
     }
 )
 
@@ -86,7 +101,18 @@ class CancelEvent(msgspec.Struct, frozen=True, gc=False, tag="cancel_event"):
 
 
 Command = (
-    CreateEvent | Reserve | Confirm | Cancel | ExpireDue | CheckIn | UpdateEvent | AddTicketType | ChangeTicketType | CancelEvent
+    CreateEvent
+    | Reserve
+    | Confirm
+    | Cancel
+    | ExpireDue
+    | CheckIn
+    | UpdateEvent
+    | AddTicketType
+    | ChangeTicketType
+    | CancelEvent
+    | JoinQueue
+    | LeaveQueue
 )
 
 RejectionCode = Literal[
@@ -102,6 +128,9 @@ RejectionCode = Literal[
     "already_checked_in",
     "capacity_below_reserved",
     "invalid_request",
+    "no_waiting_room",
+    "queue_not_open",
+    "queue_full",
 ]
 
 
@@ -112,6 +141,8 @@ class Accepted(msgspec.Struct, frozen=True, gc=False, tag="accepted"):
     reservation_id: str | None = None
     # True when the command changed nothing because it had already been done (a repeated confirm).
     unchanged: bool = False
+    # The waiting-room entry it made or changed (a join, a leave).
+    queue_entry_id: str | None = None
 
 
 class Rejected(msgspec.Struct, frozen=True, gc=False, tag="rejected"):

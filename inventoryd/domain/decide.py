@@ -25,17 +25,25 @@ from inventoryd.domain.commands import (
     CreateEvent,
     Decision,
     ExpireDue,
+    JoinQueue,
+    LeaveQueue,
     Rejected,
     RejectionCode,
     Reserve,
     UpdateEvent,
 )
-from inventoryd.domain.ids import reservation_id_for, reservation_id_of_ticket
+from inventoryd.domain.ids import queue_id_for, reservation_id_for, reservation_id_of_ticket
+from inventoryd.domain.queue import QueueEntry, admissions_due
 from inventoryd.domain.records import (
     EventCancelled,
     EventCreated,
     EventUpdated,
     HoldExpired,
+    QueueAdmitted,
+    QueueExpired,
+    QueueJoined,
+    QueueLeft,
+    QueueShuffled,
     Record,
     ReservationCancelled,
     ReservationConfirmed,
@@ -62,6 +70,7 @@ def decide(inventory: InventoryState, command: Command, now: datetime) -> Decisi
             decision = _cancel(inventory, command, now)
         case ExpireDue():
             decision = _expire(inventory, now)
+            decision.records.extend(_queue_moves(inventory, command.seed, now))
         case CheckIn():
             return _check_in(inventory, command, now)
         case UpdateEvent():
@@ -72,6 +81,10 @@ def decide(inventory: InventoryState, command: Command, now: datetime) -> Decisi
             decision = _change_ticket_type(inventory, command, now)
         case CancelEvent():
             return _cancel_event(inventory, now)
+        case JoinQueue():
+            return _join_queue(inventory, command, now)
+        case LeaveQueue():
+            return _leave_queue(inventory, command, now)
         case _:
             assert_never(command)
     # Seats freed, capacity raised, or a waiting entry left: the waiting lists may move.
@@ -202,6 +215,89 @@ def _expire(inventory: InventoryState, now: datetime) -> Decision:
             expiring.add(reservation_id)
             records.append(HoldExpired(reservation_id, at=now))
     return Decision(records, Accepted())
+
+
+# -- the waiting room ------------------------------------------------------------------------------
+
+
+def _join_queue(inventory: InventoryState, command: JoinQueue, now: datetime) -> Decision:
+    if refusal := _refusal_unless_on_sale(inventory):
+        return refusal
+    definition = inventory.require_definition()
+    config = definition.queue
+    if config is None:
+        return _refused("no_waiting_room", "this event has no waiting room: reserve directly")
+    if now < config.opens_at:
+        return _refused("queue_not_open", f"the waiting room opens at {rfc3339(config.opens_at)}")
+    if definition.sale_ends_at is not None and now >= definition.sale_ends_at:
+        return _refused("sale_not_open", f"the sale closed at {rfc3339(definition.sale_ends_at)}")
+    queue = inventory.queue
+    existing = queue.of_user.get(command.user_id)
+    if existing is not None and _holds_a_place(queue.entries[existing], now):
+        return Decision([], Accepted(queue_entry_id=existing, unchanged=True))
+    if queue.joined >= limits.QUEUE_ENTRIES_MAX:
+        return _refused("queue_full", f"the waiting room holds at most {limits.QUEUE_ENTRIES_MAX:,} entries")
+    records: list[Record] = _shuffle_if_due(inventory, command.seed, now)
+    entry_id = queue_id_for(inventory.event_id, queue.joined + 1)
+    records.append(QueueJoined(entry_id, command.user_id, now))
+    return Decision(records, Accepted(queue_entry_id=entry_id))
+
+
+def _holds_a_place(entry: QueueEntry, now: datetime) -> bool:
+    """Waiting, or admitted and within its window: joining again gives this entry back."""
+    if entry.status == "waiting":
+        return True
+    return entry.status == "admitted" and entry.expires_at is not None and now < entry.expires_at
+
+
+def _leave_queue(inventory: InventoryState, command: LeaveQueue, now: datetime) -> Decision:
+    entry = inventory.queue.entries.get(command.entry_id)
+    if entry is None:
+        return _refused("not_found", "no such waiting-room entry")
+    if entry.status in ("left", "expired"):
+        return Decision([], Accepted(queue_entry_id=entry.id, unchanged=True))
+    return Decision([QueueLeft(entry.id, now)], Accepted(queue_entry_id=entry.id))
+
+
+def _shuffle_if_due(inventory: InventoryState, seed: int, now: datetime) -> list[Record]:
+    definition = inventory.require_definition()
+    sale_starts_at = definition.sale_starts_at
+    if definition.queue is None or inventory.queue.shuffled or sale_starts_at is None or now < sale_starts_at:
+        return []
+    return [QueueShuffled(seed, now)]
+
+
+def _queue_moves(inventory: InventoryState, seed: int, now: datetime) -> list[Record]:
+    """The waiting room's due moves: the shuffle at the sale's start (admissions follow at the
+    next look, once the line is built), admissions whose window passed, and the next wave."""
+    definition = inventory.definition
+    if definition is None or definition.queue is None or inventory.status != "on_sale":
+        return []
+    if shuffle := _shuffle_if_due(inventory, seed, now):
+        return shuffle
+    queue, config = inventory.queue, definition.queue
+    if not queue.shuffled:
+        return []
+    records: list[Record] = []
+    ended: list[str] = []
+    freed = 0
+    for entry_id in queue.admitted_order[queue.expired_head :]:
+        entry = queue.entries[entry_id]
+        if entry.status != "admitted":
+            continue
+        if entry.expires_at is None or entry.expires_at > now or len(ended) >= limits.QUEUE_WAVE_ENTRIES_MAX:
+            break
+        ended.append(entry_id)
+        freed += 0 if entry.finished else 1
+    if ended:
+        records.append(QueueExpired(tuple(ended), now))
+    due, clock = admissions_due(config, queue, present(definition.sale_starts_at, "a queue without a sale start"), now)
+    slots = due if config.max_active is None else min(due, config.max_active - (queue.active - freed))
+    admitted = queue.next_waiting(min(slots, limits.QUEUE_WAVE_ENTRIES_MAX)) if slots > 0 else []
+    if admitted:
+        expires_at = now + timedelta(seconds=config.admission_seconds)
+        records.append(QueueAdmitted(tuple(admitted), now, expires_at, clock if len(admitted) == due else now))
+    return records
 
 
 def _check_in(inventory: InventoryState, command: CheckIn, now: datetime) -> Decision:

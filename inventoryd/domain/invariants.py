@@ -117,6 +117,22 @@ def check_all(inventory: InventoryState, *, counters: bool = True) -> None:
         inventory.reservations_created,
         len(inventory.reservations),
     )
+    check_queue(inventory)
+
+
+def check_queue(inventory: InventoryState) -> None:
+    """The waiting room's derived values agree with its entries; each entry is in line once."""
+    queue, event_id = inventory.queue, inventory.event_id
+    active = sum(1 for entry in queue.entries.values() if entry.status == "admitted" and not entry.finished)
+    invariant(active == queue.active, "%s: %s admissions active, the count says %s", event_id, active, queue.active)
+    invariant(queue.joined == len(queue.entries), "%s: %s joins numbered, %s entries", event_id, queue.joined, len(queue.entries))
+    invariant(0 <= queue.head <= len(queue.line), "%s: the line's head %s is outside it", event_id, queue.head)
+    invariant(len(set(queue.line)) == len(queue.line), "%s: an entry is in line twice", event_id)
+    behind = [entry_id for entry_id in queue.line[: queue.head] if queue.entries[entry_id].status == "waiting"]
+    invariant(not behind, "%s: %s waiting behind the head", event_id, behind[:3])
+    invariant(not (queue.shuffled and queue.pre), "%s: entries left in the pre-queue after the shuffle", event_id)
+    for user_id, entry_id in queue.of_user.items():
+        invariant(queue.entries[entry_id].user_id == user_id, "%s: %s is not %s's entry", event_id, entry_id, user_id)
 
 
 def _check_reservation(inventory: InventoryState, reservation: Reservation) -> None:

@@ -23,6 +23,19 @@ class TicketTypeDefinition(msgspec.Struct, frozen=True, gc=False):
     capacity: int
 
 
+class QueueConfig(msgspec.Struct, frozen=True, gc=False):
+    """The event's waiting room: joins open at `opens_at`; whoever joined before the sale starts is
+    put in a random order when it does, later arrivals behind them in order; `admit_per_minute`
+    are let in, evenly, never more than `max_active` at once; each for `admission_seconds`.
+    `exempt_user_ids` reserve without an admission (the organizer's named guests)."""
+
+    opens_at: datetime
+    admit_per_minute: int
+    admission_seconds: int
+    max_active: int | None = None
+    exempt_user_ids: tuple[str, ...] = ()
+
+
 class EventDefinition(msgspec.Struct, frozen=True, gc=False):
     id: str
     name: str
@@ -41,6 +54,7 @@ class EventDefinition(msgspec.Struct, frozen=True, gc=False):
     per_user_limit: int | None = None
     hold_seconds: int = limits.HOLD_SECONDS_DEFAULT
     organizer_id: str | None = None
+    queue: QueueConfig | None = None
 
 
 class EventCreated(msgspec.Struct, frozen=True, gc=False, tag="event_created"):
@@ -122,6 +136,42 @@ class EventCancelled(msgspec.Struct, frozen=True, gc=False, tag="event_cancelled
     at: datetime
 
 
+class QueueJoined(msgspec.Struct, frozen=True, gc=False, tag="queue_joined"):
+    entry_id: str
+    user_id: str
+    at: datetime
+
+
+class QueueShuffled(msgspec.Struct, frozen=True, gc=False, tag="queue_shuffled"):
+    """The sale started: those who joined before it are put in the order `seed` draws (see
+    `domain.queue.shuffled`), so that replay puts them in exactly the same order."""
+
+    seed: int
+    at: datetime
+
+
+class QueueAdmitted(msgspec.Struct, frozen=True, gc=False, tag="queue_admitted"):
+    """A wave: these entries, the next in line, may reserve until `expires_at`; the admission clock
+    now stands at `clock` (see `domain.queue.admissions_due`)."""
+
+    entry_ids: tuple[str, ...]
+    at: datetime
+    expires_at: datetime
+    clock: datetime
+
+
+class QueueExpired(msgspec.Struct, frozen=True, gc=False, tag="queue_expired"):
+    """These admissions' windows passed."""
+
+    entry_ids: tuple[str, ...]
+    at: datetime
+
+
+class QueueLeft(msgspec.Struct, frozen=True, gc=False, tag="queue_left"):
+    entry_id: str
+    at: datetime
+
+
 Record = (
     EventCreated
     | ReservationHeld
@@ -135,6 +185,11 @@ Record = (
     | TicketTypeAdded
     | TicketTypeChanged
     | EventCancelled
+    | QueueJoined
+    | QueueShuffled
+    | QueueAdmitted
+    | QueueExpired
+    | QueueLeft
 )
 # Records that change the event's row in the catalogue (its prices among them).
 CATALOGUE_RECORDS = (EventCreated, EventUpdated, TicketTypeAdded, TicketTypeChanged, EventCancelled)
@@ -159,4 +214,12 @@ def definition_problem(definition: EventDefinition) -> tuple[str, str] | None:
         and definition.sale_ends_at <= definition.sale_starts_at
     ):
         return "$.sale_ends_at", "sale_ends_at must be after sale_starts_at"
+    queue = definition.queue
+    if queue is not None:
+        if definition.sale_starts_at is None:
+            return "$.sale_starts_at", "a waiting room needs sale_starts_at (its line is shuffled then)"
+        if queue.opens_at > definition.sale_starts_at:
+            return "$.queue.opens_at", "the waiting room opens at or before sale_starts_at"
+        if queue.max_active is not None and queue.max_active < 1:
+            return "$.queue.max_active", "max_active is at least 1"
     return None

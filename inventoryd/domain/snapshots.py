@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable
+from datetime import datetime
 from typing import TypeVar
 
 import msgspec
@@ -13,6 +14,7 @@ import msgspec
 from inventoryd.domain.apply import apply
 from inventoryd.domain.checks import invariant, present
 from inventoryd.domain.invariants import check_all, tally
+from inventoryd.domain.queue import QueueEntry, QueueState
 from inventoryd.domain.records import EventDefinition, Record
 from inventoryd.domain.state import InventoryState, Reservation, TicketTypeState
 
@@ -26,6 +28,23 @@ class TicketTypeSnapshot(msgspec.Struct, frozen=True, gc=False, array_like=True)
     waiting: tuple[str, ...]
 
 
+class QueueSnapshot(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """The waiting room: what cannot be derived (who is where in line, the admission clock); each
+    user's entry, the line's index, those who left it and the active count are derived again."""
+
+    entries: tuple[QueueEntry, ...]
+    pre: tuple[str, ...]
+    line: tuple[str, ...]
+    head: int
+    shuffled: bool
+    joined: int
+    admitted: int
+    admitted_order: tuple[str, ...]
+    expired_head: int
+    last_wave_at: datetime | None
+    wave_at: datetime | None
+
+
 class InventorySnapshot(msgspec.Struct, frozen=True, gc=False, array_like=True):
     definition: EventDefinition
     status: str
@@ -33,6 +52,8 @@ class InventorySnapshot(msgspec.Struct, frozen=True, gc=False, array_like=True):
     reservations: tuple[Reservation, ...]
     reservations_created: int
     last_seq: int
+    # Added with the waiting room: a snapshot written before it has none (and no waiting room).
+    queue: QueueSnapshot | None = None
 
 
 SNAPSHOT_ENCODER = msgspec.msgpack.Encoder()
@@ -53,8 +74,47 @@ def snapshot(inventory: InventoryState) -> bytes:
             reservations=tuple(inventory.reservations.values()),
             reservations_created=inventory.reservations_created,
             last_seq=inventory.last_seq,
+            queue=_queue_snapshot(inventory.queue) if inventory.queue.joined else None,
         )
     )
+
+
+def _queue_snapshot(queue: QueueState) -> QueueSnapshot:
+    return QueueSnapshot(
+        entries=tuple(queue.entries.values()),
+        pre=tuple(queue.pre),
+        line=tuple(queue.line),
+        head=queue.head,
+        shuffled=queue.shuffled,
+        joined=queue.joined,
+        admitted=queue.admitted,
+        admitted_order=tuple(queue.admitted_order),
+        expired_head=queue.expired_head,
+        last_wave_at=queue.last_wave_at,
+        wave_at=queue.wave_at,
+    )
+
+
+def _restore_queue(saved: QueueSnapshot) -> QueueState:
+    queue = QueueState(
+        pre=list(saved.pre),
+        line=list(saved.line),
+        head=saved.head,
+        shuffled=saved.shuffled,
+        joined=saved.joined,
+        admitted=saved.admitted,
+        admitted_order=list(saved.admitted_order),
+        expired_head=saved.expired_head,
+        last_wave_at=saved.last_wave_at,
+        wave_at=saved.wave_at,
+    )
+    for entry in saved.entries:  # in the order they joined: each user's latest comes last
+        queue.entries[entry.id] = entry
+        queue.of_user[entry.user_id] = entry.id
+        queue.active += entry.status == "admitted" and not entry.finished
+    queue.index = {entry_id: at for at, entry_id in enumerate(queue.line)}
+    queue.gone = [at for at, entry_id in enumerate(queue.line) if queue.entries[entry_id].status == "left"]
+    return queue
 
 
 def restore(kind: type[State], event_id: str, state: bytes) -> State:
@@ -66,6 +126,8 @@ def restore(kind: type[State], event_id: str, state: bytes) -> State:
     inventory.status = "on_sale" if saved.status == "on_sale" else "cancelled"
     inventory.reservations_created = saved.reservations_created
     inventory.last_seq = saved.last_seq
+    if saved.queue is not None:
+        inventory.queue = _restore_queue(saved.queue)
     for saved_type in saved.ticket_types:
         inventory.ticket_types[saved_type.code] = TicketTypeState(
             saved_type.code,

@@ -15,6 +15,7 @@ from typing import Any, Final, Literal, get_args
 import msgspec
 
 from inventoryd.domain.checks import InvariantViolation, invariant
+from inventoryd.domain.queue import QueueState
 from inventoryd.domain.records import EventDefinition, TicketTypeDefinition
 
 ReservationStatus = Literal["held", "confirmed", "cancelled", "expired", "waitlisted"]
@@ -195,6 +196,8 @@ class InventoryState:
     expiry_heap: list[tuple[datetime, str]] = field(default_factory=list)
     reservations_created: int = 0
     last_seq: int = 0
+    # The waiting room (empty unless the event has one).
+    queue: QueueState = field(default_factory=QueueState)
     _undo: _Undo | None = None
 
     # -- batches ---------------------------------------------------------------------------------

@@ -1,0 +1,192 @@
+"""The waiting room: fair (a uniform shuffle of the pre-queue, then first come first served), at its
+rate, never past max_active, durable (a replay and a snapshot give the same line), and its gate.
+
+Method: the state machine driven directly with a moved clock (decide, then apply, as the actor
+does; the timer's message at the times the state says are next due), and the service over HTTP.
+The shuffle's uniformity: QUEUE_SHUFFLES shuffles of 6 entries (720 orders), a chi-square test of
+each entry's final place against the uniform, at the 0.001 significance level (the critical value
+for 25 degrees of freedom is 52.62), and every order reached; a fixed seed for the draws, so the
+test is the same every run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from inventoryd import domain, limits
+from inventoryd.domain import EventDefinition, Inventory, TicketTypeDefinition
+from inventoryd.domain.queue import QueueConfig, shuffled
+
+QUEUE_SHUFFLES = int(os.environ.get("QUEUE_SHUFFLES", "20000"))
+CHI_SQUARE_25_DF_0001 = 52.62
+SALE = datetime(2027, 5, 1, 10, 0, tzinfo=UTC)
+
+
+def _event(**queue: Any) -> Inventory:
+    config = QueueConfig(
+        opens_at=SALE - timedelta(minutes=30),
+        admit_per_minute=queue.pop("admit_per_minute", 60),
+        admission_seconds=queue.pop("admission_seconds", 600),
+        **queue,
+    )
+    inventory = Inventory("evt_room")
+    definition = EventDefinition(
+        id="evt_room",
+        name="Room",
+        starts_at=SALE + timedelta(days=30),
+        currency="EUR",
+        ticket_types=(TicketTypeDefinition("GA", "GA", 100, 10_000),),
+        created_at=SALE - timedelta(days=1),
+        sale_starts_at=SALE,
+        queue=config,
+    )
+    _run(inventory, domain.CreateEvent(definition), SALE - timedelta(days=1))
+    return inventory
+
+
+# Every record applied by `_run`, by inventory: the log, for the replay test.
+LOGS: dict[int, list[tuple[int, domain.Record]]] = {}
+
+
+def _run(inventory: Inventory, command: domain.Command, now: datetime) -> domain.Decision:
+    decision = inventory.decide(command, now)
+    for record in decision.records:
+        seq = inventory.last_seq + 1
+        inventory.apply(seq, record)
+        LOGS.setdefault(id(inventory), []).append((seq, record))
+    return decision
+
+
+def _join(inventory: Inventory, user: str, now: datetime, seed: int = 0) -> str:
+    reply = _run(inventory, domain.JoinQueue(user, seed), now).reply
+    assert isinstance(reply, domain.Accepted) and reply.queue_entry_id is not None, reply
+    return reply.queue_entry_id
+
+
+def _tick_until(inventory: Inventory, until: datetime, seed: int = 1) -> list[tuple[datetime, tuple[str, ...]]]:
+    """Send the timer's message at each time the state says is next due, up to `until`: the waves."""
+    waves = []
+    log_before = inventory.last_seq
+    while True:
+        config = inventory.require_definition().queue
+        assert config is not None
+        due = domain.queue.next_due(config, inventory.queue, SALE)
+        if due is None or due > until:
+            break
+        before = inventory.last_seq
+        decision = _run(inventory, domain.ExpireDue(seed), due)
+        waves += [(due, record.entry_ids) for record in decision.records if isinstance(record, domain.QueueAdmitted)]
+        assert inventory.last_seq > before or due >= until, "a due time that moves nothing"
+    assert inventory.last_seq >= log_before
+    return waves
+
+
+def test_the_pre_queue_is_shuffled_uniformly() -> None:
+    entries = [f"e{index}" for index in range(6)]
+    rng = random.Random(20261201)
+    places = [[0] * 6 for _ in entries]
+    orders = set()
+    for _ in range(QUEUE_SHUFFLES):
+        order = shuffled(entries, rng.getrandbits(64))
+        orders.add(tuple(order))
+        for place, entry in enumerate(order):
+            places[int(entry[1:])][place] += 1
+    expected = QUEUE_SHUFFLES / 6
+    chi_square = sum((count - expected) ** 2 / expected for row in places for count in row)
+    assert chi_square < CHI_SQUARE_25_DF_0001, chi_square
+    assert len(orders) == 720  # every order can come out
+    assert shuffled(entries, 7) == shuffled(entries, 7)  # the seed alone decides (replay)
+
+
+def test_arrival_before_the_start_does_not_count_and_after_it_is_first_come_first_served() -> None:
+    inventory = _event(admit_per_minute=600)
+    early = [_join(inventory, f"early{index}", SALE - timedelta(minutes=20) + timedelta(seconds=index)) for index in range(50)]
+    entry = inventory.queue.entries[early[0]]
+    assert entry.status == "waiting" and inventory.queue.waiting_ahead(early[0]) is None  # no place before the start
+    late = [_join(inventory, f"late{index}", SALE + timedelta(seconds=1 + index), seed=99) for index in range(20)]
+    line = inventory.queue.line
+    assert set(line[:50]) == set(early) and line[:50] != early  # shuffled at the start...
+    assert line[50:] == late  # ...and the later ones behind, in the order they came
+    assert [inventory.queue.waiting_ahead(entry_id) for entry_id in line] == list(range(1, 71))
+    # Joining again gives the same place.
+    assert _join(inventory, "late3", SALE + timedelta(minutes=1)) == late[3]
+
+
+def test_admissions_follow_the_rate_and_never_exceed_max_active() -> None:
+    inventory = _event(admit_per_minute=120, max_active=30, admission_seconds=20)
+    for index in range(2000):
+        _join(inventory, f"u{index}", SALE - timedelta(minutes=10))
+    waves = _tick_until(inventory, SALE + timedelta(minutes=5))
+    admitted_at = [at for at, entry_ids in waves for _ in entry_ids]
+    assert max(inventory.queue.active for _ in [0]) <= 30
+    # 120 a minute is one every 0.5 s, but at most 30 within any 20 s window (each admission lasts 20 s):
+    # the window binds, so the rate over the run is 30 per 20 s = 90 a minute.
+    for start in range(len(admitted_at)):
+        window = [at for at in admitted_at[start:] if at < admitted_at[start] + timedelta(seconds=20)]
+        assert len(window) <= 30
+    per_minute = len(admitted_at) / 5
+    assert 85 <= per_minute <= 95, per_minute
+    # Without max_active the rate alone: 120 a minute, within one admission.
+    free = _event(admit_per_minute=120)
+    for index in range(2000):
+        _join(free, f"u{index}", SALE - timedelta(minutes=10))
+    waves = _tick_until(free, SALE + timedelta(minutes=5))
+    count = sum(len(entry_ids) for _, entry_ids in waves)
+    assert abs(count - (120 * 5 + 1)) <= 1, count
+    gaps = {round((b - a).total_seconds(), 3) for (a, _), (b, _) in itertools.pairwise(waves)}
+    assert gaps == {0.5}, gaps  # evenly, not in bursts
+
+
+def test_a_finished_purchase_frees_the_slot_and_leaving_frees_the_place() -> None:
+    inventory = _event(admit_per_minute=60, max_active=1, admission_seconds=600)
+    first, second, third = (_join(inventory, user, SALE - timedelta(minutes=5)) for user in ("a", "b", "c"))
+    _tick_until(inventory, SALE + timedelta(seconds=5))
+    admitted = [entry_id for entry_id in (first, second, third) if inventory.queue.entries[entry_id].status == "admitted"]
+    assert len(admitted) == 1
+    user = inventory.queue.entries[admitted[0]].user_id
+    reply = _run(inventory, domain.Reserve(user, "GA", 1), SALE + timedelta(seconds=6)).reply
+    assert isinstance(reply, domain.Accepted) and reply.reservation_id is not None
+    _run(inventory, domain.Confirm(reply.reservation_id), SALE + timedelta(seconds=7))
+    assert inventory.queue.active == 0 and inventory.queue.entries[admitted[0]].finished
+    waiting = [entry_id for entry_id in (first, second, third) if inventory.queue.entries[entry_id].status == "waiting"]
+    _run(inventory, domain.LeaveQueue(waiting[0]), SALE + timedelta(seconds=8))
+    assert inventory.queue.waiting_ahead(waiting[1]) == 1
+    _tick_until(inventory, SALE + timedelta(seconds=10))
+    assert inventory.queue.entries[waiting[1]].status == "admitted"
+    inventory.check_invariants()
+
+
+def test_the_line_survives_replay_and_snapshots_exactly() -> None:
+    inventory = _event(admit_per_minute=30, max_active=5, admission_seconds=30)
+    for index in range(40):
+        _join(inventory, f"u{index}", SALE - timedelta(minutes=3) + timedelta(seconds=index), seed=12345)
+    _tick_until(inventory, SALE + timedelta(seconds=45))
+    _run(inventory, domain.LeaveQueue(inventory.queue.next_waiting(3)[2]), SALE + timedelta(seconds=46))
+    for index in range(5):
+        _join(inventory, f"late{index}", SALE + timedelta(seconds=50 + index))
+    replayed = Inventory.replay("evt_room", LOGS.pop(id(inventory)))
+    restored = Inventory.restore("evt_room", inventory.snapshot())
+    for other in (replayed, restored):
+        assert other.queue.line == inventory.queue.line and other.queue.head == inventory.queue.head
+        assert other.queue.entries == inventory.queue.entries and other.queue.active == inventory.queue.active
+        assert [other.queue.waiting_ahead(e) for e in other.queue.line] == [inventory.queue.waiting_ahead(e) for e in inventory.queue.line]
+        other.check_invariants()
+    assert restored.snapshot() == inventory.snapshot()
+
+
+def test_bad_joins_are_refused_and_change_nothing() -> None:
+    inventory = _event()
+    too_early = _run(inventory, domain.JoinQueue("u", 0), SALE - timedelta(hours=1)).reply
+    assert isinstance(too_early, domain.Rejected) and too_early.code == "queue_not_open"
+    plain = Inventory("evt_plain")
+    definition = EventDefinition("evt_plain", "Plain", SALE, "EUR", (TicketTypeDefinition("GA", "GA", 1, 1),), SALE)
+    _run(plain, domain.CreateEvent(definition), SALE)
+    no_room = _run(plain, domain.JoinQueue("u", 0), SALE).reply
+    assert isinstance(no_room, domain.Rejected) and no_room.code == "no_waiting_room"
+    unknown = _run(inventory, domain.LeaveQueue("que_room_999"), SALE).reply
+    assert isinstance(unknown, domain.Rejected) and unknown.code == "not_found"
+    assert inventory.queue.joined == 0 and limits.QUEUE_ENTRIES_MAX > 0
