@@ -172,6 +172,10 @@ QUEUE_WAVE_ENTRIES_MAX: Final = 1000
 QUEUE_ADMIT_PER_MINUTE_MAX: Final = 1_000_000
 QUEUE_ADMISSION_SECONDS_MIN: Final = 10
 QUEUE_ADMISSION_SECONDS_MAX: Final = 86_400
+QUEUE_EXEMPT_USERS_MAX: Final = 1000
+# What a waiting buyer's Retry-After says: between these, a quarter of the wait it has left.
+QUEUE_POLL_S_MIN: Final = 1
+QUEUE_POLL_S_MAX: Final = 30
 # Events whose answer (EventOut) is kept encoded for listings and event pages, the latest view each.
 ENCODED_EVENTS_MAX: Final = 20_000
 # Listings (by query string) kept as answered while nothing they show changed.

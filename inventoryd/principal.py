@@ -63,10 +63,15 @@ class Principal:
             raise Forbidden("only the event's organizer, services and admins check tickets in")
 
     def check_reservation_access(self, reservation: Reservation, definition: EventDefinition) -> None:
+        self.check_buyer_access(reservation.user_id, definition, "reservation")
+
+    def check_buyer_access(self, user_id: str, definition: EventDefinition, what: str) -> None:
+        """A buyer's own thing (a reservation, a place in a waiting room): theirs, the event's
+        organizer's, a service's or an admin's to see and change."""
         if self.role in ("service", "admin") or self._owns(definition):
             return
-        if reservation.user_id != self.user_id:
-            raise Forbidden("this reservation is someone else's")
+        if user_id != self.user_id:
+            raise Forbidden(f"this {what} is someone else's")
 
     def may_cancel_late(self, definition: EventDefinition) -> bool:
         """Organizers (of the event) and admins may cancel a confirmed reservation after cancel_until."""

@@ -20,6 +20,8 @@ from typing import Any
 from inventoryd import domain, limits
 from inventoryd.domain import EventDefinition, Inventory, TicketTypeDefinition
 from inventoryd.domain.queue import QueueConfig, shuffled
+from inventoryd.http import keys
+from tests.helpers import ADMIN, FakeClock, create_event, event_body, make_api_token, wait_until
 
 QUEUE_SHUFFLES = int(os.environ.get("QUEUE_SHUFFLES", "20000"))
 CHI_SQUARE_25_DF_0001 = 52.62
@@ -190,3 +192,130 @@ def test_bad_joins_are_refused_and_change_nothing() -> None:
     unknown = _run(inventory, domain.LeaveQueue("que_room_999"), SALE).reply
     assert isinstance(unknown, domain.Rejected) and unknown.code == "not_found"
     assert inventory.queue.joined == 0 and limits.QUEUE_ENTRIES_MAX > 0
+
+
+# -- over HTTP ---------------------------------------------------------------------------------------
+
+
+def _room_event(**queue: Any) -> dict[str, Any]:
+    return event_body(
+        sale_starts_at=_z(SALE),
+        queue={"opens_at": _z(SALE - timedelta(minutes=30)), "admit_per_minute": 60, "admission_seconds": 120, **queue},
+    )
+
+
+def _z(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+async def _entry(client: Any, entry_id: str, headers: dict[str, str]) -> dict[str, Any]:
+    response = await client.get(f"/v1/queue/{entry_id}", headers=headers)
+    assert response.status == 200, await response.text()
+    return await response.json()  # type: ignore[no-any-return]
+
+
+async def _reserve(client: Any, event_id: str, user: str, headers: dict[str, str], token: str | None = None) -> Any:
+    extra = {"Admission-Token": token} if token is not None else {}
+    return await client.post(
+        f"/v1/events/{event_id}/reservations", json={"ticket_type": "GA", "quantity": 1, "user_id": user}, headers={**headers, **extra}
+    )
+
+
+async def test_the_gate_admits_only_with_a_valid_token_for_its_buyer_and_event(start: Any, database_url: str) -> None:
+    clock = FakeClock(SALE - timedelta(minutes=10))
+    client = await start(clock=clock)
+    service = {"Authorization": f"Bearer {await make_api_token(database_url, 'service', 'shop')}"}
+    created = await client.post("/v1/events", json=_room_event(exempt_user_ids=["guest"]))
+    assert created.status == 201, await created.text()
+    event = await created.json()
+    assert event["queue"]["admit_per_minute"] == 60
+    joined = {}
+    for user in ("u1", "u2", "u3"):
+        response = await client.post(f"/v1/events/{event['id']}/queue", json={"user_id": user}, headers=service)
+        assert response.status == 201, await response.text()
+        entry = await response.json()
+        assert entry["status"] == "waiting" and entry["position"] is None and int(response.headers["Retry-After"]) >= 1
+        joined[user] = entry["id"]
+    again = await client.post(f"/v1/events/{event['id']}/queue", json={"user_id": "u1"}, headers=service)
+    assert again.status == 200 and (await again.json())["id"] == joined["u1"]
+    # The sale starts: the line is shuffled, and one buyer a second is let in.
+    actor = client.app[keys.REGISTRY].get(event["id"])
+    for now in (SALE + timedelta(milliseconds=500), SALE + timedelta(milliseconds=500), SALE + timedelta(seconds=1, milliseconds=500)):
+        clock.now = now
+        actor.wake_expiry()
+        await wait_until(lambda: actor.idle)
+    entries = {user: await _entry(client, entry_id, service) for user, entry_id in joined.items()}
+    admitted = [user for user, entry in entries.items() if entry["status"] == "admitted"]
+    waiting = sorted(entry["position"] for entry in entries.values() if entry["status"] == "waiting")
+    assert len(admitted) == 2 and waiting == [1], entries  # at the start, and a second later
+    first = admitted[0]
+    token = entries[first]["admission_token"]
+    other = next(user for user in joined if user not in admitted)
+    for user, sent, code in (
+        (other, None, "admission_required"),  # none
+        (other, token, "admission_required"),  # another buyer's
+        (first, token[:-2] + ("AA" if not token.endswith("AA") else "BB"), "admission_required"),  # tampered
+        (first, "v1.x.y.z", "admission_required"),  # not one of ours
+    ):
+        refused = await _reserve(client, event["id"], user, service, sent)
+        assert refused.status == 403 and (await refused.json())["code"] == code, (user, sent)
+    assert (await _reserve(client, event["id"], first, service, token)).status == 201
+    assert (await _reserve(client, event["id"], "guest", service)).status == 201  # exempt
+    assert (await _reserve(client, event["id"], "walk-in", ADMIN)).status == 201  # admins bypass
+    # Another event's room: this token is not for it.
+    second = await (await client.post("/v1/events", json=_room_event())).json()
+    refused = await _reserve(client, second["id"], first, service, token)
+    assert refused.status == 403 and (await refused.json())["code"] == "admission_required"
+    # The window passes: the same token is expired, and says so.
+    clock.advance(121)
+    expired = await _reserve(client, event["id"], first, service, token)
+    assert expired.status == 403 and (await expired.json())["code"] == "admission_expired"
+    left = await client.delete(f"/v1/queue/{joined[other]}", headers=service)
+    assert left.status == 204 and (await _entry(client, joined[other], service))["status"] == "left"
+    line = await (await client.get(f"/v1/events/{event['id']}/queue")).json()
+    assert line["joined"] == 3 and line["shuffled"] is True
+
+
+async def test_places_and_admissions_survive_a_restart(start: Any, database_url: str) -> None:
+    clock = FakeClock(SALE - timedelta(minutes=10))
+    client = await start(clock=clock)
+    service = {"Authorization": f"Bearer {await make_api_token(database_url, 'service', 'shop')}"}
+    event = await (await client.post("/v1/events", json=_room_event(admit_per_minute=120))).json()
+    ids = []
+    for index in range(30):
+        response = await client.post(f"/v1/events/{event['id']}/queue", json={"user_id": f"u{index}"}, headers=service)
+        ids.append((await response.json())["id"])
+    actor = client.app[keys.REGISTRY].get(event["id"])
+    for step in range(5):  # the shuffle, then a wave every half second
+        clock.now = SALE + timedelta(seconds=0.5 * step)
+        actor.wake_expiry()
+        await wait_until(lambda: actor.idle)
+    before = [await _entry(client, entry_id, service) for entry_id in ids]
+    assert sum(entry["status"] == "admitted" for entry in before) >= 2
+    await client.close()
+    restarted = await start(clock=clock)
+    after = [await _entry(restarted, entry_id, service) for entry_id in ids]
+    assert after == before  # every place, every admission, every token (the key is in the database)
+    admitted = next(entry for entry in after if entry["status"] == "admitted")
+    reserved = await _reserve(restarted, event["id"], admitted["user_id"], service, admitted["admission_token"])
+    assert reserved.status == 201, await reserved.text()
+
+
+async def test_bad_waiting_room_requests_are_refused_and_change_nothing(client: Any) -> None:
+    no_start = await client.post("/v1/events", json={**_room_event(), "sale_starts_at": None})
+    assert no_start.status == 422 and (await no_start.json())["field"] == "$.sale_starts_at"
+    late_open = await client.post("/v1/events", json=_room_event(opens_at=_z(SALE + timedelta(hours=1))))
+    assert late_open.status == 422 and (await late_open.json())["field"] == "$.queue.opens_at"
+    nonsense = await client.post("/v1/events", json=_room_event(admit_per_minute=0))
+    assert nonsense.status == 422 and "admit_per_minute" in (await nonsense.json())["field"]
+    plain = await create_event(client)
+    refused = await client.post(f"/v1/events/{plain['id']}/queue", json={"user_id": "u"})
+    assert refused.status == 409 and (await refused.json())["code"] == "no_waiting_room"
+    event = await (await client.post("/v1/events", json=_room_event())).json()
+    patched = await client.patch(
+        f"/v1/events/{event['id']}", json={"queue": {"opens_at": _z(SALE), "admit_per_minute": -5, "admission_seconds": 60}}
+    )
+    assert patched.status == 422
+    unknown = await client.get("/v1/queue/que_nosuch_1")
+    assert unknown.status == 404
+    assert (await (await client.get(f"/v1/events/{event['id']}")).json())["queue"]["admit_per_minute"] == 60

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +31,7 @@ from inventoryd.actor.expiry import HoldTimer
 from inventoryd.actor.mailbox import Mailbox, Message
 from inventoryd.actor.outcomes import ActorRestartRequired, IdempotencyClaim, Outcome
 from inventoryd.actor.snapshots import Snapshots, SnapshotStore
-from inventoryd.domain import EventDefinition, EventSummary, Inventory, Reservation, invariant
+from inventoryd.domain import EventDefinition, EventSummary, Inventory, QueueEntry, Reservation, invariant
 from inventoryd.errors import Unavailable
 from inventoryd.tasks import TaskSupervisor
 from persistence import limits as persistence_limits
@@ -39,10 +40,11 @@ from persistence.journal import AppendFailed, AppendFenced, AppendOutcomeUnknown
 log = structlog.get_logger("inventoryd.actor")
 
 # How the actor's bounds fit the journal's: a full batch fits one journal transaction (a message
-# produces at most one record, an expiry message at most EXPIRIES_PER_MESSAGE_MAX), and a request
+# produces at most two records, a join that makes the shuffle; an expiry message at most
+# EXPIRIES_PER_MESSAGE_MAX, and the waiting room's shuffle, admissions and ends), and a request
 # whose message was decided always outlives the commit that settles it.
 invariant(
-    limits.BATCH_MESSAGES_MAX + limits.EXPIRIES_PER_MESSAGE_MAX <= persistence_limits.JOURNAL_COMMIT_RECORDS_MAX,
+    2 * limits.BATCH_MESSAGES_MAX + limits.EXPIRIES_PER_MESSAGE_MAX + 2 <= persistence_limits.JOURNAL_COMMIT_RECORDS_MAX,
     "a full batch must fit one journal transaction",
 )
 invariant(persistence_limits.DB_TIMEOUT_S < limits.REQUEST_TIMEOUT_S, "a decided request must outlive its commit")
@@ -156,6 +158,25 @@ class EventActor:
 
     async def cancel_event(self, *, claim: IdempotencyClaim | None = None, request_id: str | None = None) -> Outcome:
         return await self._ask(domain.CancelEvent(), claim, request_id)
+
+    async def join_queue(self, user_id: str, *, request_id: str | None = None) -> Outcome:
+        # A fresh seed: it draws the shuffle if this join is the first thing after the sale starts.
+        return await self._ask(domain.JoinQueue(user_id, secrets.randbits(63)), None, request_id)
+
+    async def leave_queue(self, entry_id: str, *, request_id: str | None = None) -> Outcome:
+        return await self._ask(domain.LeaveQueue(entry_id), None, request_id)
+
+    def queue_entry(self, entry_id: str) -> QueueEntry | None:
+        """The waiting-room entry as last committed, with its place in line if it waits (the place
+        counts the line as this actor has it: while a wave is being saved, after it)."""
+        batch = self._in_flight
+        if batch is not None and entry_id in batch.before_queue:
+            entry = batch.before_queue[entry_id]
+        else:
+            entry = self.inventory.queue.entries.get(entry_id)
+        if entry is None or entry.status != "waiting":
+            return entry
+        return msgspec.structs.replace(entry, position=self.inventory.queue.waiting_ahead(entry_id))
 
     def reservation(self, reservation_id: str) -> Reservation | None:
         """The reservation as last committed (with its place in line, if it is waiting)."""
@@ -423,7 +444,16 @@ class EventActor:
                 log.info("sold_out", event_id=self.event_id, ticket_type=now.code, capacity=now.capacity)
 
     def _schedule_expiry(self, batch: Batch | None = None) -> None:
-        """After a batch (or at start): the timer wakes the actor when the next hold falls due."""
+        """After a batch (or at start): the timer wakes the actor when the next hold falls due, or
+        when its waiting room next moves (the shuffle, a wave, an admission's end)."""
         if batch is not None and batch.expiry_decided:
             self._timer.queued = False
-        self._timer.schedule(self.inventory.next_expiry() if self._running else None)
+        self._timer.schedule(self._next_due() if self._running else None)
+
+    def _next_due(self) -> datetime | None:
+        due = self.inventory.next_expiry()
+        definition = self.inventory.definition
+        if definition is None or definition.queue is None or definition.sale_starts_at is None or self.inventory.status != "on_sale":
+            return due
+        moves = domain.queue.next_due(definition.queue, self.inventory.queue, definition.sale_starts_at)
+        return moves if due is None or (moves is not None and moves < due) else due

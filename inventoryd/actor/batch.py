@@ -12,13 +12,15 @@ import msgspec
 from inventoryd import domain
 from inventoryd.actor.mailbox import Message
 from inventoryd.actor.outcomes import IdempotencyClaim, Outcome
-from inventoryd.domain import EventSummary, Inventory, Rejected, Reservation
+from inventoryd.domain import EventSummary, Inventory, QueueEntry, Rejected, Reservation
 from inventoryd.domain.apply import apply
 from inventoryd.domain.decide import decide
 from inventoryd.errors import Unavailable
 from persistence.journal import Append, CatalogueRow, IdempotencyRow
 
 _ENCODER = msgspec.json.Encoder()
+# The records that change waiting-room entries (a shuffle changes only the line).
+_QUEUE_RECORDS = (domain.QueueJoined, domain.QueueAdmitted, domain.QueueExpired, domain.QueueLeft)
 _CATALOGUE_FIELDS = tuple(column.name for column in dataclasses.fields(CatalogueRow))
 
 
@@ -41,6 +43,7 @@ class Batch:
     __slots__ = (
         "answers",
         "before",
+        "before_queue",
         "bodies",
         "catalogue",
         "committed",
@@ -65,6 +68,8 @@ class Batch:
         # the waiting-list heads it moved, as committed: what reads show until the batch commits.
         self.before: dict[str, Reservation | None] = {}
         self.waitlist_heads: dict[str, int] = {}
+        # The waiting-room entries it changed, as last committed (None: joined in this batch).
+        self.before_queue: dict[str, QueueEntry | None] = {}
         # True once the batch decided the actor's own expiry message.
         self.expiry_decided = False
         # Set if deciding a message that joined the batch failed (a bug): the batch is withdrawn.
@@ -114,11 +119,20 @@ class Batch:
         elif isinstance(record, domain.EventCancelled):  # every line is emptied
             for code, ticket_type in inventory.ticket_types.items():
                 self.waitlist_heads.setdefault(code, ticket_type.waitlist_head)
+        if isinstance(record, _QUEUE_RECORDS):
+            self._keep_queue_entries(inventory, record)
         apply(inventory, inventory.last_seq + 1, record)
         self.kinds.append(domain.record_kind(record))
         self.bodies.append(_ENCODER.encode(record))
         if isinstance(record, domain.CATALOGUE_RECORDS):
             self.catalogue.append(catalogue_row(inventory))
+
+    def _keep_queue_entries(self, inventory: Inventory, record: domain.Record) -> None:
+        entries = inventory.queue.entries
+        ids = getattr(record, "entry_ids", None) or ((record.entry_id,) if hasattr(record, "entry_id") else ())
+        for entry_id in ids:
+            if entry_id not in self.before_queue:
+                self.before_queue[entry_id] = entries.get(entry_id)
 
     def append(self, event_id: str, shard: int, epoch: int) -> Append:
         return Append(
@@ -130,8 +144,10 @@ def _outcome(inventory: Inventory, command: domain.Command, decision: domain.Dec
     reply = decision.reply
     if isinstance(reply, Rejected):
         return Outcome(reply)
-    result: Reservation | EventSummary | None
-    if reply.reservation_id is not None:
+    result: Reservation | EventSummary | QueueEntry | None
+    if reply.queue_entry_id is not None:
+        result = inventory.queue.entries[reply.queue_entry_id]
+    elif reply.reservation_id is not None:
         result = inventory.reservations[reply.reservation_id]
     elif isinstance(command, domain.ExpireDue):
         result = None
@@ -142,7 +158,7 @@ def _outcome(inventory: Inventory, command: domain.Command, decision: domain.Dec
     # repeated confirm): its retry must get the same answer even after the state moved on.
     # Refusals (sold out, …) are not: they changed nothing, a retry is decided afresh.
     stored = _ENCODER.encode(result) if claim is not None and result is not None else None
-    return Outcome(result, stored)
+    return Outcome(result, stored, unchanged=reply.unchanged)
 
 
 def fail(message: Message, error: Exception) -> None:

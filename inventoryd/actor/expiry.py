@@ -9,6 +9,7 @@ next. At most one expiry message is in the mailbox at a time (`queued`), so it n
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -47,7 +48,8 @@ class HoldTimer:
             return
         self.queued = True
         # Not bounded by the mailbox: there is at most one in it.
-        self._mailbox.put_nowait(Message(domain.ExpireDue(), None, None, None), bounded=False)
+        # A fresh seed each time: it draws the waiting room's shuffle if this message makes it.
+        self._mailbox.put_nowait(Message(domain.ExpireDue(secrets.randbits(63)), None, None, None), bounded=False)
 
     def cancel(self) -> None:
         if self._handle is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from inventoryd.domain import EventSummary, Rejected, Reservation
+from inventoryd.domain import EventSummary, QueueEntry, Rejected, Reservation
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,13 +18,16 @@ class IdempotencyClaim:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What a command came to, once durable: the reservation (or event) it made or changed, or why not.
+    """What a command came to, once durable: the reservation, waiting-room entry or event it made or
+    changed, or why not.
 
     `stored_answer` is the encoded answer written under the request's Idempotency-Key, if one was.
     """
 
-    result: Reservation | EventSummary | Rejected | None
+    result: Reservation | EventSummary | QueueEntry | Rejected | None
     stored_answer: bytes | None = None
+    # Accepted, but it changed nothing: it had been done (a repeated confirm, joining again).
+    unchanged: bool = False
 
 
 class ActorRestartRequired(Exception):

@@ -311,6 +311,7 @@ async def _membership(database_url: str, app: web.Application) -> AsyncIterator[
 async def _forwarder(app: web.Application) -> AsyncIterator[None]:
     async with app[keys.POOL].acquire() as connection:
         app[keys.FORWARD_KEY] = await service_secret(connection, "cluster_forward_key", os.urandom(32))
+        app[keys.ADMISSION_KEY] = await service_secret(connection, "admission_key", os.urandom(32))
     connector = aiohttp.TCPConnector(
         limit=limits.FORWARD_CONNECTIONS_MAX, limit_per_host=limits.FORWARD_CONNECTIONS_PER_NODE_MAX, keepalive_timeout=30
     )

@@ -105,7 +105,7 @@ def shard_asked(request: web.Request) -> int | None:
     info = request.match_info
     event_id = info.get("event_id")
     if event_id is None:
-        other = info.get("reservation_id") or info.get("ticket_id")
+        other = info.get("reservation_id") or info.get("ticket_id") or info.get("queue_id")
         event_id = domain.event_id_of(other) if other else None
     return request.app[keys.CLUSTER].shard_of(event_id) if event_id else None
 

@@ -55,6 +55,8 @@ class Route:
     public: bool = False
     # Accepts an Idempotency-Key header.
     idempotent: bool = False
+    # The body may be left out (a default of its type is meant).
+    body_optional: bool = False
     query: tuple[QueryParameter, ...] = ()
     # The media type of a successful answer.
     media_type: str = "application/json"

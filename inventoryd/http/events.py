@@ -62,6 +62,18 @@ def _check_event(body: schemas.EventIn) -> None:
             raise invalid(f"ticket type code {code!r} appears twice", f"$.ticket_types[{index}].code")
 
 
+def queue_config(body: schemas.QueueIn | None) -> domain.QueueConfig | None:
+    if body is None:
+        return None
+    return domain.QueueConfig(
+        opens_at=body.opens_at,
+        admit_per_minute=body.admit_per_minute,
+        admission_seconds=body.admission_seconds,
+        max_active=body.max_active,
+        exempt_user_ids=tuple(body.exempt_user_ids),
+    )
+
+
 def _definition(body: schemas.EventIn, event_id: str, created_at: datetime, organizer_id: str | None) -> EventDefinition:
     definition = EventDefinition(
         id=event_id,
@@ -81,6 +93,7 @@ def _definition(body: schemas.EventIn, event_id: str, created_at: datetime, orga
         per_user_limit=body.per_user_limit,
         hold_seconds=body.hold_seconds,
         organizer_id=organizer_id,
+        queue=queue_config(body.queue),
     )
     if problem := domain.definition_problem(definition):
         field, detail = problem
@@ -242,6 +255,8 @@ async def update_event(request: web.Request) -> web.Response:
     request[keys.PRINCIPAL].check_may_manage(summary_of(actor).definition)
     body: schemas.EventPatch = await read_json(request, schemas.EVENT_PATCH_DECODER)
     changes = {name: value for name, value in msgspec.structs.asdict(body).items() if value is not msgspec.UNSET}
+    if "queue" in changes:
+        changes["queue"] = queue_config(changes["queue"])
     if not changes:
         raise invalid("name at least one field to change", "$")
     async with idempotency_key(request, body) as key:

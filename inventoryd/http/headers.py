@@ -22,7 +22,7 @@ _SECURITY_HEADERS = {
     # Instead of aiohttp's default, which names the Python and aiohttp versions to every scanner.
     hdrs.SERVER: "inventoryd",
 }
-_CORS_ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
+_CORS_ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-ID, Admission-Token"
 _CORS_EXPOSED_HEADERS = (
     "Location, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, X-Request-ID, Idempotent-Replayed"
 )
@@ -57,6 +57,6 @@ def add_response_headers(request: web.Request, response: web.StreamResponse, set
         headers["Vary"] = "Origin"
         headers["Access-Control-Expose-Headers"] = _CORS_EXPOSED_HEADERS
         if request.method == "OPTIONS":
-            headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, OPTIONS"
+            headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
             headers["Access-Control-Allow-Headers"] = _CORS_ALLOWED_HEADERS
             headers["Access-Control-Max-Age"] = str(_CORS_MAX_AGE_S)

@@ -48,6 +48,8 @@ FORWARDER = web.AppKey("forwarder", aiohttp.ClientSession)
 PEERS = web.AppKey("peers", Peers)
 FORWARDS_IN_FLIGHT = web.AppKey("forwards_in_flight", asyncio.Semaphore)
 FORWARD_KEY = web.AppKey("forward_key", bytes)
+# Signs the waiting room's admission tokens (the same on every node: read from the database).
+ADMISSION_KEY = web.AppKey("admission_key", bytes)
 
 PRINCIPAL = web.RequestKey("principal", Principal)  # absent on public routes called without a token
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -165,7 +165,10 @@ def _operation(route: Route, schema_of: dict[Any, Any]) -> dict[str, Any]:
     if parameters := _parameters(route):
         operation["parameters"] = _documented(parameters)
     if route.request_body is not None:
-        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema_of[route.request_body]}}}
+        operation["requestBody"] = {
+            "required": not route.body_optional,
+            "content": {"application/json": {"schema": schema_of[route.request_body]}},
+        }
     operation["responses"] = _responses(route, schema_of, rules)
     operation["security"] = [] if route.public else [{"bearer": []}]
     return operation
@@ -214,6 +217,12 @@ def _responses(route: Route, schema_of: dict[Any, Any], rules: tuple[Rule, ...])
         responses["202"] = {
             "description": "Joined the waiting list (sold out, and `waitlist` was true)",
             "headers": _headers(route, 202),
+            "content": success["content"],
+        }
+    if route.name == "join_queue":
+        responses["200"] = {
+            "description": "Already in line (or admitted): the same entry as before",
+            "headers": _headers(route, 200),
             "content": success["content"],
         }
     problem = {"application/problem+json": {"schema": schema_of[Problem]}}

@@ -29,6 +29,9 @@ _REJECTION_STATUS: dict[RejectionCode, int] = {
     "cancellation_closed": 409,
     "already_checked_in": 409,
     "capacity_below_reserved": 409,
+    "no_waiting_room": 409,
+    "queue_not_open": 409,
+    "queue_full": 409,
     "invalid_request": 422,
 }
 

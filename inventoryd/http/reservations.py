@@ -11,7 +11,8 @@ from inventoryd import domain, limits
 from inventoryd.actor import EventActor
 from inventoryd.domain import RESERVATION_STATUSES, Rejected, Reservation, Ticket
 from inventoryd.errors import Unavailable
-from inventoryd.http import cluster, keys, schemas
+from inventoryd.http import admission, cluster, keys, schemas
+from inventoryd.http.admission import ADMISSION_TOKEN
 from inventoryd.http.common import (
     actor_for,
     actor_of,
@@ -45,6 +46,26 @@ def _created(actor: EventActor, reservation: Reservation) -> web.Response:
     return reservation_response(reservation, created=True)
 
 
+def _check_admission(request: web.Request, actor: EventActor, user_id: str) -> None:
+    """The waiting room's gate: while the event's sale is on, a reserve needs the buyer's admission
+    token (403 otherwise), unless an admin asks or the organizer exempted the buyer. A retry of a
+    reserve already answered (its Idempotency-Key) is replayed before this, whatever the token."""
+    definition = summary_of(actor).definition
+    config = definition.queue
+    if config is None or request[keys.PRINCIPAL].role == "admin" or user_id in config.exempt_user_ids:
+        return
+    now = request.app[keys.CLOCK]()
+    if definition.sale_starts_at is not None and now < definition.sale_starts_at:
+        return  # the sale is not open: the actor says so
+    code = admission.check(request.app[keys.ADMISSION_KEY], request.headers.get(ADMISSION_TOKEN), definition.id, user_id, now)
+    if code is None:
+        return
+    request.app[keys.METRICS].count_reservation(code)
+    if code == "admission_expired":
+        raise ProblemError(403, "admission_expired", "the admission's window has passed: join the waiting room again")
+    raise ProblemError(403, "admission_required", f"this event has a waiting room: send the {ADMISSION_TOKEN} of your admission")
+
+
 async def create_reservation(request: web.Request) -> web.Response:
     actor = await actor_of(request, request.match_info["event_id"])
     body: schemas.ReservationIn = await read_json(request, schemas.RESERVATION_DECODER)
@@ -53,6 +74,7 @@ async def create_reservation(request: web.Request) -> web.Response:
     async with idempotency_key(request, body, user_id=user_id) as key:
         if key.replayed is not None:
             return replayed(_created(actor, key.replayed_as(Reservation)))
+        _check_admission(request, actor, user_id)
         try:
             outcome = await actor.reserve(
                 user_id,

@@ -7,7 +7,7 @@ from typing import get_args
 
 from inventoryd import limits
 from inventoryd.domain import Reservation, ReservationStatus
-from inventoryd.http import account_routes, cluster, events, openapi, operations, reservations, schemas
+from inventoryd.http import account_routes, cluster, events, openapi, operations, reservations, schemas, waiting_room
 from inventoryd.http.common import QueryParameter, Route
 from inventoryd.http.schemas import MOMENT_PATTERN, MOMENT_YEARS, STORABLE_TEXT
 
@@ -157,6 +157,23 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET", "/v1/events/{event_id}/reservations", events.event_reservations, "event_reservations",
         "The event's reservations, oldest first", response_body=schemas.ReservationPage, query=(_STATUS, _LIMIT, _CURSOR),
+    ),
+    # The waiting room.
+    Route(
+        "POST", "/v1/events/{event_id}/queue", waiting_room.join_queue, "join_queue",
+        "Join the event's waiting room (201; 200 with the same entry when already in it); Retry-After says when to look again",
+        request_body=schemas.QueueJoinIn, response_body=schemas.QueueEntryOut, success_status=201, body_optional=True,
+    ),
+    Route(
+        "GET", "/v1/queue/{queue_id}", waiting_room.get_queue_entry, "get_queue_entry",
+        "A place in a waiting room: its position, and the admission token once admitted", response_body=schemas.QueueEntryOut,
+    ),
+    Route(
+        "DELETE", "/v1/queue/{queue_id}", waiting_room.leave_queue, "leave_queue", "Leave the waiting room", success_status=204,
+    ),
+    Route(
+        "GET", "/v1/events/{event_id}/queue", waiting_room.get_queue_line, "get_queue_line",
+        "The waiting room's line (the event's organizer, admins)", response_body=schemas.QueueLineOut,
     ),
     # Reservations and tickets.
     Route(

@@ -119,12 +119,18 @@ if TYPE_CHECKING:  # what the service sees, once `integral` has run
     Quantity: TypeAlias = int
     PerUserLimit: TypeAlias = int
     HoldSeconds: TypeAlias = int
+    AdmitPerMinute: TypeAlias = int
+    AdmissionSeconds: TypeAlias = int
+    MaxActive: TypeAlias = int
 else:
     Price = whole_number(0, limits.PRICE_MAX)
     Capacity = whole_number(0, limits.TICKET_TYPE_CAPACITY_MAX)
     Quantity = whole_number(1, limits.RESERVATION_QUANTITY_MAX)
     PerUserLimit = whole_number(1, limits.TICKET_TYPE_CAPACITY_MAX)
     HoldSeconds = whole_number(limits.HOLD_SECONDS_MIN, limits.HOLD_SECONDS_MAX)
+    AdmitPerMinute = whole_number(1, limits.QUEUE_ADMIT_PER_MINUTE_MAX)
+    AdmissionSeconds = whole_number(limits.QUEUE_ADMISSION_SECONDS_MIN, limits.QUEUE_ADMISSION_SECONDS_MAX)
+    MaxActive = whole_number(1, limits.QUEUE_ENTRIES_MAX)
 Moment = Annotated[
     datetime,
     Meta(tz=True, description=f"RFC 3339 with a time zone, {MOMENT_YEARS}", extra_json_schema={"pattern": MOMENT_PATTERN}),
@@ -145,6 +151,22 @@ class TicketTypeIn(msgspec.Struct, forbid_unknown_fields=True):
         self.capacity = integral(self.capacity)
 
 
+class QueueIn(msgspec.Struct, forbid_unknown_fields=True):
+    """The event's waiting room (see docs/API.md, "Waiting room")."""
+
+    opens_at: Moment
+    admit_per_minute: AdmitPerMinute
+    admission_seconds: AdmissionSeconds
+    max_active: MaxActive | None = None
+    exempt_user_ids: Annotated[list[UserId], Meta(max_length=limits.QUEUE_EXEMPT_USERS_MAX)] = []
+
+    def __post_init__(self) -> None:
+        self.admit_per_minute = integral(self.admit_per_minute)
+        self.admission_seconds = integral(self.admission_seconds)
+        self.max_active = integral(self.max_active)
+        check_moments(self)
+
+
 class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     name: Name
     starts_at: Moment
@@ -160,6 +182,7 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     cancel_until: Moment | None = None
     per_user_limit: PerUserLimit | None = None
     hold_seconds: HoldSeconds = limits.HOLD_SECONDS_DEFAULT
+    queue: QueueIn | None = None
 
     def __post_init__(self) -> None:
         self.per_user_limit = integral(self.per_user_limit)
@@ -185,6 +208,7 @@ class EventPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     cancel_until: Moment | UnsetType | None = UNSET
     per_user_limit: PerUserLimit | UnsetType | None = UNSET
     hold_seconds: HoldSeconds | UnsetType = UNSET
+    queue: QueueIn | UnsetType | None = UNSET
 
     def __post_init__(self) -> None:
         self.per_user_limit = integral(self.per_user_limit)
@@ -246,6 +270,45 @@ class EventOut(msgspec.Struct):
     sale_ends_at: datetime | None = None
     cancel_until: datetime | None = None
     per_user_limit: int | None = None
+    queue: QueueOut | None = None
+
+
+class QueueOut(msgspec.Struct):
+    opens_at: datetime
+    admit_per_minute: int
+    admission_seconds: int
+    max_active: int | None
+    exempt_user_ids: list[str]
+
+
+class QueueJoinIn(msgspec.Struct, forbid_unknown_fields=True):
+    # A service or admin names the user it joins for; an attendee joins for itself.
+    user_id: UserId | None = None
+
+
+class QueueEntryOut(msgspec.Struct):
+    id: str
+    event_id: str
+    user_id: str
+    status: Literal["waiting", "admitted", "expired", "left"]
+    joined_at: datetime
+    # The place in line (1: next), null before the sale starts (the line is shuffled then) and
+    # once not waiting; the wait it means at the admission rate.
+    position: int | None
+    estimated_wait_s: float | None
+    admission_token: str | None
+    admission_expires_at: datetime | None
+
+
+class QueueLineOut(msgspec.Struct):
+    """The line as the organizer sees it."""
+
+    event_id: str
+    shuffled: bool
+    joined: int
+    waiting: int
+    admitted: int
+    active: int
 
 
 class EventPage(msgspec.Struct):
@@ -344,4 +407,5 @@ EVENT_PATCH_DECODER = msgspec.json.Decoder(EventPatch)
 TICKET_TYPE_DECODER = msgspec.json.Decoder(TicketTypeIn)
 TICKET_TYPE_PATCH_DECODER = msgspec.json.Decoder(TicketTypePatch)
 RESERVATION_DECODER = msgspec.json.Decoder(ReservationIn)
+QUEUE_JOIN_DECODER = msgspec.json.Decoder(QueueJoinIn)
 ENCODER = msgspec.json.Encoder()

@@ -7,7 +7,7 @@ import msgspec
 
 from inventoryd import limits
 from inventoryd.actor import EventActor
-from inventoryd.domain import EventSummary, TicketTypeSummary
+from inventoryd.domain import EventSummary, QueueConfig, TicketTypeSummary
 from inventoryd.http import schemas
 from inventoryd.registry import Registry
 
@@ -32,6 +32,19 @@ def event_out(summary: EventSummary) -> schemas.EventOut:
         sale_ends_at=definition.sale_ends_at,
         cancel_until=definition.cancel_until,
         per_user_limit=definition.per_user_limit,
+        queue=_queue_out(definition.queue),
+    )
+
+
+def _queue_out(config: QueueConfig | None) -> schemas.QueueOut | None:
+    if config is None:
+        return None
+    return schemas.QueueOut(
+        opens_at=config.opens_at,
+        admit_per_minute=config.admit_per_minute,
+        admission_seconds=config.admission_seconds,
+        max_active=config.max_active,
+        exempt_user_ids=list(config.exempt_user_ids),
     )
 
 

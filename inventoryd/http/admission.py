@@ -1,0 +1,58 @@
+"""Admission tokens: what a waiting room's admitted buyer shows at the gate (`Admission-Token`).
+
+A token is `v1.<event key>.<user id, base64url>.<expiry, unix seconds>.<HMAC-SHA256, base64url>`,
+signed with a key every node reads from the database (`service_secret`), so any node verifies any
+node's token with one HMAC and no lookup. It names the event, the user and when it ends; it cannot
+be revoked before then (its window is the admission's).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from datetime import UTC, datetime
+
+from multidict import istr
+
+from inventoryd.domain import event_key
+
+ADMISSION_TOKEN = istr("Admission-Token")
+_VERSION = "v1"
+# A token longer than this is refused before anything is decoded.
+ADMISSION_TOKEN_CHARS_MAX = 512
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _mac(key: bytes, payload: str) -> str:
+    return _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
+
+
+def sign(key: bytes, event_id: str, user_id: str, expires_at: datetime) -> str:
+    payload = f"{_VERSION}.{event_key(event_id)}.{_b64(user_id.encode())}.{int(expires_at.timestamp())}"
+    return f"{payload}.{_mac(key, payload)}"
+
+
+def check(key: bytes, token: str | None, event_id: str, user_id: str, now: datetime) -> str | None:
+    """None if `token` admits `user_id` to `event_id` at `now`; otherwise the problem code:
+    `admission_required` (none, not ours, tampered, another user's or event's) or
+    `admission_expired` (ours, for this user and event, but its window passed)."""
+    if not token or len(token) > ADMISSION_TOKEN_CHARS_MAX:
+        return "admission_required"
+    payload, _, mac = token.rpartition(".")
+    if not hmac.compare_digest(_mac(key, payload), mac):
+        return "admission_required"
+    parts = payload.split(".")
+    if len(parts) != 4:
+        return "admission_required"
+    version, key_of_event, user, expiry = parts
+    if version != _VERSION or key_of_event != event_key(event_id) or user != _b64(user_id.encode()):
+        return "admission_required"
+    if not (expiry.isascii() and expiry.isdigit() and len(expiry) <= 12):
+        return "admission_required"
+    if datetime.fromtimestamp(int(expiry), UTC) <= now:
+        return "admission_expired"
+    return None
