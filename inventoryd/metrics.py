@@ -181,6 +181,13 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "inventoryd_actor_mailbox_messages", "Messages waiting in all mailboxes", value=sum(a.mailbox_depth() for a in actors)
         )
+        rooms = [actor.inventory.queue for actor in actors if actor.inventory.queue.joined]
+        waiting = sum(queue.waiting() if queue.shuffled else len(queue.pre) for queue in rooms)
+        yield GaugeMetricFamily("inventoryd_queue_waiting", "Buyers waiting in waiting rooms", value=waiting)
+        active = sum(queue.active for queue in rooms)
+        yield GaugeMetricFamily("inventoryd_queue_active", "Admissions running (what max_active bounds)", value=active)
+        yield CounterMetricFamily("inventoryd_queue_joined", "Joins of waiting rooms", value=sum(q.joined for q in rooms))
+        yield CounterMetricFamily("inventoryd_queue_admitted", "Admissions let in from waiting rooms", value=sum(q.admitted for q in rooms))
         yield CounterMetricFamily("inventoryd_actor_restarts", "Actors restarted from the log", value=stats.actors_restarted)
         yield CounterMetricFamily(
             "inventoryd_actor_failures", "Actors left down after too many restarts", value=stats.actors_failed

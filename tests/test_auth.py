@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
@@ -305,6 +306,11 @@ MAY: dict[str, set[str]] = {
     "check_in_ticket": {"organizer", "service", "admin"},
     "my_reservations": {"buyer", "other_buyer", "organizer", "other_organizer"},
     "user_reservations": {"buyer", "service", "admin"},
+    # The waiting room (the matrix's event has none: joining it is 409 for those who may ask).
+    "join_queue": SIGNED_IN,
+    "get_queue_entry": {"buyer", "organizer", "service", "admin"},
+    "leave_queue": {"buyer", "organizer", "service", "admin"},
+    "get_queue_line": {"organizer", "admin"},
 }
 # Routes whose answer to a caller who may call them can itself be 401 (wrong password, spent token).
 ANSWERS_401_ON_ITS_OWN = {"login", "refresh"}
@@ -335,8 +341,16 @@ async def test_the_access_matrix(start: Any, database_url: str) -> None:
         second = await (await client.post(
             f"/v1/events/{event['id']}/reservations", json={"ticket_type": "GA", "quantity": 1}, headers=identities["buyer"]
         )).json()
+        now = datetime.now(UTC)
+        room = event_body(
+            sale_starts_at=(now + timedelta(hours=1)).isoformat(),
+            queue={"opens_at": (now - timedelta(hours=1)).isoformat(), "admit_per_minute": 60, "admission_seconds": 60},
+        )
+        with_room = await (await client.post("/v1/events", json=room, headers=identities["organizer"])).json()
+        place = await (await client.post(f"/v1/events/{with_room['id']}/queue", headers=identities["buyer"])).json()
         return {
             "event_id": event["id"],
+            "queue_id": place["id"],
             "reservation_id": second["id"],
             "ticket_id": confirmed["tickets"][0]["id"],
             "code": "GA",
@@ -356,6 +370,8 @@ async def test_the_access_matrix(start: Any, database_url: str) -> None:
             case "create_reservation":
                 base = {"ticket_type": "GA", "quantity": 1}
                 return base | {"user_id": users["buyer"]} if role in ("service", "admin") else base
+            case "join_queue":
+                return {"user_id": users["buyer"]} if role in ("service", "admin") else None
             case "register":
                 return {"email": f"new-{time.monotonic_ns()}@example.org", "password": PASSWORD, "name": "New"}
             case "login":

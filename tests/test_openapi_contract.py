@@ -80,6 +80,9 @@ def test_the_document_states_no_request_default_and_requires_every_answer_field(
     assert "403" in logout["responses"] and "API token" in logout["description"]
 
 
+_QUEUE = {"opens_at": "2027-03-01T00:00:00Z", "admit_per_minute": 60, "admission_seconds": 60}
+
+
 async def _rule_breakers(client: Any) -> dict[tuple[str, str], Any]:
     """For each documented rule (operation, field): a request that breaks it, answered."""
     event = await create_event(client)
@@ -95,6 +98,16 @@ async def _rule_breakers(client: Any) -> dict[tuple[str, str], Any]:
         ("update_event", "$.sale_ends_at"): await client.patch(
             path, json={"sale_starts_at": "2027-05-01T00:00:00Z", "sale_ends_at": "2027-04-01T00:00:00Z"}
         ),
+        ("create_event", "$.sale_starts_at"): await client.post("/v1/events", json=event_body(queue=_QUEUE)),
+        ("create_event", "$.queue.opens_at"): await client.post(
+            "/v1/events", json=event_body(sale_starts_at="2027-04-01T00:00:00Z", queue={**_QUEUE, "opens_at": "2027-04-02T00:00:00Z"})
+        ),
+        ("update_event", "$.sale_starts_at"): await client.patch(path, json={"queue": _QUEUE}),
+        ("update_event", "$.queue.opens_at"): await client.patch(
+            path, json={"sale_starts_at": "2027-04-01T00:00:00Z", "queue": {**_QUEUE, "opens_at": "2027-04-02T00:00:00Z"}}
+        ),
+        # The admin token joining a waiting room without naming the buyer.
+        ("join_queue", "$.user_id"): await client.post(f"{path}/queue", json={}),
         # The admin token reserving without naming the buyer.
         ("create_reservation", "$.user_id"): await client.post(f"{path}/reservations", json={"ticket_type": "GA", "quantity": 1}),
         ("list_events", "cursor"): await client.get("/v1/events", params={"cursor": "0"}),

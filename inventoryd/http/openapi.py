@@ -80,18 +80,20 @@ _CURSOR_RULE = Rule(400, "cursor", "`cursor` must be a `next_cursor` this servic
 _EVENT_TIMES = (
     Rule(422, "$.ends_at", "`ends_at` is not before `starts_at`"),
     Rule(422, "$.sale_ends_at", "`sale_ends_at` is after `sale_starts_at` when both are set"),
+    Rule(422, "$.sale_starts_at", "an event with a waiting room (`queue`) has `sale_starts_at`"),
+    Rule(422, "$.queue.opens_at", "`queue.opens_at` is at or before `sale_starts_at`"),
+)
+_BUYER_NAMED = Rule(
+    422,
+    "$.user_id",
+    "a service or admin token names the buyer in `user_id`; an attendee or organizer acts for themselves"
+    " (omit `user_id`, or give their own: another is 403)",
 )
 RULES: dict[str, tuple[Rule, ...]] = {
     "create_event": (Rule(422, "$.ticket_types[*].code", "ticket type codes are unique within the event"), *_EVENT_TIMES),
     "update_event": tuple(Rule(rule.status, rule.field, rule.text + ", once the change is applied") for rule in _EVENT_TIMES),
-    "create_reservation": (
-        Rule(
-            422,
-            "$.user_id",
-            "a service or admin token names the buyer in `user_id`; an attendee or organizer reserves for"
-            " themselves (omit `user_id`, or give their own: another is 403)",
-        ),
-    ),
+    "create_reservation": (_BUYER_NAMED,),
+    "join_queue": (_BUYER_NAMED,),
     "list_events": (
         _CURSOR_RULE,
         Rule(400, "q", f"`q` has at least one word (letters or digits) and at most {limits.CATALOGUE_QUERY_WORDS_MAX}"),
@@ -478,7 +480,7 @@ def _error_statuses(route: Route) -> list[int]:
         statuses.add(403)
     if "{" in route.path or route.name == "me":
         statuses.add(404)
-    if route.idempotent or route.name in ("register", "check_in_ticket"):
+    if route.idempotent or route.name in ("register", "check_in_ticket", "join_queue", "get_queue_line"):
         statuses.add(409)  # the rules, or an Idempotency-Key used for another request
     if route.method in _READS_BODY:
         statuses |= {413, 422}
