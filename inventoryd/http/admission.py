@@ -27,8 +27,20 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
+# The keyed HMAC state, made once per key (a process has one or two): each token copies it, which
+# costs a fraction of setting the key up again.
+_KEYED: dict[bytes, hmac.HMAC] = {}
+
+
 def _mac(key: bytes, payload: str) -> str:
-    return _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
+    keyed = _KEYED.get(key)
+    if keyed is None:
+        if len(_KEYED) >= 4:  # a test's keys, never more than a few: no growth without bound
+            _KEYED.clear()
+        keyed = _KEYED[key] = hmac.new(key, digestmod=hashlib.sha256)
+    mac = keyed.copy()
+    mac.update(payload.encode())
+    return _b64(mac.digest())
 
 
 def sign(key: bytes, event_id: str, user_id: str, expires_at: datetime) -> str:
