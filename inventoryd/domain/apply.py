@@ -11,7 +11,7 @@ from typing import TypeVar, assert_never
 
 import msgspec
 
-from inventoryd.domain import apply_queue
+from inventoryd.domain.apply_queue import purchase_finished, queue_admitted, queue_expired, queue_joined, queue_left, queue_shuffled
 from inventoryd.domain.checks import InvariantViolation, invariant, present
 from inventoryd.domain.ids import ticket_id_for
 from inventoryd.domain.invariants import check_after_apply
@@ -72,15 +72,15 @@ def apply(inventory: InventoryState, seq: int, record: Record) -> None:
         case EventCancelled():
             touched = _event_cancelled(inventory, record)
         case QueueJoined():
-            touched = _queue(apply_queue.queue_joined, inventory, record)
+            touched = _queue(queue_joined, inventory, record)
         case QueueShuffled():
-            touched = _queue(apply_queue.queue_shuffled, inventory, record)
+            touched = _queue(queue_shuffled, inventory, record)
         case QueueAdmitted():
-            touched = _queue(apply_queue.queue_admitted, inventory, record)
+            touched = _queue(queue_admitted, inventory, record)
         case QueueExpired():
-            touched = _queue(apply_queue.queue_expired, inventory, record)
+            touched = _queue(queue_expired, inventory, record)
         case QueueLeft():
-            touched = _queue(apply_queue.queue_left, inventory, record)
+            touched = _queue(queue_left, inventory, record)
         case _:
             assert_never(record)
     inventory.set_attr(inventory, "last_seq", seq)
@@ -149,14 +149,14 @@ def _reservation_confirmed(inventory: InventoryState, record: ReservationConfirm
     reservation = _reservation(inventory, record.reservation_id, "held")
     tickets = tuple(Ticket(ticket_id_for(reservation.id, index), "valid") for index in range(1, reservation.quantity + 1))
     inventory.replace(reservation, status="confirmed", confirmed_at=record.at, tickets=tickets)
-    apply_queue.finished(inventory, reservation.user_id)
+    purchase_finished(inventory, reservation.user_id)
     return inventory.ticket_types[reservation.ticket_type], None
 
 
 def _reservation_cancelled(inventory: InventoryState, record: ReservationCancelled) -> Touched:
     reservation = _reservation(inventory, record.reservation_id, *COUNTED_STATUSES)
     _cancel(inventory, reservation, record.at, refunded=record.refunded, reason=record.reason)
-    apply_queue.finished(inventory, reservation.user_id)
+    purchase_finished(inventory, reservation.user_id)
     return inventory.ticket_types[reservation.ticket_type], reservation.user_id
 
 

@@ -91,7 +91,7 @@ def queue_left(inventory: InventoryState, record: QueueLeft) -> None:
         _advance_head(inventory)
 
 
-def finished(inventory: InventoryState, user_id: str) -> None:
+def purchase_finished(inventory: InventoryState, user_id: str) -> None:
     """The buyer's reservation was confirmed or cancelled: an admission it holds frees its slot."""
     queue = inventory.queue
     entry_id = queue.of_user.get(user_id)
