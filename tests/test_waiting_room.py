@@ -319,3 +319,21 @@ async def test_bad_waiting_room_requests_are_refused_and_change_nothing(client: 
     unknown = await client.get("/v1/queue/que_nosuch_1")
     assert unknown.status == 404
     assert (await (await client.get(f"/v1/events/{event['id']}")).json())["queue"]["admit_per_minute"] == 60
+
+
+def test_a_rolled_back_batch_takes_its_joins_waves_and_leaves_back() -> None:
+    inventory = _event(admit_per_minute=60, max_active=3)
+    for index in range(10):
+        _join(inventory, f"u{index}", SALE - timedelta(minutes=5))
+    _tick_until(inventory, SALE + timedelta(seconds=2))
+    before = inventory.snapshot(), list(inventory.queue.gone), dict(inventory.queue.index), inventory.queue.active
+    inventory.begin()
+    waiting = inventory.queue.next_waiting(3)
+    _run(inventory, domain.LeaveQueue(waiting[1]), SALE + timedelta(seconds=3))
+    _run(inventory, domain.LeaveQueue(waiting[0]), SALE + timedelta(seconds=3))
+    _join(inventory, "newcomer", SALE + timedelta(seconds=3))
+    _run(inventory, domain.ExpireDue(5), SALE + timedelta(seconds=4))
+    assert inventory.queue.gone  # the leaves were there
+    inventory.rollback()
+    assert (inventory.snapshot(), list(inventory.queue.gone), dict(inventory.queue.index), inventory.queue.active) == before
+    inventory.check_invariants()

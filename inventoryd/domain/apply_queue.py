@@ -3,8 +3,6 @@ undo log like every other change (a rolled-back batch takes its joins and waves 
 
 from __future__ import annotations
 
-import bisect
-
 import msgspec
 
 from inventoryd.domain.checks import invariant
@@ -85,9 +83,7 @@ def queue_left(inventory: InventoryState, record: QueueLeft) -> None:
         inventory.set_attr(queue, "active", queue.active - 1)
     at = queue.index.get(entry.id)
     if entry.status == "waiting" and at is not None:
-        gone = list(queue.gone)
-        bisect.insort(gone, at)
-        inventory.set_attr(queue, "gone", gone)  # a copy: leaving is rare, and the undo log keeps the old list
+        inventory.insort(queue.gone, at)
         _advance_head(inventory)
 
 

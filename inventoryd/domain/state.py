@@ -1,12 +1,13 @@
 """The state of one event's inventory, the values it holds, and the one rule for its counters.
 
 Every mutation goes through the few primitives of `InventoryState` (`set_attr`, `set_item`,
-`append`, `pop_expiry`, `put_reservation`), which write an undo log while a batch is open, so that
+`append`, `insort`, `pop_expiry`, `put_reservation`), which write an undo log while a batch is open, so that
 the actor can roll a whole batch back if its journal append fails.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -178,6 +179,8 @@ class _Undo:
                     heapq.heappush(heap, item)
                 case ("truncate", sequence, length):
                     del sequence[length:]
+                case ("delete", sequence, index):
+                    del sequence[index]
                 case _:
                     raise InvariantViolation(f"unknown undo entry {entry!r}")
         self.entries.clear()
@@ -237,6 +240,13 @@ class InventoryState:
         if self._undo is not None:
             self._undo.entries.append(("truncate", sequence, len(sequence)))
         sequence.append(item)
+
+    def insort(self, sequence: list[int], item: int) -> None:
+        """Insert `item` into the ascending `sequence`, keeping it sorted."""
+        index = bisect.bisect_right(sequence, item)
+        if self._undo is not None:
+            self._undo.entries.append(("delete", sequence, index))
+        sequence.insert(index, item)
 
     def push_expiry(self, item: tuple[datetime, str]) -> None:
         # Undoing a push would need a removal; instead the entry stays and is skipped lazily,
