@@ -70,6 +70,10 @@ class Settings:
     # from many addresses stays bounded, at the cost of refusing real sign-ups meanwhile (429).
     rate_register_per_s: float = field(default_factory=lambda: _env_number("INVENTORYD_RATE_REGISTER_PER_S", 20.0))
     rate_register_burst: int = field(default_factory=lambda: _env_number("INVENTORYD_RATE_REGISTER_BURST", 50))
+    # Joins of waiting rooms per client address, for users joining themselves (a service joins for
+    # its buyers from one address, under its own token's limit): against a script taking many places.
+    rate_join_per_s: float = field(default_factory=lambda: _env_number("INVENTORYD_RATE_JOIN_PER_S", 1.0))
+    rate_join_burst: int = field(default_factory=lambda: _env_number("INVENTORYD_RATE_JOIN_BURST", 5))
     rate_limits: bool = field(default_factory=lambda: os.environ.get("INVENTORYD_RATE_LIMITS", "on") != "off")
     # Origins allowed to call from a browser (comma-separated); none by default: CORS off.
     cors_origins: tuple[str, ...] = field(
@@ -118,6 +122,6 @@ class Settings:
             raise SystemExit(f"INVENTORYD_LB_SERVER_ID must be 1..2147483647, not {self.lb_server_id}")
         if not 1 <= self.lb_weight <= 256:
             raise SystemExit(f"INVENTORYD_LB_WEIGHT must be 1..256, not {self.lb_weight}")
-        for name in ("rate_user_per_s", "rate_service_per_s", "rate_auth_per_s", "rate_register_per_s"):
+        for name in ("rate_user_per_s", "rate_service_per_s", "rate_auth_per_s", "rate_register_per_s", "rate_join_per_s"):
             if getattr(self, name) <= 0:
                 raise SystemExit(f"{name} must be positive")

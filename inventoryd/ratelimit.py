@@ -66,13 +66,15 @@ class TokenBuckets:
 @dataclass(slots=True)
 class RateLimits:
     """The service's limiters: per attendee or organizer, per service token, per client address on
-    the auth routes (against credential stuffing), and registrations from every address together
-    (REGISTRATIONS_KEY: a flood from many addresses, each within its own limit, stays bounded)."""
+    the auth routes (against credential stuffing), registrations from every address together
+    (REGISTRATIONS_KEY: a flood from many addresses, each within its own limit, stays bounded), and
+    users' joins of waiting rooms per client address (one script, many accounts, many places)."""
 
     users: TokenBuckets
     services: TokenBuckets
     auth_by_address: TokenBuckets
     registrations: TokenBuckets
+    joins_by_address: TokenBuckets
 
 
 REGISTRATIONS_KEY = "registrations"

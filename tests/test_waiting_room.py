@@ -337,3 +337,22 @@ def test_a_rolled_back_batch_takes_its_joins_waves_and_leaves_back() -> None:
     inventory.rollback()
     assert (inventory.snapshot(), list(inventory.queue.gone), dict(inventory.queue.index), inventory.queue.active) == before
     inventory.check_invariants()
+
+
+async def test_users_joins_are_limited_per_client_address(start: Any, database_url: str) -> None:
+    clock = FakeClock(SALE - timedelta(minutes=10))
+    client = await start(clock=clock, settings={"rate_join_per_s": 0.01, "rate_join_burst": 2})
+    event = await (await client.post("/v1/events", json=_room_event())).json()
+    users = []
+    for index in range(3):
+        email = f"fan{index}@example.org"
+        registered = await client.post("/v1/auth/register", json={"email": email, "password": "long enough 123", "name": "Fan"})
+        assert registered.status == 201, await registered.text()
+        tokens = await (await client.post("/v1/auth/login", json={"email": email, "password": "long enough 123"})).json()
+        users.append({"Authorization": f"Bearer {tokens['access_token']}"})
+    statuses = [(await client.post(f"/v1/events/{event['id']}/queue", headers=headers)).status for headers in users]
+    assert statuses == [201, 201, 429]  # three accounts, one address
+    service = {"Authorization": f"Bearer {await make_api_token(database_url, 'service', 'shop')}"}
+    for index in range(3):  # a storefront joins for its buyers from one address: its token's bucket, not the address's
+        response = await client.post(f"/v1/events/{event['id']}/queue", json={"user_id": f"s{index}"}, headers=service)
+        assert response.status == 201

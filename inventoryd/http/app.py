@@ -97,6 +97,11 @@ def _rate_verdict(
         return verdict
     if principal is None or principal.role == "admin":
         return None
+    if principal.role != "service" and request.match_info.route.name == "join_queue":
+        # A user taking a place: also bounded by client address (many accounts, one script).
+        joins = buckets.joins_by_address.take(address_key(request.remote), now)
+        if joins is not None and not joins.allowed:
+            return joins
     bucket = buckets.services if principal.role == "service" else buckets.users
     return bucket.take(principal.id, now)
 
@@ -232,6 +237,7 @@ def create_app(
         services=TokenBuckets(settings.rate_service_per_s, settings.rate_service_burst),
         auth_by_address=TokenBuckets(settings.rate_auth_per_s, settings.rate_auth_burst),
         registrations=TokenBuckets(settings.rate_register_per_s, settings.rate_register_burst),
+        joins_by_address=TokenBuckets(settings.rate_join_per_s, settings.rate_join_burst),
     )
     app[keys.METRICS] = Metrics()
     app[keys.OPENAPI] = msgspec.json.encode(openapi.build(ROUTES))
