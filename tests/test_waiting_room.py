@@ -15,13 +15,27 @@ import itertools
 import os
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from inventoryd import domain, limits
 from inventoryd.domain import EventDefinition, Inventory, TicketTypeDefinition
 from inventoryd.domain.queue import QueueConfig, shuffled
 from inventoryd.http import keys
-from tests.helpers import ADMIN, FakeClock, create_event, event_body, make_api_token, wait_until
+from tests.helpers import (
+    ADMIN,
+    FakeClock,
+    cluster_of,
+    create_event,
+    event_body,
+    make_api_token,
+    metric,
+    wait_node_ready,
+    wait_settled,
+    wait_until,
+)
 
 QUEUE_SHUFFLES = int(os.environ.get("QUEUE_SHUFFLES", "20000"))
 CHI_SQUARE_25_DF_0001 = 52.62
@@ -356,3 +370,37 @@ async def test_users_joins_are_limited_per_client_address(start: Any, database_u
     for index in range(3):  # a storefront joins for its buyers from one address: its token's bucket, not the address's
         response = await client.post(f"/v1/events/{event['id']}/queue", json={"user_id": f"s{index}"}, headers=service)
         assert response.status == 201
+
+
+async def test_a_place_in_line_is_answered_by_any_node(database_url: str, tmp_path: Path) -> None:
+    """Queue ids carry their event's key: any node forwards a join, a look or a leave to the owner."""
+    now = datetime.now(UTC)
+    room = event_body(
+        sale_starts_at=_z(now + timedelta(hours=1)),
+        queue={"opens_at": _z(now - timedelta(hours=1)), "admit_per_minute": 60, "admission_seconds": 60},
+    )
+    async with aiohttp.ClientSession(headers=ADMIN) as session:
+        with cluster_of(database_url, tmp_path) as cluster:
+            first, second = cluster.start("first"), cluster.start("second")
+            await wait_node_ready(session, first)
+            await wait_node_ready(session, second)
+            await wait_settled(session, first, owners=2, balanced=True)
+            events = []
+            for _ in range(6):  # some of them owned by each node
+                async with session.post(f"{first.base}/v1/events", json=room) as response:
+                    assert response.status == 201, await response.text()
+                    events.append((await response.json())["id"])
+            for index, event_id in enumerate(events):
+                here, there = (first, second) if index % 2 else (second, first)
+                async with session.post(f"{here.base}/v1/events/{event_id}/queue", json={"user_id": f"u{index}"}) as response:
+                    assert response.status == 201, await response.text()
+                    entry = await response.json()
+                async with session.get(f"{there.base}/v1/queue/{entry['id']}") as response:
+                    assert response.status == 200 and (await response.json())["user_id"] == f"u{index}"
+                async with session.delete(f"{here.base}/v1/queue/{entry['id']}") as response:
+                    assert response.status == 204
+            assert (
+                await metric(session, first, "inventoryd_forwarded_requests_total")
+                + await metric(session, second, "inventoryd_forwarded_requests_total")
+                > 0
+            )
