@@ -288,6 +288,8 @@ async def test_the_gate_admits_only_with_a_valid_token_for_its_buyer_and_event(s
     assert left.status == 204 and (await _entry(client, joined[other], service))["status"] == "left"
     line = await (await client.get(f"/v1/events/{event['id']}/queue")).json()
     assert line["joined"] == 3 and line["shuffled"] is True
+    report = await (await client.get(f"/v1/events/{event['id']}/report")).json()
+    assert report["queue"] == line and report["queue"]["admitted"] == 2
 
 
 async def test_places_and_admissions_survive_a_restart(start: Any, database_url: str) -> None:

@@ -436,6 +436,11 @@ class EventActor:
             log.info("holds_expired", event_id=self.event_id, count=expired)
         if promoted := kinds.count("waitlist_promoted"):
             log.info("waitlist_promoted", event_id=self.event_id, count=promoted)
+        queue = self.inventory.queue
+        if "queue_shuffled" in kinds:  # its seed is in the log's record: replay draws the same order
+            log.info("queue_shuffled", event_id=self.event_id, waiting=queue.waiting())
+        if "queue_admitted" in kinds:
+            log.info("queue_admitted", event_id=self.event_id, admitted=queue.admitted, active=queue.active, waiting=queue.waiting())
         if before is None or self._view is None:
             return
         # Ticket types are only ever added, at the end: the published tuples pair up by position.

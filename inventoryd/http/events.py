@@ -47,7 +47,7 @@ from inventoryd.http.common import (
 )
 from inventoryd.http.headers import IDEMPOTENCY_KEY, add_response_headers
 from inventoryd.http.problems import ProblemError, invalid
-from inventoryd.http.views import CachedListing, event_out, ticket_type_out
+from inventoryd.http.views import CachedListing, event_out, queue_line_out, ticket_type_out
 from inventoryd.ratelimit import address_key
 from inventoryd.streams import StreamRefused
 
@@ -432,6 +432,7 @@ async def get_report(request: web.Request) -> web.Response:
                 for state in summary.ticket_types
             ],
             total=schemas.ReportLine(**_report_line(list(summary.ticket_types))),
+            queue=queue_line_out(actor.event_id, actor.inventory.queue) if summary.definition.queue is not None else None,
         )
     )
 

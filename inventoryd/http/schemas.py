@@ -360,6 +360,8 @@ class ReportOut(msgspec.Struct):
     currency: str
     ticket_types: list[TicketTypeReport]
     total: ReportLine
+    # The waiting room's totals, if the event has one.
+    queue: QueueLineOut | None
 
 
 class TicketTypeAvailability(msgspec.Struct):

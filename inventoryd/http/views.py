@@ -8,6 +8,7 @@ import msgspec
 from inventoryd import limits
 from inventoryd.actor import EventActor
 from inventoryd.domain import EventSummary, QueueConfig, TicketTypeSummary
+from inventoryd.domain.queue import QueueState
 from inventoryd.http import schemas
 from inventoryd.registry import Registry
 
@@ -33,6 +34,18 @@ def event_out(summary: EventSummary) -> schemas.EventOut:
         cancel_until=definition.cancel_until,
         per_user_limit=definition.per_user_limit,
         queue=_queue_out(definition.queue),
+    )
+
+
+def queue_line_out(event_id: str, queue: QueueState) -> schemas.QueueLineOut:
+    """The line's totals (the organizer's view, and the report's)."""
+    return schemas.QueueLineOut(
+        event_id=event_id,
+        shuffled=queue.shuffled,
+        joined=queue.joined,
+        waiting=queue.waiting() if queue.shuffled else len(queue.pre),
+        admitted=queue.admitted,
+        active=queue.active,
     )
 
 

@@ -13,6 +13,7 @@ from inventoryd.domain import EventDefinition, QueueEntry, Rejected
 from inventoryd.http import admission, keys, schemas
 from inventoryd.http.common import actor_for, actor_of, json_response, read_json, summary_of
 from inventoryd.http.problems import ProblemError, rejection
+from inventoryd.http.views import queue_line_out
 
 
 def entry_out(request: web.Request, entry: QueueEntry, definition: EventDefinition) -> schemas.QueueEntryOut:
@@ -101,14 +102,4 @@ async def get_queue_line(request: web.Request) -> web.Response:
     request[keys.PRINCIPAL].check_may_manage(definition)
     if definition.queue is None:
         raise ProblemError(409, "no_waiting_room", "this event has no waiting room")
-    queue = actor.inventory.queue
-    return json_response(
-        schemas.QueueLineOut(
-            event_id=definition.id,
-            shuffled=queue.shuffled,
-            joined=queue.joined,
-            waiting=queue.waiting() if queue.shuffled else len(queue.pre),
-            admitted=queue.admitted,
-            active=queue.active,
-        )
-    )
+    return json_response(queue_line_out(definition.id, actor.inventory.queue))
