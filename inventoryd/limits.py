@@ -173,6 +173,11 @@ QUEUE_ADMIT_PER_MINUTE_MAX: Final = 1_000_000
 QUEUE_ADMISSION_SECONDS_MIN: Final = 10
 QUEUE_ADMISSION_SECONDS_MAX: Final = 86_400
 QUEUE_EXEMPT_USERS_MAX: Final = 1000
+# Proof of work on join: at most QUEUE_POW_BITS_MAX bits asked (2^24 hashes on average: seconds for
+# a browser); a challenge's nonce is good for QUEUE_POW_NONCE_S; a solution is at most 64 characters.
+QUEUE_POW_BITS_MAX: Final = 24
+QUEUE_POW_NONCE_S: Final = 300
+QUEUE_POW_SOLUTION_CHARS_MAX: Final = 64
 # What a waiting buyer's Retry-After says: between these, a quarter of the wait it has left.
 QUEUE_POLL_S_MIN: Final = 1
 QUEUE_POLL_S_MAX: Final = 30

@@ -311,6 +311,7 @@ MAY: dict[str, set[str]] = {
     "get_queue_entry": {"buyer", "organizer", "service", "admin"},
     "leave_queue": {"buyer", "organizer", "service", "admin"},
     "get_queue_line": {"organizer", "admin"},
+    "get_queue_challenge": SIGNED_IN,
 }
 # Routes whose answer to a caller who may call them can itself be 401 (wrong password, spent token).
 ANSWERS_401_ON_ITS_OWN = {"login", "refresh"}

@@ -406,3 +406,39 @@ async def test_a_place_in_line_is_answered_by_any_node(database_url: str, tmp_pa
                 + await metric(session, second, "inventoryd_forwarded_requests_total")
                 > 0
             )
+
+
+async def test_a_waiting_room_may_ask_for_a_proof_of_work(start: Any, database_url: str) -> None:
+    import hashlib
+
+    from inventoryd.http.admission import leading_zero_bits
+
+    clock = FakeClock(SALE - timedelta(minutes=10))
+    client = await start(clock=clock)
+    service = {"Authorization": f"Bearer {await make_api_token(database_url, 'service', 'shop')}"}
+    event = await (await client.post("/v1/events", json=_room_event(pow_bits=8))).json()
+    path = f"/v1/events/{event['id']}/queue"
+    missing = await client.post(path, json={"user_id": "u1"}, headers=service)
+    assert missing.status == 403 and (await missing.json())["code"] == "pow_required"
+    challenge = await (await client.get(f"{path}/challenge", headers=service)).json()
+    assert challenge["bits"] == 8
+
+    def solve(user: str) -> str:
+        for counter in itertools.count():
+            digest = hashlib.sha256(f"{challenge['nonce']}:{user}:{counter}".encode()).digest()
+            if leading_zero_bits(digest) >= 8:
+                return str(counter)
+        raise AssertionError("unreachable")
+
+    solution = solve("u1")
+    other = await client.post(path, json={"user_id": "u2", "pow": {"nonce": challenge["nonce"], "solution": solution}}, headers=service)
+    assert other.status == 403 and (await other.json())["field"] == "$.pow"  # another user's work
+    forged = await client.post(path, json={"user_id": "u1", "pow": {"nonce": "1999999999.AAAA", "solution": solution}}, headers=service)
+    assert forged.status == 403
+    joined = await client.post(path, json={"user_id": "u1", "pow": {"nonce": challenge["nonce"], "solution": solution}}, headers=service)
+    assert joined.status == 201, await joined.text()
+    clock.advance(limits.QUEUE_POW_NONCE_S + 1)
+    stale = await client.post(path, json={"user_id": "u3", "pow": {"nonce": challenge["nonce"], "solution": solve("u3")}}, headers=service)
+    assert stale.status == 403 and "expired" in (await stale.json())["detail"]
+    line = await (await client.get(path)).json()
+    assert line["joined"] == 1  # nothing refused was written

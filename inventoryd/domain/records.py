@@ -34,6 +34,8 @@ class QueueConfig(msgspec.Struct, frozen=True, gc=False):
     admission_seconds: int
     max_active: int | None = None
     exempt_user_ids: tuple[str, ...] = ()
+    # A join must carry a proof of work of this many leading zero bits (None: none asked).
+    pow_bits: int | None = None
 
 
 class EventDefinition(msgspec.Struct, frozen=True, gc=False):

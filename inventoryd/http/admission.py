@@ -1,4 +1,5 @@
-"""Admission tokens: what a waiting room's admitted buyer shows at the gate (`Admission-Token`).
+"""Admission tokens: what a waiting room's admitted buyer shows at the gate (`Admission-Token`);
+and the proof of work a join may have to carry.
 
 A token is `v1.<event key>.<user id, base64url>.<expiry, unix seconds>.<HMAC-SHA256, base64url>`,
 signed with a key every node reads from the database (`service_secret`), so any node verifies any
@@ -15,6 +16,7 @@ from datetime import UTC, datetime
 
 from multidict import istr
 
+from inventoryd import limits
 from inventoryd.domain import event_key
 
 ADMISSION_TOKEN = istr("Admission-Token")
@@ -67,4 +69,38 @@ def check(key: bytes, token: str | None, event_id: str, user_id: str, now: datet
         return "admission_required"
     if datetime.fromtimestamp(int(expiry), UTC) <= now:
         return "admission_expired"
+    return None
+
+
+# -- proof of work on join ---------------------------------------------------------------------------
+#
+# A challenge is `<expiry, unix seconds>.<HMAC of "pow", the event key and the expiry>`: stateless,
+# good for QUEUE_POW_NONCE_S, for one event. A solution is any string such that SHA-256 of
+# `<nonce>:<user id>:<solution>` begins with `bits` zero bits: bound to the user, so one solution
+# cannot be handed round; checking it is one HMAC and one hash.
+
+
+def challenge(key: bytes, event_id: str, now: datetime) -> tuple[str, datetime]:
+    expires_at = datetime.fromtimestamp(int(now.timestamp()) + limits.QUEUE_POW_NONCE_S, UTC)
+    expiry = str(int(expires_at.timestamp()))
+    return f"{expiry}.{_mac(key, f'pow.{event_key(event_id)}.{expiry}')}", expires_at
+
+
+def leading_zero_bits(digest: bytes) -> int:
+    value = int.from_bytes(digest, "big")
+    return len(digest) * 8 - value.bit_length()
+
+
+def check_work(key: bytes, event_id: str, user_id: str, nonce: str, solution: str, bits: int, now: datetime) -> str | None:
+    """None if the work is done; otherwise why not (for the problem's detail)."""
+    expiry, _, mac = nonce.partition(".")
+    if not (expiry.isascii() and expiry.isdigit() and len(expiry) <= 12) or not hmac.compare_digest(
+        _mac(key, f"pow.{event_key(event_id)}.{expiry}"), mac
+    ):
+        return "the nonce is not one this event's challenge gave"
+    if datetime.fromtimestamp(int(expiry), UTC) <= now:
+        return "the challenge has expired: ask for a new one"
+    digest = hashlib.sha256(f"{nonce}:{user_id}:{solution}".encode()).digest()
+    if leading_zero_bits(digest) < bits:
+        return f"the solution's hash does not begin with {bits} zero bits"
     return None

@@ -71,6 +71,7 @@ def queue_config(body: schemas.QueueIn | None) -> domain.QueueConfig | None:
         admission_seconds=body.admission_seconds,
         max_active=body.max_active,
         exempt_user_ids=tuple(body.exempt_user_ids),
+        pow_bits=body.pow_bits,
     )
 
 

@@ -480,7 +480,7 @@ def _error_statuses(route: Route) -> list[int]:
         statuses.add(403)
     if "{" in route.path or route.name == "me":
         statuses.add(404)
-    if route.idempotent or route.name in ("register", "check_in_ticket", "join_queue", "get_queue_line"):
+    if route.idempotent or route.name in ("register", "check_in_ticket", "join_queue", "get_queue_line", "get_queue_challenge"):
         statuses.add(409)  # the rules, or an Idempotency-Key used for another request
     if route.method in _READS_BODY:
         statuses |= {413, 422}

@@ -165,6 +165,10 @@ ROUTES: tuple[Route, ...] = (
         request_body=schemas.QueueJoinIn, response_body=schemas.QueueEntryOut, success_status=201, body_optional=True,
     ),
     Route(
+        "GET", "/v1/events/{event_id}/queue/challenge", waiting_room.get_queue_challenge, "get_queue_challenge",
+        "A proof-of-work challenge for joining (when the waiting room asks for one)", response_body=schemas.PowChallengeOut,
+    ),
+    Route(
         "GET", "/v1/queue/{queue_id}", waiting_room.get_queue_entry, "get_queue_entry",
         "A place in a waiting room: its position, and the admission token once admitted", response_body=schemas.QueueEntryOut,
     ),

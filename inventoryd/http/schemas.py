@@ -122,6 +122,7 @@ if TYPE_CHECKING:  # what the service sees, once `integral` has run
     AdmitPerMinute: TypeAlias = int
     AdmissionSeconds: TypeAlias = int
     MaxActive: TypeAlias = int
+    PowBits: TypeAlias = int
 else:
     Price = whole_number(0, limits.PRICE_MAX)
     Capacity = whole_number(0, limits.TICKET_TYPE_CAPACITY_MAX)
@@ -131,6 +132,7 @@ else:
     AdmitPerMinute = whole_number(1, limits.QUEUE_ADMIT_PER_MINUTE_MAX)
     AdmissionSeconds = whole_number(limits.QUEUE_ADMISSION_SECONDS_MIN, limits.QUEUE_ADMISSION_SECONDS_MAX)
     MaxActive = whole_number(1, limits.QUEUE_ENTRIES_MAX)
+    PowBits = whole_number(1, limits.QUEUE_POW_BITS_MAX)
 Moment = Annotated[
     datetime,
     Meta(tz=True, description=f"RFC 3339 with a time zone, {MOMENT_YEARS}", extra_json_schema={"pattern": MOMENT_PATTERN}),
@@ -159,8 +161,10 @@ class QueueIn(msgspec.Struct, forbid_unknown_fields=True):
     admission_seconds: AdmissionSeconds
     max_active: MaxActive | None = None
     exempt_user_ids: Annotated[list[UserId], Meta(max_length=limits.QUEUE_EXEMPT_USERS_MAX)] = []
+    pow_bits: PowBits | None = None
 
     def __post_init__(self) -> None:
+        self.pow_bits = integral(self.pow_bits)
         self.admit_per_minute = integral(self.admit_per_minute)
         self.admission_seconds = integral(self.admission_seconds)
         self.max_active = integral(self.max_active)
@@ -279,11 +283,25 @@ class QueueOut(msgspec.Struct):
     admission_seconds: int
     max_active: int | None
     exempt_user_ids: list[str]
+    pow_bits: int | None
+
+
+class PowIn(msgspec.Struct, forbid_unknown_fields=True):
+    nonce: Annotated[str, Meta(min_length=1, max_length=128, pattern=rf"^[0-9]+\.[A-Za-z0-9_-]+{END}")]
+    solution: Annotated[str, Meta(min_length=1, max_length=limits.QUEUE_POW_SOLUTION_CHARS_MAX, pattern=rf"^[!-~]+{END}")]
 
 
 class QueueJoinIn(msgspec.Struct, forbid_unknown_fields=True):
     # A service or admin names the user it joins for; an attendee joins for itself.
     user_id: UserId | None = None
+    # The proof of work, when the waiting room asks for one (GET .../queue/challenge).
+    pow: PowIn | None = None
+
+
+class PowChallengeOut(msgspec.Struct):
+    nonce: str
+    bits: int
+    expires_at: datetime
 
 
 class QueueEntryOut(msgspec.Struct):

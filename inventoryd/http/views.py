@@ -58,6 +58,7 @@ def _queue_out(config: QueueConfig | None) -> schemas.QueueOut | None:
         admission_seconds=config.admission_seconds,
         max_active=config.max_active,
         exempt_user_ids=list(config.exempt_user_ids),
+        pow_bits=config.pow_bits,
     )
 
 

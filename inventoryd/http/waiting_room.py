@@ -64,6 +64,7 @@ async def join_queue(request: web.Request) -> web.Response:
     actor = await actor_of(request, request.match_info["event_id"])
     body = await read_json(request, schemas.QUEUE_JOIN_DECODER) if request.can_read_body else schemas.QueueJoinIn()
     user_id = request[keys.PRINCIPAL].acting_for(body.user_id)
+    _check_work(request, summary_of(actor).definition, user_id, body.pow)
     outcome = await actor.join_queue(user_id, request_id=request.get(keys.REQUEST_ID))
     if isinstance(outcome.result, Rejected):
         raise rejection(outcome.result)
@@ -71,6 +72,29 @@ async def join_queue(request: web.Request) -> web.Response:
         raise domain.InvariantViolation(f"a join answered {outcome.result!r}")
     entry = actor.queue_entry(outcome.result.id) or outcome.result
     return _answer(request, actor, entry, 200 if outcome.unchanged else 201)
+
+
+def _check_work(request: web.Request, definition: EventDefinition, user_id: str, work: schemas.PowIn | None) -> None:
+    """A waiting room that asks for proof of work: the join carries one for this user (403)."""
+    bits = definition.queue.pow_bits if definition.queue is not None else None
+    if bits is None:
+        return
+    if work is None:
+        challenge = f"GET /v1/events/{definition.id}/queue/challenge"
+        raise ProblemError(403, "pow_required", f"this waiting room asks for a proof of work: {challenge}", field="$.pow")
+    key, now = request.app[keys.ADMISSION_KEY], request.app[keys.CLOCK]()
+    problem = admission.check_work(key, definition.id, user_id, work.nonce, work.solution, bits, now)
+    if problem is not None:
+        raise ProblemError(403, "pow_required", problem, field="$.pow")
+
+
+async def get_queue_challenge(request: web.Request) -> web.Response:
+    actor = await actor_of(request, request.match_info["event_id"])
+    definition = summary_of(actor).definition
+    if definition.queue is None or definition.queue.pow_bits is None:
+        raise ProblemError(409, "no_waiting_room", "this event's waiting room asks for no proof of work")
+    nonce, expires_at = admission.challenge(request.app[keys.ADMISSION_KEY], definition.id, request.app[keys.CLOCK]())
+    return json_response(schemas.PowChallengeOut(nonce, definition.queue.pow_bits, expires_at))
 
 
 async def _entry(request: web.Request) -> tuple[EventActor, QueueEntry]:
