@@ -11,9 +11,11 @@ test is the same every run.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import random
+import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,15 +26,19 @@ from inventoryd import domain, limits
 from inventoryd.domain import EventDefinition, Inventory, TicketTypeDefinition
 from inventoryd.domain.queue import QueueConfig, shuffled
 from inventoryd.http import keys
+from persistence.journal import connect
 from tests.helpers import (
     ADMIN,
     FakeClock,
     cluster_of,
     create_event,
     event_body,
+    free_port,
     make_api_token,
     metric,
+    running_server,
     wait_node_ready,
+    wait_ready,
     wait_settled,
     wait_until,
 )
@@ -442,3 +448,67 @@ async def test_a_waiting_room_may_ask_for_a_proof_of_work(start: Any, database_u
     assert stale.status == 403 and "expired" in (await stale.json())["detail"]
     line = await (await client.get(path)).json()
     assert line["joined"] == 1  # nothing refused was written
+
+
+async def test_a_kill_during_an_on_sale_keeps_every_place_and_admission(database_url: str) -> None:
+    """SIGKILL of the real server while buyers join and waves let them in: after the restart every
+    acknowledged join is there with its id, every acknowledged admission is still admitted with the
+    same token, nobody is admitted twice, and the line is as the log says (its invariants hold)."""
+    now = datetime.now(UTC)
+    room = event_body(
+        sale_starts_at=_z(now - timedelta(seconds=1)),
+        queue={"opens_at": _z(now - timedelta(hours=1)), "admit_per_minute": 1200, "admission_seconds": 600},
+    )
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    service = {"Authorization": f"Bearer {await make_api_token(database_url, 'service', 'shop')}"}
+    acknowledged: dict[str, dict[str, Any]] = {}
+    async with aiohttp.ClientSession() as session:
+        with running_server(database_url, port) as process:
+            await wait_ready(session, base, process)
+            async with session.post(f"{base}/v1/events", json=room, headers=ADMIN) as response:
+                event_id = (await response.json())["id"]
+
+            async def joiner(worker: int) -> None:
+                for index in itertools.count():
+                    try:
+                        async with session.post(
+                            f"{base}/v1/events/{event_id}/queue", json={"user_id": f"w{worker}-{index}"}, headers=service
+                        ) as response:
+                            if response.status == 201:
+                                entry = await response.json()
+                                acknowledged[entry["id"]] = entry
+                    except aiohttp.ClientError:
+                        return
+
+            joiners = [asyncio.create_task(joiner(worker)) for worker in range(16)]
+            await asyncio.sleep(1.5)  # joins, and waves of admissions (20 a second)
+            for entry_id in list(acknowledged)[:200]:
+                async with session.get(f"{base}/v1/queue/{entry_id}", headers=service) as response:
+                    acknowledged[entry_id] = await response.json()
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+            await asyncio.gather(*joiners, return_exceptions=True)
+        admitted = {entry_id: entry for entry_id, entry in acknowledged.items() if entry["status"] == "admitted"}
+        assert len(acknowledged) > 50 and admitted, (len(acknowledged), len(admitted))
+        with running_server(database_url, port) as process:
+            await wait_ready(session, base, process)
+            for entry_id, before in acknowledged.items():
+                async with session.get(f"{base}/v1/queue/{entry_id}", headers=service) as response:
+                    assert response.status == 200, (entry_id, await response.text())
+                    after = await response.json()
+                assert after["user_id"] == before["user_id"] and after["joined_at"] == before["joined_at"]
+                if entry_id in admitted:
+                    assert after["status"] == "admitted" and after["admission_token"] == before["admission_token"]
+            async with session.get(f"{base}/v1/events/{event_id}/queue", headers=ADMIN) as response:
+                line = await response.json()
+            assert line["joined"] >= len(acknowledged) and line["admitted"] >= len(admitted)
+    connection = await connect(database_url)
+    try:
+        rows = await connection.fetch("SELECT seq, body FROM journal WHERE event_id = $1 ORDER BY seq", event_id)
+    finally:
+        await connection.close()
+    replayed = Inventory.replay(event_id, [(row["seq"], domain.RECORD_DECODER.decode(row["body"])) for row in rows])
+    replayed.check_invariants()  # nobody admitted twice (apply refuses it), every count as the entries say
+    order = replayed.queue.admitted_order
+    assert len(order) == len(set(order))
