@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_QUEUE_WAIT_BUCKETS_S = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0)
 _COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
@@ -67,6 +68,8 @@ class Metrics:
         self.commit_records = Histogram(_COUNT_BUCKETS)
         self.commit_appends = Histogram(_COUNT_BUCKETS)
         self.journal_wait_seconds = Histogram(_LATENCY_BUCKETS_S)
+        # From joining a waiting room to being admitted (sale-length waits: seconds to hours).
+        self.queue_wait_seconds = Histogram(_QUEUE_WAIT_BUCKETS_S)
         # outcome (relayed, misdirected, unreachable) -> requests forwarded to another node.
         self.forwards: dict[str, int] = {}
         self.forward_seconds = Histogram(_LATENCY_BUCKETS_S)
@@ -95,6 +98,10 @@ class Metrics:
 
     def observe_journal_wait(self, seconds: float) -> None:
         self.journal_wait_seconds.observe(seconds)
+
+    def observe_queue_waits(self, waits_s: list[float]) -> None:
+        for seconds in waits_s:
+            self.queue_wait_seconds.observe(seconds)
 
     def observe_forward(self, outcome: str, seconds: float) -> None:
         """A request forwarded to its event's owner: how it went, and how long it took."""
@@ -162,6 +169,9 @@ class _HotPathCollector(Collector):
             "inventoryd_journal_wait_seconds",
             "Time the journal waited for more appends before a transaction (group commit under load)",
             metrics.journal_wait_seconds,
+        )
+        yield _histogram_family(
+            "inventoryd_queue_wait_seconds", "Time from joining a waiting room to being admitted", metrics.queue_wait_seconds
         )
 
 

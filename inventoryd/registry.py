@@ -98,6 +98,8 @@ class Registry:
     on_batch: Callable[[int, int], None] | None = None
     # Told of the catalogue rows of every committed batch that wrote some (the catalogue in memory).
     on_catalogue: Callable[[Sequence[CatalogueRow]], object] | None = None
+    # Told how long the buyers of each committed admission wave had waited.
+    on_admitted: Callable[[list[float]], None] | None = None
     stats: RegistryStats = field(default_factory=RegistryStats)
     # Every task the registry starts: actors' supervisors, on-demand rebuilds, snapshot writes.
     tasks: TaskSupervisor = field(default_factory=lambda: TaskSupervisor("registry"))
@@ -295,6 +297,7 @@ class Registry:
             epoch=self.cluster.epoch(shard),
             on_batch=self.on_batch,
             on_catalogue=self.on_catalogue,
+            on_admitted=self.on_admitted,
             write_snapshot=self._write_snapshot,
             snapshot_seq=snapshot_seq,
             tasks=self.tasks,

@@ -296,6 +296,8 @@ async def test_the_gate_admits_only_with_a_valid_token_for_its_buyer_and_event(s
     assert line["joined"] == 3 and line["shuffled"] is True
     report = await (await client.get(f"/v1/events/{event['id']}/report")).json()
     assert report["queue"] == line and report["queue"]["admitted"] == 2
+    scraped = await (await client.get("/metrics")).text()
+    assert 'inventoryd_queue_wait_seconds_count 2.0' in scraped and "inventoryd_queue_joined_total 3.0" in scraped
 
 
 async def test_places_and_admissions_survive_a_restart(start: Any, database_url: str) -> None:

@@ -57,6 +57,16 @@ def system_clock() -> datetime:
     return datetime.now(UTC)
 
 
+def _waits(inventory: Inventory, batch: Batch) -> list[float]:
+    """How long the buyers `batch` admitted had waited: from joining to the wave."""
+    waits = []
+    for entry_id, was in batch.before_queue.items():
+        entry = inventory.queue.entries.get(entry_id)
+        if was is not None and was.status == "waiting" and entry is not None and entry.admitted_at is not None:
+            waits.append((entry.admitted_at - entry.joined_at).total_seconds())
+    return waits
+
+
 @dataclass(eq=False)
 class EventActor:
     event_id: str
@@ -71,6 +81,8 @@ class EventActor:
     on_batch: Callable[[int, int], None] | None = None
     # Told of the catalogue rows of every committed batch that wrote some.
     on_catalogue: Callable[[Sequence[CatalogueRow]], object] | None = None
+    # Told, after a committed wave, how long each buyer it let in had waited (seconds).
+    on_admitted: Callable[[list[float]], None] | None = None
     # The constructor's view of the snapshots (see `snapshots`): where they are stored, where the
     # writes run (the registry's supervisor; an actor on its own has its own), the latest written.
     write_snapshot: InitVar[SnapshotStore | None] = None
@@ -344,6 +356,8 @@ class EventActor:
                 message.future.set_result(outcome)
         if batch.kinds:
             self._log_domain_events(batch.kinds, before)
+            if self.on_admitted is not None and "queue_admitted" in batch.kinds:
+                self.on_admitted(_waits(self.inventory, batch))
         self._schedule_expiry(batch)
         self.snapshots.write_if_due(self.inventory)
         return batch

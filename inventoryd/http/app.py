@@ -372,6 +372,7 @@ async def _registry(app: web.Application) -> AsyncIterator[None]:
         app[keys.CLOCK],
         on_batch=metrics.observe_batch,
         on_catalogue=app[keys.CATALOGUE].catalogue.apply,
+        on_admitted=metrics.observe_queue_waits,
     )
     registry.shard_owner = _ShardsTaken(registry, app[keys.IDEMPOTENCY])
     metrics.watch(registry, app[keys.JOURNAL], app[keys.IDEMPOTENCY], app[keys.CATALOGUE])
