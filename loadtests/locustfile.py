@@ -20,6 +20,13 @@ LOCUST_MAX_P95_MS.
 Settings (environment): LOCUST_EVENTS (hot events to create, default 3), LOCUST_CAPACITY (GA seats
 per event, default 1000; VIP gets a twentieth), LOCUST_EVENT_IDS (use these events instead of
 creating any).
+
+The waiting-room phase (LOCUST_ROOM=1): one more event, with a waiting room whose sale starts
+LOCUST_ROOM_START_S (default 5) seconds into the run and admits LOCUST_ROOM_ADMIT_PER_MINUTE (600)
+buyers a minute. `Queuer` users join it before and after the start, look again when the server's
+`Retry-After` says, and reserve with their admission token once admitted. The end-of-run check
+adds: a reserve without a token is refused (403), every reservation of that event is a buyer's who
+was admitted, and there are no more of them than admissions; nothing oversold, as for the others.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import gevent
@@ -46,6 +54,11 @@ EVENT_COUNT = int(os.environ.get("LOCUST_EVENTS", "3"))
 CAPACITY = int(os.environ.get("LOCUST_CAPACITY", "1000"))
 MAX_FAIL_RATIO = float(os.environ.get("LOCUST_MAX_FAIL_RATIO", "0.01"))
 MAX_P95_MS = float(os.environ.get("LOCUST_MAX_P95_MS", "500"))
+ROOM = os.environ.get("LOCUST_ROOM", "0") == "1"
+ROOM_START_S = float(os.environ.get("LOCUST_ROOM_START_S", "5"))
+ROOM_ADMIT_PER_MINUTE = int(os.environ.get("LOCUST_ROOM_ADMIT_PER_MINUTE", "600"))
+# A queuer polls at most this often, whatever Retry-After says (a short test run).
+ROOM_POLL_S_MAX = float(os.environ.get("LOCUST_ROOM_POLL_S_MAX", "2"))
 # How long one set-up or check request may take.
 CHECK_TIMEOUT_S = 30
 # Answers that are the service doing its job during an on-sale, not failures.
@@ -56,6 +69,9 @@ event_ids: list[str] = [event_id for event_id in os.environ.get("LOCUST_EVENT_ID
 # Filled at the start: each event's ticket type codes; during the run: what the buyers were told.
 ticket_types: dict[str, list[str]] = {}
 sold_out_seen: set[tuple[str, str]] = set()
+# The waiting-room event, and the buyers the server admitted to it (as their entries said).
+room_event: list[str] = []
+admitted_buyers: set[str] = set()
 outcomes: Counter[str] = Counter()
 setup_problems: list[str] = []
 
@@ -78,7 +94,7 @@ def _why(error: Exception) -> str:
     return str(error)
 
 
-def _create_event(host: str, index: int) -> str:
+def _create_event(host: str, index: int, **extra: Any) -> str:
     body = {
         "name": f"On-sale {index} {uuid.uuid4().hex[:6]}",
         "starts_at": "2027-06-01T19:00:00Z",
@@ -89,6 +105,7 @@ def _create_event(host: str, index: int) -> str:
             {"code": "GA", "name": "General admission", "price": 4500, "capacity": CAPACITY},
             {"code": "VIP", "name": "VIP", "price": 15000, "capacity": max(1, CAPACITY // 20)},
         ],
+        **extra,
     }
     request = urllib.request.Request(
         f"{host}/v1/events",
@@ -98,6 +115,17 @@ def _create_event(host: str, index: int) -> str:
     )
     with urllib.request.urlopen(request, timeout=CHECK_TIMEOUT_S) as response:
         return str(json.loads(response.read())["id"])
+
+
+def _create_room(host: str) -> str:
+    now = datetime.now(UTC)
+    starts = now + timedelta(seconds=ROOM_START_S)
+    return _create_event(
+        host,
+        EVENT_COUNT,
+        sale_starts_at=starts.isoformat(),
+        queue={"opens_at": (now - timedelta(minutes=1)).isoformat(), "admit_per_minute": ROOM_ADMIT_PER_MINUTE, "admission_seconds": 60},
+    )
 
 
 @events.test_start.add_listener
@@ -111,6 +139,9 @@ def set_up_events(environment: Any, **_: Any) -> None:
                 raise ValueError("set INVENTORYD_ADMIN_TOKEN (to create the events) or LOCUST_EVENT_IDS")
             event_ids.extend(_create_event(environment.host, index) for index in range(EVENT_COUNT))
             log.info("created events %s", event_ids)
+        if ROOM:
+            room_event.append(_create_room(environment.host))
+            log.info("created the waiting-room event %s", room_event[0])
         for event_id in event_ids:
             try:
                 event = _read_event(environment.host, event_id)
@@ -133,9 +164,7 @@ class Buyer(FastHttpUser):
     def on_start(self) -> None:
         self.headers = {"Content-Type": "application/json", **_auth(SERVICE_TOKEN)}
 
-    def _reserve(
-        self, user_id: str, event_id: str, ticket_type: str, quantity: int, waitlist: bool
-    ) -> dict[str, Any] | None:
+    def _reserve(self, user_id: str, event_id: str, ticket_type: str, quantity: int, waitlist: bool) -> dict[str, Any] | None:
         body = {"ticket_type": ticket_type, "quantity": quantity, "user_id": user_id, "waitlist": waitlist}
         headers = dict(self.headers, **{"Idempotency-Key": uuid.uuid4().hex})
         with self.client.post(
@@ -183,9 +212,7 @@ class Buyer(FastHttpUser):
             name=f"/v1/reservations/[id]/{verb}",
             catch_response=True,
         ) as response:
-            if response.status_code == 200 or (
-                response.status_code == 409 and response.json().get("code") in EXPECTED_REFUSALS
-            ):
+            if response.status_code == 200 or (response.status_code == 409 and response.json().get("code") in EXPECTED_REFUSALS):
                 response.success()
             else:
                 response.failure(f"{response.status_code}: {response.text[:200]}")
@@ -193,6 +220,68 @@ class Buyer(FastHttpUser):
     @task(5)
     def poll_availability(self) -> None:
         self.client.get(f"/v1/events/{random.choice(event_ids)}/availability", name="/v1/events/[id]/availability")
+
+
+class Queuer(FastHttpUser):
+    """A buyer of the waiting-room event: joins, waits its turn as the server says, reserves with
+    its admission token, confirms."""
+
+    abstract = not ROOM  # spawned only in the waiting-room phase
+    weight = 2
+    wait_time = between(0.05, 0.5)
+
+    def on_start(self) -> None:
+        self.headers = {"Content-Type": "application/json", **_auth(SERVICE_TOKEN)}
+
+    @task
+    def queue_and_buy(self) -> None:
+        if not room_event:
+            return
+        event_id, user_id = room_event[0], f"queuer-{uuid.uuid4().hex[:12]}"
+        with self.client.post(
+            f"/v1/events/{event_id}/queue",
+            json={"user_id": user_id},
+            headers=self.headers,
+            name="/v1/events/[id]/queue",
+            catch_response=True,
+        ) as response:
+            if response.status_code not in (200, 201):
+                response.failure(f"{response.status_code}: {response.text[:200]}")
+                return
+            entry: dict[str, Any] = response.json()
+            wait_s = float(response.headers.get("Retry-After", "1"))
+        while entry["status"] == "waiting":
+            gevent.sleep(min(wait_s, ROOM_POLL_S_MAX))
+            with self.client.get(f"/v1/queue/{entry['id']}", headers=self.headers, name="/v1/queue/[id]", catch_response=True) as response:
+                if response.status_code != 200:
+                    response.failure(f"{response.status_code}: {response.text[:200]}")
+                    return
+                entry = response.json()
+                wait_s = float(response.headers.get("Retry-After", "1"))
+        if entry["status"] != "admitted":
+            return
+        admitted_buyers.add(user_id)
+        headers = dict(self.headers, **{"Admission-Token": entry["admission_token"], "Idempotency-Key": uuid.uuid4().hex})
+        with self.client.post(
+            f"/v1/events/{event_id}/reservations",
+            json={"ticket_type": "GA", "quantity": 1, "user_id": user_id},
+            headers=headers,
+            name="/v1/events/[room]/reservations",
+            catch_response=True,
+        ) as response:
+            if response.status_code == 201:
+                response.success()
+                outcomes["held"] += 1
+                reservation = response.json()
+            elif response.status_code == 409 and response.json().get("code") in EXPECTED_REFUSALS:
+                response.success()
+                outcomes[response.json()["code"]] += 1
+                return
+            else:
+                response.failure(f"{response.status_code}: {response.text[:200]}")
+                return
+        with self.client.post(f"/v1/reservations/{reservation['id']}/confirm", headers=self.headers, name="/v1/reservations/[id]/confirm"):
+            pass
 
 
 class Browser(FastHttpUser):
@@ -212,6 +301,56 @@ class Browser(FastHttpUser):
         self.client.get(f"/v1/events/{event_id}/availability", name="/v1/events/[id]/availability")
 
 
+def _admin_get(host: str, path: str) -> Any:
+    request = urllib.request.Request(f"{host}{path}", headers=_auth(ADMIN_TOKEN))
+    with urllib.request.urlopen(request, timeout=CHECK_TIMEOUT_S) as response:
+        return json.loads(response.read())
+
+
+def _check_room(host: str, event_id: str) -> list[str]:
+    """The waiting room held: no reserve without an admission, none by a buyer never admitted, no
+    more reservations than admissions, nothing oversold (checked with the other events)."""
+    problems = []
+    if SERVICE_TOKEN == ADMIN_TOKEN:
+        return ["the waiting room's gate cannot be checked with the admin token (admins pass it): set INVENTORYD_SERVICE_TOKEN"]
+    probe = urllib.request.Request(
+        f"{host}/v1/events/{event_id}/reservations",
+        data=json.dumps({"ticket_type": "GA", "quantity": 1, "user_id": "no-token"}).encode(),
+        headers={"Content-Type": "application/json", **_auth(SERVICE_TOKEN)},
+        method="POST",
+    )
+    try:
+        urllib.request.urlopen(probe, timeout=CHECK_TIMEOUT_S).close()
+        problems.append("a reserve without an admission token was accepted")
+    except urllib.error.HTTPError as error:
+        if error.code != 403:
+            problems.append(f"a reserve without an admission token answered {error.code}, not 403")
+    try:
+        line = _admin_get(host, f"/v1/events/{event_id}/queue")
+        buyers: list[str] = []
+        cursor = None
+        while True:
+            page = _admin_get(host, f"/v1/events/{event_id}/reservations?limit=200" + (f"&cursor={cursor}" if cursor else ""))
+            buyers += [reservation["user_id"] for reservation in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+    except (OSError, ValueError) as error:
+        return [*problems, f"cannot check the waiting room: {_why(error)}"]
+    strangers = [buyer for buyer in buyers if buyer not in admitted_buyers]
+    if strangers:
+        problems.append(f"{len(strangers)} reservations by buyers never admitted, e.g. {strangers[:3]}")
+    if len(buyers) > line["admitted"]:
+        problems.append(f"{len(buyers)} reservations for {line['admitted']} admissions")
+    try:
+        event = _read_event(host, event_id)
+    except (OSError, ValueError) as error:
+        return [*problems, f"cannot check event {event_id}: {_why(error)}"]
+    problems += [f"{event_id}/{t['code']} oversold: {t}" for t in event["ticket_types"] if t["held"] + t["sold"] > t["capacity"]]
+    log.info("waiting room %s: %s, %d reservations", event_id, line, len(buyers))
+    return problems
+
+
 @events.quitting.add_listener
 def verdict(environment: Any, **_: Any) -> None:
     """Nothing oversold, and the thresholds: one line, and the exit code says whether the run passed."""
@@ -222,6 +361,8 @@ def verdict(environment: Any, **_: Any) -> None:
     sold_out_events = 0
     if not event_ids and not failed:
         failed.append("no events to check")
+    if room_event:
+        failed += _check_room(environment.host, room_event[0])
     for event_id in event_ids:
         try:
             event = _read_event(environment.host, event_id)

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.helpers import ADMIN_TOKEN, ROOT, free_port, running_server, wait_ready
+from tests.helpers import ADMIN_TOKEN, ROOT, free_port, make_api_token, running_server, wait_ready
 
 # Not imported here: locust patches the standard library (gevent) on import.
 
@@ -76,3 +76,28 @@ async def test_a_run_whose_check_cannot_run_fails(database_url: str, tmp_path: A
         verdicts = [line for line in output.splitlines() if line.startswith("VERDICT")]
         assert result.returncode != 0, output[-4000:]
         assert len(verdicts) == 1 and verdicts[0].startswith("VERDICT FAIL (") and "no-such-event" in verdicts[0], output[-4000:]
+
+
+async def test_an_on_sale_behind_a_waiting_room_reserves_only_with_admissions(database_url: str, tmp_path: Any) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with running_server(database_url, port, log_path=tmp_path / "server.log") as process:
+        async with aiohttp.ClientSession() as session:
+            await wait_ready(session, base, process)
+        result = locust(
+            base,
+            INVENTORYD_ADMIN_TOKEN=ADMIN_TOKEN,
+            LOCUST_CAPACITY="10",
+            LOCUST_MAX_P95_MS="10000",
+            INVENTORYD_SERVICE_TOKEN=await make_api_token(database_url, "service", "locust"),
+            LOCUST_ROOM="1",
+            LOCUST_ROOM_START_S="2",  # buyers join before the start and after it
+            LOCUST_ROOM_ADMIT_PER_MINUTE="3000",
+            LOCUST_ROOM_POLL_S_MAX="0.5",
+        )
+        output = result.stdout + result.stderr
+        verdicts = [line for line in output.splitlines() if line.startswith("VERDICT") or "waiting room" in line]
+        assert result.returncode == 0 and VERDICT_OK.search(output) is not None, verdicts
+        room = re.search(r"waiting room evt_\w+: \{[^}]*'admitted': (\d+)[^}]*\}, (\d+) reservations", output)
+        assert room is not None, output[-4000:]
+        assert 0 < int(room[2]) <= int(room[1])  # buyers reserved, each with an admission
