@@ -167,6 +167,12 @@ CATALOGUE_SCAN_ROWS_MAX: Final = 2000
 # are let in as waves at most every QUEUE_WAVE_INTERVAL_S, at most QUEUE_WAVE_ENTRIES_MAX (or
 # expired) per wave, so a wave's record fits one journal transaction with the rest of its batch.
 QUEUE_ENTRIES_MAX: Final = 1_000_000
+# A buyer's id as a service names it (ASCII: a byte a character).
+USER_ID_CHARS_MAX: Final = 128
+# What one waiting-room entry holds at most: its record (id, user id, times: ~250 bytes besides the
+# user id) and its slots in the entries, users and line maps (~350 bytes). QUEUE_ENTRIES_MAX of them
+# bound an event's room at about 1 GiB; measured (BENCHMARKS.md), an entry takes ~360 bytes.
+QUEUE_ENTRY_BYTES_MAX: Final = 1024
 QUEUE_WAVE_INTERVAL_S: Final = 0.25
 QUEUE_WAVE_ENTRIES_MAX: Final = 1000
 QUEUE_ADMIT_PER_MINUTE_MAX: Final = 1_000_000
@@ -287,6 +293,7 @@ _must(
     2 * 4 * 4 * NAME_CHARS_MAX + 2048 + CATALOGUE_WORDS_PER_EVENT_MAX * (4 * CATALOGUE_WORD_CHARS_MAX + 100) <= CATALOGUE_ENTRY_BYTES_MAX,
     "a catalogue entry fits its bound",
 )
+_must(250 + USER_ID_CHARS_MAX + 350 <= QUEUE_ENTRY_BYTES_MAX, "a waiting-room entry fits its bound")
 _must(1 < MOMENT_YEAR_MIN <= MOMENT_YEAR_MAX < 9999, "every accepted time is a UTC datetime, a day from the edges")
 _must(IDEMPOTENCY_RETENTION_S >= 24 * 3600, "idempotency keys are kept at least 24 hours (API.md)")
 _must(0 < IDEMPOTENCY_KNOWN_GENERATION_S <= IDEMPOTENCY_RETENTION_S, "a generation of known keys fits the retention")

@@ -514,3 +514,21 @@ async def test_a_kill_during_an_on_sale_keeps_every_place_and_admission(database
     replayed.check_invariants()  # nobody admitted twice (apply refuses it), every count as the entries say
     order = replayed.queue.admitted_order
     assert len(order) == len(set(order))
+
+
+def test_an_entry_stays_within_its_memory_bound() -> None:
+    import tracemalloc
+
+    inventory = _event()
+    long_user = "u" * (limits.USER_ID_CHARS_MAX - 8)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for index in range(5000):
+            _join(inventory, f"{long_user}{index:08d}", SALE + timedelta(seconds=1), seed=3)  # after the shuffle: in line
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    LOGS.pop(id(inventory), None)  # the test's own record of the log is not the entries' memory
+    per_entry = (after - before) / 5000
+    assert per_entry <= limits.QUEUE_ENTRY_BYTES_MAX, per_entry  # with the test's own record of the log

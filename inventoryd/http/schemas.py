@@ -137,7 +137,7 @@ Moment = Annotated[
     datetime,
     Meta(tz=True, description=f"RFC 3339 with a time zone, {MOMENT_YEARS}", extra_json_schema={"pattern": MOMENT_PATTERN}),
 ]
-UserId = Annotated[str, Meta(min_length=1, max_length=128, pattern=rf"^[A-Za-z0-9_.:@-]+{END}")]
+UserId = Annotated[str, Meta(min_length=1, max_length=limits.USER_ID_CHARS_MAX, pattern=rf"^[A-Za-z0-9_.:@-]+{END}")]
 # An event as answers show it ("new", before its creation is committed, is never shown).
 EventStatus = ShownEventStatus
 
