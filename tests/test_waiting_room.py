@@ -532,3 +532,15 @@ def test_an_entry_stays_within_its_memory_bound() -> None:
     LOGS.pop(id(inventory), None)  # the test's own record of the log is not the entries' memory
     per_entry = (after - before) / 5000
     assert per_entry <= limits.QUEUE_ENTRY_BYTES_MAX, per_entry  # with the test's own record of the log
+
+
+def test_every_rate_admits_when_its_next_admission_is_due() -> None:
+    """At every rate the time `next_due` gives is one at which an admission is due: a rate whose
+    interval the clock cannot hold exactly (11 a minute is 5.4545… s) must not leave the timer firing
+    at a moment that moves nothing (with a stopped clock: for ever)."""
+    for rate in (7, 11, 14, 18, 26, 45, 97, 1234):
+        inventory = _event(admit_per_minute=rate)
+        for index in range(5):
+            _join(inventory, f"u{index}", SALE - timedelta(minutes=1))
+        waves = _tick_until(inventory, SALE + timedelta(seconds=60 * 4 / rate + 0.5))
+        assert sum(len(entry_ids) for _, entry_ids in waves) == 5, (rate, waves)

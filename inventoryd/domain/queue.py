@@ -105,22 +105,28 @@ def shuffled(entry_ids: list[str], seed: int) -> list[str]:
     return order
 
 
+def interval(config: QueueConfig) -> timedelta:
+    """The time between two admissions, in whole microseconds (rounded up): the clock's arithmetic
+    is then exact, so the time `next_due` gives is one at which an admission is due, at any rate."""
+    return timedelta(microseconds=math.ceil(60_000_000 / config.admit_per_minute))
+
+
 def admissions_due(config: QueueConfig, state: QueueState, sale_starts_at: datetime, now: datetime) -> tuple[int, datetime]:
     """How many may be let in at `now`, and where the admission clock then stands. One at the sale's
     start, then `admit_per_minute` evenly: the clock advances by one interval per admission, so the
     rate holds exactly; but no more than one wave's worth is ever owed (a line that ran dry, a timer
     that fired late), so the outflow stays a rate, never a burst."""
-    per_s = config.admit_per_minute / 60
-    wave_max = max(1, math.ceil(per_s * limits.QUEUE_WAVE_INTERVAL_S))
+    step = interval(config)
+    wave_max = max(1, math.ceil(timedelta(seconds=limits.QUEUE_WAVE_INTERVAL_S) / step))
     clock = state.last_wave_at
     if clock is None:
         return (1, now) if now >= sale_starts_at else (0, sale_starts_at)
-    due = int((now - clock).total_seconds() * per_s)
+    due = (now - clock) // step if now > clock else 0
     if due <= 0:
         return 0, clock
     if due > wave_max:
         return wave_max, now
-    return due, clock + timedelta(seconds=due / per_s)
+    return due, clock + due * step
 
 
 def next_due(config: QueueConfig, state: QueueState, sale_starts_at: datetime) -> datetime | None:
@@ -133,7 +139,7 @@ def next_due(config: QueueConfig, state: QueueState, sale_starts_at: datetime) -
         if state.last_wave_at is None:
             times.append(sale_starts_at)
         else:
-            after_clock = state.last_wave_at + timedelta(seconds=60 / config.admit_per_minute)
+            after_clock = state.last_wave_at + interval(config)
             after_wave = (state.wave_at or after_clock) + timedelta(seconds=limits.QUEUE_WAVE_INTERVAL_S)
             times.append(max(after_clock, after_wave))
     for entry_id in state.admitted_order[state.expired_head :]:
