@@ -109,6 +109,11 @@ def parse_duration_ms(text: str) -> float:
 
 
 def run_wrk(url: str, events_file: Path, duration_s: int, connections: int, token: str = "") -> dict[str, float]:
+    return wrk("wrk_reserve.lua", url, duration_s, connections, str(events_file), token)
+
+
+def wrk(script: str, url: str, duration_s: int, connections: int, *arguments: str) -> dict[str, float]:
+    """wrk with one of loadtests/'s Lua scripts (its arguments after `--`), as every harness runs it."""
     output = subprocess.run(
         [
             "wrk",
@@ -119,11 +124,10 @@ def run_wrk(url: str, events_file: Path, duration_s: int, connections: int, toke
             "--timeout",
             "10s",
             "-s",
-            str(HERE / "wrk_reserve.lua"),
+            str(HERE / script),
             url,
             "--",
-            str(events_file),
-            token,
+            *arguments,
         ],
         capture_output=True,
         text=True,

@@ -160,12 +160,7 @@ def _paths(ids: list[str]) -> dict[str, list[str]]:
 def _wrk(base: str, paths: list[str], duration_s: int, connections: int, scratch: Path) -> dict[str, float]:
     paths_file = scratch / "paths.txt"
     paths_file.write_text("\n".join(paths) + "\n")
-    output = subprocess.run(
-        ["wrk", f"-t{bench.WRK_THREADS}", f"-c{connections}", f"-d{duration_s}s", "--latency", "--timeout", "10s",
-         "-s", str(HERE / "wrk_paths.lua"), base, "--", str(paths_file)],
-        capture_output=True, text=True, check=True, timeout=duration_s + 60,
-    ).stdout  # fmt: skip
-    return bench.parse_wrk(output)
+    return bench.wrk("wrk_paths.lua", base, duration_s, connections, str(paths_file))
 
 
 def _row(kind: str, stats: dict[str, float], availability: dict[str, float]) -> None:

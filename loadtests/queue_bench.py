@@ -38,15 +38,6 @@ HERE = Path(__file__).resolve().parent
 GATE_CHECKS = (20_000, 60_000)
 
 
-def _wrk(script: str, base: str, duration_s: int, connections: int, *arguments: str) -> dict[str, float]:
-    output = subprocess.run(
-        ["wrk", f"-t{bench.WRK_THREADS}", f"-c{connections}", f"-d{duration_s}s", "--latency", "--timeout", "10s",
-         "-s", str(HERE / script), base, "--", *arguments],
-        capture_output=True, text=True, check=True, timeout=duration_s + 60,
-    ).stdout  # fmt: skip
-    return bench.parse_wrk(output)
-
-
 async def _event(base: str) -> str:
     now = datetime.now(UTC)
     body: dict[str, Any] = {
@@ -81,19 +72,19 @@ async def run(args: argparse.Namespace, admin_url: str, scratch: Path) -> None:
         events_file.write_text(event_id + "\n")
         print("| requests | per second | p50 ms | p99 ms | non-2xx |")
         print("|---|---:|---:|---:|---:|")
-        alone = _wrk("wrk_reserve.lua", server.base, args.duration, args.connections, str(events_file), bench.ADMIN_TOKEN)
+        alone = bench.wrk("wrk_reserve.lua", server.base, args.duration, args.connections, str(events_file), bench.ADMIN_TOKEN)
         _row("reserves alone", alone)
         rss_before = server.rss_mib()
-        joins = _wrk("wrk_join.lua", server.base, args.duration, args.connections, event_id, token)
+        joins = bench.wrk("wrk_join.lua", server.base, args.duration, args.connections, event_id, token)
         _row("joins", joins)
         rss_after = server.rss_mib()
         flood: dict[str, dict[str, float]] = {}
         half = max(1, args.connections // 2)
         thread = threading.Thread(
-            target=lambda: flood.update(joins=_wrk("wrk_join.lua", server.base, args.duration, half, event_id, token))
+            target=lambda: flood.update(joins=bench.wrk("wrk_join.lua", server.base, args.duration, half, event_id, token))
         )
         thread.start()
-        beside = _wrk("wrk_reserve.lua", server.base, args.duration, half, str(events_file), bench.ADMIN_TOKEN)
+        beside = bench.wrk("wrk_reserve.lua", server.base, args.duration, half, str(events_file), bench.ADMIN_TOKEN)
         thread.join()
         _row(f"reserves beside a join flood ({half} + {half} connections)", beside)
         _row("  the join flood beside them", flood["joins"])
