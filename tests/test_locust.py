@@ -27,6 +27,7 @@ VERDICT_OK = re.compile(
     r"^VERDICT ok: 3 events, (?P<seats>\d+) seats, (?P<taken>\d+) sold\+held, 0 oversold, 3/3 sold out; .*p95 \d+ ms$",
     re.MULTILINE,
 )
+ROOM_VERDICT_OK = re.compile(r"^VERDICT ok: 3 events, \d+ seats, \d+ sold\+held, 0 oversold, .*p95 \d+ ms$", re.MULTILINE)
 
 
 def locust(base: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -97,7 +98,8 @@ async def test_an_on_sale_behind_a_waiting_room_reserves_only_with_admissions(da
         )
         output = result.stdout + result.stderr
         verdicts = [line for line in output.splitlines() if line.startswith("VERDICT") or "waiting room" in line]
-        assert result.returncode == 0 and VERDICT_OK.search(output) is not None, verdicts
+        # The hot events need not sell out here: the queuers take part of the crowd from them.
+        assert result.returncode == 0 and ROOM_VERDICT_OK.search(output) is not None, verdicts
         room = re.search(r"waiting room evt_\w+: \{[^}]*'admitted': (\d+)[^}]*\}, (\d+) reservations", output)
         assert room is not None, output[-4000:]
         assert 0 < int(room[2]) <= int(room[1])  # buyers reserved, each with an admission
