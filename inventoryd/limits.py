@@ -29,6 +29,20 @@ REQUEST_TIMEOUT_S: Final = 10.0
 REQUEST_BODY_BYTES_MAX: Final = 64 * 1024
 # Seats a single reservation may ask for.
 RESERVATION_QUANTITY_MAX: Final = 100
+# Reserved seating. A seat map holds at most SEATMAP_SEATS_MAX seats (a 100,000-seat stadium),
+# a row at most SEATMAP_ROW_SEATS_MAX (a pick reads one row: this bounds its work); a section, row
+# or seat id is 1..SEAT_ID_PART_CHARS_MAX letters and digits (a seat's id joins the three with
+# "-"). A block or unblock names at most SEATS_PER_REQUEST_MAX seats. Best available looks at
+# most at SEAT_PICK_ROWS_MAX rows past the first that fits (each further row must be able to beat
+# the best block found so far; this bounds the search when many rows almost tie).
+SEATMAP_SEATS_MAX: Final = 100_000
+SEATMAP_ROW_SEATS_MAX: Final = 1_000
+SEAT_ID_PART_CHARS_MAX: Final = 12
+SEATS_PER_REQUEST_MAX: Final = 1_000
+SEAT_PICK_ROWS_MAX: Final = 64
+# A live availability stream carries the seats changed by the last SEAT_CHANGES_KEPT_MAX commits;
+# a listener further behind gets every seat's status again.
+SEAT_CHANGES_KEPT_MAX: Final = 64
 # Ticket types per event, and capacity per ticket type.
 TICKET_TYPES_PER_EVENT_MAX: Final = 100
 TICKET_TYPE_CAPACITY_MAX: Final = 10_000_000
@@ -287,6 +301,8 @@ _must(RECOVERY_BATCH_BYTES > 0 and RECOVERY_SLICE_S > 0, "recovery reads and sli
 _must(COLD_ACTOR_WAIT_S < REQUEST_TIMEOUT_S, "a request waits for a cold actor less than its whole wait")
 _must(HOLD_SECONDS_MIN <= HOLD_SECONDS_DEFAULT <= HOLD_SECONDS_MAX, "the default hold is within its bounds")
 _must(PAGE_ITEMS_DEFAULT <= PAGE_ITEMS_MAX, "the default page fits the largest")
+_must(RESERVATION_QUANTITY_MAX <= SEATMAP_ROW_SEATS_MAX <= SEATMAP_SEATS_MAX, "a row can seat a reservation; a map holds a row")
+_must(SEATS_PER_REQUEST_MAX >= RESERVATION_QUANTITY_MAX and SEAT_PICK_ROWS_MAX >= 1, "seat requests and picks are bounded")
 # An entry: its name, venue, city and category (NAME_CHARS_MAX each, 4 bytes a character at most, and
 # again folded), 2 KiB of fixed fields and sort keys, and per word its text and ~100 bytes of index.
 _must(

@@ -26,6 +26,9 @@ from inventoryd.domain.records import (
     QueueLeft,
     QueueShuffled,
     Record,
+    SeatMapSet,
+    SeatsBlocked,
+    SeatsUnblocked,
     ReservationCancelled,
     ReservationConfirmed,
     ReservationHeld,
@@ -35,6 +38,8 @@ from inventoryd.domain.records import (
     TicketTypeChanged,
     WaitlistPromoted,
 )
+from inventoryd.domain.seatmap import SeatMap
+from inventoryd.domain.seats import SeatState
 from inventoryd.domain.state import COUNTED_STATUSES, CancelReason, InventoryState, Reservation, Ticket, TicketTypeState
 
 # What a record touched, for the checks after it: a ticket type, a buyer (either may be None).
@@ -81,6 +86,12 @@ def apply(inventory: InventoryState, seq: int, record: Record) -> None:
             touched = _queue(queue_expired, inventory, record)
         case QueueLeft():
             touched = _queue(queue_left, inventory, record)
+        case SeatMapSet():
+            touched = _seat_map_set(inventory, record)
+        case SeatsBlocked():
+            touched = _seats_blocked(inventory, record)
+        case SeatsUnblocked():
+            touched = _seats_unblocked(inventory, record)
         case _:
             assert_never(record)
     inventory.set_attr(inventory, "last_seq", seq)
@@ -118,6 +129,8 @@ def _new_reservation(inventory: InventoryState, record: ReservationHeld | Reserv
         amount=record.amount,
         created_at=record.at,
         expires_at=record.expires_at if isinstance(record, ReservationHeld) else None,
+        seats=record.seats if isinstance(record, ReservationHeld) else (),
+        adjacent=record.adjacent if isinstance(record, ReservationWaitlisted) else True,
     )
     inventory.put_reservation(reservation)
     return reservation
@@ -125,8 +138,28 @@ def _new_reservation(inventory: InventoryState, record: ReservationHeld | Reserv
 
 def _reservation_held(inventory: InventoryState, record: ReservationHeld) -> Touched:
     _new_reservation(inventory, record)
+    _take_seats(inventory, record.ticket_type, record.quantity, record.seats, record.reservation_id)
     inventory.push_expiry((record.expires_at, record.reservation_id))
     return inventory.ticket_types[record.ticket_type], record.user_id
+
+
+def _take_seats(inventory: InventoryState, code: str, quantity: int, seat_ids: tuple[str, ...], reservation_id: str) -> None:
+    """A seated type's reservation takes its seats (exactly `quantity`, of its type, free)."""
+    seated = inventory.ticket_types[code].seated
+    invariant(seated == bool(seat_ids), "%s: seats %s for a type seated=%s", reservation_id, seat_ids[:3], seated)
+    if not seat_ids:
+        return
+    seats = present(inventory.seats, "%s holds seats of an event without a map", reservation_id)
+    invariant(len(seat_ids) == quantity, "%s: %s seats for %s tickets", reservation_id, len(seat_ids), quantity)
+    numbers = tuple(seats.map.number[seat_id] for seat_id in seat_ids)
+    invariant(all(seats.map.type_of[seat] == code for seat in numbers), "%s: seats of another type", reservation_id)
+    seats.take(inventory, numbers, reservation_id)
+
+
+def _release_seats(inventory: InventoryState, reservation: Reservation) -> None:
+    if reservation.seats and reservation.status in ("held", "confirmed"):
+        seats = present(inventory.seats, "%s holds seats of an event without a map", reservation.id)
+        seats.release(inventory, tuple(seats.map.number[seat_id] for seat_id in reservation.seats), reservation.id)
 
 
 def _reservation_waitlisted(inventory: InventoryState, record: ReservationWaitlisted) -> Touched:
@@ -139,7 +172,8 @@ def _reservation_waitlisted(inventory: InventoryState, record: ReservationWaitli
 def _waitlist_promoted(inventory: InventoryState, record: WaitlistPromoted) -> Touched:
     reservation = _reservation(inventory, record.reservation_id, "waitlisted")
     ticket_type = inventory.ticket_types[reservation.ticket_type]
-    inventory.replace(reservation, status="held", expires_at=record.expires_at)
+    _take_seats(inventory, reservation.ticket_type, reservation.quantity, record.seats, reservation.id)
+    inventory.replace(reservation, status="held", expires_at=record.expires_at, seats=record.seats)
     inventory.push_expiry((record.expires_at, record.reservation_id))
     _advance_waitlist_head(inventory, ticket_type)
     return ticket_type, None
@@ -147,7 +181,10 @@ def _waitlist_promoted(inventory: InventoryState, record: WaitlistPromoted) -> T
 
 def _reservation_confirmed(inventory: InventoryState, record: ReservationConfirmed) -> Touched:
     reservation = _reservation(inventory, record.reservation_id, "held")
-    tickets = tuple(Ticket(ticket_id_for(reservation.id, index), "valid") for index in range(1, reservation.quantity + 1))
+    seats = reservation.seats or (None,) * reservation.quantity
+    tickets = tuple(
+        Ticket(ticket_id_for(reservation.id, index), "valid", seat=seat) for index, seat in enumerate(seats, start=1)
+    )
     inventory.replace(reservation, status="confirmed", confirmed_at=record.at, tickets=tickets)
     purchase_finished(inventory, reservation.user_id)
     return inventory.ticket_types[reservation.ticket_type], None
@@ -162,6 +199,7 @@ def _reservation_cancelled(inventory: InventoryState, record: ReservationCancell
 
 def _hold_expired(inventory: InventoryState, record: HoldExpired) -> Touched:
     reservation = _reservation(inventory, record.reservation_id, "held")
+    _release_seats(inventory, reservation)
     inventory.replace(reservation, status="expired")
     return inventory.ticket_types[reservation.ticket_type], reservation.user_id
 
@@ -219,6 +257,7 @@ def _event_cancelled(inventory: InventoryState, record: EventCancelled) -> Touch
 def _cancel(
     inventory: InventoryState, reservation: Reservation, at: datetime, *, refunded: bool, reason: CancelReason | None = None
 ) -> None:
+    _release_seats(inventory, reservation)
     # A ticket already used stays checked in: that is history, not a seat.
     tickets = tuple(
         msgspec.structs.replace(ticket, status="cancelled") if ticket.status == "valid" else ticket
@@ -238,6 +277,58 @@ def _advance_waitlist_head(inventory: InventoryState, ticket_type: TicketTypeSta
         head += 1
     if head != ticket_type.waitlist_head:
         inventory.set_attr(ticket_type, "waitlist_head", head)
+
+
+def _seat_map_set(inventory: InventoryState, record: SeatMapSet) -> Touched:
+    invariant(inventory.status == "on_sale", "SeatMapSet on an event not on sale")
+    seat_map = SeatMap(record.layout)
+    old = inventory.seats
+    seats = old.carried_to(seat_map) if old is not None else SeatState(seat_map)
+    inventory.set_attr(inventory, "seats", seats)
+    blocked: dict[str, int] = {}
+    for seat in seats.blocked:
+        blocked[seat_map.type_of[seat]] = blocked.get(seat_map.type_of[seat], 0) + 1
+    for code, ticket_type in inventory.ticket_types.items():
+        if ticket_type.seated:
+            inventory.set_attr(ticket_type, "capacity", seat_map.seats_of_type(code))
+            inventory.set_attr(ticket_type, "blocked", blocked.get(code, 0))
+            check_after_apply(inventory, ticket_type, None)
+        else:
+            invariant(code not in seat_map.type_rows, "the map seats ticket type %s, which is not seated", code)
+    return None, None
+
+
+def _seats_changed_by_type(inventory: InventoryState, seat_ids: tuple[str, ...]) -> tuple[tuple[int, ...], dict[str, int]]:
+    seats = present(inventory.seats, "a seat record before the map")
+    numbers = tuple(seats.map.number[seat_id] for seat_id in seat_ids)
+    by_type: dict[str, int] = {}
+    for seat in numbers:
+        by_type[seats.map.type_of[seat]] = by_type.get(seats.map.type_of[seat], 0) + 1
+    return numbers, by_type
+
+
+def _seats_blocked(inventory: InventoryState, record: SeatsBlocked) -> Touched:
+    numbers, by_type = _seats_changed_by_type(inventory, record.seats)
+    seats = present(inventory.seats, "a seat record before the map")
+    invariant(not any(seat in seats.blocked for seat in numbers), "seats blocked twice")
+    seats.block(inventory, numbers, record.reason)
+    return _blocked_counts(inventory, by_type, 1)
+
+
+def _seats_unblocked(inventory: InventoryState, record: SeatsUnblocked) -> Touched:
+    numbers, by_type = _seats_changed_by_type(inventory, record.seats)
+    seats = present(inventory.seats, "a seat record before the map")
+    invariant(all(seat in seats.blocked for seat in numbers), "seats unblocked that were not blocked")
+    seats.unblock(inventory, numbers)
+    return _blocked_counts(inventory, by_type, -1)
+
+
+def _blocked_counts(inventory: InventoryState, by_type: dict[str, int], sign: int) -> Touched:
+    for code, count in by_type.items():
+        ticket_type = inventory.ticket_types[code]
+        inventory.set_attr(ticket_type, "blocked", ticket_type.blocked + sign * count)
+        check_after_apply(inventory, ticket_type, None)
+    return None, None
 
 
 def _reservation(inventory: InventoryState, reservation_id: str, *statuses: str) -> Reservation:

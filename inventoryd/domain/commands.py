@@ -13,6 +13,7 @@ from typing import Any, Literal
 import msgspec
 
 from inventoryd.domain.records import EventDefinition, Record, TicketTypeDefinition
+from inventoryd.domain.seatmap import SeatLayout
 
 
 class CreateEvent(msgspec.Struct, frozen=True, gc=False, tag="create_event"):
@@ -25,6 +26,10 @@ class Reserve(msgspec.Struct, frozen=True, gc=False, tag="reserve"):
     quantity: int
     # Join the waiting list when the seats are not there.
     waitlist: bool = False
+    # A seated type: these exact seats (all or none; `quantity` is their number), or, when empty,
+    # the best available, side by side unless `adjacent` is false.
+    seats: tuple[str, ...] = ()
+    adjacent: bool = True
 
 
 class Confirm(msgspec.Struct, frozen=True, gc=False, tag="confirm"):
@@ -57,6 +62,25 @@ class LeaveQueue(msgspec.Struct, frozen=True, gc=False, tag="leave_queue"):
 
 class CheckIn(msgspec.Struct, frozen=True, gc=False, tag="check_in"):
     ticket_id: str
+
+
+class SetSeatMap(msgspec.Struct, frozen=True, gc=False, tag="set_seat_map"):
+    layout: SeatLayout
+
+
+class BlockSeats(msgspec.Struct, frozen=True, gc=False, tag="block_seats"):
+    seats: tuple[str, ...]
+    reason: str
+
+
+class UnblockSeats(msgspec.Struct, frozen=True, gc=False, tag="unblock_seats"):
+    seats: tuple[str, ...]
+
+
+class PromoteSeated(msgspec.Struct, frozen=True, gc=False, tag="promote_seated"):
+    """Promote the heads of the seated types' waiting lists that the seats now free can serve,
+    with best available. Decided right after a decision that freed seats (`Decision.promote_seated`),
+    once its records are applied: a pick needs the seats as they are then."""
 
 
 EVENT_FIELDS_UPDATABLE = frozenset(
@@ -113,6 +137,10 @@ Command = (
     | CancelEvent
     | JoinQueue
     | LeaveQueue
+    | SetSeatMap
+    | BlockSeats
+    | UnblockSeats
+    | PromoteSeated
 )
 
 RejectionCode = Literal[
@@ -131,6 +159,8 @@ RejectionCode = Literal[
     "no_waiting_room",
     "queue_not_open",
     "queue_full",
+    "seats_unavailable",
+    "no_adjacent_seats",
 ]
 
 
@@ -154,6 +184,8 @@ class Rejected(msgspec.Struct, frozen=True, gc=False, tag="rejected"):
     checked_in_at: datetime | None = None
     # For invalid_request: the field at fault.
     field: str | None = None
+    # For seats_unavailable: the seats at fault.
+    seats: tuple[str, ...] | None = None
 
 
 Reply = Accepted | Rejected
@@ -163,3 +195,6 @@ Reply = Accepted | Rejected
 class Decision:
     records: list[Record]
     reply: Reply
+    # Seats of a seated type with buyers waiting may have freed up: once these records are
+    # applied, decide PromoteSeated (in the same batch).
+    promote_seated: bool = False

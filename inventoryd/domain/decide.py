@@ -25,11 +25,15 @@ from inventoryd.domain.commands import (
     CreateEvent,
     Decision,
     ExpireDue,
+    BlockSeats,
     JoinQueue,
     LeaveQueue,
+    PromoteSeated,
     Rejected,
     RejectionCode,
     Reserve,
+    SetSeatMap,
+    UnblockSeats,
     UpdateEvent,
 )
 from inventoryd.domain.ids import queue_id_for, reservation_id_for, reservation_id_of_ticket
@@ -49,13 +53,17 @@ from inventoryd.domain.records import (
     ReservationConfirmed,
     ReservationHeld,
     ReservationWaitlisted,
+    SeatMapSet,
+    SeatsBlocked,
+    SeatsUnblocked,
     TicketCheckedIn,
     TicketTypeAdded,
     TicketTypeChanged,
     WaitlistPromoted,
     definition_problem,
 )
-from inventoryd.domain.state import InventoryState
+from inventoryd.domain.seatmap import layout_problem, seat_types
+from inventoryd.domain.state import InventoryState, TicketTypeState
 
 
 def decide(inventory: InventoryState, command: Command, now: datetime) -> Decision:
@@ -85,11 +93,24 @@ def decide(inventory: InventoryState, command: Command, now: datetime) -> Decisi
             return _join_queue(inventory, command, now)
         case LeaveQueue():
             return _leave_queue(inventory, command, now)
+        case SetSeatMap():
+            decision = _set_seat_map(inventory, command, now)
+        case BlockSeats():
+            return _block_seats(inventory, command, now)
+        case UnblockSeats():
+            decision = _unblock_seats(inventory, command, now)
+        case PromoteSeated():
+            return Decision(_seated_promotions(inventory, now), Accepted())
         case _:
             assert_never(command)
     # Seats freed, capacity raised, or a waiting entry left: the waiting lists may move.
     decision.records.extend(_promotions(inventory, decision.records, now))
+    decision.promote_seated = bool(decision.records) and _seated_waiting(inventory)
     return decision
+
+
+def _seated_waiting(inventory: InventoryState) -> bool:
+    return inventory.seats is not None and any(t.seated and t.waiting for t in inventory.ticket_types.values())
 
 
 def _refused(
@@ -99,8 +120,9 @@ def _refused(
     available: int | None = None,
     checked_in_at: datetime | None = None,
     field: str | None = None,
+    seats: tuple[str, ...] | None = None,
 ) -> Decision:
-    return Decision([], Rejected(code, detail, available=available, checked_in_at=checked_in_at, field=field))
+    return Decision([], Rejected(code, detail, available=available, checked_in_at=checked_in_at, field=field, seats=seats))
 
 
 def _create(inventory: InventoryState, command: CreateEvent) -> Decision:
@@ -137,6 +159,10 @@ def _reserve(inventory: InventoryState, command: Reserve, now: datetime) -> Deci
     reservation_id = reservation_id_for(inventory.event_id, inventory.reservations_created + 1)
     amount = ticket_type.price * command.quantity
     available = ticket_type.available
+    if ticket_type.seated:
+        return _reserve_seated(inventory, command, ticket_type, reservation_id, now)
+    if command.seats:
+        return _refused("invalid_request", f"ticket type {ticket_type.code!r} is not seated: ask for a quantity", field="$.seats")
     if command.quantity <= available:
         expires_at = now + timedelta(seconds=definition.hold_seconds)
         held = ReservationHeld(reservation_id, command.user_id, ticket_type.code, command.quantity, amount, now, expires_at)
@@ -150,6 +176,62 @@ def _reserve(inventory: InventoryState, command: Reserve, now: datetime) -> Deci
     return _refused(
         "insufficient_tickets", f"only {available} tickets of type {ticket_type.code!r} are left", available=available
     )
+
+
+def _reserve_seated(
+    inventory: InventoryState, command: Reserve, ticket_type: TicketTypeState, reservation_id: str, now: datetime
+) -> Decision:
+    """A seated type: the exact seats asked for, all or none, or the best available."""
+    seats = inventory.seats
+    definition = inventory.require_definition()
+    code, quantity = ticket_type.code, command.quantity
+    amount = ticket_type.price * quantity
+    expires_at = now + timedelta(seconds=definition.hold_seconds)
+    if command.seats:
+        if seats is None:
+            return _refused("invalid_request", "the event has no seat map yet", field="$.seats")
+        numbers = []
+        taken = []
+        for index, seat_id in enumerate(command.seats):
+            number = seats.map.number.get(seat_id)
+            if number is None:
+                return _refused("invalid_request", f"there is no seat {seat_id!r} on the event's map", field=f"$.seats[{index}]")
+            if seats.map.type_of[number] != code:
+                kind = seats.map.type_of[number]
+                return _refused("invalid_request", f"seat {seat_id} is of ticket type {kind!r}, not {code!r}", field=f"$.seats[{index}]")
+            if number in numbers:
+                return _refused("invalid_request", f"seat {seat_id} is asked for twice", field=f"$.seats[{index}]")
+            numbers.append(number)
+            if not seats.is_free(number):
+                taken.append(seat_id)
+        invariant(len(numbers) == quantity, "an exact-seat reserve whose quantity is not its seats")
+        if taken:
+            listed = ", ".join(taken[:10]) + (" …" if len(taken) > 10 else "")
+            return _refused("seats_unavailable", f"{len(taken)} of the seats asked for are taken: {listed}", seats=tuple(taken))
+        if ticket_type.waiting:
+            return _refused(
+                "sold_out", f"{ticket_type.waiting} buyers wait for {code!r}: the seats that free up are theirs first", available=0
+            )
+        chosen = tuple(seats.map.ids[number] for number in sorted(numbers))
+        return Decision([ReservationHeld(reservation_id, command.user_id, code, quantity, amount, now, expires_at, chosen)], Accepted(reservation_id))
+    available = ticket_type.available
+    if seats is not None and quantity <= available:
+        picked = seats.pick(code, quantity, adjacent=command.adjacent)
+        if picked is None:
+            return _refused(
+                "no_adjacent_seats",
+                f"no {quantity} seats of type {code!r} are left side by side ({available} apart): ask with adjacent false to take them",
+                available=available,
+            )
+        chosen = tuple(seats.map.ids[number] for number in picked)
+        return Decision([ReservationHeld(reservation_id, command.user_id, code, quantity, amount, now, expires_at, chosen)], Accepted(reservation_id))
+    if command.waitlist and quantity <= ticket_type.capacity:
+        waiting = ReservationWaitlisted(reservation_id, command.user_id, code, quantity, amount, now, adjacent=command.adjacent)
+        return Decision([waiting], Accepted(reservation_id))
+    if available == 0:
+        line = f" ({ticket_type.waiting} waiting: the seats that free up are theirs first)" if ticket_type.waiting else ""
+        return _refused("sold_out", f"ticket type {code!r} is sold out{line}", available=0)
+    return _refused("insufficient_tickets", f"only {available} tickets of type {code!r} are left", available=available)
 
 
 def _confirm(inventory: InventoryState, command: Confirm, now: datetime) -> Decision:
@@ -171,7 +253,9 @@ def _confirm(inventory: InventoryState, command: Confirm, now: datetime) -> Deci
                 # log says what happened, and refuse the confirmation.
                 expired: list[Record] = [HoldExpired(reservation.id, at=now)]
                 expired.extend(_promotions(inventory, expired, now))
-                return Decision(expired, Rejected("hold_expired", "the hold expired before it was confirmed"))
+                return Decision(
+                    expired, Rejected("hold_expired", "the hold expired before it was confirmed"), _seated_waiting(inventory)
+                )
             return Decision([ReservationConfirmed(reservation.id, at=now)], Accepted(reservation.id))
         case _:
             assert_never(reservation.status)
@@ -358,6 +442,10 @@ def _change_ticket_type(inventory: InventoryState, command: ChangeTicketType, no
     ticket_type = inventory.ticket_types.get(command.code)
     if ticket_type is None:
         return _refused("not_found", f"the event has no ticket type {command.code!r}")
+    if ticket_type.seated and command.capacity is not None and command.capacity != ticket_type.capacity:
+        return _refused(
+            "conflict", f"ticket type {ticket_type.code!r} is seated: its capacity is its seats on the map", field="$.capacity"
+        )
     capacity = ticket_type.capacity if command.capacity is None else command.capacity
     reserved = ticket_type.held + ticket_type.sold
     if capacity < reserved:
@@ -398,6 +486,8 @@ def _promotions(inventory: InventoryState, records: list[Record], now: datetime)
     before `records` plus what they change."""
     freed: dict[str, int] = {}
     leaving: set[str] = set()
+    # A seated type's line moves by PromoteSeated, decided once these records are applied.
+    seated = {code for code, ticket_type in inventory.ticket_types.items() if ticket_type.seated}
     for record in records:
         match record:
             case ReservationCancelled() | HoldExpired():
@@ -415,6 +505,8 @@ def _promotions(inventory: InventoryState, records: list[Record], now: datetime)
     hold = timedelta(seconds=inventory.definition.hold_seconds)
     promotions: list[Record] = []
     for code, extra in freed.items():
+        if code in seated:
+            continue
         ticket_type = inventory.ticket_types[code]
         free = ticket_type.free + extra
         for reservation_id in ticket_type.waitlist[ticket_type.waitlist_head :]:
@@ -425,6 +517,123 @@ def _promotions(inventory: InventoryState, records: list[Record], now: datetime)
                 break
             free -= reservation.quantity
             promotions.append(WaitlistPromoted(reservation_id, at=now, expires_at=now + hold))
+    return promotions
+
+
+# -- reserved seating ------------------------------------------------------------------------------
+
+
+def _set_seat_map(inventory: InventoryState, command: SetSeatMap, now: datetime) -> Decision:
+    if refusal := _refusal_unless_on_sale(inventory):
+        return refusal
+    types = inventory.ticket_types
+    seated = {code for code, ticket_type in types.items() if ticket_type.seated}
+    if problem := layout_problem(command.layout, seated, set(types)):
+        field, detail = problem
+        return _refused("invalid_request", detail, field=field)
+    seats = inventory.seats
+    if seats is not None and seats.map.layout == command.layout:
+        return Decision([], Accepted(unchanged=True))
+    kinds = seat_types(command.layout)
+    if seats is not None:
+        # A seat held or sold stays where it is: on the new map, of its type.
+        in_use = [
+            seats.map.ids[seat]
+            for seat, holder in enumerate(seats.holder)
+            if holder is not None and kinds.get(seats.map.ids[seat]) != seats.map.type_of[seat]
+        ]
+        if in_use:
+            listed = ", ".join(in_use[:10]) + (" …" if len(in_use) > 10 else "")
+            return _refused(
+                "seats_unavailable",
+                f"{len(in_use)} seats held or sold would leave the map or change type: {listed}",
+                seats=tuple(in_use[: limits.SEATS_PER_REQUEST_MAX]),
+            )
+    records: list[Record] = [SeatMapSet(command.layout, now)]
+    capacity: dict[str, int] = {}
+    for kind in kinds.values():
+        capacity[kind] = capacity.get(kind, 0) + 1
+    for code in sorted(seated):
+        # As when a capacity is lowered: a waiting entry the new map can never seat leaves the line.
+        records.extend(
+            ReservationCancelled(reservation_id, at=now, refunded=False, reason="capacity_lowered")
+            for reservation_id in inventory.waiting_list(code)
+            if inventory.reservations[reservation_id].quantity > capacity.get(code, 0)
+        )
+    return Decision(records, Accepted())
+
+
+def _seat_numbers(inventory: InventoryState, seat_ids: tuple[str, ...]) -> tuple[int, ...] | Decision:
+    """The seats named, or the refusal naming the first unknown or repeated one."""
+    seats = inventory.seats
+    if seats is None:
+        return _refused("invalid_request", "the event has no seat map yet", field="$.seats")
+    numbers: list[int] = []
+    for index, seat_id in enumerate(seat_ids):
+        number = seats.map.number.get(seat_id)
+        if number is None:
+            return _refused("invalid_request", f"there is no seat {seat_id!r} on the event's map", field=f"$.seats[{index}]")
+        if number in numbers:
+            return _refused("invalid_request", f"seat {seat_id} is named twice", field=f"$.seats[{index}]")
+        numbers.append(number)
+    return tuple(numbers)
+
+
+def _block_seats(inventory: InventoryState, command: BlockSeats, now: datetime) -> Decision:
+    if refusal := _refusal_unless_on_sale(inventory):
+        return refusal
+    numbers = _seat_numbers(inventory, command.seats)
+    if isinstance(numbers, Decision):
+        return numbers
+    seats = present(inventory.seats, "seat numbers without a seat map")
+    held = [seats.map.ids[seat] for seat in numbers if seats.holder[seat] is not None]
+    if held:
+        listed = ", ".join(held[:10]) + (" …" if len(held) > 10 else "")
+        return _refused("seats_unavailable", f"{len(held)} of the seats are held or sold: {listed}", seats=tuple(held))
+    new = tuple(seats.map.ids[seat] for seat in numbers if seat not in seats.blocked)
+    if not new:
+        return Decision([], Accepted(unchanged=True))
+    return Decision([SeatsBlocked(new, command.reason, now)], Accepted())
+
+
+def _unblock_seats(inventory: InventoryState, command: UnblockSeats, now: datetime) -> Decision:
+    if refusal := _refusal_unless_on_sale(inventory):
+        return refusal
+    numbers = _seat_numbers(inventory, command.seats)
+    if isinstance(numbers, Decision):
+        return numbers
+    seats = present(inventory.seats, "seat numbers without a seat map")
+    freed = tuple(seats.map.ids[seat] for seat in numbers if seat in seats.blocked)
+    if not freed:
+        return Decision([], Accepted(unchanged=True))
+    return Decision([SeatsUnblocked(freed, now)], Accepted())
+
+
+def _seated_promotions(inventory: InventoryState, now: datetime) -> list[Record]:
+    """Each seated type's line, first in first out: the head is promoted with best available when
+    its quantity is free and a pick finds seats for it (side by side, unless it allowed apart);
+    else it keeps its place and nobody behind it goes first."""
+    seats, definition = inventory.seats, inventory.definition
+    if seats is None or definition is None or inventory.status != "on_sale":
+        return []
+    hold = timedelta(seconds=definition.hold_seconds)
+    promotions: list[Record] = []
+    chosen: set[int] = set()
+    for code, ticket_type in inventory.ticket_types.items():
+        if not ticket_type.seated or not ticket_type.waiting:
+            continue
+        free = ticket_type.free
+        for reservation_id in inventory.waiting_list(code):
+            reservation = inventory.reservations[reservation_id]
+            if reservation.quantity > free:
+                break
+            picked = seats.pick(code, reservation.quantity, adjacent=reservation.adjacent, exclude=chosen)
+            if picked is None:
+                break
+            chosen.update(picked)
+            free -= reservation.quantity
+            seat_ids = tuple(seats.map.ids[seat] for seat in picked)
+            promotions.append(WaitlistPromoted(reservation_id, at=now, expires_at=now + hold, seats=seat_ids))
     return promotions
 
 

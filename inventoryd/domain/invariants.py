@@ -4,7 +4,8 @@ condition per check, so that its message says which one broke."""
 
 from __future__ import annotations
 
-from inventoryd.domain.checks import InvariantViolation, invariant
+from inventoryd.domain.checks import InvariantViolation, invariant, present
+from inventoryd.domain.seats import SeatState
 from inventoryd.domain.state import (
     COUNTED_STATUSES,
     COUNTERS,
@@ -30,8 +31,21 @@ def check_after_apply(inventory: InventoryState, ticket_type: TicketTypeState | 
             and (checked_in <= sold or inventory.status == "cancelled")
             and ticket_type.waiting >= 0
             and ticket_type.revenue >= 0
+            and ticket_type.blocked >= 0
+            and held + sold + ticket_type.blocked <= ticket_type.capacity
         ):
             _check_ticket_type(inventory, ticket_type)
+        if ticket_type.seated:
+            seats = inventory.seats
+            taken = seats.taken.get(ticket_type.code, 0) if seats is not None else 0
+            invariant(
+                taken == held + sold,
+                "event %s type %s: %s seats taken, %s held + sold",
+                inventory.event_id,
+                ticket_type.code,
+                taken,
+                held + sold,
+            )
     definition = inventory.definition
     if user_id is not None and definition is not None and definition.per_user_limit is not None:
         seats = inventory.seats_by_user.get(user_id, 0)
@@ -64,6 +78,15 @@ def _check_ticket_type(inventory: InventoryState, ticket_type: TicketTypeState) 
     )
     invariant(ticket_type.waiting >= 0, "event %s type %s: waiting < 0", event_id, code)
     invariant(ticket_type.revenue >= 0, "event %s type %s: revenue < 0", event_id, code)
+    invariant(ticket_type.blocked >= 0, "event %s type %s: blocked < 0", event_id, code)
+    invariant(
+        ticket_type.held + ticket_type.sold + ticket_type.blocked <= ticket_type.capacity,
+        "event %s type %s: held + sold + blocked %s exceeds capacity %s",
+        event_id,
+        code,
+        ticket_type.held + ticket_type.sold + ticket_type.blocked,
+        ticket_type.capacity,
+    )
     # The fast path in check_after_apply failed, so one of the above must have: the two lists agree.
     raise InvariantViolation(f"event {event_id} type {code}: the combined check and the split checks disagree")
 
@@ -118,6 +141,53 @@ def check_all(inventory: InventoryState, *, counters: bool = True) -> None:
         len(inventory.reservations),
     )
     check_queue(inventory)
+    check_seats(inventory)
+
+
+def check_seats(inventory: InventoryState) -> None:
+    """No seat in two live reservations; every held or sold seat held by its reservation and every
+    live seated reservation on its seats; counts equal the seats; the index equals its recount."""
+    event_id, seats = inventory.event_id, inventory.seats
+    if seats is None:
+        for ticket_type in inventory.ticket_types.values():
+            invariant(not ticket_type.seated or ticket_type.capacity == 0, "%s/%s: seated capacity without a map", event_id, ticket_type.code)
+        invariant(not any(r.seats for r in inventory.reservations.values()), "%s: seats without a map", event_id)
+        return
+    seat_map = seats.map
+    holders: dict[int, str] = {}
+    for reservation in inventory.reservations.values():
+        if not reservation.seats or reservation.status not in ("held", "confirmed"):
+            continue
+        invariant(len(reservation.seats) == reservation.quantity, "%s: %s seats for %s tickets", reservation.id, len(reservation.seats), reservation.quantity)
+        for seat_id in reservation.seats:
+            seat = present(seat_map.number.get(seat_id), "%s holds %s, which is not on the map", reservation.id, seat_id)
+            invariant(seat not in holders, "seat %s is in two live reservations: %s and %s", seat_id, holders.get(seat), reservation.id)
+            holders[seat] = reservation.id
+            invariant(seat_map.type_of[seat] == reservation.ticket_type, "%s holds %s of another type", reservation.id, seat_id)
+        if reservation.status == "confirmed":
+            invariant(tuple(t.seat for t in reservation.tickets) == reservation.seats, "%s: tickets' seats differ", reservation.id)
+    actual = {seat: holder for seat, holder in enumerate(seats.holder) if holder is not None}
+    invariant(actual == holders, "%s: %s seats held on the map, %s by live reservations", event_id, len(actual), len(holders))
+    invariant(not set(seats.blocked) & set(actual), "%s: a blocked seat is held", event_id)
+    taken: dict[str, int] = dict.fromkeys(seat_map.type_rows, 0)
+    blocked: dict[str, int] = {}
+    for seat in actual:
+        taken[seat_map.type_of[seat]] += 1
+    for seat in seats.blocked:
+        blocked[seat_map.type_of[seat]] = blocked.get(seat_map.type_of[seat], 0) + 1
+    invariant(taken == seats.taken, "%s: seats taken per type %s, the count says %s", event_id, taken, seats.taken)
+    for code, ticket_type in inventory.ticket_types.items():
+        if not ticket_type.seated:
+            invariant(code not in seat_map.type_rows, "%s: seats of %s, which is not seated", event_id, code)
+            continue
+        invariant(ticket_type.capacity == seat_map.seats_of_type(code), "%s/%s: capacity is not the seat count", event_id, code)
+        invariant(ticket_type.blocked == blocked.get(code, 0), "%s/%s: blocked count", event_id, code)
+        invariant(ticket_type.held + ticket_type.sold == taken.get(code, 0), "%s/%s: held + sold is not the seats taken", event_id, code)
+    fresh = SeatState(seat_map)
+    fresh.holder = list(seats.holder)
+    fresh.blocked = dict(seats.blocked)
+    fresh.reindex(range(len(seat_map.row_keys)))
+    invariant(fresh.trees == seats.trees, "%s: the free-run index differs from its recount", event_id)
 
 
 def check_queue(inventory: InventoryState) -> None:

@@ -14,6 +14,7 @@ from typing import Literal, get_args
 import msgspec
 
 from inventoryd import limits
+from inventoryd.domain.seatmap import SeatLayout
 
 
 class TicketTypeDefinition(msgspec.Struct, frozen=True, gc=False):
@@ -21,6 +22,8 @@ class TicketTypeDefinition(msgspec.Struct, frozen=True, gc=False):
     name: str
     price: int
     capacity: int
+    # Sold by the seat: its capacity is its seats on the event's map (0 until one is put).
+    seated: bool = False
 
 
 class QueueConfig(msgspec.Struct, frozen=True, gc=False):
@@ -71,6 +74,8 @@ class ReservationHeld(msgspec.Struct, frozen=True, gc=False, tag="reservation_he
     amount: int
     at: datetime
     expires_at: datetime
+    # A seated type's seats, by id (as many as `quantity`).
+    seats: tuple[str, ...] = ()
 
 
 class ReservationConfirmed(msgspec.Struct, frozen=True, gc=False, tag="reservation_confirmed"):
@@ -98,6 +103,8 @@ class ReservationWaitlisted(msgspec.Struct, frozen=True, gc=False, tag="reservat
     quantity: int
     amount: int
     at: datetime
+    # A seated type: whether the seats it gets must be side by side.
+    adjacent: bool = True
 
 
 class WaitlistPromoted(msgspec.Struct, frozen=True, gc=False, tag="waitlist_promoted"):
@@ -106,6 +113,8 @@ class WaitlistPromoted(msgspec.Struct, frozen=True, gc=False, tag="waitlist_prom
     reservation_id: str
     at: datetime
     expires_at: datetime
+    # A seated type's seats, picked as best available when it was promoted.
+    seats: tuple[str, ...] = ()
 
 
 class TicketCheckedIn(msgspec.Struct, frozen=True, gc=False, tag="ticket_checked_in"):
@@ -174,6 +183,24 @@ class QueueLeft(msgspec.Struct, frozen=True, gc=False, tag="queue_left"):
     at: datetime
 
 
+class SeatMapSet(msgspec.Struct, frozen=True, gc=False, tag="seat_map_set"):
+    """The event's seat map, as the organizer put it (the seated types' capacities follow it)."""
+
+    layout: SeatLayout
+    at: datetime
+
+
+class SeatsBlocked(msgspec.Struct, frozen=True, gc=False, tag="seats_blocked"):
+    seats: tuple[str, ...]
+    reason: str
+    at: datetime
+
+
+class SeatsUnblocked(msgspec.Struct, frozen=True, gc=False, tag="seats_unblocked"):
+    seats: tuple[str, ...]
+    at: datetime
+
+
 Record = (
     EventCreated
     | ReservationHeld
@@ -192,6 +219,9 @@ Record = (
     | QueueAdmitted
     | QueueExpired
     | QueueLeft
+    | SeatMapSet
+    | SeatsBlocked
+    | SeatsUnblocked
 )
 # Records that change the event's row in the catalogue (its prices among them).
 CATALOGUE_RECORDS = (EventCreated, EventUpdated, TicketTypeAdded, TicketTypeChanged, EventCancelled)

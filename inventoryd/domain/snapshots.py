@@ -16,6 +16,8 @@ from inventoryd.domain.checks import invariant, present
 from inventoryd.domain.invariants import check_all, tally
 from inventoryd.domain.queue import QueueEntry, QueueState
 from inventoryd.domain.records import EventDefinition, Record
+from inventoryd.domain.seatmap import SeatLayout, SeatMap
+from inventoryd.domain.seats import SeatState
 from inventoryd.domain.state import InventoryState, Reservation, TicketTypeState
 
 
@@ -26,6 +28,7 @@ class TicketTypeSnapshot(msgspec.Struct, frozen=True, gc=False, array_like=True)
     capacity: int
     # Ids still waiting, first in line first.
     waiting: tuple[str, ...]
+    seated: bool = False
 
 
 class QueueSnapshot(msgspec.Struct, frozen=True, gc=False, array_like=True):
@@ -45,6 +48,14 @@ class QueueSnapshot(msgspec.Struct, frozen=True, gc=False, array_like=True):
     wave_at: datetime | None
 
 
+class SeatsSnapshot(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """The seat map as put and the blocked seats (with why); who holds which seat is derived again
+    from the live reservations, the counts and the index from those."""
+
+    layout: SeatLayout
+    blocked: tuple[tuple[str, str], ...]
+
+
 class InventorySnapshot(msgspec.Struct, frozen=True, gc=False, array_like=True):
     definition: EventDefinition
     status: str
@@ -54,6 +65,8 @@ class InventorySnapshot(msgspec.Struct, frozen=True, gc=False, array_like=True):
     last_seq: int
     # Added with the waiting room: a snapshot written before it has none (and no waiting room).
     queue: QueueSnapshot | None = None
+    # Added with reserved seating.
+    seats: SeatsSnapshot | None = None
 
 
 SNAPSHOT_ENCODER = msgspec.msgpack.Encoder()
@@ -68,15 +81,38 @@ def snapshot(inventory: InventoryState) -> bytes:
             definition=present(inventory.definition, "snapshot of %s before its creation", inventory.event_id),
             status=inventory.status,
             ticket_types=tuple(
-                TicketTypeSnapshot(t.code, t.name, t.price, t.capacity, tuple(inventory.waiting_list(t.code)))
+                TicketTypeSnapshot(t.code, t.name, t.price, t.capacity, tuple(inventory.waiting_list(t.code)), t.seated)
                 for t in inventory.ticket_types.values()
             ),
             reservations=tuple(inventory.reservations.values()),
             reservations_created=inventory.reservations_created,
             last_seq=inventory.last_seq,
             queue=_queue_snapshot(inventory.queue) if inventory.queue.joined else None,
+            seats=_seats_snapshot(inventory.seats) if inventory.seats is not None else None,
         )
     )
+
+
+def _seats_snapshot(seats: SeatState) -> SeatsSnapshot:
+    ids = seats.map.ids
+    return SeatsSnapshot(seats.map.layout, tuple((ids[seat], reason) for seat, reason in seats.blocked.items()))
+
+
+def _restore_seats(inventory: InventoryState, saved: SeatsSnapshot) -> None:
+    seats = SeatState(SeatMap(saved.layout))
+    number, type_of = seats.map.number, seats.map.type_of
+    for reservation in inventory.reservations.values():
+        if reservation.seats and reservation.status in ("held", "confirmed"):
+            for seat_id in reservation.seats:
+                seat = number[seat_id]
+                invariant(seats.holder[seat] is None, "restored seat %s is in two reservations", seat_id)
+                seats.holder[seat] = reservation.id
+                seats.taken[type_of[seat]] += 1
+    for seat_id, reason in saved.blocked:
+        seats.blocked[number[seat_id]] = reason
+        inventory.ticket_types[type_of[number[seat_id]]].blocked += 1
+    seats.reindex(range(len(seats.map.row_keys)))
+    inventory.seats = seats
 
 
 def _queue_snapshot(queue: QueueState) -> QueueSnapshot:
@@ -135,6 +171,7 @@ def restore(kind: type[State], event_id: str, state: bytes) -> State:
             saved_type.price,
             saved_type.capacity,
             waitlist=list(saved_type.waiting),
+            seated=saved_type.seated,
         )
     reservations = inventory.reservations
     heap = inventory.expiry_heap
@@ -148,6 +185,8 @@ def restore(kind: type[State], event_id: str, state: bytes) -> State:
         (ticket_type.held, ticket_type.sold, ticket_type.revenue, ticket_type.waiting, ticket_type.cancelled,
          ticket_type.checked_in) = counts[code]
     inventory.seats_by_user.update(seats)
+    if saved.seats is not None:
+        _restore_seats(inventory, saved.seats)
     # The counters were just derived from the reservations, so recounting them would prove
     # nothing; what derivation cannot guarantee is checked.
     check_all(inventory, counters=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal, get_args
@@ -17,6 +18,7 @@ import msgspec
 
 from inventoryd.domain.checks import InvariantViolation, invariant
 from inventoryd.domain.queue import QueueState
+from inventoryd.domain.seats import SeatState
 from inventoryd.domain.records import EventDefinition, TicketTypeDefinition
 
 ReservationStatus = Literal["held", "confirmed", "cancelled", "expired", "waitlisted"]
@@ -36,6 +38,8 @@ class Ticket(msgspec.Struct, frozen=True, gc=False):
     id: str
     status: TicketStatus
     checked_in_at: datetime | None = None
+    # Its seat, for a seated ticket type.
+    seat: str | None = None
 
 
 class Reservation(msgspec.Struct, frozen=True, gc=False):
@@ -58,6 +62,10 @@ class Reservation(msgspec.Struct, frozen=True, gc=False):
     # waited for, so it could never be served (the line does not wait behind it).
     cancel_reason: CancelReason | None = None
     tickets: tuple[Ticket, ...] = ()
+    # For a seated ticket type: its seats (ticket i has seat i), and whether they must be side by
+    # side when the service picks them (best available, also when promoted from the waiting list).
+    seats: tuple[str, ...] = ()
+    adjacent: bool = True
     # Set while waitlisted, by the reader (it changes as the list moves); never stored.
     position: int | None = None
 
@@ -114,17 +122,20 @@ class TicketTypeState:
     waitlist: list[str] = field(default_factory=list)
     waitlist_head: int = 0
     waiting: int = 0
+    # A seated type's capacity is its seat count on the map; blocked seats are never sold.
+    seated: bool = False
+    blocked: int = 0
 
     @property
     def free(self) -> int:
-        """Seats neither held nor sold."""
-        return self.capacity - self.held - self.sold
+        """Seats neither held, sold nor blocked."""
+        return self.capacity - self.held - self.sold - self.blocked
 
     @property
     def available(self) -> int:
         """What a newcomer can hold now: the free seats, unless buyers wait for them. While anyone
         waits, freed seats go to the line (first in, first out), never to a newcomer."""
-        return 0 if self.waiting else self.capacity - self.held - self.sold
+        return 0 if self.waiting else self.capacity - self.held - self.sold - self.blocked
 
     def counts(self) -> Counts:
         return (self.held, self.sold, self.revenue, self.waiting, self.cancelled, self.checked_in)
@@ -142,6 +153,8 @@ class TicketTypeSummary(msgspec.Struct, frozen=True, gc=False):
     checked_in: int
     cancelled: int
     revenue: int
+    seated: bool = False
+    blocked: int = 0
 
 
 class EventSummary(msgspec.Struct, frozen=True, gc=False):
@@ -181,6 +194,8 @@ class _Undo:
                     del sequence[length:]
                 case ("delete", sequence, index):
                     del sequence[index]
+                case ("call", undo):
+                    undo()
                 case _:
                     raise InvariantViolation(f"unknown undo entry {entry!r}")
         self.entries.clear()
@@ -201,6 +216,8 @@ class InventoryState:
     last_seq: int = 0
     # The waiting room (empty unless the event has one).
     queue: QueueState = field(default_factory=QueueState)
+    # The seats, once a seat map is put (reserved seating).
+    seats: SeatState | None = None
     _undo: _Undo | None = None
 
     # -- batches ---------------------------------------------------------------------------------
@@ -235,6 +252,22 @@ class InventoryState:
         if self._undo is not None:
             self._undo.entries.append(("item", mapping, key, mapping.get(key, _MISSING)))
         mapping[key] = value
+
+    def set_index(self, sequence: list[Any], index: int, value: Any) -> None:
+        if self._undo is not None:
+            self._undo.entries.append(("item", sequence, index, sequence[index]))
+        sequence[index] = value
+
+    def pop_item(self, mapping: dict[Any, Any], key: Any) -> None:
+        """Remove `key` from `mapping` (it must be there)."""
+        old = mapping.pop(key)
+        if self._undo is not None:
+            self._undo.entries.append(("item", mapping, key, old))
+
+    def on_rollback(self, undo: Callable[[], None]) -> None:
+        """Call `undo` if the batch is rolled back, after undoing what is written after this."""
+        if self._undo is not None:
+            self._undo.entries.append(("call", undo))
 
     def append(self, sequence: list[str], item: str) -> None:
         if self._undo is not None:
@@ -303,7 +336,7 @@ class InventoryState:
         self.set_item(
             self.ticket_types,
             definition.code,
-            TicketTypeState(definition.code, definition.name, definition.price, definition.capacity),
+            TicketTypeState(definition.code, definition.name, definition.price, definition.capacity, seated=definition.seated),
         )
 
     # -- queries ---------------------------------------------------------------------------------
@@ -345,6 +378,8 @@ class InventoryState:
                     checked_in=state.checked_in,
                     cancelled=state.cancelled,
                     revenue=state.revenue,
+                    seated=state.seated,
+                    blocked=state.blocked,
                 )
                 for state in self.ticket_types.values()
             ),
