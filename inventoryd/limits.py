@@ -43,6 +43,9 @@ SEAT_PICK_ROWS_MAX: Final = 64
 # A live availability stream carries the seats changed by the last SEAT_CHANGES_KEPT_MAX commits;
 # a listener further behind gets every seat's status again.
 SEAT_CHANGES_KEPT_MAX: Final = 64
+# Waiting buyers of seated types promoted per decision (each a best-available pick); when a
+# decision promotes that many, the actor decides again at once for the rest.
+SEAT_PROMOTIONS_PER_DECISION_MAX: Final = 8
 # Ticket types per event, and capacity per ticket type.
 TICKET_TYPES_PER_EVENT_MAX: Final = 100
 TICKET_TYPE_CAPACITY_MAX: Final = 10_000_000

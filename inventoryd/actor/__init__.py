@@ -4,8 +4,8 @@ one batch of its work (`batch.py`), and what callers give it and get back (`outc
 Callers use `await actor.reserve(...)` and its siblings; the mailbox's message format never leaks
 out of this package."""
 
-from inventoryd.actor.actor import Clock, EventActor, system_clock
+from inventoryd.actor.actor import Clock, CommittedSeats, EventActor, system_clock
 from inventoryd.actor.outcomes import ActorRestartRequired, IdempotencyClaim, Outcome
 from inventoryd.errors import Unavailable
 
-__all__ = ["ActorRestartRequired", "Clock", "EventActor", "IdempotencyClaim", "Outcome", "Unavailable", "system_clock"]
+__all__ = ["ActorRestartRequired", "Clock", "CommittedSeats", "EventActor", "IdempotencyClaim", "Outcome", "Unavailable", "system_clock"]

@@ -15,6 +15,7 @@ from the values the batch replaced, and availability comes from a view published
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import secrets
 from collections.abc import Callable, Sequence
@@ -51,6 +52,49 @@ invariant(persistence_limits.DB_TIMEOUT_S < limits.REQUEST_TIMEOUT_S, "a decided
 
 Clock = Callable[[], datetime]
 _NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+class CommittedSeats:
+    """The seats as last committed: each seat's status, and each row's as letters (f free, h held,
+    s sold, b blocked), made once per view."""
+
+    __slots__ = ("_overlay", "_reservation", "_rows", "seats", "view")
+
+    def __init__(
+        self,
+        view: EventSummary | None,
+        seats: domain.SeatState,
+        overlay: dict[str, tuple[str | None, bool]],
+        reservation: Callable[[str], Reservation | None],
+    ) -> None:
+        self.view = view
+        self.seats = seats
+        self._overlay = overlay
+        self._reservation = reservation
+        self._rows: list[str] | None = None
+
+    def status(self, seat: int) -> domain.SeatStatus:
+        seats = self.seats
+        was = self._overlay.get(seats.map.ids[seat]) if self._overlay else None
+        holder, blocked = was if was is not None else (seats.holder[seat], seat in seats.blocked)
+        if blocked:
+            return "blocked"
+        if holder is None:
+            return "free"
+        reservation = self._reservation(holder)
+        if reservation is None:  # made by the batch in flight
+            return "free"
+        return "sold" if reservation.status == "confirmed" else "held"
+
+    def rows(self) -> list[str]:
+        """Each row's statuses, one letter a seat, in the row's order."""
+        if self._rows is None:
+            letters = domain.seats.STATUS_LETTERS
+            seat_map = self.seats.map
+            self._rows = [
+                "".join(letters[self.status(seat)] for seat in seat_map.row_seats(row)) for row in range(len(seat_map.row_keys))
+            ]
+        return self._rows
 
 
 def system_clock() -> datetime:
@@ -102,6 +146,12 @@ class EventActor:
     _next_change: asyncio.Future[None] | None = None
     # True once this actor will never run again here (see `retire`).
     _retired: bool = False
+    # The seats as a reader sees them, for the view they were made for (see `seat_view`).
+    _seat_view: CommittedSeats | None = None
+    # (last seq, the seats changed, None: all) of the latest commits that changed seats.
+    _seat_changes: collections.deque[tuple[int, frozenset[str] | None]] = field(
+        default_factory=lambda: collections.deque(maxlen=limits.SEAT_CHANGES_KEPT_MAX)
+    )
 
     def __post_init__(self, write_snapshot: SnapshotStore | None, snapshot_seq: int, tasks: TaskSupervisor | None) -> None:
         self.snapshots = Snapshots(self.event_id, write_snapshot, tasks or TaskSupervisor("actor"), snapshot_seq)
@@ -119,10 +169,12 @@ class EventActor:
         quantity: int,
         *,
         waitlist: bool = False,
+        seats: tuple[str, ...] = (),
+        adjacent: bool = True,
         claim: IdempotencyClaim | None = None,
         request_id: str | None = None,
     ) -> Outcome:
-        return await self._ask(domain.Reserve(user_id, ticket_type, quantity, waitlist), claim, request_id)
+        return await self._ask(domain.Reserve(user_id, ticket_type, quantity, waitlist, seats, adjacent), claim, request_id)
 
     async def confirm(
         self, reservation_id: str, *, claim: IdempotencyClaim | None = None, request_id: str | None = None
@@ -170,6 +222,57 @@ class EventActor:
 
     async def cancel_event(self, *, claim: IdempotencyClaim | None = None, request_id: str | None = None) -> Outcome:
         return await self._ask(domain.CancelEvent(), claim, request_id)
+
+    async def set_seat_map(
+        self, layout: domain.SeatLayout, *, claim: IdempotencyClaim | None = None, request_id: str | None = None
+    ) -> Outcome:
+        return await self._ask(domain.SetSeatMap(layout), claim, request_id)
+
+    async def block_seats(
+        self, seats: tuple[str, ...], reason: str, *, claim: IdempotencyClaim | None = None, request_id: str | None = None
+    ) -> Outcome:
+        return await self._ask(domain.BlockSeats(seats, reason), claim, request_id)
+
+    async def unblock_seats(
+        self, seats: tuple[str, ...], *, claim: IdempotencyClaim | None = None, request_id: str | None = None
+    ) -> Outcome:
+        return await self._ask(domain.UnblockSeats(seats), claim, request_id)
+
+    def seat_view(self) -> CommittedSeats | None:
+        """The seats as last committed (None: no map is), with each row's statuses, made once per
+        commit that a reader asks after."""
+        view = self._view
+        cached = self._seat_view
+        if cached is not None and cached.view is view:
+            return cached
+        batch = self._in_flight
+        seats = self.inventory.seats
+        overlay: dict[str, tuple[str | None, bool]] = {}
+        if batch is not None:
+            if batch.seat_map_before is not False:
+                seats = batch.seat_map_before if isinstance(batch.seat_map_before, domain.SeatState) else None
+            else:
+                overlay = batch.seats_before
+        if seats is None:
+            return None
+        committed = CommittedSeats(view, seats, overlay, self._committed)
+        if batch is None:  # a view while a batch is in flight is made for that read alone
+            self._seat_view = committed
+        return committed
+
+    def seat_changes_since(self, seq: int) -> set[str] | None:
+        """The seats changed by commits after `seq`, or None when that is not known any more (more
+        than SEAT_CHANGES_KEPT_MAX commits ago, or a new map since): every seat may have."""
+        changed: set[str] = set()
+        oldest = self._seat_changes[0][0] if self._seat_changes else self.inventory.last_seq
+        if seq < oldest - 1 and len(self._seat_changes) == self._seat_changes.maxlen:
+            return None
+        for last_seq, seats in self._seat_changes:
+            if last_seq > seq:
+                if seats is None:
+                    return None
+                changed.update(seats)
+        return changed
 
     async def join_queue(self, user_id: str, *, request_id: str | None = None) -> Outcome:
         # A fresh seed: it draws the shuffle if this join is the first thing after the sale starts.
@@ -268,6 +371,8 @@ class EventActor:
         self._running = True
         self._accepting = True
         self._schedule_expiry()
+        if self.inventory.seats is not None and any(t.seated and t.waiting for t in self.inventory.ticket_types.values()):
+            self._timer.fire()  # a seated line left with seats free (its promotions were capped)
 
     def stop_accepting(self) -> None:
         """Begin a drain: refuse new requests; what is queued or in flight is still answered."""
@@ -348,6 +453,9 @@ class EventActor:
                 f"{self.event_id}: the batch's records end at {batch.last_seq}, the state at {self.inventory.last_seq}"
             )
         before = self._view
+        if batch.seats_before or batch.seat_map_before is not False:
+            changed = None if batch.seat_map_before is not False else frozenset(batch.seats_before)
+            self._seat_changes.append((batch.last_seq, changed))
         self._publish()
         if batch.catalogue and self.on_catalogue is not None:
             self.on_catalogue(batch.catalogue)
@@ -359,6 +467,8 @@ class EventActor:
             if self.on_admitted is not None and "queue_admitted" in batch.kinds:
                 self.on_admitted(_waits(self.inventory, batch))
         self._schedule_expiry(batch)
+        if batch.promote_more:  # more of a seated line may fit: look again at once
+            self._timer.fire()
         self.snapshots.write_if_due(self.inventory)
         return batch
 

@@ -5,22 +5,25 @@ what it changed (what reads show while its append is in flight)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from datetime import datetime
 
 import msgspec
 
-from inventoryd import domain
+from inventoryd import domain, limits
 from inventoryd.actor.mailbox import Message
 from inventoryd.actor.outcomes import IdempotencyClaim, Outcome
 from inventoryd.domain import EventSummary, Inventory, QueueEntry, Rejected, Reservation
 from inventoryd.domain.apply import apply
 from inventoryd.domain.decide import decide
+from inventoryd.domain.seats import SeatState
 from inventoryd.errors import Unavailable
 from persistence.journal import Append, CatalogueRow, IdempotencyRow
 
 _ENCODER = msgspec.json.Encoder()
 # The records that change waiting-room entries (a shuffle changes only the line).
 _QUEUE_RECORDS = (domain.QueueJoined, domain.QueueAdmitted, domain.QueueExpired, domain.QueueLeft)
+_PROMOTE_SEATED = domain.PromoteSeated()
 _CATALOGUE_FIELDS = tuple(column.name for column in dataclasses.fields(CatalogueRow))
 
 
@@ -52,7 +55,10 @@ class Batch:
         "first_seq",
         "kinds",
         "messages",
+        "promote_more",
         "replies",
+        "seat_map_before",
+        "seats_before",
         "waitlist_heads",
     )
 
@@ -70,6 +76,12 @@ class Batch:
         self.waitlist_heads: dict[str, int] = {}
         # The waiting-room entries it changed, as last committed (None: joined in this batch).
         self.before_queue: dict[str, QueueEntry | None] = {}
+        # The seats it changed, as last committed (holder, blocked), by id; and, once it puts a new
+        # seat map, the seats as last committed (reads show those, whole, until it commits).
+        self.seats_before: dict[str, tuple[str | None, bool]] = {}
+        self.seat_map_before: SeatState | bool | None = False
+        # True when a decision promoted SEAT_PROMOTIONS_PER_DECISION_MAX waiting buyers: more may fit.
+        self.promote_more = False
         # True once the batch decided the actor's own expiry message.
         self.expiry_decided = False
         # Set if deciding a message that joined the batch failed (a bug): the batch is withdrawn.
@@ -104,6 +116,12 @@ class Batch:
             decision = decide(inventory, command, now)
             for record in decision.records:
                 self._apply(inventory, record)
+            if decision.promote_seated:
+                # Seats freed for a seated type's line: picked now that the frees are applied.
+                promotions = decide(inventory, _PROMOTE_SEATED, now).records
+                for record in promotions:
+                    self._apply(inventory, record)
+                self.promote_more = self.promote_more or len(promotions) >= limits.SEAT_PROMOTIONS_PER_DECISION_MAX
             outcome = _outcome(inventory, command, decision, message.claim)
             if outcome.stored_answer is not None and message.claim is not None:
                 claim = message.claim
@@ -121,6 +139,8 @@ class Batch:
                 self.waitlist_heads.setdefault(code, ticket_type.waitlist_head)
         if isinstance(record, _QUEUE_RECORDS):
             self._keep_queue_entries(inventory, record)
+        if inventory.seats is not None or isinstance(record, domain.SeatMapSet):
+            self._keep_seats(inventory, record)
         apply(inventory, inventory.last_seq + 1, record)
         self.kinds.append(domain.record_kind(record))
         self.bodies.append(_ENCODER.encode(record))
@@ -133,6 +153,31 @@ class Batch:
         for entry_id in ids:
             if entry_id not in self.before_queue:
                 self.before_queue[entry_id] = entries.get(entry_id)
+
+    def _keep_seats(self, inventory: Inventory, record: domain.Record) -> None:
+        if self.seat_map_before is not False:  # reads show the committed map, whole
+            return
+        seats = inventory.seats
+        match record:
+            case domain.ReservationHeld() | domain.WaitlistPromoted() | domain.SeatsBlocked() | domain.SeatsUnblocked():
+                touched: Iterable[str] = record.seats
+            case domain.HoldExpired() | domain.ReservationCancelled():
+                reservation = inventory.reservations.get(record.reservation_id)
+                touched = reservation.seats if reservation is not None else ()
+            case domain.SeatMapSet():
+                self.seat_map_before = seats
+                return
+            case domain.EventCancelled() if seats is not None:
+                touched = [seats.map.ids[seat] for seat, holder in enumerate(seats.holder) if holder is not None]
+            case _:
+                return
+        if seats is None:
+            return
+        before, number = self.seats_before, seats.map.number
+        for seat_id in touched:
+            if seat_id not in before:
+                seat = number[seat_id]
+                before[seat_id] = (seats.holder[seat], seat in seats.blocked)
 
     def append(self, event_id: str, shard: int, epoch: int) -> Append:
         return Append(

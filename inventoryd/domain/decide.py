@@ -16,6 +16,7 @@ from inventoryd.domain.commands import (
     EVENT_FIELDS_UPDATABLE,
     Accepted,
     AddTicketType,
+    BlockSeats,
     Cancel,
     CancelEvent,
     ChangeTicketType,
@@ -25,7 +26,6 @@ from inventoryd.domain.commands import (
     CreateEvent,
     Decision,
     ExpireDue,
-    BlockSeats,
     JoinQueue,
     LeaveQueue,
     PromoteSeated,
@@ -105,7 +105,8 @@ def decide(inventory: InventoryState, command: Command, now: datetime) -> Decisi
             assert_never(command)
     # Seats freed, capacity raised, or a waiting entry left: the waiting lists may move.
     decision.records.extend(_promotions(inventory, decision.records, now))
-    decision.promote_seated = bool(decision.records) and _seated_waiting(inventory)
+    # (The timer's look also looks again at the lines a decision left, if it promoted its most.)
+    decision.promote_seated = (bool(decision.records) or isinstance(command, ExpireDue)) and _seated_waiting(inventory)
     return decision
 
 
@@ -213,7 +214,8 @@ def _reserve_seated(
                 "sold_out", f"{ticket_type.waiting} buyers wait for {code!r}: the seats that free up are theirs first", available=0
             )
         chosen = tuple(seats.map.ids[number] for number in sorted(numbers))
-        return Decision([ReservationHeld(reservation_id, command.user_id, code, quantity, amount, now, expires_at, chosen)], Accepted(reservation_id))
+        held = ReservationHeld(reservation_id, command.user_id, code, quantity, amount, now, expires_at, chosen)
+        return Decision([held], Accepted(reservation_id))
     available = ticket_type.available
     if seats is not None and quantity <= available:
         picked = seats.pick(code, quantity, adjacent=command.adjacent)
@@ -224,7 +226,8 @@ def _reserve_seated(
                 available=available,
             )
         chosen = tuple(seats.map.ids[number] for number in picked)
-        return Decision([ReservationHeld(reservation_id, command.user_id, code, quantity, amount, now, expires_at, chosen)], Accepted(reservation_id))
+        held = ReservationHeld(reservation_id, command.user_id, code, quantity, amount, now, expires_at, chosen)
+        return Decision([held], Accepted(reservation_id))
     if command.waitlist and quantity <= ticket_type.capacity:
         waiting = ReservationWaitlisted(reservation_id, command.user_id, code, quantity, amount, now, adjacent=command.adjacent)
         return Decision([waiting], Accepted(reservation_id))
@@ -628,7 +631,7 @@ def _seated_promotions(inventory: InventoryState, now: datetime) -> list[Record]
             if reservation.quantity > free:
                 break
             picked = seats.pick(code, reservation.quantity, adjacent=reservation.adjacent, exclude=chosen)
-            if picked is None:
+            if picked is None or len(promotions) >= limits.SEAT_PROMOTIONS_PER_DECISION_MAX:
                 break
             chosen.update(picked)
             free -= reservation.quantity

@@ -36,8 +36,8 @@ def check_after_apply(inventory: InventoryState, ticket_type: TicketTypeState | 
         ):
             _check_ticket_type(inventory, ticket_type)
         if ticket_type.seated:
-            seats = inventory.seats
-            taken = seats.taken.get(ticket_type.code, 0) if seats is not None else 0
+            seat_state = inventory.seats
+            taken = seat_state.taken.get(ticket_type.code, 0) if seat_state is not None else 0
             invariant(
                 taken == held + sold,
                 "event %s type %s: %s seats taken, %s held + sold",
@@ -150,7 +150,8 @@ def check_seats(inventory: InventoryState) -> None:
     event_id, seats = inventory.event_id, inventory.seats
     if seats is None:
         for ticket_type in inventory.ticket_types.values():
-            invariant(not ticket_type.seated or ticket_type.capacity == 0, "%s/%s: seated capacity without a map", event_id, ticket_type.code)
+            code = ticket_type.code
+            invariant(not ticket_type.seated or ticket_type.capacity == 0, "%s/%s: seated capacity without a map", event_id, code)
         invariant(not any(r.seats for r in inventory.reservations.values()), "%s: seats without a map", event_id)
         return
     seat_map = seats.map
@@ -158,7 +159,8 @@ def check_seats(inventory: InventoryState) -> None:
     for reservation in inventory.reservations.values():
         if not reservation.seats or reservation.status not in ("held", "confirmed"):
             continue
-        invariant(len(reservation.seats) == reservation.quantity, "%s: %s seats for %s tickets", reservation.id, len(reservation.seats), reservation.quantity)
+        count, quantity = len(reservation.seats), reservation.quantity
+        invariant(count == quantity, "%s: %s seats for %s tickets", reservation.id, count, quantity)
         for seat_id in reservation.seats:
             seat = present(seat_map.number.get(seat_id), "%s holds %s, which is not on the map", reservation.id, seat_id)
             invariant(seat not in holders, "seat %s is in two live reservations: %s and %s", seat_id, holders.get(seat), reservation.id)

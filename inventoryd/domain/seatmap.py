@@ -139,7 +139,7 @@ def layout_problem(layout: SeatLayout, seated_types: set[str], all_types: set[st
         if kind not in all_types:
             return f"{where}.ticket_type", f"the event has no ticket type {kind!r}"
         if kind not in seated_types:
-            return f"{where}.ticket_type", f"ticket type {kind!r} is not seated (create it with \"seated\": true)"
+            return f"{where}.ticket_type", f'ticket type {kind!r} is not seated (create it with "seated": true)'
     return None
 
 
@@ -147,7 +147,21 @@ class SeatMap:
     """The static map: every seat's id, ticket type, row and score, numbered row by row. Built once
     per layout put; never changed after (the seats' statuses are `seats.SeatState`'s)."""
 
-    __slots__ = ("ids", "layout", "number", "row_best", "row_keys", "row_of", "row_start", "score", "type_of", "type_rank", "type_rows", "x", "y")
+    __slots__ = (
+        "ids",
+        "layout",
+        "number",
+        "row_best",
+        "row_keys",
+        "row_of",
+        "row_start",
+        "score",
+        "type_of",
+        "type_rank",
+        "type_rows",
+        "x",
+        "y",
+    )
 
     def __init__(self, layout: SeatLayout) -> None:
         self.layout = layout
@@ -191,10 +205,10 @@ class SeatMap:
         # Each ticket type's rows, best first (by the row's best seat of that type, then in order),
         # and their best scores: a block in row k scores at least quantity × row_best[k].
         best: dict[str, dict[int, int]] = {}
-        for seat, kind in enumerate(self.type_of):
-            row = self.row_of[seat]
+        for number, kind in enumerate(self.type_of):
+            row = self.row_of[number]
             of_type = best.setdefault(kind, {})
-            score = self.score[seat]
+            score = self.score[number]
             if row not in of_type or score < of_type[row]:
                 of_type[row] = score
         self.type_rows: dict[str, list[int]] = {}

@@ -18,8 +18,8 @@ import msgspec
 
 from inventoryd.domain.checks import InvariantViolation, invariant
 from inventoryd.domain.queue import QueueState
-from inventoryd.domain.seats import SeatState
 from inventoryd.domain.records import EventDefinition, TicketTypeDefinition
+from inventoryd.domain.seats import SeatState
 
 ReservationStatus = Literal["held", "confirmed", "cancelled", "expired", "waitlisted"]
 RESERVATION_STATUSES: Final[tuple[ReservationStatus, ...]] = get_args(ReservationStatus)

@@ -23,7 +23,7 @@ from inventoryd.domain import (
     TicketTypeDefinition,
     TicketTypeSummary,
 )
-from inventoryd.http import cluster, keys, schemas
+from inventoryd.http import cluster, keys, schemas, seating
 from inventoryd.http.common import (
     actor_of,
     cacheable_json,
@@ -60,6 +60,17 @@ def _check_event(body: schemas.EventIn) -> None:
     for index, code in enumerate(codes):
         if code in codes[:index]:
             raise invalid(f"ticket type code {code!r} appears twice", f"$.ticket_types[{index}].code")
+    for index, ticket_type in enumerate(body.ticket_types):
+        _check_seated(ticket_type, f"$.ticket_types[{index}].capacity")
+
+
+def _check_seated(ticket_type: schemas.TicketTypeIn, field: str) -> None:
+    if ticket_type.seated and ticket_type.capacity != 0:
+        raise invalid(f"ticket type {ticket_type.code!r} is seated: give capacity 0, its seats come from the seat map", field)
+
+
+def ticket_type_definition(body: schemas.TicketTypeIn) -> TicketTypeDefinition:
+    return TicketTypeDefinition(body.code, body.name, body.price, body.capacity, seated=body.seated)
 
 
 def queue_config(body: schemas.QueueIn | None) -> domain.QueueConfig | None:
@@ -81,7 +92,7 @@ def _definition(body: schemas.EventIn, event_id: str, created_at: datetime, orga
         name=body.name,
         starts_at=body.starts_at,
         currency=body.currency,
-        ticket_types=tuple(TicketTypeDefinition(t.code, t.name, t.price, t.capacity) for t in body.ticket_types),
+        ticket_types=tuple(ticket_type_definition(t) for t in body.ticket_types),
         created_at=created_at,
         description=body.description,
         venue=body.venue,
@@ -276,7 +287,8 @@ async def add_ticket_type(request: web.Request) -> web.Response:
     actor = await actor_of(request, request.match_info["event_id"])
     request[keys.PRINCIPAL].check_may_manage(summary_of(actor).definition)
     body: schemas.TicketTypeIn = await read_json(request, schemas.TICKET_TYPE_DECODER)
-    definition = TicketTypeDefinition(body.code, body.name, body.price, body.capacity)
+    _check_seated(body, "$.capacity")
+    definition = ticket_type_definition(body)
     headers = {"Location": f"/v1/events/{actor.event_id}/ticket-types/{body.code}"}
     async with idempotency_key(request, body) as key:
         if key.replayed is not None:
@@ -387,11 +399,19 @@ async def _stream_availability(actor: EventActor, response: web.StreamResponse, 
     loop = asyncio.get_running_loop()
     closes_at = loop.time() + limits.STREAM_DURATION_MAX_S
     last_sent = b""
+    seats_sent_at: int | None = None  # the log position the last `seats` event showed
     while loop.time() < closes_at and not gone.done() and not actor.retired:
-        payload = schemas.ENCODER.encode(availability_out(summary_of(actor)))
-        if payload != last_sent:
+        summary = summary_of(actor)
+        payload = schemas.ENCODER.encode(availability_out(summary))
+        seats = seat_changes(actor, seats_sent_at, summary.last_seq)
+        if payload != last_sent or seats is not None:
             async with asyncio.timeout(limits.STREAM_WRITE_TIMEOUT_S):
-                await response.write(b"event: availability\ndata: " + payload + b"\n\n")
+                if payload != last_sent:
+                    await response.write(b"event: availability\ndata: " + payload + b"\n\n")
+                if seats is not None:
+                    await response.write(seats)
+            if actor.seat_view() is not None:
+                seats_sent_at = summary.last_seq
             last_sent = payload
             # Changes during the pause are sent together after it: coalescing.
             await asyncio.wait((gone,), timeout=limits.STREAM_UPDATE_INTERVAL_S)
@@ -404,6 +424,25 @@ async def _stream_availability(actor: EventActor, response: web.StreamResponse, 
         if not done:
             async with asyncio.timeout(limits.STREAM_WRITE_TIMEOUT_S):
                 await response.write(b": still here\n\n")
+
+
+def seat_changes(actor: EventActor, since: int | None, now: int) -> bytes | None:
+    """A seated event's seat news for a stream that showed the seats at `since` (None: never): the
+    statuses of the seats changed since (`event: seat_changes`, `{"seats": {"A-1-2": "held"}}`),
+    or every seat in the compact form of GET .../seats (`event: seats`) when those changes are not
+    known (the stream's first, a new map, or more than SEAT_CHANGES_KEPT_MAX commits behind); None
+    when nothing changed."""
+    seats = actor.seat_view()
+    if seats is None or since == now:
+        return None
+    changed = actor.seat_changes_since(since) if since is not None else None
+    if changed is None:
+        return b"event: seats\ndata: " + schemas.ENCODER.encode(seating.seats_out(actor.event_id, seats, None)) + b"\n\n"
+    if not changed:
+        return None
+    number = seats.seats.map.number
+    statuses = {seat_id: seats.status(number[seat_id]) for seat_id in sorted(changed) if seat_id in number}
+    return b"event: seat_changes\ndata: " + schemas.ENCODER.encode({"seats": statuses}) + b"\n\n"
 
 
 def _report_line(states: list[TicketTypeSummary]) -> dict[str, int]:

@@ -33,6 +33,8 @@ _REJECTION_STATUS: dict[RejectionCode, int] = {
     "queue_not_open": 409,
     "queue_full": 409,
     "invalid_request": 422,
+    "seats_unavailable": 409,
+    "no_adjacent_seats": 409,
 }
 
 
@@ -48,6 +50,7 @@ class ProblemError(Exception):
         field: str | None = None,
         available: int | None = None,
         checked_in_at: datetime | None = None,
+        seats: tuple[str, ...] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
@@ -61,6 +64,7 @@ class ProblemError(Exception):
             field=field,
             available=available,
             checked_in_at=checked_in_at,
+            seats=list(seats) if seats is not None else None,
         )
         self.headers = dict(headers or {})
         if status in (429, 503) and "Retry-After" not in self.headers:
@@ -85,6 +89,7 @@ def rejection(rejected: Rejected) -> ProblemError:
         field=rejected.field,
         available=rejected.available,
         checked_in_at=rejected.checked_in_at,
+        seats=rejected.seats,
     )
 
 

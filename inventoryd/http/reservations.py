@@ -9,7 +9,7 @@ from aiohttp import web
 
 from inventoryd import domain, limits
 from inventoryd.actor import EventActor
-from inventoryd.domain import RESERVATION_STATUSES, Rejected, Reservation, Ticket
+from inventoryd.domain import RESERVATION_STATUSES, Rejected, Reservation, Ticket, present
 from inventoryd.errors import Unavailable
 from inventoryd.http import admission, cluster, keys, schemas
 from inventoryd.http.admission import ADMISSION_TOKEN
@@ -79,8 +79,10 @@ async def create_reservation(request: web.Request) -> web.Response:
             outcome = await actor.reserve(
                 user_id,
                 body.ticket_type,
-                body.quantity,
+                present(body.quantity, "a reservation body without a quantity"),
                 waitlist=body.waitlist,
+                seats=tuple(body.seats) if body.seats is not None else (),
+                adjacent=body.adjacent,
                 claim=key.claim,
                 request_id=request.get(keys.REQUEST_ID),
             )
@@ -142,6 +144,7 @@ def ticket_out(reservation: Reservation, ticket: Ticket) -> schemas.TicketOut:
         reservation_id=reservation.id,
         event_id=reservation.event_id,
         ticket_type=reservation.ticket_type,
+        seat=ticket.seat,
     )
 
 

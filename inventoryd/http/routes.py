@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import get_args
 
 from inventoryd import limits
-from inventoryd.domain import Reservation, ReservationStatus
-from inventoryd.http import account_routes, cluster, events, openapi, operations, reservations, schemas, waiting_room
+from inventoryd.domain import Reservation, ReservationStatus, SeatLayout
+from inventoryd.http import account_routes, cluster, events, openapi, operations, reservations, schemas, seating, waiting_room
 from inventoryd.http.common import QueryParameter, Route
 from inventoryd.http.schemas import MOMENT_PATTERN, MOMENT_YEARS, STORABLE_TEXT
 
@@ -53,6 +53,9 @@ _CATALOGUE_QUERY = (
     QueryParameter("sort", "order", {"type": "string", "enum": ["starts_at", "-starts_at", "name"]}),
     _LIMIT,
     _CURSOR,
+)
+_SECTION = QueryParameter(
+    "section", "only this section's seats", {"type": "string", "pattern": r"^[A-Za-z0-9]+\Z"}
 )
 _HISTORY_QUERY = (
     QueryParameter("event_id", "only this event's", {"type": "string", "pattern": STORABLE_TEXT}),
@@ -179,10 +182,39 @@ ROUTES: tuple[Route, ...] = (
         "GET", "/v1/events/{event_id}/queue", waiting_room.get_queue_line, "get_queue_line",
         "The waiting room's line (the event's organizer, admins)", response_body=schemas.QueueLineOut,
     ),
+    # Reserved seating.
+    Route(
+        "PUT", "/v1/events/{event_id}/seatmap", seating.put_seatmap, "put_seatmap",
+        "Put the event's seat map (sections, rows, seats, or blocks of them); seats held or sold must stay, of their type",
+        request_body=schemas.SeatMapIn, response_body=schemas.EventOut, idempotent=True,
+    ),
+    Route(
+        "GET", "/v1/events/{event_id}/seatmap", seating.get_seatmap, "get_seatmap", "The event's seat map, as put",
+        response_body=SeatLayout, public=True,
+    ),
+    Route(
+        "GET", "/v1/events/{event_id}/seats", seating.get_seats, "get_seats",
+        "Every seat's status, a letter a seat per row (f free, h held, s sold, b blocked)", response_body=schemas.SeatsOut,
+        public=True, query=(_SECTION,),
+    ),
+    Route(
+        "GET", "/v1/events/{event_id}/seatmap.svg", seating.seatmap_svg, "seatmap_svg", "The seat map drawn, coloured by status",
+        public=True, media_type="image/svg+xml", query=(_SECTION,),
+    ),
+    Route(
+        "POST", "/v1/events/{event_id}/seats/block", seating.block_seats, "block_seats",
+        "Block seats (house seats, camera positions): never sold or picked; held or sold seats cannot be",
+        request_body=schemas.SeatsBlockIn, response_body=schemas.EventOut, idempotent=True,
+    ),
+    Route(
+        "POST", "/v1/events/{event_id}/seats/unblock", seating.unblock_seats, "unblock_seats", "Unblock seats: they are for sale again",
+        request_body=schemas.SeatsUnblockIn, response_body=schemas.EventOut, idempotent=True,
+    ),
     # Reservations and tickets.
     Route(
         "POST", "/v1/events/{event_id}/reservations", reservations.create_reservation, "create_reservation",
-        "Hold seats (201), or join the waiting list when sold out and asked to (202)",
+        "Hold tickets or seats (201): a quantity, best available on a seated type, or exact seats; or join the waiting list"
+        " when sold out and asked to (202)",
         request_body=schemas.ReservationIn, response_body=Reservation, success_status=201,
         idempotent=True,
     ),

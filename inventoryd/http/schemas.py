@@ -123,6 +123,10 @@ if TYPE_CHECKING:  # what the service sees, once `integral` has run
     AdmissionSeconds: TypeAlias = int
     MaxActive: TypeAlias = int
     PowBits: TypeAlias = int
+    SeatQuality: TypeAlias = int
+    BlockRows: TypeAlias = int
+    RowSeats: TypeAlias = int
+    FirstNumber: TypeAlias = int
 else:
     Price = whole_number(0, limits.PRICE_MAX)
     Capacity = whole_number(0, limits.TICKET_TYPE_CAPACITY_MAX)
@@ -133,6 +137,10 @@ else:
     AdmissionSeconds = whole_number(limits.QUEUE_ADMISSION_SECONDS_MIN, limits.QUEUE_ADMISSION_SECONDS_MAX)
     MaxActive = whole_number(1, limits.QUEUE_ENTRIES_MAX)
     PowBits = whole_number(1, limits.QUEUE_POW_BITS_MAX)
+    SeatQuality = whole_number(1, limits.SEATMAP_SEATS_MAX)
+    BlockRows = whole_number(1, limits.SEATMAP_SEATS_MAX)
+    RowSeats = whole_number(1, limits.SEATMAP_ROW_SEATS_MAX)
+    FirstNumber = whole_number(0, 10**9)
 Moment = Annotated[
     datetime,
     Meta(tz=True, description=f"RFC 3339 with a time zone, {MOMENT_YEARS}", extra_json_schema={"pattern": MOMENT_PATTERN}),
@@ -147,6 +155,8 @@ class TicketTypeIn(msgspec.Struct, forbid_unknown_fields=True):
     name: Name
     price: Price
     capacity: Capacity
+    # Sold by the seat: capacity 0, the seat map (PUT .../seatmap) gives the seats.
+    seated: bool = False
 
     def __post_init__(self) -> None:
         self.price = integral(self.price)
@@ -232,15 +242,106 @@ class TicketTypePatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=
         self.capacity = integral(self.capacity)
 
 
+SeatPart = Annotated[
+    str, Meta(min_length=1, max_length=limits.SEAT_ID_PART_CHARS_MAX, pattern=rf"^[A-Za-z0-9]+{END}")
+]
+SeatId = Annotated[
+    str,
+    Meta(
+        max_length=3 * limits.SEAT_ID_PART_CHARS_MAX + 2,
+        pattern=rf"^[A-Za-z0-9]+-[A-Za-z0-9]+-[A-Za-z0-9]+{END}",
+        description="SECTION-ROW-SEAT",
+    ),
+]
+Coordinate = Annotated[float, Meta(ge=-1e6, le=1e6)]
+
+
 class ReservationIn(msgspec.Struct, forbid_unknown_fields=True):
     ticket_type: Code
-    quantity: Quantity
+    # How many (general admission, or best available on a seated type); with `seats`, their number.
+    quantity: Quantity | None = None
     user_id: UserId | None = None
     waitlist: bool = False
+    # A seated type: these exact seats, all or none.
+    seats: Annotated[list[SeatId], Meta(min_length=1, max_length=limits.RESERVATION_QUANTITY_MAX)] | None = None
+    # Best available on a seated type: false takes seats apart when no block is left.
+    adjacent: bool = True
 
     def __post_init__(self) -> None:
         if type(self.quantity) is float:
             self.quantity = int(self.quantity)
+        seats = self.seats
+        if seats is None:
+            if self.quantity is None:
+                raise InvalidRequest("give quantity, or the seats", field="$.quantity")
+            return
+        if self.quantity is not None and self.quantity != len(seats):
+            raise InvalidRequest(f"quantity {self.quantity} is not the {len(seats)} seats named", field="$.quantity")
+        self.quantity = len(seats)
+        if self.waitlist:
+            raise InvalidRequest("exact seats cannot wait: ask for a quantity to join the waiting list", field="$.waitlist")
+        if len(set(seats)) != len(seats):
+            index = next(i for i, seat in enumerate(seats) if seat in seats[:i])
+            raise InvalidRequest(f"seat {seats[index]} is named twice", field=f"$.seats[{index}]")
+
+
+class SeatIn(msgspec.Struct, forbid_unknown_fields=True):
+    id: SeatPart
+    ticket_type: Code | None = None
+    # 1 is the best; seats without one rank by distance to the section's focal point.
+    quality: SeatQuality | None = None
+    x: Coordinate | None = None
+    y: Coordinate | None = None
+
+    def __post_init__(self) -> None:
+        self.quality = integral(self.quality)
+
+
+class SeatRowIn(msgspec.Struct, forbid_unknown_fields=True):
+    id: SeatPart
+    # In the row's order: neighbours in the list are side by side.
+    seats: Annotated[list[SeatIn], Meta(min_length=1, max_length=limits.SEATMAP_ROW_SEATS_MAX)]
+    ticket_type: Code | None = None
+
+
+class SeatSectionIn(msgspec.Struct, forbid_unknown_fields=True):
+    id: SeatPart
+    rows: Annotated[list[SeatRowIn], Meta(max_length=limits.SEATMAP_SEATS_MAX)] = []
+    name: Name | None = None
+    ticket_type: Code | None = None
+    focal_x: Coordinate | None = None
+    focal_y: Coordinate | None = None
+
+
+class SeatBlockIn(msgspec.Struct, forbid_unknown_fields=True):
+    section: SeatPart
+    rows: BlockRows
+    seats_per_row: RowSeats
+    ticket_type: Code
+    first_row: FirstNumber = 1
+    first_seat: FirstNumber = 1
+
+    def __post_init__(self) -> None:
+        self.rows = integral(self.rows)
+        self.seats_per_row = integral(self.seats_per_row)
+        self.first_row = integral(self.first_row)
+        self.first_seat = integral(self.first_seat)
+
+
+class SeatMapIn(msgspec.Struct, forbid_unknown_fields=True):
+    """The event's seat map (see docs/API.md, "Reserved seating")."""
+
+    sections: Annotated[list[SeatSectionIn], Meta(max_length=limits.SEATMAP_SEATS_MAX)] = []
+    blocks: Annotated[list[SeatBlockIn], Meta(max_length=limits.SEATMAP_SEATS_MAX)] = []
+
+
+class SeatsBlockIn(msgspec.Struct, forbid_unknown_fields=True):
+    seats: Annotated[list[SeatId], Meta(min_length=1, max_length=limits.SEATS_PER_REQUEST_MAX)]
+    reason: Name
+
+
+class SeatsUnblockIn(msgspec.Struct, forbid_unknown_fields=True):
+    seats: Annotated[list[SeatId], Meta(min_length=1, max_length=limits.SEATS_PER_REQUEST_MAX)]
 
 
 # Answers. Every field is sent (none of these omits defaults), so the document marks all required.
@@ -254,6 +355,8 @@ class TicketTypeOut(msgspec.Struct):
     available: int
     held: int
     sold: int
+    seated: bool
+    blocked: int
 
 
 class EventOut(msgspec.Struct):
@@ -353,6 +456,30 @@ class TicketOut(msgspec.Struct):
     reservation_id: str
     event_id: str
     ticket_type: str
+    seat: str | None
+
+
+class SeatRowOut(msgspec.Struct):
+    id: str
+    # The row's seats (their own part of the id), in the row's order, and one letter each for
+    # their status: f free, h held, s sold, b blocked.
+    seats: list[str]
+    status: str
+
+
+class SeatSectionOut(msgspec.Struct):
+    id: str
+    rows: list[SeatRowOut]
+
+
+class SeatsOut(msgspec.Struct):
+    event_id: str
+    sections: list[SeatSectionOut]
+    # The seats shown, by status.
+    free: int
+    held: int
+    sold: int
+    blocked: int
 
 
 class ReportLine(msgspec.Struct):
@@ -405,6 +532,8 @@ class Problem(msgspec.Struct, omit_defaults=True):
     field: str | None = None
     available: int | None = None
     checked_in_at: datetime | None = None
+    # For seats_unavailable: the seats taken (or held, or sold) among those named.
+    seats: list[str] | None = None
 
 
 class CatalogueHealth(msgspec.Struct):
@@ -428,4 +557,7 @@ TICKET_TYPE_DECODER = msgspec.json.Decoder(TicketTypeIn)
 TICKET_TYPE_PATCH_DECODER = msgspec.json.Decoder(TicketTypePatch)
 RESERVATION_DECODER = msgspec.json.Decoder(ReservationIn)
 QUEUE_JOIN_DECODER = msgspec.json.Decoder(QueueJoinIn)
+SEAT_MAP_DECODER = msgspec.json.Decoder(SeatMapIn)
+SEATS_BLOCK_DECODER = msgspec.json.Decoder(SeatsBlockIn)
+SEATS_UNBLOCK_DECODER = msgspec.json.Decoder(SeatsUnblockIn)
 ENCODER = msgspec.json.Encoder()

@@ -97,6 +97,8 @@ def ticket_type_out(state: TicketTypeSummary) -> schemas.TicketTypeOut:
         available=state.available,
         held=state.held,
         sold=state.sold,
+        seated=state.seated,
+        blocked=state.blocked,
     )
 
 
