@@ -136,3 +136,279 @@ async def test_a_seated_sale_end_to_end(client: Any) -> None:
     assert again_best["seats"] == ["B-1-10", "B-1-11"]
     actor = client.app[keys.REGISTRY].get(event_id)
     actor.inventory.check_invariants()
+
+
+# -- the state machine against a reference model ---------------------------------------------------
+
+NOW = datetime(2027, 3, 1, tzinfo=UTC)
+PROPERTY_MAP = SeatLayout(
+    sections=(
+        domain.LayoutSection(
+            id="A",
+            ticket_type="PREM",
+            rows=tuple(
+                domain.LayoutRow(id=str(r), seats=tuple(domain.LayoutSeat(id=str(n)) for n in range(1, 9))) for r in range(1, 4)
+            ),
+        ),
+        domain.LayoutSection(
+            id="Q",
+            rows=(
+                domain.LayoutRow(
+                    id="1",
+                    seats=tuple(
+                        domain.LayoutSeat(id=str(n), ticket_type="STD" if n % 5 else "PREM", quality=1 + (n * 7) % 4)
+                        for n in range(1, 13)
+                    ),
+                ),
+            ),
+        ),
+    ),
+    blocks=(domain.LayoutBlock(section="B", rows=4, seats_per_row=9, ticket_type="STD"),),
+)
+
+
+class Model:
+    """What the seat map must be: each seat's holder, the blocked seats, each reservation; best
+    available by brute force over every placement in every row."""
+
+    def __init__(self, seat_map: domain.SeatMap) -> None:
+        self.map = seat_map
+        self.holder: dict[int, str] = {}
+        self.blocked: set[int] = set()
+        # id -> [status, type, quantity, seats, user, adjacent]
+        self.reservations: dict[str, list[Any]] = {}
+        self.waiting: dict[str, list[str]] = {"PREM": [], "STD": []}
+
+    def free(self, seat: int, kind: str, exclude: set[int] = frozenset()) -> bool:  # type: ignore[assignment]
+        return self.map.type_of[seat] == kind and seat not in self.holder and seat not in self.blocked and seat not in exclude
+
+    def free_count(self, kind: str) -> int:
+        return sum(1 for seat in range(len(self.map)) if self.free(seat, kind))
+
+    def pick(self, kind: str, quantity: int, adjacent: bool, exclude: set[int]) -> tuple[int, ...] | None:
+        for orphan_free in (True, False):
+            best: tuple[int, int, int] | None = None
+            for rank, row in enumerate(self.map.type_rows[kind]):
+                seats = list(self.map.row_seats(row))
+                for start in range(len(seats) - quantity + 1):
+                    block = seats[start : start + quantity]
+                    if not all(self.free(seat, kind, exclude) for seat in block):
+                        continue
+                    left = 0
+                    while start - left - 1 >= 0 and self.free(seats[start - left - 1], kind, exclude):
+                        left += 1
+                    right = 0
+                    while start + quantity + right < len(seats) and self.free(seats[start + quantity + right], kind, exclude):
+                        right += 1
+                    if orphan_free and (left == 1 or right == 1):
+                        continue
+                    key = (sum(self.map.score[seat] for seat in block), rank, block[0])
+                    best = key if best is None or key < best else best
+            if best is not None:
+                return tuple(range(best[2], best[2] + quantity))
+        if adjacent:
+            return None
+        chosen: list[int] = []
+        for row in self.map.type_rows[kind]:
+            free = sorted((s for s in self.map.row_seats(row) if self.free(s, kind, exclude)), key=lambda s: (self.map.score[s], s))
+            chosen.extend(free[: quantity - len(chosen)])
+        return tuple(sorted(chosen)) if len(chosen) == quantity else None
+
+    def promotions(self) -> list[tuple[str, tuple[int, ...]]]:
+        """The waiting heads promoted (at most SEAT_PROMOTIONS_PER_DECISION_MAX in one look)."""
+        promoted: list[tuple[str, tuple[int, ...]]] = []
+        chosen: set[int] = set()
+        for kind in ("PREM", "STD"):
+            free = self.free_count(kind)
+            for reservation_id in list(self.waiting[kind]):
+                _, _, quantity, _, _, adjacent = self.reservations[reservation_id]
+                if quantity > free:
+                    break
+                picked = self.pick(kind, quantity, adjacent, chosen)
+                if picked is None or len(promoted) >= 8:
+                    break
+                chosen.update(picked)
+                free -= quantity
+                promoted.append((reservation_id, picked))
+        return promoted
+
+
+def _run(inventory: Inventory, command: domain.Command, now: datetime) -> tuple[domain.Decision, list[domain.Record]]:
+    """Decide and apply as the actor's batch does, with the seated lines' follow-up look."""
+    decision = inventory.decide(command, now)
+    records = list(decision.records)
+    for record in decision.records:
+        inventory.apply(inventory.last_seq + 1, record)
+    if decision.promote_seated:
+        follow = inventory.decide(domain.PromoteSeated(), now)
+        for record in follow.records:
+            inventory.apply(inventory.last_seq + 1, record)
+        records.extend(follow.records)
+    return decision, records
+
+
+def test_the_seat_map_against_a_reference_model() -> None:
+    rng = random.Random(SEED)
+    try:
+        _property_run(rng)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\nreplay with INVENTORYD_SEATING_SEED={SEED}") from error
+
+
+def _property_run(rng: random.Random) -> None:
+    types = (
+        domain.TicketTypeDefinition("PREM", "Premium", 100, 0, seated=True),
+        domain.TicketTypeDefinition("STD", "Standard", 50, 0, seated=True),
+    )
+    definition = domain.EventDefinition(
+        "evt_model", "Model", NOW + timedelta(days=90), "EUR", types, NOW, per_user_limit=9, hold_seconds=60
+    )
+    inventory = Inventory("evt_model")
+    log: list[tuple[int, domain.Record]] = []
+
+    def run(command: domain.Command) -> tuple[domain.Decision, list[domain.Record]]:
+        first = inventory.last_seq + 1
+        decision, records = _run(inventory, command, now)
+        log.extend(enumerate(records, start=first))
+        return decision, records
+
+    now = NOW
+    run(domain.CreateEvent(definition))
+    run(domain.SetSeatMap(PROPERTY_MAP))
+    seats = inventory.seats
+    assert seats is not None
+    model = Model(seats.map)
+    ids, number = seats.map.ids, seats.map.number
+    users = [f"u{n}" for n in range(12)]
+
+    def counted(user: str) -> int:
+        return sum(r[2] for r in model.reservations.values() if r[4] == user and r[0] in ("held", "confirmed", "waitlisted"))
+
+    def settle(records: list[domain.Record], expect_promotions: list[tuple[str, tuple[int, ...]]] | None) -> None:
+        promoted = [(r.reservation_id, tuple(number[s] for s in r.seats)) for r in records if isinstance(r, domain.WaitlistPromoted)]
+        if expect_promotions is not None:
+            assert promoted == expect_promotions, (promoted, expect_promotions)
+        for reservation_id, picked in promoted:
+            entry = model.reservations[reservation_id]
+            entry[0], entry[3] = "held", picked
+            model.waiting[entry[1]].remove(reservation_id)
+            for seat in picked:
+                model.holder[seat] = reservation_id
+
+    def release(reservation_id: str, status: str) -> None:
+        entry = model.reservations[reservation_id]
+        if entry[0] == "waitlisted":
+            model.waiting[entry[1]].remove(reservation_id)
+        for seat in entry[3]:
+            del model.holder[seat]
+        entry[0] = status
+
+    for step in range(STEPS):
+        roll = rng.random()
+        user = rng.choice(users)
+        kind = rng.choice(("PREM", "STD"))
+        expect: list[tuple[str, tuple[int, ...]]] | None = None
+        if roll < 0.35:  # best available
+            quantity = rng.randint(1, 5)
+            adjacent = rng.random() < 0.75
+            waitlist = rng.random() < 0.15
+            decision, records = run(domain.Reserve(user, kind, quantity, waitlist, (), adjacent))
+            reply = decision.reply
+            available = 0 if model.waiting[kind] else model.free_count(kind)
+            if counted(user) + quantity > 9:
+                assert isinstance(reply, domain.Rejected) and reply.code == "limit_exceeded", reply
+            elif quantity <= available:
+                expected = model.pick(kind, quantity, adjacent, set())
+                if expected is None:
+                    assert isinstance(reply, domain.Rejected) and reply.code == "no_adjacent_seats", (step, reply)
+                else:
+                    assert isinstance(reply, domain.Accepted), (step, reply)
+                    held = inventory.reservations[str(reply.reservation_id)]
+                    assert tuple(number[s] for s in held.seats) == expected, (step, held.seats, [ids[s] for s in expected])
+                    model.reservations[held.id] = ["held", kind, quantity, expected, user, adjacent]
+                    for seat in expected:
+                        model.holder[seat] = held.id
+            elif waitlist and quantity <= seats.map.seats_of_type(kind):
+                assert isinstance(reply, domain.Accepted), reply
+                model.reservations[str(reply.reservation_id)] = ["waitlisted", kind, quantity, (), user, adjacent]
+                model.waiting[kind].append(str(reply.reservation_id))
+            else:
+                assert isinstance(reply, domain.Rejected) and reply.code in ("sold_out", "insufficient_tickets"), reply
+        elif roll < 0.5:  # exact seats
+            chosen = rng.sample(range(len(ids)), rng.randint(1, 3))
+            asked = tuple(ids[seat] for seat in chosen)
+            decision, records = run(domain.Reserve(user, kind, len(asked), False, asked))
+            reply = decision.reply
+            if counted(user) + len(asked) > 9:
+                assert isinstance(reply, domain.Rejected) and reply.code == "limit_exceeded", reply
+            elif any(model.map.type_of[seat] != kind for seat in chosen):
+                assert isinstance(reply, domain.Rejected) and reply.code == "invalid_request" and reply.field, reply
+            elif any(seat in model.holder or seat in model.blocked for seat in chosen):
+                taken = {ids[seat] for seat in chosen if seat in model.holder or seat in model.blocked}
+                assert isinstance(reply, domain.Rejected) and reply.code == "seats_unavailable" and set(reply.seats or ()) == taken, reply
+            elif model.waiting[kind]:
+                assert isinstance(reply, domain.Rejected) and reply.code == "sold_out", reply
+            else:
+                assert isinstance(reply, domain.Accepted), (step, reply)
+                model.reservations[str(reply.reservation_id)] = ["held", kind, len(asked), tuple(sorted(chosen)), user, True]
+                for seat in chosen:
+                    model.holder[seat] = str(reply.reservation_id)
+        elif roll < 0.62:  # confirm
+            held_ids = [r for r, e in model.reservations.items() if e[0] == "held"]
+            if not held_ids:
+                continue
+            reservation_id = rng.choice(held_ids)
+            decision, records = run(domain.Confirm(reservation_id))
+            assert isinstance(decision.reply, domain.Accepted), decision.reply
+            model.reservations[reservation_id][0] = "confirmed"
+        elif roll < 0.75:  # cancel
+            live = [r for r, e in model.reservations.items() if e[0] in ("held", "confirmed", "waitlisted")]
+            if not live:
+                continue
+            reservation_id = rng.choice(live)
+            release(reservation_id, "cancelled")
+            expect = model.promotions()
+            decision, records = run(domain.Cancel(reservation_id, privileged=True))
+            assert isinstance(decision.reply, domain.Accepted), decision.reply
+            settle(records, expect)
+        elif roll < 0.85:  # time passes: holds expire
+            now += timedelta(seconds=rng.choice((5, 20, 61)))
+            due = [r for r, e in model.reservations.items() if e[0] == "held" and inventory.reservations[r].expires_at <= now]
+            decision, records = run(domain.ExpireDue())
+            expired = sorted(r.reservation_id for r in records if isinstance(r, domain.HoldExpired))
+            assert expired == sorted(due), (expired, due)
+            for reservation_id in due:
+                release(reservation_id, "expired")
+            settle(records, model.promotions() if records or any(model.waiting.values()) else [])
+        elif roll < 0.93:  # block
+            chosen = rng.sample(range(len(ids)), rng.randint(1, 3))
+            decision, records = run(domain.BlockSeats(tuple(ids[s] for s in chosen), "house"))
+            if any(seat in model.holder for seat in chosen):
+                assert isinstance(decision.reply, domain.Rejected) and decision.reply.code == "seats_unavailable"
+            else:
+                assert isinstance(decision.reply, domain.Accepted)
+                model.blocked.update(chosen)
+        else:  # unblock
+            if not model.blocked:
+                continue
+            chosen = rng.sample(sorted(model.blocked), min(len(model.blocked), rng.randint(1, 3)))
+            model.blocked.difference_update(chosen)
+            expect = model.promotions()
+            decision, records = run(domain.UnblockSeats(tuple(ids[s] for s in chosen)))
+            assert isinstance(decision.reply, domain.Accepted)
+            settle(records, expect)
+        # The map is the model's, seat by seat; the counters follow.
+        assert dict(enumerate(seats.holder)) == {s: model.holder.get(s) for s in range(len(ids))}, step
+        assert set(seats.blocked) == model.blocked, step
+        for code in ("PREM", "STD"):
+            state = inventory.ticket_types[code]
+            assert state.held + state.sold == sum(1 for s in model.holder if model.map.type_of[s] == code)
+            assert state.blocked == sum(1 for s in model.blocked if model.map.type_of[s] == code)
+        if step % 100 == 0:
+            inventory.check_invariants()
+            restored = Inventory.restore("evt_model", inventory.snapshot())
+            assert restored.seats is not None and restored.seats.holder == seats.holder and restored.seats.trees == seats.trees
+    inventory.check_invariants()
+    replayed = Inventory.replay("evt_model", log)
+    assert replayed.seats is not None and replayed.seats.holder == seats.holder and replayed.reservations == inventory.reservations
+    assert len(model.reservations) > STEPS // 10
