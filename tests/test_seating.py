@@ -190,19 +190,21 @@ class Model:
             best: tuple[int, int, int] | None = None
             for rank, row in enumerate(self.map.type_rows[kind]):
                 seats = list(self.map.row_seats(row))
+                free = [self.free(seat, kind, exclude) for seat in seats]
+                free_left = [0] * len(seats)
+                free_right = [0] * len(seats)
+                for at in range(1, len(seats)):
+                    free_left[at] = free_left[at - 1] + 1 if free[at - 1] else 0
+                for at in range(len(seats) - 2, -1, -1):
+                    free_right[at] = free_right[at + 1] + 1 if free[at + 1] else 0
                 for start in range(len(seats) - quantity + 1):
-                    block = seats[start : start + quantity]
-                    if not all(self.free(seat, kind, exclude) for seat in block):
+                    if not all(free[start : start + quantity]):
                         continue
-                    left = 0
-                    while start - left - 1 >= 0 and self.free(seats[start - left - 1], kind, exclude):
-                        left += 1
-                    right = 0
-                    while start + quantity + right < len(seats) and self.free(seats[start + quantity + right], kind, exclude):
-                        right += 1
+                    # The free seats of the type on each side of the block, up to the next taken one.
+                    left, right = free_left[start], free_right[start + quantity - 1]
                     if orphan_free and (left == 1 or right == 1):
                         continue
-                    key = (sum(self.map.score[seat] for seat in block), rank, block[0])
+                    key = (sum(self.map.score[seat] for seat in seats[start : start + quantity]), rank, seats[start])
                     best = key if best is None or key < best else best
             if best is not None:
                 return tuple(range(best[2], best[2] + quantity))
@@ -412,3 +414,93 @@ def _property_run(rng: random.Random) -> None:
     replayed = Inventory.replay("evt_model", log)
     assert replayed.seats is not None and replayed.seats.holder == seats.holder and replayed.reservations == inventory.reservations
     assert len(model.reservations) > STEPS // 10
+
+
+# -- many buyers at once --------------------------------------------------------------------------
+
+STADIUM = {
+    "blocks": [
+        {"section": "A", "rows": 25, "seats_per_row": 100, "ticket_type": "STD"},
+        {"section": "B", "rows": 50, "seats_per_row": 50, "ticket_type": "STD"},
+    ]
+}
+
+
+async def _log_of(db: Any, event_id: str) -> list[tuple[int, domain.Record]]:
+    return [(seq, domain.RECORD_DECODER.decode(body)) for seq, body in await store.read_event_log(db, event_id)]
+
+
+async def test_2000_concurrent_best_available_requests_on_5000_seats(start: Any, db: Any) -> None:
+    client = await start(settings={"rate_limits": False})
+    event = await seated_event(client, STADIUM)
+    rng = random.Random(SEED)
+    asks = [rng.randint(1, 6) for _ in range(2000)]
+
+    async def buy(index: int) -> tuple[int, Any]:
+        body = {"user_id": f"buyer{index}", "ticket_type": "STD", "quantity": asks[index]}
+        response = await client.post(f"/v1/events/{event['id']}/reservations", json=body)
+        return response.status, await response.json()
+
+    answers = await asyncio.gather(*(buy(index) for index in range(len(asks))))
+    held = [answer for status, answer in answers if status == 201]
+    refused = {answer["code"] for status, answer in answers if status != 201}
+    assert refused <= {"sold_out", "insufficient_tickets", "no_adjacent_seats"}, refused
+    assert all(status in (201, 409) for status, _ in answers)
+    taken = [seat for answer in held for seat in answer["seats"]]
+    assert len(taken) == len(set(taken)), "a seat is in two reservations"
+    assert all(adjacent(answer["seats"]) for answer in held)
+    assert len(taken) > 4_500  # the venue (nearly) sold out
+
+    # In log order, each pick was the best block that leaves no single seat, when one existed.
+    log = await _log_of(db, event["id"])
+    replayed = Inventory("replay")
+    model: Model | None = None
+    picks = 0
+    for seq, record in log:
+        if isinstance(record, domain.ReservationHeld):
+            assert model is not None
+            expected = model.pick("STD", record.quantity, True, set())
+            assert record.seats == tuple(model.map.ids[seat] for seat in expected or ()), (seq, record.seats)
+            for seat in expected or ():
+                model.holder[seat] = record.reservation_id
+            picks += 1
+        replayed.event_id = event["id"]
+        replayed.apply(seq, record)
+        if isinstance(record, domain.SeatMapSet):
+            model = Model(present_seats(replayed).map)
+    assert picks == len(held)
+    # The map agrees with the log, and with what the buyers were told.
+    actor = client.app[keys.REGISTRY].get(event["id"])
+    assert present_seats(actor.inventory).holder == present_seats(replayed).holder
+    seats = await (await client.get(f"/v1/events/{event['id']}/seats")).json()
+    assert seats["held"] == len(taken) and seats["free"] == 5000 - len(taken)
+    replayed.check_invariants()
+
+
+def present_seats(inventory: Inventory) -> domain.SeatState:
+    assert inventory.seats is not None
+    return inventory.seats
+
+
+async def test_overlapping_exact_seat_requests_each_seat_won_once(start: Any) -> None:
+    client = await start(settings={"rate_limits": False})
+    event = await seated_event(client)
+    # 60 buyers, each asking for two neighbouring seats of row B-1, overlapping their neighbours'.
+    asked = [[f"B-1-{n % 19 + 1}", f"B-1-{n % 19 + 2}"] for n in range(60)]
+
+    async def buy(index: int) -> tuple[int, Any]:
+        body = {"user_id": f"buyer{index}", "ticket_type": "STD", "seats": asked[index]}
+        response = await client.post(f"/v1/events/{event['id']}/reservations", json=body)
+        return response.status, await response.json()
+
+    answers = await asyncio.gather(*(buy(index) for index in range(len(asked))))
+    won = [seat for status, answer in answers if status == 201 for seat in answer["seats"]]
+    assert len(won) == len(set(won)) and won
+    for (status, answer), seats in zip(answers, asked, strict=True):
+        if status != 201:
+            assert status == 409 and answer["code"] == "seats_unavailable", answer
+            assert answer["seats"] and set(answer["seats"]) <= set(won) & set(seats)
+    # The first buyer decided got both seats; the seats won are only seats asked for.
+    assert set(won) <= {seat for seats in asked for seat in seats} and len(won) >= 10
+    row = await (await client.get(f"/v1/events/{event['id']}/seats", params={"section": "B"})).json()
+    assert row["sections"][0]["rows"][0]["status"].count("h") == len(won)
