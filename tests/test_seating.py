@@ -504,3 +504,186 @@ async def test_overlapping_exact_seat_requests_each_seat_won_once(start: Any) ->
     assert set(won) <= {seat for seats in asked for seat in seats} and len(won) >= 10
     row = await (await client.get(f"/v1/events/{event['id']}/seats", params={"section": "B"})).json()
     assert row["sections"][0]["rows"][0]["status"].count("h") == len(won)
+
+
+# -- bad input changes nothing ---------------------------------------------------------------------
+
+BAD_RESERVATIONS = [
+    ({"ticket_type": "PREM", "seats": ["A-9-1"]}, 422, "invalid_request", "$.seats[0]"),
+    ({"ticket_type": "PREM", "seats": ["A-1-1", "A-1-1"]}, 422, "invalid_request", "$.seats[1]"),
+    ({"ticket_type": "PREM", "seats": ["A-1-1", "B-1-1"]}, 422, "invalid_request", "$.seats[1]"),
+    ({"ticket_type": "GA", "seats": ["A-1-1"]}, 422, "invalid_request", "$.seats"),
+    ({"ticket_type": "PREM", "seats": ["A-1-1"], "quantity": 2}, 422, "invalid_request", "$.quantity"),
+    ({"ticket_type": "PREM", "seats": ["A-1-1"], "waitlist": True}, 422, "invalid_request", "$.waitlist"),
+    ({"ticket_type": "PREM"}, 422, "invalid_request", "$.quantity"),
+    ({"ticket_type": "PREM", "seats": ["A-1"]}, 422, "invalid_request", "$.seats[0]"),
+    ({"ticket_type": "PREM", "seats": []}, 422, "invalid_request", "$.seats"),
+    ({"ticket_type": "PREM", "quantity": 5}, 409, "limit_exceeded", None),
+    ({"ticket_type": "PREM", "seats": ["A-1-1", "A-1-2", "A-1-3", "A-1-4", "A-1-5"]}, 409, "limit_exceeded", None),
+]
+BAD_MAPS = [
+    ({"sections": [{"id": "A", "rows": [{"id": "1", "seats": [{"id": "1", "ticket_type": "PREM"}, {"id": "1", "ticket_type": "PREM"}]}]}]},
+     "$.sections[0].rows[0].seats[1]"),
+    ({"blocks": [{"section": "A", "rows": 2, "seats_per_row": 3, "ticket_type": "VIP"}]}, "$.blocks[0].ticket_type"),
+    ({"blocks": [{"section": "A", "rows": 2, "seats_per_row": 3, "ticket_type": "GA"}]}, "$.blocks[0].ticket_type"),
+    ({"blocks": [{"section": "A", "rows": 2, "seats_per_row": 3, "ticket_type": "PREM"},
+                 {"section": "A", "rows": 1, "seats_per_row": 3, "ticket_type": "STD", "first_row": 2}]}, "$.blocks[1]"),
+    ({"sections": [{"id": "A", "rows": [{"id": "1", "seats": [{"id": "1"}]}]}]}, "$.sections[0].rows[0].seats[0].ticket_type"),
+    ({"sections": [{"id": "A-B", "ticket_type": "PREM", "rows": [{"id": "1", "seats": [{"id": "1"}]}]}]}, "$.sections[0].id"),
+    ({"blocks": [{"section": "A", "rows": 400, "seats_per_row": 1000, "ticket_type": "PREM"}]}, "$.blocks[0]"),
+    ({}, "$"),
+]
+
+
+async def _everything(client: Any, event_id: str) -> Any:
+    return (
+        await (await client.get(f"/v1/events/{event_id}")).json(),
+        await (await client.get(f"/v1/events/{event_id}/seats")).json(),
+        await (await client.get(f"/v1/events/{event_id}/seatmap")).json(),
+    )
+
+
+async def test_bad_seat_requests_are_refused_naming_the_problem_and_change_nothing(client: Any) -> None:
+    event = await seated_event(client, per_user_limit=4)
+    event_id = event["id"]
+    before = await _everything(client, event_id)
+    for body, status, code, field in BAD_RESERVATIONS:
+        response = await client.post(f"/v1/events/{event_id}/reservations", json={"user_id": "u1", **body})
+        problem = await response.json()
+        assert (response.status, problem["code"], problem.get("field")) == (status, code, field), (body, problem)
+        assert response.content_type == "application/problem+json"
+    for layout, field in BAD_MAPS:
+        response = await client.put(f"/v1/events/{event_id}/seatmap", json=layout)
+        problem = await response.json()
+        assert (response.status, problem["code"], problem.get("field")) == (422, "invalid_request", field), (layout, problem)
+    for path, body, field in (
+        ("block", {"seats": ["Z-1-1"], "reason": "x"}, "$.seats[0]"),
+        ("block", {"seats": ["A-1-1", "A-1-1"], "reason": "x"}, "$.seats[1]"),
+        ("block", {"seats": ["A-1-1"]}, "$.reason"),
+        ("unblock", {"seats": ["Z-1-1"]}, "$.seats[0]"),
+    ):
+        response = await client.post(f"/v1/events/{event_id}/seats/{path}", json=body)
+        problem = await response.json()
+        assert (response.status, problem.get("field")) == (422, field), (path, body, problem)
+    assert (await client.get(f"/v1/events/{event_id}/seats", params={"section": "Z"})).status == 400
+    # A seated type is created with capacity 0: its seats come from the map.
+    wrong = await client.post(f"/v1/events/{event_id}/ticket-types", json={"code": "BOX", "name": "Box", "price": 1, "capacity": 4, "seated": True})
+    assert wrong.status == 422 and (await wrong.json())["field"] == "$.capacity"
+    assert await _everything(client, event_id) == before
+    # No map yet: exact seats say so; the seats and the map are not found.
+    plain = await create_event(client, ticket_types=seated_types())
+    no_map = await client.post(f"/v1/events/{plain['id']}/reservations", json={"user_id": "u1", "ticket_type": "PREM", "seats": ["A-1-1"]})
+    assert no_map.status == 422 and (await no_map.json())["field"] == "$.seats"
+    assert (await client.get(f"/v1/events/{plain['id']}/seats")).status == 404
+    sold_out = await client.post(f"/v1/events/{plain['id']}/reservations", json={"user_id": "u1", "ticket_type": "PREM", "quantity": 1})
+    assert sold_out.status == 409 and (await sold_out.json())["code"] == "sold_out"
+
+
+# -- waiting lists, restarts, the live stream ------------------------------------------------------
+
+
+async def test_a_seated_waiting_list_is_promoted_with_best_available(client: Any) -> None:
+    event = await seated_event(client, {"blocks": [{"section": "A", "rows": 1, "seats_per_row": 6, "ticket_type": "PREM"}]})
+    event_id = event["id"]
+    first = await (await client.post(f"/v1/events/{event_id}/reservations", json={"user_id": "u1", "ticket_type": "PREM", "quantity": 6})).json()
+    wait = await client.post(f"/v1/events/{event_id}/reservations", json={"user_id": "u2", "ticket_type": "PREM", "quantity": 3, "waitlist": True})
+    waiting = await wait.json()
+    assert wait.status == 202 and waiting["status"] == "waitlisted" and waiting["seats"] == []
+    await client.post(f"/v1/reservations/{first['id']}/cancel")
+    promoted = await (await client.get(f"/v1/reservations/{waiting['id']}")).json()
+    assert promoted["status"] == "held" and adjacent(promoted["seats"]) and len(promoted["seats"]) == 3
+    availability = await (await client.get(f"/v1/events/{event_id}/availability")).json()
+    assert availability["ticket_types"]["PREM"] == {"available": 3, "waitlist": 0}
+
+
+async def test_a_restart_rebuilds_the_seat_map_exactly(start: Any) -> None:
+    client = await start()
+    event = await seated_event(client, STADIUM)
+    event_id = event["id"]
+    reservations = []
+    for index in range(40):
+        body = {"user_id": f"u{index}", "ticket_type": "STD", "quantity": index % 5 + 1}
+        reservations.append(await (await client.post(f"/v1/events/{event_id}/reservations", json=body)).json())
+    for reservation in reservations[::3]:
+        await client.post(f"/v1/reservations/{reservation['id']}/confirm")
+    for reservation in reservations[1::5]:
+        await client.post(f"/v1/reservations/{reservation['id']}/cancel")
+    await client.post(f"/v1/events/{event_id}/seats/block", json={"seats": ["A-3-1", "A-3-2"], "reason": "camera"})
+    before = full_state(client.app)
+    seats_before = await (await client.get(f"/v1/events/{event_id}/seats")).json()
+    await client.close()
+    restarted = await start()
+    assert full_state(restarted.app) == before
+    assert await (await restarted.get(f"/v1/events/{event_id}/seats")).json() == seats_before
+    actor = restarted.app[keys.REGISTRY].get(event_id)
+    actor.inventory.check_invariants()
+
+
+async def test_the_live_stream_carries_seat_changes(client: Any) -> None:
+    event = await seated_event(client)
+    event_id = event["id"]
+    async with client.get(f"/v1/events/{event_id}/availability/stream") as stream:
+        events = []
+
+        async def read_events(count: int) -> None:
+            name = None
+            while len(events) < count:
+                line = (await stream.content.readline()).decode().strip()
+                if line.startswith("event: "):
+                    name = line.removeprefix("event: ")
+                elif line.startswith("data: "):
+                    events.append((name, line.removeprefix("data: ")))
+
+        await asyncio.wait_for(read_events(2), 10)
+        assert [name for name, _ in events] == ["availability", "seats"]
+        await client.post(f"/v1/events/{event_id}/reservations", json={"user_id": "u1", "ticket_type": "PREM", "seats": ["A-2-3"]})
+        await asyncio.wait_for(read_events(4), 10)
+        assert events[3] == ("seat_changes", '{"seats":{"A-2-3":"held"}}')
+
+
+async def test_a_kill_mid_sale_keeps_exactly_the_seats_acknowledged(database_url: str, db: Any) -> None:
+    acknowledged: dict[str, list[str]] = {}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession(headers=ADMIN, timeout=aiohttp.ClientTimeout(total=20)) as session:
+        with running_server(database_url, port) as process:
+            await wait_ready(session, base, process)
+            created = await (await session.post(f"{base}/v1/events", json={
+                "name": "Kill", "starts_at": "2027-06-01T19:00:00Z", "currency": "EUR", "ticket_types": seated_types(),
+            })).json()
+            event_id = created["id"]
+            assert (await session.put(f"{base}/v1/events/{event_id}/seatmap", json=STADIUM)).status == 200
+            stop = asyncio.Event()
+
+            async def buyer(index: int) -> None:
+                rng = random.Random(index)
+                while not stop.is_set():
+                    body = {"user_id": f"b{index}", "ticket_type": "STD", "quantity": rng.randint(1, 4)}
+                    try:
+                        async with session.post(f"{base}/v1/events/{event_id}/reservations", json=body) as response:
+                            if response.status == 201:
+                                answer = await response.json()
+                                acknowledged[answer["id"]] = answer["seats"]
+                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                        return
+
+            async def killer() -> None:
+                while len(acknowledged) < 150:
+                    await asyncio.sleep(0.01)
+                process.send_signal(signal.SIGKILL)
+                stop.set()
+
+            await asyncio.gather(killer(), *(buyer(index) for index in range(16)))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession(headers=ADMIN, timeout=aiohttp.ClientTimeout(total=20)) as session:
+        with running_server(database_url, port) as process:
+            await wait_ready(session, base, process)
+            for reservation_id, seats in acknowledged.items():
+                found = await (await session.get(f"{base}/v1/reservations/{reservation_id}")).json()
+                assert found["seats"] == seats and found["status"] == "held", found
+            seats_now = await (await session.get(f"{base}/v1/events/{event_id}/seats")).json()
+            # Every seat held is some reservation's: those acknowledged, and perhaps those the kill cut off after their commit.
+            assert seats_now["held"] >= sum(len(seats) for seats in acknowledged.values())
+    results = await audit(db)
+    assert results and all(not result.problems for result in results), [result.line() for result in results]
