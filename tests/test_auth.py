@@ -249,6 +249,9 @@ async def test_security_headers_and_cors(start: Any) -> None:
     assert preflight.status == 204
     assert preflight.headers["Access-Control-Allow-Origin"] == "https://shop.example"
     assert "Idempotency-Key" in preflight.headers["Access-Control-Allow-Headers"]
+    # Every method a route takes may be asked for across origins (PUT came with the seat map).
+    allowed = {method.strip() for method in preflight.headers["Access-Control-Allow-Methods"].split(",")}
+    assert {route.method for route in ROUTES} <= allowed
     other = await opened.get("/v1/events", headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in other.headers
 
@@ -312,6 +315,13 @@ MAY: dict[str, set[str]] = {
     "leave_queue": {"buyer", "organizer", "service", "admin"},
     "get_queue_line": {"organizer", "admin"},
     "get_queue_challenge": SIGNED_IN,
+    # Reserved seating (the matrix's event has no map: reading it is 404 for everyone).
+    "put_seatmap": {"organizer", "admin"},
+    "get_seatmap": EVERYONE,
+    "get_seats": EVERYONE,
+    "seatmap_svg": EVERYONE,
+    "block_seats": {"organizer", "admin"},
+    "unblock_seats": {"organizer", "admin"},
 }
 # Routes whose answer to a caller who may call them can itself be 401 (wrong password, spent token).
 ANSWERS_401_ON_ITS_OWN = {"login", "refresh"}
@@ -371,6 +381,12 @@ async def test_the_access_matrix(start: Any, database_url: str) -> None:
             case "create_reservation":
                 base = {"ticket_type": "GA", "quantity": 1}
                 return base | {"user_id": users["buyer"]} if role in ("service", "admin") else base
+            case "put_seatmap":
+                return {"blocks": [{"section": "A", "rows": 1, "seats_per_row": 4, "ticket_type": "GA"}]}
+            case "block_seats":
+                return {"seats": ["A-1-1"], "reason": "camera"}
+            case "unblock_seats":
+                return {"seats": ["A-1-1"]}
             case "join_queue":
                 return {"user_id": users["buyer"]} if role in ("service", "admin") else None
             case "register":

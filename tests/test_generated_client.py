@@ -27,7 +27,11 @@ from tests.helpers import ADMIN_TOKEN
 
 GENERATION_TIMEOUT_S = 180
 PACKAGE = "inventoryd_client"
-_CONFIG = f"project_name_override: inventoryd-client\npackage_name_override: {PACKAGE}\npost_hooks: []\n"
+# The generator reads no image type; the SVG map is bytes to it.
+_CONFIG = (
+    f"project_name_override: inventoryd-client\npackage_name_override: {PACKAGE}\npost_hooks: []\n"
+    "content_type_overrides:\n  image/svg+xml: application/octet-stream\n"
+)
 # Any request would go here, and fail: port 9 (discard) is not listened on.
 _NO_NETWORK = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "ALL_PROXY": "http://127.0.0.1:9"}
 

@@ -110,12 +110,55 @@ async def _rule_breakers(client: Any) -> dict[tuple[str, str], Any]:
         ("join_queue", "$.user_id"): await client.post(f"{path}/queue", json={}),
         # The admin token reserving without naming the buyer.
         ("create_reservation", "$.user_id"): await client.post(f"{path}/reservations", json={"ticket_type": "GA", "quantity": 1}),
+        ("create_event", "$.ticket_types[*].capacity"): await client.post(
+            "/v1/events", json=event_body(ticket_types=[{"code": "S", "name": "S", "price": 1, "capacity": 5, "seated": True}])
+        ),
+        ("add_ticket_type", "$.capacity"): await client.post(
+            f"{path}/ticket-types", json={"code": "S", "name": "S", "price": 1, "capacity": 5, "seated": True}
+        ),
+        ("create_reservation", "$.quantity"): await client.post(f"{path}/reservations", json={"ticket_type": "GA", "user_id": "u1"}),
+        ("create_reservation", "$.waitlist"): await client.post(
+            f"{path}/reservations", json={"ticket_type": "GA", "user_id": "u1", "seats": ["A-1-1"], "waitlist": True}
+        ),
+        ("create_reservation", "$.seats"): await client.post(
+            f"{path}/reservations", json={"ticket_type": "GA", "user_id": "u1", "seats": ["A-1-1"]}
+        ),
+        ("create_reservation", "$.seats[*]"): await client.post(
+            f"{path}/reservations", json={"ticket_type": "GA", "user_id": "u1", "seats": ["A-1-1", "A-1-1"]}
+        ),
+        **await _seat_rule_breakers(client),
         ("list_events", "cursor"): await client.get("/v1/events", params={"cursor": "0"}),
         ("list_events", "q"): await client.get("/v1/events", params={"q": "?!"}),
         ("list_events", "min_price"): await client.get("/v1/events", params={"min_price": "2", "max_price": "1"}),
         ("event_reservations", "cursor"): await client.get(f"{path}/reservations", params={"cursor": "0"}),
         ("user_reservations", "cursor"): await client.get("/v1/users/u1/reservations", params={"cursor": "0"}),
     }
+    return answers
+
+
+async def _seat_rule_breakers(client: Any) -> dict[tuple[str, str], Any]:
+    seated = [{"code": "S", "name": "S", "price": 1, "capacity": 0, "seated": True}, {"code": "GA", "name": "GA", "price": 1, "capacity": 5}]
+    event = await create_event(client, ticket_types=seated)
+    path = f"/v1/events/{event['id']}"
+    no_map = await create_event(client, ticket_types=seated)
+    row = {"id": "1", "seats": [{"id": "1", "ticket_type": "S"}, {"id": "1", "ticket_type": "S"}]}
+    block = {"section": "A", "rows": 1, "seats_per_row": 2, "ticket_type": "S"}
+    answers = {
+        ("put_seatmap", "$"): await client.put(f"{path}/seatmap", json={}),
+        ("put_seatmap", "$.sections[*].rows[*].seats[*]"): await client.put(f"{path}/seatmap", json={"sections": [{"id": "A", "rows": [row]}]}),
+        ("put_seatmap", "$.sections[*].rows[*].seats[*].ticket_type"): await client.put(
+            f"{path}/seatmap", json={"sections": [{"id": "A", "rows": [{"id": "1", "seats": [{"id": "1", "ticket_type": "GA"}]}]}]}
+        ),
+        ("put_seatmap", "$.blocks[*]"): await client.put(f"{path}/seatmap", json={"blocks": [block, block]}),
+        ("put_seatmap", "$.blocks[*].ticket_type"): await client.put(f"{path}/seatmap", json={"blocks": [{**block, "ticket_type": "X"}]}),
+    }
+    assert (await client.put(f"{path}/seatmap", json={"blocks": [block]})).status == 200
+    for name, body in (("block_seats", {"reason": "x"}), ("unblock_seats", {})):
+        verb = name.split("_")[0]
+        answers[name, "$.seats"] = await client.post(f"/v1/events/{no_map['id']}/seats/{verb}", json={"seats": ["A-1-1"], **body})
+        answers[name, "$.seats[*]"] = await client.post(f"{path}/seats/{verb}", json={"seats": ["A-1-9"], **body})
+    answers["get_seats", "section"] = await client.get(f"{path}/seats", params={"section": "Z"})
+    answers["seatmap_svg", "section"] = await client.get(f"{path}/seatmap.svg", params={"section": "Z"})
     return answers
 
 

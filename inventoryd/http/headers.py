@@ -57,6 +57,6 @@ def add_response_headers(request: web.Request, response: web.StreamResponse, set
         headers["Vary"] = "Origin"
         headers["Access-Control-Expose-Headers"] = _CORS_EXPOSED_HEADERS
         if request.method == "OPTIONS":
-            headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
+            headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
             headers["Access-Control-Allow-Headers"] = _CORS_ALLOWED_HEADERS
             headers["Access-Control-Max-Age"] = str(_CORS_MAX_AGE_S)

@@ -89,10 +89,40 @@ _BUYER_NAMED = Rule(
     "a service or admin token names the buyer in `user_id`; an attendee or organizer acts for themselves"
     " (omit `user_id`, or give their own: another is 403)",
 )
+_SEATED_CAPACITY = "a seated ticket type is created with `capacity` 0: its seats come from the seat map"
+_SEATS_NAMED = (
+    Rule(422, "$.seats", "the event has a seat map (and, for a reserve, the ticket type is seated)"),
+    Rule(422, "$.seats[*]", "each seat is on the event's map, named once (and, for a reserve, of the ticket type)"),
+)
+_SECTION_RULE = Rule(400, "section", "`section` is a section of the event's map")
 RULES: dict[str, tuple[Rule, ...]] = {
-    "create_event": (Rule(422, "$.ticket_types[*].code", "ticket type codes are unique within the event"), *_EVENT_TIMES),
+    "create_event": (
+        Rule(422, "$.ticket_types[*].code", "ticket type codes are unique within the event"),
+        Rule(422, "$.ticket_types[*].capacity", _SEATED_CAPACITY),
+        *_EVENT_TIMES,
+    ),
+    "add_ticket_type": (Rule(422, "$.capacity", _SEATED_CAPACITY),),
+    "put_seatmap": (
+        Rule(422, "$", "a seat map has at least one section or block"),
+        Rule(422, "$.sections[*].rows[*].seats[*]", "a seat appears once, and a row is given once (one list of adjacent seats)"),
+        Rule(
+            422, "$.sections[*].rows[*].seats[*].ticket_type",
+            "each seat has a ticket type (its own, its row's or its section's), a seated type of the event",
+        ),
+        Rule(422, "$.blocks[*]", f"a block's seats appear nowhere else, and the map holds at most {limits.SEATMAP_SEATS_MAX:,} seats"),
+        Rule(422, "$.blocks[*].ticket_type", "a block's ticket type is a seated type of the event"),
+    ),
+    "block_seats": _SEATS_NAMED,
+    "unblock_seats": _SEATS_NAMED,
+    "get_seats": (_SECTION_RULE,),
+    "seatmap_svg": (_SECTION_RULE,),
     "update_event": tuple(Rule(rule.status, rule.field, rule.text + ", once the change is applied") for rule in _EVENT_TIMES),
-    "create_reservation": (_BUYER_NAMED,),
+    "create_reservation": (
+        _BUYER_NAMED,
+        Rule(422, "$.quantity", "`quantity` or `seats` is given; with both, `quantity` is the number of seats"),
+        Rule(422, "$.waitlist", "exact `seats` cannot wait: `waitlist` is for a quantity"),
+        *_SEATS_NAMED,
+    ),
     "join_queue": (_BUYER_NAMED,),
     "list_events": (
         _CURSOR_RULE,
@@ -111,7 +141,8 @@ _DESCRIPTIONS = {
     f" then one after each change (changes within {limits.STREAM_UPDATE_INTERVAL_S} s are sent together); a comment"
     f" line every {limits.STREAM_HEARTBEAT_S:g} s when nothing changes, and the server ends the stream after"
     f" {limits.STREAM_DURATION_MAX_S:g} s (reconnect). At most {limits.STREAM_SUBSCRIBERS_MAX} streams are open at"
-    " once (503 beyond).",
+    " once (503 beyond). An event with a seat map also sends `event: seats` (every seat's status, as GET"
+    " .../seats answers) first, then `event: seat_changes` with `{seats: {SEAT_ID: status}}` for each change.",
 }
 
 
@@ -466,7 +497,7 @@ def _tag(route: Route) -> str:
 
 
 # Methods whose handlers read the body: into a schema, or to refuse one where they take none (422).
-_READS_BODY = ("POST", "PATCH")
+_READS_BODY = ("POST", "PATCH", "PUT")
 
 
 def _error_statuses(route: Route) -> list[int]:
