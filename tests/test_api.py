@@ -21,7 +21,8 @@ async def test_create_and_read_an_event(client: Any) -> None:
     assert event["id"].startswith("evt_")
     assert event["status"] == "on_sale"
     assert event["ticket_types"] == [
-        {"code": "GA", "name": "General admission", "price": 4500, "capacity": 100, "available": 100, "held": 0, "sold": 0}
+        {"code": "GA", "name": "General admission", "price": 4500, "capacity": 100, "available": 100, "held": 0, "sold": 0,
+         "seated": False, "blocked": 0}
     ]
     response = await client.get(f"/v1/events/{event['id']}")
     assert response.status == 200

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from inventoryd import domain
 from inventoryd.audit import audit
@@ -686,3 +687,68 @@ async def test_a_kill_mid_sale_keeps_exactly_the_seats_acknowledged(database_url
             assert seats_now["held"] >= sum(len(seats) for seats in acknowledged.values())
     results = await audit(db)
     assert results and all(not result.problems for result in results), [result.line() for result in results]
+
+
+def test_a_rolled_back_batch_takes_its_seat_changes_back() -> None:
+    """The actor rolls a batch back when its append fails: every seat, block, count and the index
+    must be as before, also across a new map put in the same batch."""
+    rng = random.Random(SEED)
+    inventory = _model_inventory()
+    now = NOW
+    for index in range(30):  # some history first
+        _run(inventory, domain.Reserve(f"u{index}", rng.choice(("PREM", "STD")), rng.randint(1, 3)), now)
+    seats = inventory.seats
+    assert seats is not None
+
+    def state() -> Any:
+        current = inventory.seats
+        assert current is not None
+        return (
+            list(current.holder), dict(current.blocked), dict(current.taken), {k: list(v) for k, v in current.trees.items()},
+            {code: (t.held, t.sold, t.blocked, t.capacity, t.waiting) for code, t in inventory.ticket_types.items()},
+            dict(inventory.reservations), inventory.last_seq, current.map.layout,
+        )
+
+    for round_ in range(20):
+        before = state()
+        inventory.begin()
+        for _ in range(rng.randint(1, 12)):
+            roll = rng.random()
+            kind = rng.choice(("PREM", "STD"))
+            live = [r.id for r in inventory.reservations.values() if r.status in ("held", "confirmed", "waitlisted")]
+            current = inventory.seats
+            assert current is not None
+            if roll < 0.4:
+                _run(inventory, domain.Reserve(f"b{round_}", kind, rng.randint(1, 3), rng.random() < 0.3, (), rng.random() < 0.7), now)
+            elif roll < 0.6 and live:
+                _run(inventory, domain.Cancel(rng.choice(live), privileged=True), now)
+            elif roll < 0.75:
+                _run(inventory, domain.BlockSeats(tuple(rng.sample(current.map.ids, 2)), "x"), now)
+            elif roll < 0.85 and current.blocked:
+                _run(inventory, domain.UnblockSeats((current.map.ids[next(iter(current.blocked))],)), now)
+            elif roll < 0.9:
+                _run(inventory, domain.SetSeatMap(PROPERTY_MAP if rng.random() < 0.5 else _bigger_map()), now)
+            else:
+                _run(inventory, domain.ExpireDue(), now + timedelta(minutes=5))
+        inventory.rollback()
+        assert state() == before, round_
+        inventory.check_invariants()
+
+
+def _model_inventory() -> Inventory:
+    types = (
+        domain.TicketTypeDefinition("PREM", "Premium", 100, 0, seated=True),
+        domain.TicketTypeDefinition("STD", "Standard", 50, 0, seated=True),
+    )
+    definition = domain.EventDefinition("evt_rollback", "Rollback", NOW + timedelta(days=90), "EUR", types, NOW, hold_seconds=60)
+    inventory = Inventory("evt_rollback")
+    _run(inventory, domain.CreateEvent(definition), NOW)
+    _run(inventory, domain.SetSeatMap(PROPERTY_MAP), NOW)
+    return inventory
+
+
+def _bigger_map() -> SeatLayout:
+    """PROPERTY_MAP with two more rows in B: every seat held stays, of its type."""
+    return msgspec.structs.replace(
+        PROPERTY_MAP, blocks=(*PROPERTY_MAP.blocks, domain.LayoutBlock(section="B", rows=2, seats_per_row=9, ticket_type="STD", first_row=5))
+    )
