@@ -9,7 +9,7 @@ from aiohttp import web
 
 from inventoryd import domain, limits
 from inventoryd.actor import EventActor
-from inventoryd.domain import RESERVATION_STATUSES, Rejected, Reservation, Ticket, present
+from inventoryd.domain import RESERVATION_STATUSES, Rejected, Reservation, Ticket
 from inventoryd.errors import Unavailable
 from inventoryd.http import admission, cluster, keys, schemas
 from inventoryd.http.admission import ADMISSION_TOKEN
@@ -79,7 +79,7 @@ async def create_reservation(request: web.Request) -> web.Response:
             outcome = await actor.reserve(
                 user_id,
                 body.ticket_type,
-                present(body.quantity, "a reservation body without a quantity"),
+                body.count,
                 waitlist=body.waitlist,
                 seats=tuple(body.seats) if body.seats is not None else (),
                 adjacent=body.adjacent,

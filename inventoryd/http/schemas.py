@@ -259,7 +259,7 @@ Coordinate = Annotated[float, Meta(ge=-1e6, le=1e6)]
 class ReservationIn(msgspec.Struct, forbid_unknown_fields=True):
     ticket_type: Code
     # How many (general admission, or best available on a seated type); with `seats`, their number.
-    quantity: Quantity | None = None
+    quantity: Quantity | UnsetType = UNSET
     user_id: UserId | None = None
     waitlist: bool = False
     # A seated type: these exact seats, all or none.
@@ -267,15 +267,22 @@ class ReservationIn(msgspec.Struct, forbid_unknown_fields=True):
     # Best available on a seated type: false takes seats apart when no block is left.
     adjacent: bool = True
 
+    @property
+    def count(self) -> int:
+        """The tickets asked for (`__post_init__` made sure there is a number)."""
+        if isinstance(self.quantity, UnsetType):
+            raise InvalidRequest("give quantity, or the seats", field="$.quantity")
+        return self.quantity
+
     def __post_init__(self) -> None:
         if type(self.quantity) is float:
             self.quantity = int(self.quantity)
         seats = self.seats
         if seats is None:
-            if self.quantity is None:
+            if self.quantity is UNSET:
                 raise InvalidRequest("give quantity, or the seats", field="$.quantity")
             return
-        if self.quantity is not None and self.quantity != len(seats):
+        if self.quantity is not UNSET and self.quantity != len(seats):
             raise InvalidRequest(f"quantity {self.quantity} is not the {len(seats)} seats named", field="$.quantity")
         self.quantity = len(seats)
         if self.waitlist:
