@@ -40,6 +40,12 @@ SEATMAP_ROW_SEATS_MAX: Final = 1_000
 SEAT_ID_PART_CHARS_MAX: Final = 12
 SEATS_PER_REQUEST_MAX: Final = 1_000
 SEAT_PICK_ROWS_MAX: Final = 64
+# Best available keeps, per ticket type and quantity up to SEAT_PICK_CACHED_QUANTITY_MAX (and per
+# rule: no single seat left, or not), a heap of each row's best block, so that a pick reads only
+# the rows changed since the last; a heap is remade once it holds SEAT_PICK_HEAP_ROWS_RATIO × the
+# type's rows (entries made stale by changes pile up until they come to the top).
+SEAT_PICK_CACHED_QUANTITY_MAX: Final = 10
+SEAT_PICK_HEAP_ROWS_RATIO: Final = 4
 # A live availability stream carries the seats changed by the last SEAT_CHANGES_KEPT_MAX commits;
 # a listener further behind gets every seat's status again.
 SEAT_CHANGES_KEPT_MAX: Final = 64

@@ -138,13 +138,15 @@ def wrk(script: str, url: str, duration_s: int, connections: int, *arguments: st
 
 
 def parse_wrk(output: str) -> dict[str, float]:
-    """wrk's report (with --latency): requests per second, p50 and p99 in ms, non-2xx/3xx answers."""
+    """wrk's report (with --latency): requests per second (and in all), p50 and p99 in ms, non-2xx/3xx answers."""
     stats = {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}  # type: ignore[union-attr]
     for percentile in ("50", "99"):
         match = re.search(rf"^\s+{percentile}%\s+(\S+)", output, re.MULTILINE)
         stats[f"p{percentile}_ms"] = parse_duration_ms(match.group(1)) if match else float("nan")
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     stats["non_2xx"] = float(non_2xx.group(1)) if non_2xx else 0.0
+    requests = re.search(r"(\d+) requests in", output)
+    stats["requests"] = float(requests.group(1)) if requests else float("nan")
     return stats
 
 

@@ -46,6 +46,8 @@ from loadtests import bench
 from loadtests.catalogue_bench import Serve, _ready
 from loadtests.core import local_core
 from persistence import store
+from persistence.journal import connect
+from persistence.migrate import migrate
 
 HERE = Path(__file__).resolve().parent
 STADIUM = SeatLayout(blocks=tuple(LayoutBlock(section=f"S{n}", rows=50, seats_per_row=50, ticket_type="STD") for n in range(1, 21)))
@@ -243,7 +245,11 @@ def memory(events: int) -> None:
 
 async def recovery(admin_url: str) -> None:
     database_url = await bench.create_database(admin_url, "seating_recovery")
-    event_id = ""
+    connection = await connect(database_url)
+    try:
+        await migrate(connection)
+    finally:
+        await connection.close()
     async with local_core(database_url) as core:
         await core.registry.recovered.wait()
         inventory = _stadium_inventory("evt_probe")
@@ -270,9 +276,9 @@ async def recovery(admin_url: str) -> None:
         view = actor.view()
         assert view is not None and view.ticket_types[0].sold == STADIUM_SEATS, view
         snapshot = actor.inventory.snapshot()
-    async with local_core(database_url, start=False) as core, core.pool.acquire() as connection:
+    async with local_core(database_url, start=False) as core, core.pool.acquire() as pooled:
         started = time.perf_counter()
-        rows = await store.read_event_log(connection, event_id)
+        rows = await store.read_event_log(pooled, event_id)
         records = [(seq, domain.RECORD_DECODER.decode(body)) for seq, body in rows]
         read_s = time.perf_counter() - started
         started = time.perf_counter()
@@ -297,6 +303,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100)
     parser.add_argument("--skip-callgrind", action="store_true")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     assert 1 <= args.duration <= 120 and 2 <= args.connections <= 1024 and 1 <= args.events <= 1000
     started = time.perf_counter()
     print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, wrk -c{args.connections} {args.duration} s each")

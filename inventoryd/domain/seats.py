@@ -13,6 +13,7 @@ Every change goes through the inventory's undoable primitives (`set_index`, `set
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol
 
@@ -21,6 +22,7 @@ from inventoryd.domain.checks import invariant
 from inventoryd.domain.seatmap import SeatMap
 
 LONG_RUN_BIT = 63
+_NOTHING: frozenset[int] = frozenset()
 # What a seat shows: free, held, sold, blocked.
 SeatStatus = Literal["free", "held", "sold", "blocked"]
 STATUS_LETTERS: dict[SeatStatus, str] = {"free": "f", "held": "h", "sold": "s", "blocked": "b"}
@@ -52,8 +54,13 @@ def orphan_free_runs(quantity: int) -> int:
     return _bit(quantity) | runs_from(quantity + 2)
 
 
+# A cached best block of a row: (total score, the row's rank, first seat or MARKER, row version).
+Entry = tuple[int, int, int, int]
+MARKER = -1
+
+
 class SeatState:
-    __slots__ = ("blocked", "holder", "map", "sizes", "taken", "trees")
+    __slots__ = ("blocked", "heaps", "holder", "map", "sizes", "taken", "trees", "versions")
 
     def __init__(self, seat_map: SeatMap) -> None:
         self.map = seat_map
@@ -65,6 +72,10 @@ class SeatState:
         self.taken: dict[str, int] = {kind: 0 for kind in seat_map.type_rows}
         self.trees: dict[str, list[int]] = {}
         self.sizes: dict[str, int] = {}
+        # Best available's cache (see `_best_block`): per row a version, bumped by every change;
+        # per (type, quantity, rule) a heap of each row's best block, made at the first pick.
+        self.versions: list[int] = [0] * len(seat_map.row_keys)
+        self.heaps: dict[str, dict[tuple[int, bool], list[Entry]]] = {kind: {} for kind in seat_map.type_rows}
         for kind, rows in seat_map.type_rows.items():
             size = 1
             while size < len(rows):
@@ -93,10 +104,15 @@ class SeatState:
         return mask
 
     def reindex(self, rows: Iterable[int]) -> None:
-        """Recompute the index for `rows` (derived from the holders and the blocks alone)."""
+        """Recompute the index for `rows` (derived from the holders and the blocks alone): their
+        free-run masks, and a new version each, whose marker goes into every best-block heap."""
         type_rank = self.map.type_rank
         for row in rows:
+            self.versions[row] += 1
             for kind in {self.map.type_of[seat] for seat in self.map.row_seats(row)}:
+                rank = type_rank[kind][row]
+                for (quantity, _), heap in self.heaps[kind].items():
+                    heapq.heappush(heap, (quantity * self.map.row_best[kind][rank], rank, MARKER, self.versions[row]))
                 tree, size = self.trees[kind], self.sizes[kind]
                 index = size + type_rank[kind][row]
                 mask = self.row_mask(row, kind)
@@ -167,7 +183,9 @@ class SeatState:
 
     # -- best available --------------------------------------------------------------------------
 
-    def _row_block(self, row: int, kind: str, quantity: int, orphan_free: bool, exclude: set[int]) -> tuple[int, int] | None:
+    def _row_block(
+        self, row: int, kind: str, quantity: int, orphan_free: bool, exclude: set[int] | frozenset[int]
+    ) -> tuple[int, int] | None:
         """The best block of `quantity` adjacent free seats in `row`: (its total score, its first
         seat), the lowest total, the first such; None if the row has none (that fits the rule)."""
         score, type_of, holder, blocked = self.map.score, self.map.type_of, self.holder, self.blocked
@@ -195,12 +213,55 @@ class SeatState:
         return best
 
     def pick_block(self, kind: str, quantity: int, *, orphan_free: bool, exclude: set[int]) -> tuple[int, ...] | None:
-        """The best block of `quantity` adjacent seats of `kind`: the lowest total score over the
-        rows that can hold one, looking at rows best first and stopping once no later row can beat
-        the best found (a row's block scores at least quantity × its best seat), or after
-        SEAT_PICK_ROWS_MAX rows past the first that fits. Ties go to the better-ranked row, then
-        the first block in it."""
-        wanted = orphan_free_runs(quantity) if orphan_free else runs_from(quantity)
+        """The best block of `quantity` adjacent seats of `kind` (that leaves no single seat, if
+        `orphan_free`): the lowest total score; ties go to the better-ranked row, then the first
+        block in it."""
+        if exclude or quantity > limits.SEAT_PICK_CACHED_QUANTITY_MAX:
+            return self._scan_block(kind, quantity, orphan_free=orphan_free, exclude=exclude)
+        return self._best_block(kind, quantity, orphan_free)
+
+    def _heap(self, kind: str, quantity: int, orphan_free: bool) -> list[Entry]:
+        """The (type, quantity, rule)'s heap; made, or remade when stale entries have piled up, as
+        a marker per row: a marker's key, quantity × the row's best seat, is at most any block of
+        its row's, so it comes to the top before any of them could."""
+        heaps = self.heaps[kind]
+        heap = heaps.get((quantity, orphan_free))
+        rows = self.map.type_rows[kind]
+        if heap is None or len(heap) > limits.SEAT_PICK_HEAP_ROWS_RATIO * len(rows) + 64:
+            bound, versions = self.map.row_best[kind], self.versions
+            heap = [(quantity * bound[rank], rank, MARKER, versions[row]) for rank, row in enumerate(rows)]
+            heapq.heapify(heap)
+            heaps[quantity, orphan_free] = heap
+        return heap
+
+    def _best_block(self, kind: str, quantity: int, orphan_free: bool) -> tuple[int, ...] | None:
+        """The heap's top, once it is a block computed on its row as the row is now: entries of an
+        older version are dropped, a marker is replaced by its row's best block (if it has one).
+        Each change pushes its row's marker, so a row whose blocks got better surfaces again."""
+        heap = self._heap(kind, quantity, orphan_free)
+        rows, versions = self.map.type_rows[kind], self.versions
+        while heap:
+            _, rank, start, version = heap[0]
+            row = rows[rank]
+            if version != versions[row]:
+                heapq.heappop(heap)
+            elif start != MARKER:
+                return tuple(range(start, start + quantity))
+            else:
+                heapq.heappop(heap)
+                found = self._row_block(row, kind, quantity, orphan_free, _NOTHING)
+                if found is not None:
+                    heapq.heappush(heap, (found[0], rank, found[1], version))
+        return None
+
+    def _scan_block(self, kind: str, quantity: int, *, orphan_free: bool, exclude: set[int]) -> tuple[int, ...] | None:
+        """`pick_block` without the cache (some seats excluded, or a quantity beyond the cached):
+        rows best first through the free-run tree, stopping once no later row can beat the best
+        found (a row's block scores at least quantity × its best seat), or after
+        SEAT_PICK_ROWS_MAX rows past the first that fits. Excluding seats can make a block leave
+        no single seat where the whole run would have (the excluded seat was the one left), so then
+        every row with a run long enough is looked at."""
+        wanted = orphan_free_runs(quantity) if orphan_free and not exclude else runs_from(quantity)
         bound = self.map.row_best[kind]
         rows = self.map.type_rows[kind]
         best: tuple[int, int] | None = None
