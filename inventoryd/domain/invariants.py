@@ -188,7 +188,9 @@ def check_seats(inventory: InventoryState) -> None:
     fresh = SeatState(seat_map)
     fresh.holder = list(seats.holder)
     fresh.blocked = dict(seats.blocked)
+    fresh.refresh_free()
     fresh.reindex(range(len(seat_map.row_keys)))
+    invariant(fresh.free == seats.free, "%s: the free seats differ from their recount", event_id)
     invariant(fresh.trees == seats.trees, "%s: the free-run index differs from its recount", event_id)
 
 

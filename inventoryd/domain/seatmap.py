@@ -151,8 +151,10 @@ class SeatMap:
         "ids",
         "layout",
         "number",
+        "prefix",
         "row_best",
         "row_keys",
+        "row_kind",
         "row_of",
         "row_start",
         "score",
@@ -202,6 +204,15 @@ class SeatMap:
                 else:
                     self.score.append(round(math.hypot(grid_x - focal_x, grid_y - focal_y) * 1000))
         self.row_start.append(len(self.ids))
+        # Running sums of the scores (a block's total is a difference of two), and each row's one
+        # ticket type (None for a row of several).
+        self.prefix = array("q", [0])
+        for score in self.score:
+            self.prefix.append(self.prefix[-1] + score)
+        self.row_kind: list[str | None] = []
+        for row in range(len(self.row_keys)):
+            kinds = {self.type_of[seat] for seat in self.row_seats(row)}
+            self.row_kind.append(kinds.pop() if len(kinds) == 1 else None)
         # Each ticket type's rows, best first (by the row's best seat of that type, then in order),
         # and their best scores: a block in row k scores at least quantity × row_best[k].
         best: dict[str, dict[int, int]] = {}

@@ -14,7 +14,8 @@ Every change goes through the inventory's undoable primitives (`set_index`, `set
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Iterable, MutableSequence
 from typing import Any, Literal, Protocol
 
 from inventoryd import limits
@@ -23,6 +24,7 @@ from inventoryd.domain.seatmap import SeatMap
 
 LONG_RUN_BIT = 63
 _NOTHING: frozenset[int] = frozenset()
+_RUNS = re.compile(rb"\x01+")
 # What a seat shows: free, held, sold, blocked.
 SeatStatus = Literal["free", "held", "sold", "blocked"]
 STATUS_LETTERS: dict[SeatStatus, str] = {"free": "f", "held": "h", "sold": "s", "blocked": "b"}
@@ -31,7 +33,7 @@ STATUS_LETTERS: dict[SeatStatus, str] = {"free": "f", "held": "h", "sold": "s", 
 class Mutations(Protocol):
     """The inventory's undoable writes (see `state.InventoryState`)."""
 
-    def set_index(self, sequence: list[Any], index: int, value: Any) -> None: ...
+    def set_index(self, sequence: MutableSequence[Any], index: int, value: Any) -> None: ...
     def set_item(self, mapping: dict[Any, Any], key: Any, value: Any) -> None: ...
     def pop_item(self, mapping: dict[Any, Any], key: Any) -> None: ...
     def on_rollback(self, undo: Callable[[], None]) -> None: ...
@@ -60,7 +62,7 @@ MARKER = -1
 
 
 class SeatState:
-    __slots__ = ("blocked", "heaps", "holder", "map", "sizes", "taken", "trees", "versions")
+    __slots__ = ("blocked", "free", "heaps", "holder", "map", "sizes", "taken", "trees", "versions")
 
     def __init__(self, seat_map: SeatMap) -> None:
         self.map = seat_map
@@ -68,6 +70,8 @@ class SeatState:
         self.holder: list[str | None] = [None] * len(seat_map)
         # Blocked seats and why (house seats, a camera position).
         self.blocked: dict[int, str] = {}
+        # Per seat 1 if free (neither held nor blocked): what a pick scans, as bytes.
+        self.free = bytearray(b"\x01") * len(seat_map)
         # Per ticket type: its seats held or sold (the type's held + sold, checked after each change).
         self.taken: dict[str, int] = {kind: 0 for kind in seat_map.type_rows}
         self.trees: dict[str, list[int]] = {}
@@ -89,7 +93,18 @@ class SeatState:
     def is_free(self, seat: int) -> bool:
         return self.holder[seat] is None and seat not in self.blocked
 
+    def refresh_free(self) -> None:
+        """`free` again from the holders and the blocks (after they were set directly)."""
+        blocked = self.blocked
+        self.free = bytearray(holder is None and seat not in blocked for seat, holder in enumerate(self.holder))
+
     def row_mask(self, row: int, kind: str, exclude: frozenset[int] | set[int] = frozenset()) -> int:
+        if not exclude and self.map.row_kind[row] == kind:
+            seats = self.map.row_seats(row)
+            found = 0
+            for free_run in _RUNS.finditer(self.free, seats.start, seats.stop):
+                found |= _bit(free_run.end() - free_run.start())
+            return found
         mask = 0
         run = 0
         holder, blocked, type_of = self.holder, self.blocked, self.map.type_of
@@ -156,6 +171,7 @@ class SeatState:
         for seat in seats:
             invariant(self.is_free(seat), "seat %s taken by %s while not free", self.map.ids[seat], reservation_id)
             mutations.set_index(self.holder, seat, reservation_id)
+            mutations.set_index(self.free, seat, 0)
             mutations.set_item(self.taken, type_of[seat], self.taken[type_of[seat]] + 1)
         self.reindex(rows)
 
@@ -165,6 +181,7 @@ class SeatState:
         for seat in seats:
             invariant(self.holder[seat] == reservation_id, "seat %s released by %s, not its holder", self.map.ids[seat], reservation_id)
             mutations.set_index(self.holder, seat, None)
+            mutations.set_index(self.free, seat, seat not in self.blocked)
             mutations.set_item(self.taken, type_of[seat], self.taken[type_of[seat]] - 1)
         self.reindex(rows)
 
@@ -173,12 +190,14 @@ class SeatState:
         for seat in seats:
             invariant(self.holder[seat] is None, "seat %s blocked while held", self.map.ids[seat])
             mutations.set_item(self.blocked, seat, reason)
+            mutations.set_index(self.free, seat, 0)
         self.reindex(rows)
 
     def unblock(self, mutations: Mutations, seats: tuple[int, ...]) -> None:
         rows = self._changing(mutations, seats)
         for seat in seats:
             mutations.pop_item(self.blocked, seat)
+            mutations.set_index(self.free, seat, self.holder[seat] is None)
         self.reindex(rows)
 
     # -- best available --------------------------------------------------------------------------
@@ -188,6 +207,32 @@ class SeatState:
     ) -> tuple[int, int] | None:
         """The best block of `quantity` adjacent free seats in `row`: (its total score, its first
         seat), the lowest total, the first such; None if the row has none (that fits the rule)."""
+        if exclude or self.map.row_kind[row] != kind:
+            return self._row_block_by_seat(row, kind, quantity, orphan_free, exclude)
+        # A row of one type: its runs of free seats found in C, each block's total from the
+        # scores' running sums.
+        seats = self.map.row_seats(row)
+        first = seats.start
+        prefix = self.map.prefix
+        best: tuple[int, int] | None = None
+        for run in _RUNS.finditer(self.free, first, seats.stop):
+            start, stop = run.span()
+            length = stop - start
+            if length < quantity:
+                continue
+            for offset in range(length - quantity + 1):
+                if orphan_free and (offset == 1 or length - quantity - offset == 1):
+                    continue
+                at = start + offset
+                total = prefix[at + quantity] - prefix[at]
+                if best is None or total < best[0]:
+                    best = (total, at)
+        return best
+
+    def _row_block_by_seat(
+        self, row: int, kind: str, quantity: int, orphan_free: bool, exclude: set[int] | frozenset[int]
+    ) -> tuple[int, int] | None:
+        """`_row_block` seat by seat: for a row of several types, or with seats excluded."""
         score, type_of, holder, blocked = self.map.score, self.map.type_of, self.holder, self.blocked
         best: tuple[int, int] | None = None
         seats = self.map.row_seats(row)
@@ -323,5 +368,6 @@ class SeatState:
             target_or_none = number.get(self.map.ids[seat])
             if target_or_none is not None:
                 moved.blocked[target_or_none] = reason
+        moved.refresh_free()
         moved.reindex(range(len(seat_map.row_keys)))
         return moved

@@ -111,6 +111,7 @@ def _restore_seats(inventory: InventoryState, saved: SeatsSnapshot) -> None:
     for seat_id, reason in saved.blocked:
         seats.blocked[number[seat_id]] = reason
         inventory.ticket_types[type_of[number[seat_id]]].blocked += 1
+    seats.refresh_free()
     seats.reindex(range(len(seats.map.row_keys)))
     inventory.seats = seats
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal, get_args
@@ -253,7 +253,7 @@ class InventoryState:
             self._undo.entries.append(("item", mapping, key, mapping.get(key, _MISSING)))
         mapping[key] = value
 
-    def set_index(self, sequence: list[Any], index: int, value: Any) -> None:
+    def set_index(self, sequence: MutableSequence[Any], index: int, value: Any) -> None:
         if self._undo is not None:
             self._undo.entries.append(("item", sequence, index, sequence[index]))
         sequence[index] = value
