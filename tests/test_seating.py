@@ -27,7 +27,7 @@ from inventoryd.audit import audit
 from inventoryd.domain import Inventory, SeatLayout
 from inventoryd.http import keys
 from persistence import store
-from tests.helpers import ADMIN, create_event, free_port, full_state, running_server, wait_ready
+from tests.helpers import ADMIN, create_event, free_port, full_state, running_server, wait_ready, wait_until
 
 STEPS = int(os.environ.get("INVENTORYD_SEATING_STEPS", "3000"))
 SEED = int(os.environ.get("INVENTORYD_SEATING_SEED", str(random.randrange(1_000_000))))
@@ -792,3 +792,41 @@ def test_a_promotion_after_another_in_the_same_look_finds_the_block_the_first_le
     _, records = _run(inventory, domain.UnblockSeats((*front[4:], *back[5:])), NOW)
     promoted = {r.reservation_id: r.seats for r in records if isinstance(r, domain.WaitlistPromoted)}
     assert promoted == {waiting[0]: ("A-1-5",), waiting[1]: ("A-1-6", "A-1-7", "A-1-8")}
+
+
+async def test_the_seats_read_never_show_an_uncommitted_change(faulty: Any) -> None:
+    client, journal = faulty
+    event = await seated_event(client)
+    event_id = event["id"]
+    body = {"user_id": "u1", "ticket_type": "PREM", "seats": ["A-1-1"]}
+    held = await (await client.post(f"/v1/events/{event_id}/reservations", json=body)).json()
+    actor = client.app[keys.REGISTRY].get(event_id)
+    first, second = asyncio.Event(), asyncio.Event()
+    journal.gate = first
+    confirming = asyncio.create_task(client.post(f"/v1/reservations/{held['id']}/confirm"))
+    await wait_until(lambda: journal.waiting_at_gate == 1)
+    # Queued behind it, to join its append: a hold, a block and (last) a bigger map.
+    bigger = {**SMALL_MAP, "blocks": [{"section": "B", "rows": 6, "seats_per_row": 20, "ticket_type": "STD"}]}
+    pending = [
+        asyncio.create_task(client.post(f"/v1/events/{event_id}/reservations", json={**body, "user_id": "u2", "seats": ["A-1-5"]})),
+        asyncio.create_task(client.post(f"/v1/events/{event_id}/seats/block", json={"seats": ["A-2-1"], "reason": "camera"})),
+    ]
+    await wait_until(lambda: actor.mailbox_depth() == 2)
+    pending.append(asyncio.create_task(client.put(f"/v1/events/{event_id}/seatmap", json=bigger)))
+    await wait_until(lambda: actor.mailbox_depth() == 3)
+    # Let the append through to the writer, which has the queued three join it, then holds it.
+    journal.write_gate = second
+    first.set()
+    await wait_until(lambda: journal.writes_at_gate == 1 and actor.mailbox_depth() == 0)
+    assert len(actor.inventory.seats.map.row_keys) == 8  # decided and applied in memory, not committed
+    for _ in range(3):  # also once the rows' letters are kept for this view
+        during = await (await client.get(f"/v1/events/{event_id}/seats")).json()
+        assert during["sections"][0]["rows"][0]["status"] == "hfffffffff"
+        assert during["sections"][0]["rows"][1]["status"] == "ffffffffff"
+        assert len(during["sections"][1]["rows"]) == 5 and (during["free"], during["held"]) == (119, 1)
+    second.set()
+    assert (await confirming).status == 200
+    assert [(await task).status for task in pending] == [201, 200, 200]
+    after = await (await client.get(f"/v1/events/{event_id}/seats")).json()
+    assert after["sections"][0]["rows"][0]["status"] == "sfffhfffff" and after["sections"][0]["rows"][1]["status"][0] == "b"
+    assert len(after["sections"][1]["rows"]) == 6

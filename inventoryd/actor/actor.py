@@ -58,13 +58,13 @@ class CommittedSeats:
     """The seats as last committed: each seat's status, and each row's as letters (f free, h held,
     s sold, b blocked), made once per view."""
 
-    __slots__ = ("_overlay", "_reservation", "_rows", "seats", "view")
+    __slots__ = ("_overlay", "_reservation", "_rows", "answers", "seats", "view")
 
     def __init__(
         self,
         view: EventSummary | None,
         seats: domain.SeatState,
-        overlay: dict[str, tuple[str | None, bool]],
+        overlay: Callable[[], dict[str, tuple[str | None, bool]]],
         reservation: Callable[[str], Reservation | None],
     ) -> None:
         self.view = view
@@ -72,10 +72,13 @@ class CommittedSeats:
         self._overlay = overlay
         self._reservation = reservation
         self._rows: list[str] | None = None
+        # Answers made from this view, kept with it (the HTTP layer's: by section, encoded).
+        self.answers: dict[str | None, bytes] = {}
 
     def status(self, seat: int) -> domain.SeatStatus:
         seats = self.seats
-        was = self._overlay.get(seats.map.ids[seat]) if self._overlay else None
+        overlay = self._overlay()  # the batch in flight's, asked each time: it comes and goes
+        was = overlay.get(seats.map.ids[seat]) if overlay else None
         holder, blocked = was if was is not None else (seats.holder[seat], seat in seats.blocked)
         if blocked:
             return "blocked"
@@ -240,25 +243,27 @@ class EventActor:
 
     def seat_view(self) -> CommittedSeats | None:
         """The seats as last committed (None: no map is), with each row's statuses, made once per
-        commit that a reader asks after."""
+        commit that a reader asks after. Its seat state is the committed one: the live state (with
+        the values a batch in flight replaced, looked up as it reads), or, while a batch that puts
+        a new map is in flight, the state it replaced, which nothing changes any more."""
         view = self._view
         cached = self._seat_view
         if cached is not None and cached.view is view:
             return cached
         batch = self._in_flight
         seats = self.inventory.seats
-        overlay: dict[str, tuple[str | None, bool]] = {}
-        if batch is not None:
-            if batch.seat_map_before is not False:
-                seats = batch.seat_map_before if isinstance(batch.seat_map_before, domain.SeatState) else None
-            else:
-                overlay = batch.seats_before
+        if batch is not None and batch.seat_map_before is not False:
+            seats = batch.seat_map_before if isinstance(batch.seat_map_before, domain.SeatState) else None
         if seats is None:
             return None
-        committed = CommittedSeats(view, seats, overlay, self._committed)
-        if batch is None:  # a view while a batch is in flight is made for that read alone
-            self._seat_view = committed
-        return committed
+        self._seat_view = CommittedSeats(view, seats, self._seats_in_flight, self._committed)
+        return self._seat_view
+
+    def _seats_in_flight(self) -> dict[str, tuple[str | None, bool]]:
+        """What the batch in flight changed of the seats, as committed (its first look at each; it
+        stops looking once it puts a new map, after which reads use the map it replaced)."""
+        batch = self._in_flight
+        return batch.seats_before if batch is not None else {}
 
     def seat_changes_since(self, seq: int) -> set[str] | None:
         """The seats changed by commits after `seq`, or None when that is not known any more (more

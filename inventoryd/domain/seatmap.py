@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import msgspec
 
@@ -106,12 +106,16 @@ def layout_problem(layout: SeatLayout, seated_types: set[str], all_types: set[st
         for r, row in enumerate(section.rows):
             if problem := _part_problem(row.id):
                 return f"$.sections[{s}].rows[{r}].id", f"a row id: {problem}"
+            if not row.seats:
+                return f"$.sections[{s}].rows[{r}].seats", "a row has at least one seat"
             if len(row.seats) > limits.SEATMAP_ROW_SEATS_MAX:
                 return f"$.sections[{s}].rows[{r}].seats", f"a row has at most {limits.SEATMAP_ROW_SEATS_MAX} seats"
     total = 0
     for b, block in enumerate(layout.blocks):
         if problem := _part_problem(block.section):
             return f"$.blocks[{b}].section", f"a section id: {problem}"
+        if block.rows < 1 or block.seats_per_row < 1:
+            return f"$.blocks[{b}]", "a block has at least one row of at least one seat"
         if block.seats_per_row > limits.SEATMAP_ROW_SEATS_MAX:
             return f"$.blocks[{b}].seats_per_row", f"a row has at most {limits.SEATMAP_ROW_SEATS_MAX} seats"
         total += block.rows * block.seats_per_row
@@ -143,9 +147,107 @@ def layout_problem(layout: SeatLayout, seated_types: set[str], all_types: set[st
     return None
 
 
+class _Row:
+    """One row as the layout gives it: its seats' labels (or, for a block's row, the first seat's
+    number: the labels are the numbers from it), ticket types, qualities and coordinates."""
+
+    __slots__ = ("count", "first", "kinds", "labels", "quality", "row_id", "section", "xs", "ys")
+
+    def __init__(self, section: str, row_id: str, count: int) -> None:
+        self.section, self.row_id, self.count = section, row_id, count
+        self.labels: list[str] | None = None
+        self.first = 0
+        self.kinds: list[str] = []
+        self.quality: list[int | None] | None = None
+        self.xs: list[float | None] | None = None
+        self.ys: list[float | None] | None = None
+
+
+def _rows(layout: SeatLayout) -> list[_Row]:
+    rows: list[_Row] = []
+    for section in layout.sections:
+        for given in section.rows:
+            row = _Row(section.id, given.id, len(given.seats))
+            row.labels = [seat.id for seat in given.seats]
+            row.kinds = [seat.ticket_type or given.ticket_type or section.ticket_type or "" for seat in given.seats]
+            row.quality = [seat.quality for seat in given.seats]
+            row.xs = [seat.x for seat in given.seats]
+            row.ys = [seat.y for seat in given.seats]
+            rows.append(row)
+    for block in layout.blocks:
+        for number in range(block.first_row, block.first_row + block.rows):
+            row = _Row(block.section, str(number), block.seats_per_row)
+            row.first = block.first_seat
+            row.kinds = [block.ticket_type] * block.seats_per_row
+            row.xs = [float(block.first_seat + place) for place in range(block.seats_per_row)]
+            row.ys = [float(number)] * block.seats_per_row
+            rows.append(row)
+    return rows
+
+
+class SeatIds(Sequence[str]):
+    """Each seat's id (`A-12-5`), made when asked: a stadium's 50,000 strings are not kept."""
+
+    __slots__ = ("_map",)
+
+    def __init__(self, seat_map: SeatMap) -> None:
+        self._map = seat_map
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def __getitem__(self, seat: int) -> str:  # type: ignore[override]  # no slices
+        seat_map = self._map
+        row = seat_map.row_of[seat]
+        section, row_id = seat_map.row_keys[row]
+        return f"{section}-{row_id}-{seat_map.label(seat)}"
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[seat] for seat in range(len(self._map)))
+
+
+class SeatNumbers:
+    """Each seat's number by its id, found from the id's parts (a row's index, then the seat's
+    place in it: its number less the first's in a block's row, a lookup in a row given seat by seat)."""
+
+    __slots__ = ("_map",)
+
+    def __init__(self, seat_map: SeatMap) -> None:
+        self._map = seat_map
+
+    def get(self, seat_id: str) -> int | None:
+        section, _, rest = seat_id.partition("-")
+        row_id, _, label = rest.partition("-")
+        seat_map = self._map
+        row = seat_map.row_index.get((section, row_id))
+        if row is None or not label:
+            return None
+        places = seat_map.row_places[row]
+        if places is not None:
+            place = places.get(label)
+        elif label.isascii() and label.isdigit() and str(int(label)) == label:
+            place = int(label) - seat_map.row_first[row]
+        else:
+            return None
+        start = seat_map.row_start[row]
+        if place is None or not 0 <= place < seat_map.row_start[row + 1] - start:
+            return None
+        return start + place
+
+    def __getitem__(self, seat_id: str) -> int:
+        seat = self.get(seat_id)
+        if seat is None:
+            raise KeyError(seat_id)
+        return seat
+
+    def __contains__(self, seat_id: object) -> bool:
+        return isinstance(seat_id, str) and self.get(seat_id) is not None
+
+
 class SeatMap:
-    """The static map: every seat's id, ticket type, row and score, numbered row by row. Built once
-    per layout put; never changed after (the seats' statuses are `seats.SeatState`'s)."""
+    """The static map: every seat's ticket type, row and score, numbered row by row (ids are made
+    from the rows when asked). Built once per layout put; never changed after (the seats'
+    statuses are `seats.SeatState`'s)."""
 
     __slots__ = (
         "ids",
@@ -153,9 +255,13 @@ class SeatMap:
         "number",
         "prefix",
         "row_best",
+        "row_first",
+        "row_index",
         "row_keys",
         "row_kind",
+        "row_labels",
         "row_of",
+        "row_places",
         "row_start",
         "score",
         "type_of",
@@ -167,8 +273,8 @@ class SeatMap:
 
     def __init__(self, layout: SeatLayout) -> None:
         self.layout = layout
-        self.ids: list[str] = []
-        self.number: dict[str, int] = {}
+        self.ids = SeatIds(self)
+        self.number = SeatNumbers(self)
         self.type_of: list[str] = []
         self.row_of = array("i")
         self.score = array("q")
@@ -177,51 +283,59 @@ class SeatMap:
         # Row r's seats are row_start[r] .. row_start[r + 1] - 1; row_keys[r] is (section, row).
         self.row_start = array("i")
         self.row_keys: list[tuple[str, str]] = []
-        rows: dict[tuple[str, str], list[_Seat]] = {}
-        for seat in _seats(layout):
-            rows.setdefault((seat[0], seat[1]), []).append(seat)
+        self.row_index: dict[tuple[str, str], int] = {}
+        # A row given seat by seat: its labels, and each label's place; a block's: its first number.
+        self.row_labels: list[list[str] | None] = []
+        self.row_places: list[dict[str, int] | None] = []
+        self.row_first = array("i")
+        rows = _rows(layout)
         focal = self._focal_points(layout, rows)
         # A row's place in its section (1 the front): its y on the grid when none is given.
         placed: dict[str, int] = {}
-        for key, seats in rows.items():
-            row_y = placed[key[0]] = placed.get(key[0], 0) + 1
-            row = len(self.row_keys)
+        for row_number, row in enumerate(rows):
+            row_y = placed[row.section] = placed.get(row.section, 0) + 1
+            key = (row.section, row.row_id)
+            self.row_index[key] = row_number
             self.row_keys.append(key)
-            self.row_start.append(len(self.ids))
-            focal_x, focal_y = focal[key[0]]
-            for position, (section_id, row_id, seat_id, kind, quality, x, y, _) in enumerate(seats):
-                full = f"{section_id}-{row_id}-{seat_id}"
-                self.number[full] = len(self.ids)
-                self.ids.append(full)
-                self.type_of.append(kind or "")
-                self.row_of.append(row)
-                grid_x = float(position + 1) if x is None else x
+            self.row_start.append(len(self.type_of))
+            self.row_labels.append(row.labels)
+            self.row_places.append({label: place for place, label in enumerate(row.labels)} if row.labels is not None else None)
+            self.row_first.append(row.first)
+            self.type_of.extend(row.kinds)
+            self.row_of.extend([row_number] * row.count)
+            focal_x, focal_y = focal[row.section]
+            xs = row.xs or [None] * row.count
+            ys = row.ys or [None] * row.count
+            quality = row.quality or [None] * row.count
+            for place in range(row.count):
+                x, y, rank = xs[place], ys[place], quality[place]
+                grid_x = float(place + 1) if x is None else x
                 grid_y = float(row_y) if y is None else y
                 self.x.append(grid_x)
                 self.y.append(grid_y)
-                if quality is not None:
-                    self.score.append(quality * SCORE_PER_RANK)
+                if rank is not None:
+                    self.score.append(rank * SCORE_PER_RANK)
                 else:
                     self.score.append(round(math.hypot(grid_x - focal_x, grid_y - focal_y) * 1000))
-        self.row_start.append(len(self.ids))
+        self.row_start.append(len(self.type_of))
         # Running sums of the scores (a block's total is a difference of two), and each row's one
         # ticket type (None for a row of several).
         self.prefix = array("q", [0])
         for score in self.score:
             self.prefix.append(self.prefix[-1] + score)
         self.row_kind: list[str | None] = []
-        for row in range(len(self.row_keys)):
-            kinds = {self.type_of[seat] for seat in self.row_seats(row)}
+        for row_number in range(len(self.row_keys)):
+            kinds = set(self.type_of[self.row_start[row_number] : self.row_start[row_number + 1]])
             self.row_kind.append(kinds.pop() if len(kinds) == 1 else None)
         # Each ticket type's rows, best first (by the row's best seat of that type, then in order),
         # and their best scores: a block in row k scores at least quantity × row_best[k].
         best: dict[str, dict[int, int]] = {}
         for number, kind in enumerate(self.type_of):
-            row = self.row_of[number]
+            row_number = self.row_of[number]
             of_type = best.setdefault(kind, {})
             score = self.score[number]
-            if row not in of_type or score < of_type[row]:
-                of_type[row] = score
+            if row_number not in of_type or score < of_type[row_number]:
+                of_type[row_number] = score
         self.type_rows: dict[str, list[int]] = {}
         self.row_best: dict[str, list[int]] = {}
         self.type_rank: dict[str, dict[int, int]] = {}
@@ -231,19 +345,25 @@ class SeatMap:
             self.row_best[kind] = [of_type[row] for row in order]
             self.type_rank[kind] = {row: rank for rank, row in enumerate(order)}
 
+    def label(self, seat: int) -> str:
+        """The seat's own part of its id (its label in its row)."""
+        row = self.row_of[seat]
+        labels = self.row_labels[row]
+        place = seat - self.row_start[row]
+        return labels[place] if labels is not None else str(self.row_first[row] + place)
+
     @staticmethod
-    def _focal_points(layout: SeatLayout, rows: dict[tuple[str, str], list[_Seat]]) -> dict[str, tuple[float, float]]:
+    def _focal_points(layout: SeatLayout, rows: list[_Row]) -> dict[str, tuple[float, float]]:
         """Each section's focal point: as given, else the middle of its front row, a row ahead."""
         given = {section.id: (section.focal_x, section.focal_y) for section in layout.sections}
         spans: dict[str, list[float]] = {}
         index: dict[str, int] = {}
-        for (section_id, _), seats in rows.items():
-            row_y = index[section_id] = index.get(section_id, 0) + 1
-            for position, seat in enumerate(seats):
-                x = float(position + 1) if seat[5] is None else seat[5]
-                y = float(row_y) if seat[6] is None else seat[6]
-                span = spans.setdefault(section_id, [x, x, y])
-                span[0], span[1], span[2] = min(span[0], x), max(span[1], x), min(span[2], y)
+        for row in rows:
+            row_y = index[row.section] = index.get(row.section, 0) + 1
+            xs = [float(place + 1) if x is None else x for place, x in enumerate(row.xs or [None] * row.count)]
+            ys = [float(row_y) if y is None else y for y in (row.ys or [None] * row.count)]
+            span = spans.setdefault(row.section, [xs[0], xs[0], ys[0]])
+            span[0], span[1], span[2] = min(span[0], *xs), max(span[1], *xs), min(span[2], *ys)
         focal: dict[str, tuple[float, float]] = {}
         for section_id, (low_x, high_x, front_y) in spans.items():
             focal_x, focal_y = given.get(section_id, (None, None))
@@ -254,7 +374,7 @@ class SeatMap:
         return focal
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.type_of)
 
     def row_seats(self, row: int) -> range:
         return range(self.row_start[row], self.row_start[row + 1])

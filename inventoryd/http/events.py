@@ -437,7 +437,7 @@ def seat_changes(actor: EventActor, since: int | None, now: int) -> bytes | None
         return None
     changed = actor.seat_changes_since(since) if since is not None else None
     if changed is None:
-        return b"event: seats\ndata: " + schemas.ENCODER.encode(seating.seats_out(actor.event_id, seats, None)) + b"\n\n"
+        return b"event: seats\ndata: " + seating.seats_answer(actor.event_id, seats, None) + b"\n\n"
     if not changed:
         return None
     number = seats.seats.map.number

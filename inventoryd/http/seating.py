@@ -102,8 +102,7 @@ def seats_out(event_id: str, seats: CommittedSeats, section: str | None) -> sche
     for row, (section_id, row_id) in enumerate(seat_map.row_keys):
         if section is not None and section_id != section:
             continue
-        prefix = len(section_id) + len(row_id) + 2
-        labels = [seat_map.ids[seat][prefix:] for seat in seat_map.row_seats(row)]
+        labels = [seat_map.label(seat) for seat in seat_map.row_seats(row)]
         sections.setdefault(section_id, []).append(schemas.SeatRowOut(row_id, labels, rows[row]))
         for letter in _COUNTED:
             counts[letter] += rows[row].count(letter)
@@ -117,10 +116,20 @@ def seats_out(event_id: str, seats: CommittedSeats, section: str | None) -> sche
     )
 
 
+def seats_answer(event_id: str, seats: CommittedSeats, section: str | None) -> bytes:
+    """`seats_out` encoded, made once per committed view and section (a crowd of storefronts
+    asking for a stadium's seats gets the same bytes until the next commit)."""
+    answer = seats.answers.get(section)
+    if answer is None:
+        answer = seats.answers[section] = schemas.ENCODER.encode(seats_out(event_id, seats, section))
+    return answer
+
+
 async def get_seats(request: web.Request) -> web.Response:
     actor = await actor_of(request, request.match_info["event_id"])
     seats = _seats_of(actor)
-    return cacheable_json(request, seats_out(actor.event_id, seats, _section_query(request, seats)))
+    answer = seats_answer(actor.event_id, seats, _section_query(request, seats))
+    return public_answer(request, etag_of(answer), answer)
 
 
 # The map's colours by status letter, and the seat's drawn size (in the map's units).
