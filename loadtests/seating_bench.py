@@ -10,8 +10,9 @@ the memory and snapshots of big seat maps, and the recovery of a sold-out stadiu
    per accepted reservation (pg_stat_wal), and how much of the stadium was sold by the end (the
    picks get harder as it fills); then the ratio seated / general admission.
 2. The pick: instructions per best-available pick (callgrind, the difference of two runs of a loop
-   of picks on the same state, which a pick does not change) on the stadium empty, half sold and
-   95% sold (sold by best available, 1–4 seats at a time), for 2 and for 4 seats.
+   of picks) on the stadium empty, half sold and 95% sold (sold by best available, 1–4 seats at a
+   time), for 2 and for 4 seats: the same pick again (nothing changed), and a pick after its row
+   changed (each pick's seats held and released before the next; less the hold and release).
 3. Memory: RSS of `--events` events with the stadium's map, in a fresh process, empty and then
    sold out (every seat in a confirmed reservation of two), and one event's snapshot, empty and
    sold out.
@@ -141,23 +142,33 @@ def sold_state(share: float, rng: random.Random) -> SeatState:
     return seats
 
 
+# A loop of picks on a saved state: `cached`, the same pick again and again (nothing changed: the
+# cached block answers); `changed`, each pick's seats held and released again before the next
+# (its row changed: the pick finds it again), and `holds`, the hold and release alone.
 _PICK_LOOP = """
 import pickle, sys
+from inventoryd.domain.state import InventoryState
 with open(sys.argv[1], "rb") as saved:
     seats = pickle.load(saved)
-quantity, picks = int(sys.argv[2]), int(sys.argv[3])
+quantity, picks, mode = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+writes = InventoryState("bench")
+picked = seats.pick("STD", quantity, adjacent=True)
 for _ in range(picks):
-    seats.pick("STD", quantity, adjacent=True)
+    if mode != "holds":
+        picked = seats.pick("STD", quantity, adjacent=True)
+    if mode != "cached" and picked is not None:
+        seats.take(writes, picked, "probe")
+        seats.release(writes, picked, "probe")
 """
 
 
-def pick_instructions(state_file: Path, quantity: int, scratch: Path) -> float:
+def pick_instructions(state_file: Path, quantity: int, mode: str, scratch: Path) -> float:
     counts = []
     for picks in PICKS:
-        out = scratch / f"pick.{state_file.stem}.{quantity}.{picks}.out"
+        out = scratch / f"pick.{state_file.stem}.{quantity}.{mode}.{picks}.out"
         subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c", _PICK_LOOP,
-             str(state_file), str(quantity), str(picks)],
+             str(state_file), str(quantity), str(picks), mode],
             cwd=HERE.parent, check=True, capture_output=True, timeout=3600,
         )  # fmt: skip
         counts.append(bench.callgrind_totals(out))
@@ -166,19 +177,26 @@ def pick_instructions(state_file: Path, quantity: int, scratch: Path) -> float:
 
 def picks(scratch: Path) -> None:
     rng = random.Random(1)
-    print("| the stadium | free seats | µs per pick of 2 (native) | instructions per pick of 2 | of 4 |")
-    print("|---|---:|---:|---:|---:|")
+    print("| the stadium | free seats | seats | a pick, nothing changed | a pick after its row changed | µs (native) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, share in (("empty", 0.0), ("half sold", 0.5), ("95% sold", 0.95)):
         seats = sold_state(share, rng)
         state_file = scratch / f"{name.split()[0].rstrip('%')}.pickle"
         state_file.write_bytes(pickle.dumps(seats))
-        started = time.perf_counter()
-        for _ in range(200):
-            seats.pick("STD", 2, adjacent=True)
-        native_us = (time.perf_counter() - started) / 200 * 1e6
         free = sum(1 for seat in range(STADIUM_SEATS) if seats.is_free(seat))
-        two, four = pick_instructions(state_file, 2, scratch), pick_instructions(state_file, 4, scratch)
-        print(f"| {name} | {free:,} | {native_us:,.0f} | {two:,.0f} | {four:,.0f} |", flush=True)
+        writes = InventoryState("bench")
+        for quantity in (2, 4):
+            started = time.perf_counter()
+            for _ in range(200):
+                picked = seats.pick("STD", quantity, adjacent=True)
+                if picked is not None:
+                    seats.take(writes, picked, "probe")
+                    seats.release(writes, picked, "probe")
+            native_us = (time.perf_counter() - started) / 200 * 1e6
+            cached = pick_instructions(state_file, quantity, "cached", scratch)
+            holds = pick_instructions(state_file, quantity, "holds", scratch)
+            changed = pick_instructions(state_file, quantity, "changed", scratch) - holds
+            print(f"| {name} | {free:,} | {quantity} | {cached:,.0f} | {changed:,.0f} | {native_us:,.0f} (with the hold) |", flush=True)
 
 
 # -- 3. memory and snapshots -----------------------------------------------------------------------
