@@ -1,14 +1,16 @@
 """Reserved seating's costs: best available beside general admission, the pick in instructions,
 the memory and snapshots of big seat maps, and the recovery of a sold-out stadium.
 
-    python -m loadtests.seating_bench [--duration 5] [--connections 64] [--events 100] [--skip-callgrind]
+    python -m loadtests.seating_bench [--duration 5] [--repeat 3] [--connections 64] [--events 100]
+                                      [--parts throughput,recovery,memory,picks] [--skip-callgrind]
 
 1. Throughput, in one run on one `inventoryd serve` as shipped (a service token, rate limits on):
    wrk reserves 1–4 tickets (each at random) for a new buyer at a time, `--duration` seconds each,
-   first at a general-admission event, then best available at a 50,000-seat stadium (20 sections
-   of 50 rows of 50 seats). Reported: accepted reservations per second (201s), p50/p99, WAL syncs
-   per accepted reservation (pg_stat_wal), and how much of the stadium was sold by the end (the
-   picks get harder as it fills); then the ratio seated / general admission.
+   at a general-admission event and best available at a 50,000-seat stadium (20 sections of 50
+   rows of 50 seats), `--repeat` rounds, each on fresh events, the two in alternating order.
+   Reported: accepted reservations per second (201s), p50/p99, WAL syncs per accepted
+   reservation (pg_stat_wal), and how much of the stadium was sold by the end (the picks get
+   harder as it fills); then the ratio seated / general admission per round, and its median.
 2. The pick: instructions per best-available pick (callgrind, the difference of two runs of a loop
    of picks) on the stadium empty, half sold and 95% sold (sold by best available, 1–4 seats at a
    time), for 2 and for 4 seats: the same pick again (nothing changed), and a pick after its row
@@ -29,6 +31,7 @@ import gc
 import os
 import pickle
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,28 +99,37 @@ async def _sold(base: str, event_id: str) -> int:
 
 
 async def throughput(args: argparse.Namespace, admin_url: str) -> None:
+    """`--repeat` rounds, each on a fresh general-admission event and a fresh stadium, the two in
+    alternating order; the ratio is each round's, and the median of them is the verdict."""
     database_url = await bench.create_database(admin_url, "seating_bench")
     server = Serve(HERE.parent, bench.free_port(), database_url)
     try:
-        general, stadium = await _events(server.base)
         token = bench.make_service_token(database_url)
-        print("| reserves of 1–4 | accepted per second | p50 ms | p99 ms | WAL syncs per accepted | sold at the end |")
-        print("|---|---:|---:|---:|---:|---:|")
-        rates = {}
-        for name, event_id, code in (("general admission", general, "GA"), ("best available, 50,000 seats", stadium, "STD")):
-            before = await bench.counters(database_url)
-            stats = bench.wrk("wrk_seated.lua", server.base, args.duration, args.connections, event_id, code, str(MOST_PER_BUYER), token)
-            after = await bench.counters(database_url)
-            accepted = stats["requests"] - stats["non_2xx"]
-            syncs, _ = bench.wal_sync_change(before[1], after[1])
-            rates[code] = accepted / args.duration
-            sold = f"{await _sold(server.base, stadium) / STADIUM_SEATS:.0%}" if code == "STD" else "–"
-            print(
-                f"| {name} | {rates[code]:,.0f} | {stats['p50_ms']:.2f} | {stats['p99_ms']:.2f} |"
-                f" {syncs / max(accepted, 1):.3f} | {sold} |",
-                flush=True,
-            )
-        print(f"best available / general admission: {rates['STD'] / rates['GA']:.2f}")
+        print("| round | reserves of 1–4 | accepted per second | p50 ms | p99 ms | WAL syncs per accepted | sold at the end |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        ratios = []
+        for round_ in range(1, args.repeat + 1):
+            general, stadium = await _events(server.base)
+            targets = [("general admission", general, "GA"), ("best available, 50,000 seats", stadium, "STD")]
+            rates = {}
+            for name, event_id, code in targets if round_ % 2 else targets[::-1]:
+                before = await bench.counters(database_url)
+                stats = bench.wrk(
+                    "wrk_seated.lua", server.base, args.duration, args.connections, event_id, code, str(MOST_PER_BUYER), token
+                )
+                after = await bench.counters(database_url)
+                accepted = stats["requests"] - stats["non_2xx"]
+                syncs, _ = bench.wal_sync_change(before[1], after[1])
+                rates[code] = accepted / args.duration
+                sold = f"{await _sold(server.base, stadium) / STADIUM_SEATS:.0%}" if code == "STD" else "–"
+                print(
+                    f"| {round_} | {name} | {rates[code]:,.0f} | {stats['p50_ms']:.2f} | {stats['p99_ms']:.2f} |"
+                    f" {syncs / max(accepted, 1):.3f} | {sold} |",
+                    flush=True,
+                )
+            ratios.append(rates["STD"] / rates["GA"])
+        listed = ", ".join(f"{ratio:.2f}" for ratio in ratios)
+        print(f"best available / general admission: median {statistics.median(ratios):.2f} ({listed})")
     finally:
         server.stop()
 
@@ -319,17 +331,25 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--events", type=int, default=100)
-    parser.add_argument("--skip-callgrind", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--parts", default="throughput,recovery,memory,picks", help="which of the four to run")
+    parser.add_argument("--skip-callgrind", action="store_true", help="the same as leaving picks out of --parts")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    assert 1 <= args.duration <= 120 and 2 <= args.connections <= 1024 and 1 <= args.events <= 1000
+    assert 1 <= args.duration <= 120 and 2 <= args.connections <= 1024 and 1 <= args.events <= 1000 and 1 <= args.repeat <= 9
+    parts = set(args.parts.split(",")) - ({"picks"} if args.skip_callgrind else set())
+    assert parts <= {"throughput", "recovery", "memory", "picks"}, parts
     started = time.perf_counter()
     print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, wrk -c{args.connections} {args.duration} s each")
-    with bench.scratch_postgres("inventoryd-seating-bench-") as (server, _scratch):
-        uvloop.run(throughput(args, server.dsn("postgres")))
-        uvloop.run(recovery(server.dsn("postgres")))
-    memory(args.events)
-    if not args.skip_callgrind:
+    if parts & {"throughput", "recovery"}:
+        with bench.scratch_postgres("inventoryd-seating-bench-") as (server, _scratch):
+            if "throughput" in parts:
+                uvloop.run(throughput(args, server.dsn("postgres")))
+            if "recovery" in parts:
+                uvloop.run(recovery(server.dsn("postgres")))
+    if "memory" in parts:
+        memory(args.events)
+    if "picks" in parts:
         with tempfile.TemporaryDirectory() as scratch_dir:
             picks(Path(scratch_dir))
     print(f"({time.perf_counter() - started:.0f} s)")

@@ -62,7 +62,7 @@ from inventoryd.domain.records import (
     WaitlistPromoted,
     definition_problem,
 )
-from inventoryd.domain.seatmap import layout_problem, seat_types
+from inventoryd.domain.seatmap import SeatMap, layout_problem
 from inventoryd.domain.state import InventoryState, TicketTypeState
 
 
@@ -159,17 +159,28 @@ def _reserve(inventory: InventoryState, command: Reserve, now: datetime) -> Deci
             return _refused("limit_exceeded", f"at most {limit} tickets per user for this event; this user has {seats}")
     reservation_id = reservation_id_for(inventory.event_id, inventory.reservations_created + 1)
     amount = ticket_type.price * command.quantity
-    available = ticket_type.available
-    if ticket_type.seated:
-        return _reserve_seated(inventory, command, ticket_type, reservation_id, now)
+    expires_at = now + timedelta(seconds=definition.hold_seconds)
     if command.seats:
-        return _refused("invalid_request", f"ticket type {ticket_type.code!r} is not seated: ask for a quantity", field="$.seats")
+        return _reserve_exact(inventory, command, ticket_type, reservation_id, amount, now, expires_at)
+    available = ticket_type.available
     if command.quantity <= available:
-        expires_at = now + timedelta(seconds=definition.hold_seconds)
-        held = ReservationHeld(reservation_id, command.user_id, ticket_type.code, command.quantity, amount, now, expires_at)
+        chosen: tuple[str, ...] = ()
+        if ticket_type.seated:  # best available (a seated type has seats only once a map is put)
+            seat_state = present(inventory.seats, "a seated type with seats available and no map")
+            picked = seat_state.pick(ticket_type.code, command.quantity, adjacent=command.adjacent)
+            if picked is None:
+                return _refused(
+                    "no_adjacent_seats",
+                    f"no {command.quantity} seats of type {ticket_type.code!r} are left side by side ({available} apart):"
+                    " ask with adjacent false to take them",
+                    available=available,
+                )
+            chosen = tuple(seat_state.map.ids[number] for number in picked)
+        held = ReservationHeld(reservation_id, command.user_id, ticket_type.code, command.quantity, amount, now, expires_at, chosen)
         return Decision([held], Accepted(reservation_id))
     if command.waitlist and command.quantity <= ticket_type.capacity:
-        waiting = ReservationWaitlisted(reservation_id, command.user_id, ticket_type.code, command.quantity, amount, now)
+        adjacent = command.adjacent or not ticket_type.seated
+        waiting = ReservationWaitlisted(reservation_id, command.user_id, ticket_type.code, command.quantity, amount, now, adjacent)
         return Decision([waiting], Accepted(reservation_id))
     if available == 0:
         line = f" ({ticket_type.waiting} waiting: the seats that free up are theirs first)" if ticket_type.waiting else ""
@@ -179,62 +190,37 @@ def _reserve(inventory: InventoryState, command: Reserve, now: datetime) -> Deci
     )
 
 
-def _reserve_seated(
-    inventory: InventoryState, command: Reserve, ticket_type: TicketTypeState, reservation_id: str, now: datetime
+def _reserve_exact(
+    inventory: InventoryState,
+    command: Reserve,
+    ticket_type: TicketTypeState,
+    reservation_id: str,
+    amount: int,
+    now: datetime,
+    expires_at: datetime,
 ) -> Decision:
-    """A seated type: the exact seats asked for, all or none, or the best available."""
-    seats = inventory.seats
-    definition = inventory.require_definition()
-    code, quantity = ticket_type.code, command.quantity
-    amount = ticket_type.price * quantity
-    expires_at = now + timedelta(seconds=definition.hold_seconds)
-    if command.seats:
-        if seats is None:
-            return _refused("invalid_request", "the event has no seat map yet", field="$.seats")
-        numbers = []
-        taken = []
-        for index, seat_id in enumerate(command.seats):
-            number = seats.map.number.get(seat_id)
-            if number is None:
-                return _refused("invalid_request", f"there is no seat {seat_id!r} on the event's map", field=f"$.seats[{index}]")
-            if seats.map.type_of[number] != code:
-                kind = seats.map.type_of[number]
-                return _refused("invalid_request", f"seat {seat_id} is of ticket type {kind!r}, not {code!r}", field=f"$.seats[{index}]")
-            if number in numbers:
-                return _refused("invalid_request", f"seat {seat_id} is asked for twice", field=f"$.seats[{index}]")
-            numbers.append(number)
-            if not seats.is_free(number):
-                taken.append(seat_id)
-        invariant(len(numbers) == quantity, "an exact-seat reserve whose quantity is not its seats")
-        if taken:
-            listed = ", ".join(taken[:10]) + (" …" if len(taken) > 10 else "")
-            return _refused("seats_unavailable", f"{len(taken)} of the seats asked for are taken: {listed}", seats=tuple(taken))
-        if ticket_type.waiting:
-            return _refused(
-                "sold_out", f"{ticket_type.waiting} buyers wait for {code!r}: the seats that free up are theirs first", available=0
-            )
-        chosen = tuple(seats.map.ids[number] for number in sorted(numbers))
-        held = ReservationHeld(reservation_id, command.user_id, code, quantity, amount, now, expires_at, chosen)
-        return Decision([held], Accepted(reservation_id))
-    available = ticket_type.available
-    if seats is not None and quantity <= available:
-        picked = seats.pick(code, quantity, adjacent=command.adjacent)
-        if picked is None:
-            return _refused(
-                "no_adjacent_seats",
-                f"no {quantity} seats of type {code!r} are left side by side ({available} apart): ask with adjacent false to take them",
-                available=available,
-            )
-        chosen = tuple(seats.map.ids[number] for number in picked)
-        held = ReservationHeld(reservation_id, command.user_id, code, quantity, amount, now, expires_at, chosen)
-        return Decision([held], Accepted(reservation_id))
-    if command.waitlist and quantity <= ticket_type.capacity:
-        waiting = ReservationWaitlisted(reservation_id, command.user_id, code, quantity, amount, now, adjacent=command.adjacent)
-        return Decision([waiting], Accepted(reservation_id))
-    if available == 0:
-        line = f" ({ticket_type.waiting} waiting: the seats that free up are theirs first)" if ticket_type.waiting else ""
-        return _refused("sold_out", f"ticket type {code!r} is sold out{line}", available=0)
-    return _refused("insufficient_tickets", f"only {available} tickets of type {code!r} are left", available=available)
+    """Exact seats of a seated type: all of them or none."""
+    code = ticket_type.code
+    if not ticket_type.seated:
+        return _refused("invalid_request", f"ticket type {code!r} is not seated: ask for a quantity", field="$.seats")
+    numbers = _seat_numbers(inventory, command.seats)
+    if isinstance(numbers, Decision):
+        return numbers
+    seats = present(inventory.seats, "seat numbers without a seat map")
+    for index, number in enumerate(numbers):
+        if seats.map.type_of[number] != code:
+            detail = f"seat {command.seats[index]} is of ticket type {seats.map.type_of[number]!r}, not {code!r}"
+            return _refused("invalid_request", detail, field=f"$.seats[{index}]")
+    invariant(len(numbers) == command.quantity, "an exact-seat reserve whose quantity is not its seats")
+    taken = [command.seats[index] for index, number in enumerate(numbers) if not seats.is_free(number)]
+    if taken:
+        listed = ", ".join(taken[:10]) + (" …" if len(taken) > 10 else "")
+        return _refused("seats_unavailable", f"{len(taken)} of the seats asked for are taken: {listed}", seats=tuple(taken))
+    if ticket_type.waiting:
+        return _refused("sold_out", f"{ticket_type.waiting} buyers wait for {code!r}: the seats that free up are theirs first", available=0)
+    chosen = tuple(seats.map.ids[number] for number in sorted(numbers))
+    held = ReservationHeld(reservation_id, command.user_id, code, command.quantity, amount, now, expires_at, chosen)
+    return Decision([held], Accepted(reservation_id))
 
 
 def _confirm(inventory: InventoryState, command: Confirm, now: datetime) -> Decision:
@@ -537,14 +523,16 @@ def _set_seat_map(inventory: InventoryState, command: SetSeatMap, now: datetime)
     seats = inventory.seats
     if seats is not None and seats.map.layout == command.layout:
         return Decision([], Accepted(unchanged=True))
-    kinds = seat_types(command.layout)
+    new_map = SeatMap(command.layout)
     if seats is not None:
         # A seat held or sold stays where it is: on the new map, of its type.
-        in_use = [
-            seats.map.ids[seat]
-            for seat, holder in enumerate(seats.holder)
-            if holder is not None and kinds.get(seats.map.ids[seat]) != seats.map.type_of[seat]
-        ]
+        in_use = []
+        for seat, holder in enumerate(seats.holder):
+            if holder is not None:
+                seat_id = seats.map.ids[seat]
+                target = new_map.number.get(seat_id)
+                if target is None or new_map.type_of[target] != seats.map.type_of[seat]:
+                    in_use.append(seat_id)
         if in_use:
             listed = ", ".join(in_use[:10]) + (" …" if len(in_use) > 10 else "")
             return _refused(
@@ -553,9 +541,7 @@ def _set_seat_map(inventory: InventoryState, command: SetSeatMap, now: datetime)
                 seats=tuple(in_use[: limits.SEATS_PER_REQUEST_MAX]),
             )
     records: list[Record] = [SeatMapSet(command.layout, now)]
-    capacity: dict[str, int] = {}
-    for kind in kinds.values():
-        capacity[kind] = capacity.get(kind, 0) + 1
+    capacity = {code: new_map.seats_of_type(code) for code in seated}
     for code in sorted(seated):
         # As when a capacity is lowered: a waiting entry the new map can never seat leaves the line.
         records.extend(

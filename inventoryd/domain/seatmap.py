@@ -91,11 +91,6 @@ def _seats(layout: SeatLayout) -> Iterator[_Seat]:
                 yield block.section, str(row_number), str(seat_number), block.ticket_type, None, seat_number, row_number, where
 
 
-def seat_types(layout: SeatLayout) -> dict[str, str]:
-    """Each seat's ticket type, by the seat's id (of a layout `layout_problem` passed)."""
-    return {f"{seat[0]}-{seat[1]}-{seat[2]}": seat[3] or "" for seat in _seats(layout)}
-
-
 def layout_problem(layout: SeatLayout, seated_types: set[str], all_types: set[str]) -> tuple[str, str] | None:
     """Why `layout` cannot be an event's map (the field at fault, why), or None."""
     if not layout.sections and not layout.blocks:
@@ -380,4 +375,4 @@ class SeatMap:
         return range(self.row_start[row], self.row_start[row + 1])
 
     def seats_of_type(self, kind: str) -> int:
-        return sum(1 for seat_kind in self.type_of if seat_kind == kind)
+        return self.type_of.count(kind)

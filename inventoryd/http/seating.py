@@ -11,6 +11,7 @@ from aiohttp import web
 
 from inventoryd.actor import CommittedSeats, EventActor
 from inventoryd.domain import EventSummary, SeatLayout
+from inventoryd.domain.seats import STATUS_LETTERS
 from inventoryd.http import keys, schemas
 from inventoryd.http.common import (
     actor_of,
@@ -84,7 +85,8 @@ async def unblock_seats(request: web.Request) -> web.Response:
     return await _seat_command(request, block=False)
 
 
-_COUNTED = {"f": "free", "h": "held", "s": "sold", "b": "blocked"}
+# Each status letter's status (f free, h held, s sold, b blocked).
+_STATUS_OF = {letter: status for status, letter in STATUS_LETTERS.items()}
 
 
 def _section_query(request: web.Request, seats: CommittedSeats) -> str | None:
@@ -98,13 +100,13 @@ def seats_out(event_id: str, seats: CommittedSeats, section: str | None) -> sche
     seat_map = seats.seats.map
     rows = seats.rows()
     sections: dict[str, list[schemas.SeatRowOut]] = {}
-    counts = dict.fromkeys(_COUNTED, 0)
+    counts = dict.fromkeys(_STATUS_OF, 0)
     for row, (section_id, row_id) in enumerate(seat_map.row_keys):
         if section is not None and section_id != section:
             continue
         labels = [seat_map.label(seat) for seat in seat_map.row_seats(row)]
         sections.setdefault(section_id, []).append(schemas.SeatRowOut(row_id, labels, rows[row]))
-        for letter in _COUNTED:
+        for letter in _STATUS_OF:
             counts[letter] += rows[row].count(letter)
     return schemas.SeatsOut(
         event_id=event_id,
@@ -163,7 +165,7 @@ def seatmap_svg_of(seats: CommittedSeats, section: str | None) -> bytes:
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="-1 {top:g} {width + 1:g} {height + 1:g}" font-family="sans-serif">',
         "<style>rect{stroke:none}</style>",
     ]
-    statuses = {"f": "free", "h": "held", "s": "sold", "b": "blocked"}
+    statuses = _STATUS_OF
     for row in shown:
         section_id = seat_map.row_keys[row][0]
         offset = offsets[section_id]
