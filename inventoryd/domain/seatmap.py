@@ -262,6 +262,7 @@ class SeatMap:
         "type_of",
         "type_rank",
         "type_rows",
+        "windows",
         "x",
         "y",
     )
@@ -318,6 +319,7 @@ class SeatMap:
         self.prefix = array("q", [0])
         for score in self.score:
             self.prefix.append(self.prefix[-1] + score)
+        self.windows: dict[int, array[int]] = {}
         self.row_kind: list[str | None] = []
         for row_number in range(len(self.row_keys)):
             kinds = set(self.type_of[self.row_start[row_number] : self.row_start[row_number + 1]])
@@ -339,6 +341,15 @@ class SeatMap:
             self.type_rows[kind] = order
             self.row_best[kind] = [of_type[row] for row in order]
             self.type_rank[kind] = {row: rank for rank, row in enumerate(order)}
+
+    def window(self, quantity: int) -> array[int]:
+        """Per seat, the total score of the `quantity` seats from it on (in seat order; a block
+        never crosses a row, so the totals that would are never read): made when first asked."""
+        window = self.windows.get(quantity)
+        if window is None:
+            prefix = self.prefix
+            window = self.windows[quantity] = array("q", (prefix[seat + quantity] - prefix[seat] for seat in range(len(prefix) - quantity)))
+        return window
 
     def label(self, seat: int) -> str:
         """The seat's own part of its id (its label in its row)."""

@@ -124,7 +124,9 @@ class SeatState:
         type_rank = self.map.type_rank
         for row in rows:
             self.versions[row] += 1
-            for kind in {self.map.type_of[seat] for seat in self.map.row_seats(row)}:
+            kind_of_row = self.map.row_kind[row]
+            kinds = (kind_of_row,) if kind_of_row is not None else {self.map.type_of[seat] for seat in self.map.row_seats(row)}
+            for kind in kinds:
                 rank = type_rank[kind][row]
                 for (quantity, _), heap in self.heaps[kind].items():
                     heapq.heappush(heap, (quantity * self.map.row_best[kind][rank], rank, MARKER, self.versions[row]))
@@ -209,24 +211,31 @@ class SeatState:
         seat), the lowest total, the first such; None if the row has none (that fits the rule)."""
         if exclude or self.map.row_kind[row] != kind:
             return self._row_block_by_seat(row, kind, quantity, orphan_free, exclude)
-        # A row of one type: its runs of free seats found in C, each block's total from the
-        # scores' running sums.
+        # A row of one type: its runs of free seats found in C, and in each run the lowest of the
+        # blocks' totals (kept per quantity by the map) found in C too.
         seats = self.map.row_seats(row)
-        first = seats.start
-        prefix = self.map.prefix
+        window = self.map.window(quantity)
         best: tuple[int, int] | None = None
-        for run in _RUNS.finditer(self.free, first, seats.stop):
+        for run in _RUNS.finditer(self.free, seats.start, seats.stop):
             start, stop = run.span()
-            length = stop - start
-            if length < quantity:
+            last = stop - quantity  # the last seat a block in this run can start at
+            if last < start:
                 continue
-            for offset in range(length - quantity + 1):
-                if orphan_free and (offset == 1 or length - quantity - offset == 1):
+            if not orphan_free:
+                spans = [(start, last + 1)]
+            elif last == start:
+                spans = [(start, start + 1)]  # the block fills the run
+            elif last == start + 1:
+                continue  # either block leaves one seat
+            else:  # not one seat in from either end of the run
+                spans = [(start, start + 1), (start + 2, last - 1), (last, last + 1)]
+            for low, high in spans:
+                if low >= high:
                     continue
-                at = start + offset
-                total = prefix[at + quantity] - prefix[at]
-                if best is None or total < best[0]:
-                    best = (total, at)
+                total = min(window[low:high])
+                found = (total, window.index(total, low, high))
+                if best is None or found < best:
+                    best = found
         return best
 
     def _row_block_by_seat(
