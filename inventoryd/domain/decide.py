@@ -63,6 +63,7 @@ from inventoryd.domain.records import (
     definition_problem,
 )
 from inventoryd.domain.seatmap import SeatMap, layout_problem
+from inventoryd.domain.seats import SeatState
 from inventoryd.domain.state import InventoryState, TicketTypeState
 
 
@@ -203,10 +204,10 @@ def _reserve_exact(
     code = ticket_type.code
     if not ticket_type.seated:
         return _refused("invalid_request", f"ticket type {code!r} is not seated: ask for a quantity", field="$.seats")
-    numbers = _seat_numbers(inventory, command.seats)
-    if isinstance(numbers, Decision):
-        return numbers
-    seats = present(inventory.seats, "seat numbers without a seat map")
+    named = _named_seats(inventory, command.seats)
+    if isinstance(named, Decision):
+        return named
+    seats, numbers = named
     for index, number in enumerate(numbers):
         if seats.map.type_of[number] != code:
             detail = f"seat {command.seats[index]} is of ticket type {seats.map.type_of[number]!r}, not {code!r}"
@@ -214,8 +215,7 @@ def _reserve_exact(
     invariant(len(numbers) == command.quantity, "an exact-seat reserve whose quantity is not its seats")
     taken = [command.seats[index] for index, number in enumerate(numbers) if not seats.is_free(number)]
     if taken:
-        listed = ", ".join(taken[:10]) + (" …" if len(taken) > 10 else "")
-        return _refused("seats_unavailable", f"{len(taken)} of the seats asked for are taken: {listed}", seats=tuple(taken))
+        return _refused("seats_unavailable", f"{len(taken)} of the seats asked for are taken: {_listed(taken)}", seats=tuple(taken))
     if ticket_type.waiting:
         return _refused("sold_out", f"{ticket_type.waiting} buyers wait for {code!r}: the seats that free up are theirs first", available=0)
     chosen = tuple(seats.map.ids[number] for number in sorted(numbers))
@@ -534,10 +534,9 @@ def _set_seat_map(inventory: InventoryState, command: SetSeatMap, now: datetime)
                 if target is None or new_map.type_of[target] != seats.map.type_of[seat]:
                     in_use.append(seat_id)
         if in_use:
-            listed = ", ".join(in_use[:10]) + (" …" if len(in_use) > 10 else "")
             return _refused(
                 "seats_unavailable",
-                f"{len(in_use)} seats held or sold would leave the map or change type: {listed}",
+                f"{len(in_use)} seats held or sold would leave the map or change type: {_listed(in_use)}",
                 seats=tuple(in_use[: limits.SEATS_PER_REQUEST_MAX]),
             )
     records: list[Record] = [SeatMapSet(command.layout, now)]
@@ -552,8 +551,14 @@ def _set_seat_map(inventory: InventoryState, command: SetSeatMap, now: datetime)
     return Decision(records, Accepted())
 
 
-def _seat_numbers(inventory: InventoryState, seat_ids: tuple[str, ...]) -> tuple[int, ...] | Decision:
-    """The seats named, or the refusal naming the first unknown or repeated one."""
+def _listed(seat_ids: list[str]) -> str:
+    """Seats named in a refusal's detail: the first ten."""
+    return ", ".join(seat_ids[:10]) + (" …" if len(seat_ids) > 10 else "")
+
+
+def _named_seats(inventory: InventoryState, seat_ids: tuple[str, ...]) -> tuple[SeatState, tuple[int, ...]] | Decision:
+    """The event's seats and the numbers of those named, or the refusal naming the first unknown
+    or repeated one."""
     seats = inventory.seats
     if seats is None:
         return _refused("invalid_request", "the event has no seat map yet", field="$.seats")
@@ -565,20 +570,19 @@ def _seat_numbers(inventory: InventoryState, seat_ids: tuple[str, ...]) -> tuple
         if number in numbers:
             return _refused("invalid_request", f"seat {seat_id} is named twice", field=f"$.seats[{index}]")
         numbers.append(number)
-    return tuple(numbers)
+    return seats, tuple(numbers)
 
 
 def _block_seats(inventory: InventoryState, command: BlockSeats, now: datetime) -> Decision:
     if refusal := _refusal_unless_on_sale(inventory):
         return refusal
-    numbers = _seat_numbers(inventory, command.seats)
-    if isinstance(numbers, Decision):
-        return numbers
-    seats = present(inventory.seats, "seat numbers without a seat map")
+    named = _named_seats(inventory, command.seats)
+    if isinstance(named, Decision):
+        return named
+    seats, numbers = named
     held = [seats.map.ids[seat] for seat in numbers if seats.holder[seat] is not None]
     if held:
-        listed = ", ".join(held[:10]) + (" …" if len(held) > 10 else "")
-        return _refused("seats_unavailable", f"{len(held)} of the seats are held or sold: {listed}", seats=tuple(held))
+        return _refused("seats_unavailable", f"{len(held)} of the seats are held or sold: {_listed(held)}", seats=tuple(held))
     new = tuple(seats.map.ids[seat] for seat in numbers if seat not in seats.blocked)
     if not new:
         return Decision([], Accepted(unchanged=True))
@@ -588,10 +592,10 @@ def _block_seats(inventory: InventoryState, command: BlockSeats, now: datetime) 
 def _unblock_seats(inventory: InventoryState, command: UnblockSeats, now: datetime) -> Decision:
     if refusal := _refusal_unless_on_sale(inventory):
         return refusal
-    numbers = _seat_numbers(inventory, command.seats)
-    if isinstance(numbers, Decision):
-        return numbers
-    seats = present(inventory.seats, "seat numbers without a seat map")
+    named = _named_seats(inventory, command.seats)
+    if isinstance(named, Decision):
+        return named
+    seats, numbers = named
     freed = tuple(seats.map.ids[seat] for seat in numbers if seat in seats.blocked)
     if not freed:
         return Decision([], Accepted(unchanged=True))
