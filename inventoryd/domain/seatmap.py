@@ -314,6 +314,11 @@ class SeatMap:
                 else:
                     self.score.append(round(math.hypot(grid_x - focal_x, grid_y - focal_y) * 1000))
         self.row_start.append(len(self.type_of))
+        self._derive()
+
+    def _derive(self) -> None:
+        """What picks read, derived from the seats: the scores' running sums, each row's one type,
+        and each ticket type's rows best first."""
         # Running sums of the scores (a block's total is a difference of two), and each row's one
         # ticket type (None for a row of several).
         self.prefix = array("q", [0])
