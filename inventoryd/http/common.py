@@ -21,6 +21,7 @@ from inventoryd.domain import EventSummary, Rejected
 from inventoryd.http import keys, schemas
 from inventoryd.http.headers import IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED
 from inventoryd.http.problems import ProblemError, from_decode_error, invalid, rejection
+from inventoryd.http.views import event_out
 from inventoryd.idempotency import IdempotencyConflict, Replay, fingerprint
 from inventoryd.registry import Registry
 
@@ -424,3 +425,15 @@ def cursor_moment(text: str) -> datetime:
     if not _issued(moment):
         raise forged_cursor()
     return moment
+
+
+async def event_command(
+    request: web.Request, canonical: object, ask: Callable[[IdempotencyClaim | None, str | None], Awaitable[Outcome]]
+) -> web.Response:
+    """An event-level command under the request's Idempotency-Key (`ask(claim, request_id)` sends it
+    to the actor), answered with the event as the command leaves it; a retry gets the first answer."""
+    async with idempotency_key(request, canonical) as key:
+        if key.replayed is not None:
+            return replayed(json_response(event_out(key.replayed_as(EventSummary))))
+        summary: EventSummary = key.answered(await ask(key.claim, request.get(keys.REQUEST_ID)))
+    return json_response(event_out(summary))

@@ -32,6 +32,7 @@ from inventoryd.http.common import (
     decode_cursor,
     encode_cursor,
     etag_of,
+    event_command,
     forged_cursor,
     idempotency_key,
     int_query,
@@ -271,12 +272,9 @@ async def update_event(request: web.Request) -> web.Response:
         changes["queue"] = queue_config(changes["queue"])
     if not changes:
         raise invalid("name at least one field to change", "$")
-    async with idempotency_key(request, body) as key:
-        if key.replayed is not None:
-            return replayed(json_response(event_out(key.replayed_as(EventSummary))))
-        outcome = await actor.update_event(changes, claim=key.claim, request_id=request.get(keys.REQUEST_ID))
-        summary: EventSummary = key.answered(outcome)
-    return json_response(event_out(summary))
+    return await event_command(
+        request, body, lambda claim, request_id: actor.update_event(changes, claim=claim, request_id=request_id)
+    )
 
 
 def _ticket_type_of(summary: EventSummary, code: str) -> schemas.TicketTypeOut:
@@ -327,12 +325,7 @@ async def cancel_event(request: web.Request) -> web.Response:
     actor = await actor_of(request, request.match_info["event_id"])
     request[keys.PRINCIPAL].check_may_manage(summary_of(actor).definition)
     await refuse_body(request, "cancelling an event")
-    async with idempotency_key(request, b"") as key:
-        if key.replayed is not None:
-            return replayed(json_response(event_out(key.replayed_as(EventSummary))))
-        outcome = await actor.cancel_event(claim=key.claim, request_id=request.get(keys.REQUEST_ID))
-        summary: EventSummary = key.answered(outcome)
-    return json_response(event_out(summary))
+    return await event_command(request, b"", lambda claim, request_id: actor.cancel_event(claim=claim, request_id=request_id))
 
 
 def availability_out(summary: EventSummary) -> schemas.AvailabilityOut:

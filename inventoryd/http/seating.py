@@ -10,22 +10,19 @@ import msgspec
 from aiohttp import web
 
 from inventoryd.actor import CommittedSeats, EventActor
-from inventoryd.domain import EventSummary, SeatLayout
+from inventoryd.domain import SeatLayout
 from inventoryd.domain.seats import STATUS_LETTERS
 from inventoryd.http import keys, schemas
 from inventoryd.http.common import (
     actor_of,
     cacheable_json,
     etag_of,
-    idempotency_key,
-    json_response,
+    event_command,
     public_answer,
     read_json,
-    replayed,
     summary_of,
 )
 from inventoryd.http.problems import ProblemError, invalid
-from inventoryd.http.views import event_out
 
 
 def _layout(body: schemas.SeatMapIn) -> SeatLayout:
@@ -37,12 +34,7 @@ async def put_seatmap(request: web.Request) -> web.Response:
     request[keys.PRINCIPAL].check_may_manage(summary_of(actor).definition)
     body: schemas.SeatMapIn = await read_json(request, schemas.SEAT_MAP_DECODER)
     layout = _layout(body)
-    async with idempotency_key(request, body) as key:
-        if key.replayed is not None:
-            return replayed(json_response(event_out(key.replayed_as(EventSummary))))
-        outcome = await actor.set_seat_map(layout, claim=key.claim, request_id=request.get(keys.REQUEST_ID))
-        summary: EventSummary = key.answered(outcome)
-    return json_response(event_out(summary))
+    return await event_command(request, body, lambda claim, request_id: actor.set_seat_map(layout, claim=claim, request_id=request_id))
 
 
 def _seats_of(actor: EventActor) -> CommittedSeats:
@@ -65,16 +57,12 @@ async def _seat_command(request: web.Request, block: bool) -> web.Response:
         request, schemas.SEATS_BLOCK_DECODER if block else schemas.SEATS_UNBLOCK_DECODER
     )
     seats = tuple(body.seats)
-    request_id = request.get(keys.REQUEST_ID)
-    async with idempotency_key(request, body) as key:
-        if key.replayed is not None:
-            return replayed(json_response(event_out(key.replayed_as(EventSummary))))
-        if isinstance(body, schemas.SeatsBlockIn):
-            outcome = await actor.block_seats(seats, body.reason, claim=key.claim, request_id=request_id)
-        else:
-            outcome = await actor.unblock_seats(seats, claim=key.claim, request_id=request_id)
-        summary: EventSummary = key.answered(outcome)
-    return json_response(event_out(summary))
+    if isinstance(body, schemas.SeatsBlockIn):
+        reason = body.reason
+        return await event_command(
+            request, body, lambda claim, request_id: actor.block_seats(seats, reason, claim=claim, request_id=request_id)
+        )
+    return await event_command(request, body, lambda claim, request_id: actor.unblock_seats(seats, claim=claim, request_id=request_id))
 
 
 async def block_seats(request: web.Request) -> web.Response:
