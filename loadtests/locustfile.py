@@ -66,8 +66,7 @@ EXPECTED_REFUSALS = {"sold_out", "insufficient_tickets", "limit_exceeded", "hold
 
 log = logging.getLogger("onsale")
 event_ids: list[str] = [event_id for event_id in os.environ.get("LOCUST_EVENT_IDS", "").split(",") if event_id]
-# Filled at the start: each event's ticket type codes; during the run: what the buyers were told.
-ticket_types: dict[str, list[str]] = {}
+# What the buyers were told during the run.
 sold_out_seen: set[tuple[str, str]] = set()
 # The waiting-room event, and the buyers the server admitted to it (as their entries said).
 room_event: list[str] = []
@@ -144,10 +143,9 @@ def set_up_events(environment: Any, **_: Any) -> None:
             log.info("created the waiting-room event %s", room_event[0])
         for event_id in event_ids:
             try:
-                event = _read_event(environment.host, event_id)
+                _read_event(environment.host, event_id)
             except (OSError, ValueError) as error:
                 raise ValueError(f"cannot read event {event_id}: {_why(error)}") from None
-            ticket_types[event_id] = [line["code"] for line in event["ticket_types"]]
     except (OSError, ValueError, KeyError) as error:
         setup_problems.append(f"set-up failed: {_why(error) if isinstance(error, OSError) else error}")
         log.error("%s", setup_problems[-1])
@@ -376,7 +374,11 @@ def verdict(environment: Any, **_: Any) -> None:
             if excess > 0 or line["available"] < 0:
                 oversold += max(excess, 0)
                 failed.append(f"{event_id}/{line['code']} oversold: {line}")
-        if all((event_id, code) in sold_out_seen for code in ticket_types.get(event_id, ["?"])):
+        # Sold out: every type's last seat taken, as the final read shows, or a buyer told so. A
+        # type can sell its last seat late in a short run with no buyer left to be refused.
+        if all(
+            (event_id, line["code"]) in sold_out_seen or line["available"] == 0 for line in event["ticket_types"]
+        ):
             sold_out_events += 1
         log.info("%s: %s", event_id, event["ticket_types"])
     total = environment.stats.total

@@ -24,7 +24,7 @@ RUN_TIME_S = 8
 # Locust's own start-up and shut-down, on a busy machine, on top of the run.
 LOCUST_OVERHEAD_S = 60
 VERDICT_OK = re.compile(
-    r"^VERDICT ok: 3 events, (?P<seats>\d+) seats, (?P<taken>\d+) sold\+held, 0 oversold, 3/3 sold out; .*p95 \d+ ms$",
+    r"^VERDICT ok: 3 events, (?P<seats>\d+) seats, (?P<taken>\d+) sold\+held, 0 oversold, 3/3 sold out; \d+ holds, \d+ waitlisted, (?P<refused>\d+) refused; .*p95 \d+ ms$",
     re.MULTILINE,
 )
 ROOM_VERDICT_OK = re.compile(r"^VERDICT ok: 3 events, \d+ seats, \d+ sold\+held, 0 oversold, .*p95 \d+ ms$", re.MULTILINE)
@@ -64,6 +64,8 @@ async def test_a_short_on_sale_sells_out_and_says_so(database_url: str, tmp_path
         verdict = VERDICT_OK.search(output)
         assert result.returncode == 0 and verdict is not None, output[-4000:]
         assert int(verdict["seats"]) == 3 * 11 and int(verdict["taken"]) <= 33
+    # More buyers than seats: the service told some of them so.
+    assert int(verdict["refused"]) > 0, output[-4000:]
 
 
 async def test_a_run_whose_check_cannot_run_fails(database_url: str, tmp_path: Any) -> None:
