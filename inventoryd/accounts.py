@@ -42,6 +42,7 @@ from inventoryd.errors import Conflict, Unauthenticated, Unavailable
 from inventoryd.principal import ACCOUNT_ROLES, Principal
 from inventoryd.tasks import TaskSupervisor
 from persistence import accounts as store
+from persistence import outbox as outbox_store
 from persistence.connection import Connection
 from persistence.errors import DATABASE_AWAY
 
@@ -295,6 +296,17 @@ class Accounts:
         async with self._pool.acquire() as connection:
             await store.revoke_session(connection, session_id, _now())
         self._revoke_session_locally(session_id)
+
+    async def erase(self, user_id: str) -> list[str]:
+        """Erase the person's personal data (persistence.outbox.erase_person) and end every session
+        of theirs, here at once and on the other nodes at their next read of revocations. Returns
+        the sessions ended."""
+        async with self._pool.acquire() as connection:
+            sessions = await outbox_store.erase_person(connection, user_id)
+        for session_id in sessions:
+            self._revoke_session_locally(session_id)
+        log.info("personal_data_erased", user_id=user_id, sessions_ended=len(sessions))
+        return sessions
 
     async def user(self, user_id: str) -> store.UserRow | None:
         async with self._pool.acquire() as connection:

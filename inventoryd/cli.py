@@ -66,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     listing = token_commands.add_parser("list", help="list tokens (never their secrets)")
     add_database_options(listing)
 
+    user = commands.add_parser("user", help="accounts and buyers' personal data")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    erase = user_commands.add_parser(
+        "erase", help="erase a person's personal data (email, name, password, addresses given for them) and end their sessions"
+    )
+    erase.add_argument("user_id", help="the account's id, or the id a service reserves for the buyer under")
+    add_database_options(erase)
+
     audit = commands.add_parser("audit", help="replay the log and check every invariant; non-zero exit on a violation")
     audit.add_argument("--event", help="only this event")
     add_database_options(audit)
@@ -277,6 +285,32 @@ def token(settings: Settings, arguments: argparse.Namespace) -> int:
         return asyncio.run(run(url))
 
 
+def erase_user(settings: Settings, user_id: str) -> int:
+    """The operator's erasure: what DELETE /v1/users/me does, for anyone (a request by email, a
+    buyer a service reserved for). Running nodes refuse the person's tokens within seconds (they
+    read ended sessions back every few seconds)."""
+    from persistence import outbox as store  # noqa: PLC0415
+    from persistence.journal import connect  # noqa: PLC0415
+    from persistence.migrate import migrate as apply_migrations  # noqa: PLC0415
+
+    async def run(url: str) -> int:
+        connection = await connect(url)
+        try:
+            await apply_migrations(connection)
+            known = await connection.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM users WHERE user_id = $1) OR EXISTS (SELECT 1 FROM buyer_contacts WHERE user_id = $1)",
+                user_id,
+            )
+            sessions = await store.erase_person(connection, user_id)
+        finally:
+            await connection.close()
+        print(f"erased the personal data of {user_id!r}; {len(sessions)} session(s) ended" if known else f"nothing held for {user_id!r}")
+        return 0
+
+    with database(settings) as url:
+        return asyncio.run(run(url))
+
+
 def audit(settings: Settings, event_id: str | None) -> int:
     from inventoryd.audit import audit as run_audit  # noqa: PLC0415
     from persistence.journal import connect  # noqa: PLC0415
@@ -328,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
             migrate(settings)
         case "token":
             raise SystemExit(token(settings, arguments))
+        case "user":
+            raise SystemExit(erase_user(settings, arguments.user_id))
         case "audit":
             raise SystemExit(audit(settings, arguments.event))
         case _:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar, get_args
 
+from inventoryd import limits
 from persistence.embedded import default_data_dir
 
 LogFormat = Literal["auto", "json", "console"]
@@ -89,6 +90,24 @@ class Settings:
     advertise_url: str | None = field(default_factory=lambda: os.environ.get("INVENTORYD_ADVERTISE_URL") or None)
     lb_server_id: int | None = field(default_factory=lambda: _env_number("INVENTORYD_LB_SERVER_ID", 0) or None)
     lb_weight: int = field(default_factory=lambda: _env_number("INVENTORYD_LB_WEIGHT", 16))
+    # The outbox. Webhook URLs that resolve to loopback, private or link-local addresses are refused
+    # (and never connected to) unless this is set: a webhook must not reach into the service's network.
+    webhooks_allow_private: bool = field(
+        default_factory=lambda: os.environ.get("INVENTORYD_WEBHOOKS_ALLOW_PRIVATE", "0") in ("1", "true", "on")
+    )
+    webhook_retry_base_s: float = field(default_factory=lambda: _env_number("INVENTORYD_WEBHOOK_RETRY_BASE_S", 5.0))
+    webhook_attempts_max: int = field(default_factory=lambda: _env_number("INVENTORYD_WEBHOOK_ATTEMPTS_MAX", 20))
+    webhook_timeout_s: float = field(default_factory=lambda: _env_number("INVENTORYD_WEBHOOK_TIMEOUT_S", 10.0))
+    # Confirmation emails: smtp://[user:password@]host[:port] (STARTTLS when the server offers it) or
+    # smtps://… (TLS from the start); unset: no emails. From whom, and the template (a file).
+    smtp_url: str | None = field(default_factory=lambda: os.environ.get("INVENTORYD_SMTP_URL") or None)
+    smtp_from: str = field(default_factory=lambda: os.environ.get("INVENTORYD_SMTP_FROM", "tickets@inventoryd.invalid"))
+    email_template: Path | None = field(
+        default_factory=lambda: Path(os.environ["INVENTORYD_EMAIL_TEMPLATE"]) if os.environ.get("INVENTORYD_EMAIL_TEMPLATE") else None
+    )
+    # Personal data (the addresses services gave for buyers) of events that started more than this
+    # many days ago is erased, once an hour; 0: kept until erased by hand.
+    retention_days: int = field(default_factory=lambda: _env_number("INVENTORYD_RETENTION_DAYS", 0))
 
     @property
     def node_url(self) -> str:
@@ -122,6 +141,16 @@ class Settings:
             raise SystemExit(f"INVENTORYD_LB_SERVER_ID must be 1..2147483647, not {self.lb_server_id}")
         if not 1 <= self.lb_weight <= 256:
             raise SystemExit(f"INVENTORYD_LB_WEIGHT must be 1..256, not {self.lb_weight}")
+        if not 0.001 <= self.webhook_retry_base_s <= 3600:
+            raise SystemExit(f"INVENTORYD_WEBHOOK_RETRY_BASE_S must be 0.001..3600, not {self.webhook_retry_base_s}")
+        if not 1 <= self.webhook_attempts_max <= limits.WEBHOOK_ATTEMPTS_MAX_LIMIT:
+            raise SystemExit(f"INVENTORYD_WEBHOOK_ATTEMPTS_MAX must be 1..{limits.WEBHOOK_ATTEMPTS_MAX_LIMIT}, not {self.webhook_attempts_max}")
+        if not 0.1 <= self.webhook_timeout_s <= limits.WEBHOOK_TIMEOUT_S:
+            raise SystemExit(f"INVENTORYD_WEBHOOK_TIMEOUT_S must be 0.1..{limits.WEBHOOK_TIMEOUT_S:g}, not {self.webhook_timeout_s}")
+        if self.smtp_url is not None and not re.fullmatch(r"smtps?://([^@/\s]+@)?[^/@\s]+/?", self.smtp_url):
+            raise SystemExit("INVENTORYD_SMTP_URL must be smtp://[user:password@]host[:port] or smtps://…")
+        if not 0 <= self.retention_days <= 36500:
+            raise SystemExit(f"INVENTORYD_RETENTION_DAYS must be 0..36500, not {self.retention_days}")
         for name in ("rate_user_per_s", "rate_service_per_s", "rate_auth_per_s", "rate_register_per_s", "rate_join_per_s"):
             if getattr(self, name) <= 0:
                 raise SystemExit(f"{name} must be positive")

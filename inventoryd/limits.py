@@ -294,6 +294,48 @@ PASSWORD_HASHES_REGISTERING_MAX: Final = 8
 PASSWORD_HASHES_LOGGING_IN_MAX: Final = 24
 PASSWORD_HASH_QUEUE_WAIT_S: Final = 5.0
 
+# -- the outbox: change feed, webhooks, confirmation emails (issue 22) -------------------------------
+# A page of the change feed; and the log records a delivery stream reads from the database at once.
+CHANGES_PAGE_MAX: Final = 1000
+CHANGES_PAGE_DEFAULT: Final = 100
+OUTBOX_READ_RECORDS_MAX: Final = 200
+# Webhook endpoints alive at once (every node keeps them all), types one names, its URL's length.
+WEBHOOKS_MAX: Final = 1000
+WEBHOOK_URL_CHARS_MAX: Final = 2048
+# One delivery: the connection and the whole answer within WEBHOOK_TIMEOUT_S (settable lower), of
+# which at most WEBHOOK_RESPONSE_BYTES_MAX is read (and WEBHOOK_RESPONSE_KEPT_CHARS kept in the log).
+WEBHOOK_TIMEOUT_S: Final = 10.0
+WEBHOOK_RESPONSE_BYTES_MAX: Final = 64 * 1024
+WEBHOOK_RESPONSE_KEPT_CHARS: Final = 1024
+WEBHOOK_ERROR_KEPT_CHARS: Final = 500
+# A failed delivery is tried again after base·2^(n-1) seconds (times a random 0.5..1), at most
+# WEBHOOK_RETRY_CAP_S apart: with the defaults (INVENTORYD_WEBHOOK_RETRY_BASE_S 5, 20 attempts)
+# the last attempt comes about 2.8 days after the first. Then the endpoint is marked failed.
+WEBHOOK_RETRY_CAP_S: Final = 6 * 3600.0
+WEBHOOK_ATTEMPTS_MAX_LIMIT: Final = 100
+# Events one endpoint is delivered at once (each in its log order), and connections to one endpoint.
+WEBHOOK_STREAMS_IN_FLIGHT_MAX: Final = 8
+WEBHOOK_CONNECTIONS_PER_ENDPOINT_MAX: Final = 8
+# Resolving an endpoint's host name when it is made.
+WEBHOOK_RESOLVE_TIMEOUT_S: Final = 5.0
+# How often the outbox writes the delivery log and the cursors that moved (a crash delivers again at
+# most this much, never skips), and reads every endpoint again (beside the notifications).
+OUTBOX_SAVE_INTERVAL_S: Final = 0.2
+OUTBOX_RELOAD_INTERVAL_S: Final = 5.0
+# The delivery log keeps a delivered or failed delivery this long (GitHub keeps three days).
+WEBHOOK_DELIVERIES_KEPT_S: Final = 3 * 24 * 3600
+OUTBOX_SWEEP_INTERVAL_S: Final = 3600.0
+# A page of the delivery log.
+DELIVERIES_PAGE_MAX: Final = 200
+# Sending one email (connect, hand over), and its retries' back-off (like a webhook's).
+EMAIL_TIMEOUT_S: Final = 30.0
+EMAIL_TEMPLATE_BYTES_MAX: Final = 64 * 1024
+EMAIL_ADDRESS_CHARS_MAX: Final = 254
+# The report streams this many rows fetched at a time; at most REPORTS_RUNNING_MAX are made at once
+# per process (each holds a database connection while it streams; beyond it 503).
+REPORT_PAGE_ROWS: Final = 1000
+REPORTS_RUNNING_MAX: Final = 2
+
 
 def _must(holds: bool, rule: str) -> None:
     """A relationship between bounds, checked at import (not `assert`: `python -O` keeps it)."""
@@ -346,3 +388,6 @@ _must(
     "registrations and logins share the hashing, and logins can fill every thread",
 )
 _must(0 < PASSWORD_HASH_QUEUE_WAIT_S < REQUEST_TIMEOUT_S, "a hash waits for a thread less than a request's whole wait")
+_must(CHANGES_PAGE_DEFAULT <= CHANGES_PAGE_MAX and OUTBOX_READ_RECORDS_MAX >= 1, "feed pages and outbox reads are bounded")
+_must(0 < OUTBOX_SAVE_INTERVAL_S < OUTBOX_RELOAD_INTERVAL_S, "progress is saved more often than endpoints are reread")
+_must(WEBHOOK_RESPONSE_KEPT_CHARS <= WEBHOOK_RESPONSE_BYTES_MAX, "what is kept of an answer was read")

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from inventoryd.catalogue import CatalogueFeed
     from inventoryd.cluster import Membership
     from inventoryd.idempotency import IdempotencyStore
+    from inventoryd.outbox import Outbox
     from inventoryd.registry import Registry
     from persistence.journal import Journal
 
@@ -112,6 +113,9 @@ class Metrics:
         self.registry.register(_StateCollector(registry, journal, idempotency))
         self.registry.register(_ClusterCollector(registry.cluster, journal))
         self.registry.register(_CatalogueCollector(catalogue))
+
+    def watch_outbox(self, outbox: Outbox) -> None:
+        self.registry.register(_OutboxCollector(outbox))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -256,6 +260,34 @@ class _CatalogueCollector(Collector):
         yield CounterMetricFamily(
             "inventoryd_catalogue_reads", "Whole reads of the catalogue (at start, after a lost connection)", value=feed.resyncs
         )
+
+
+class _OutboxCollector(Collector):
+    """Deliveries of the change feed: webhooks and confirmation emails."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+        outbox = self._outbox
+        deliveries = CounterMetricFamily(
+            "inventoryd_outbox_deliveries", "Delivery attempts, by sink and outcome (delivered, retrying, failed)", labels=["sink", "outcome"]
+        )
+        for (sink, outcome), count in sorted(outbox.stats.deliveries.items()):
+            deliveries.add_metric([sink, outcome], count)
+        yield deliveries
+        yield _histogram_family(
+            "inventoryd_outbox_delivery_lag_seconds", "From a change's commit to its delivery (webhooks and emails)", outbox.stats.lag
+        )
+        endpoints, failed = outbox.endpoints()
+        yield GaugeMetricFamily("inventoryd_webhook_endpoints", "Webhook endpoints", value=endpoints)
+        yield GaugeMetricFamily(
+            "inventoryd_webhook_endpoints_failed", "Webhook endpoints failed (out of attempts; a retry by hand sets one going)", value=failed
+        )
+        yield GaugeMetricFamily("inventoryd_outbox_backlog", "Committed changes not yet delivered to a sink that wants them", value=outbox.backlog())
+        email = outbox.email
+        yield CounterMetricFamily("inventoryd_emails_sent", "Confirmation emails sent", value=email.sent if email else 0)
+        yield CounterMetricFamily("inventoryd_emails_failed", "Confirmation email attempts that failed", value=email.failed if email else 0)
 
 
 class _ClusterCollector(Collector):

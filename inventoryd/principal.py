@@ -58,6 +58,20 @@ class Principal:
         if self.role != "admin" and not self._owns(definition):
             raise Forbidden("only the event's organizer and admins may do this")
 
+    def check_may_read_changes(self, definition: EventDefinition) -> None:
+        """The change feed: the event's organizer, services (storefronts, CRMs) and admins."""
+        if self.role not in ("service", "admin") and not self._owns(definition):
+            raise Forbidden("only the event's organizer, services and admins read its changes")
+
+    def webhook_owner(self) -> str | None:
+        """Whose a webhook made by this principal is: None for an admin's (any event), the
+        organizer's id for an organizer's (their events only); Forbidden for anyone else."""
+        if self.role == "admin":
+            return None
+        if self.role == "organizer" and self.user_id is not None:
+            return self.user_id
+        raise Forbidden("only organizers (for their events) and admins manage webhooks")
+
     def check_may_check_in(self, definition: EventDefinition) -> None:
         if self.role not in ("service", "admin") and not self._owns(definition):
             raise Forbidden("only the event's organizer, services and admins check tickets in")

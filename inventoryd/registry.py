@@ -98,6 +98,9 @@ class Registry:
     on_batch: Callable[[int, int], None] | None = None
     # Told of the catalogue rows of every committed batch that wrote some (the catalogue in memory).
     on_catalogue: Callable[[Sequence[CatalogueRow]], object] | None = None
+    # Told (event id, last seq) of every committed batch, and of every actor rebuilt here (the
+    # outbox delivers what the events served here commit).
+    on_committed: Callable[[str, int], None] | None = None
     # Told how long the buyers of each committed admission wave had waited.
     on_admitted: Callable[[list[float]], None] | None = None
     stats: RegistryStats = field(default_factory=RegistryStats)
@@ -297,6 +300,7 @@ class Registry:
             epoch=self.cluster.epoch(shard),
             on_batch=self.on_batch,
             on_catalogue=self.on_catalogue,
+            on_committed=self.on_committed,
             on_admitted=self.on_admitted,
             write_snapshot=self._write_snapshot,
             snapshot_seq=snapshot_seq,
@@ -460,6 +464,8 @@ class Registry:
         self._actors[actor.event_id] = actor
         self._by_shard.setdefault(actor.shard, set()).add(actor.event_id)
         actor.start()
+        if self.on_committed is not None and actor.inventory.last_seq:
+            self.on_committed(actor.event_id, actor.inventory.last_seq)
         self._supervisors[actor.event_id] = self.tasks.spawn(self._supervise(actor), name=f"supervisor:{actor.event_id}")
 
     async def _supervise(self, actor: EventActor) -> None:

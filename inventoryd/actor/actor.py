@@ -128,6 +128,8 @@ class EventActor:
     on_batch: Callable[[int, int], None] | None = None
     # Told of the catalogue rows of every committed batch that wrote some.
     on_catalogue: Callable[[Sequence[CatalogueRow]], object] | None = None
+    # Told (event id, last seq) when a batch's records committed: the outbox's cue to deliver them.
+    on_committed: Callable[[str, int], None] | None = None
     # Told, after a committed wave, how long each buyer it let in had waited (seconds).
     on_admitted: Callable[[list[float]], None] | None = None
     # The constructor's view of the snapshots (see `snapshots`): where they are stored, where the
@@ -464,6 +466,8 @@ class EventActor:
         self._publish()
         if batch.catalogue and self.on_catalogue is not None:
             self.on_catalogue(batch.catalogue)
+        if batch.bodies and self.on_committed is not None:
+            self.on_committed(self.event_id, batch.last_seq)
         for message, outcome in batch.replies:
             if message.future is not None and not message.future.done():
                 message.future.set_result(outcome)

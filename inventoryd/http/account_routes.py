@@ -13,20 +13,9 @@ from inventoryd import limits
 from inventoryd.http import keys
 from inventoryd.http.common import json_response, read_json, refuse_body
 from inventoryd.http.problems import ProblemError
-from inventoryd.http.schemas import END, STORABLE_TEXT, SURROGATES, WHITESPACE
+from inventoryd.http.schemas import STORABLE_TEXT, Email
 from inventoryd.principal import AccountRole, account_role
 
-# Something @ something . something, none of them with an @, whitespace, a NUL or a lone surrogate.
-_EMAIL_PART = rf"[^@{WHITESPACE}\x00{SURROGATES}]+"
-Email = Annotated[
-    str,
-    Meta(
-        min_length=3,
-        max_length=254,
-        pattern=rf"^{_EMAIL_PART}@{_EMAIL_PART}\.{_EMAIL_PART}{END}",
-        description="an email address",
-    ),
-]
 Password = Annotated[str, Meta(min_length=limits.PASSWORD_CHARS_MIN, max_length=256, pattern=STORABLE_TEXT)]
 
 

@@ -24,6 +24,7 @@ from inventoryd.actor import Clock, system_clock
 from inventoryd.catalogue import CatalogueFeed
 from inventoryd.cluster import Membership
 from inventoryd.config import Settings
+from inventoryd.domain import EventDefinition, Reservation
 from inventoryd.http import cluster, keys, openapi, operations
 from inventoryd.http.headers import X_REQUEST_ID, add_response_headers, cors_origin
 from inventoryd.http.peers import Peers
@@ -32,6 +33,7 @@ from inventoryd.http.routes import ROUTES, ROUTES_BY_NAME
 from inventoryd.http.views import EncodedEvents, ListingAnswers
 from inventoryd.idempotency import IdempotencyStore
 from inventoryd.metrics import Metrics
+from inventoryd.outbox import Outbox
 from inventoryd.principal import ANONYMOUS_OPERATOR, Principal
 from inventoryd.ratelimit import REGISTRATIONS_KEY, RateLimits, TokenBuckets, Verdict, address_key
 from inventoryd.registry import Registry
@@ -269,6 +271,7 @@ def _lifecycle(database_url: str, journal_factory: Callable[[str], Journal]) -> 
         _idempotency,
         _accounts,
         _registry,
+        functools.partial(_outbox, database_url),
         _background,
     ]
 
@@ -381,6 +384,33 @@ async def _registry(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await registry.stop()
+
+
+async def _outbox(database_url: str, app: web.Application) -> AsyncIterator[None]:
+    """Deliveries of what the events served here commit (webhooks, confirmation emails): started
+    before recovery, so that every actor rebuilt tells it where its log ends."""
+    registry = app[keys.REGISTRY]
+
+    def serving(event_id: str) -> EventDefinition | None:
+        if not registry.cluster.serving(registry.cluster.shard_of(event_id)):
+            return None
+        actor = registry.get(event_id)
+        view = actor.view() if actor is not None else None
+        return view.definition if view is not None else None
+
+    def reservation_of(event_id: str, reservation_id: str) -> Reservation | None:
+        actor = registry.get(event_id)
+        return actor.reservation(reservation_id) if actor is not None else None
+
+    outbox = Outbox(database_url, app[keys.POOL], app[keys.SETTINGS], serving=serving, reservation_of=reservation_of)
+    await outbox.start()
+    registry.on_committed = outbox.committed
+    app[keys.METRICS].watch_outbox(outbox)
+    app[keys.OUTBOX] = outbox
+    try:
+        yield
+    finally:
+        await outbox.stop()
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:

@@ -18,6 +18,7 @@ from inventoryd.http.peers import Peers
 from inventoryd.http.views import EncodedEvents, ListingAnswers
 from inventoryd.idempotency import IdempotencyStore
 from inventoryd.metrics import Metrics
+from inventoryd.outbox import Outbox
 from inventoryd.principal import Principal
 from inventoryd.ratelimit import RateLimits, Verdict
 from inventoryd.registry import Registry
@@ -30,6 +31,7 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 JOURNAL = web.AppKey("journal", Journal)
 REGISTRY = web.AppKey("registry", Registry)
 CATALOGUE = web.AppKey("catalogue", CatalogueFeed)
+OUTBOX = web.AppKey("outbox", Outbox)
 ENCODED_EVENTS = web.AppKey("encoded_events", EncodedEvents)
 LISTING_ANSWERS = web.AppKey("listing_answers", ListingAnswers)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)

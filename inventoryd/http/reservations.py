@@ -30,7 +30,9 @@ from inventoryd.http.common import (
     summary_of,
 )
 from inventoryd.http.problems import ProblemError, rejection
+from persistence import outbox as outbox_store
 from persistence import store
+from persistence.errors import DATABASE_AWAY
 
 
 def reservation_response(reservation: Reservation, *, created: bool = False) -> web.Response:
@@ -75,6 +77,8 @@ async def create_reservation(request: web.Request) -> web.Response:
         if key.replayed is not None:
             return replayed(_created(actor, key.replayed_as(Reservation)))
         _check_admission(request, actor, user_id)
+        if body.email is not None:
+            await _save_contact(request, actor.event_id, user_id, body.email)
         try:
             outcome = await actor.reserve(
                 user_id,
@@ -93,6 +97,18 @@ async def create_reservation(request: web.Request) -> web.Response:
         metrics.count_reservation(result.code if isinstance(result, Rejected) else result.status)  # type: ignore[union-attr]
         reservation: Reservation = key.answered(outcome)
     return _created(actor, reservation)
+
+
+async def _save_contact(request: web.Request, event_id: str, user_id: str, email: str) -> None:
+    """The address a service gave for this buyer's confirmation email: written before the
+    reservation, so that it is there when the confirmation is mailed (outside the log: erasable)."""
+    if request[keys.PRINCIPAL].role not in ("service", "admin"):
+        raise ProblemError(403, "forbidden", "only services and admins give a buyer's email; yours is your account's", field="$.email")
+    try:
+        async with request.app[keys.POOL].acquire() as connection:
+            await outbox_store.save_contact(connection, event_id, user_id, email)
+    except DATABASE_AWAY:
+        raise Unavailable("the buyer's email could not be saved; retry") from None
 
 
 async def _reservation_command(request: web.Request, command: Literal["confirm", "cancel"]) -> web.Response:

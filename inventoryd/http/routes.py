@@ -7,7 +7,18 @@ from typing import get_args
 
 from inventoryd import limits
 from inventoryd.domain import Reservation, ReservationStatus, SeatLayout
-from inventoryd.http import account_routes, cluster, events, openapi, operations, reservations, schemas, seating, waiting_room
+from inventoryd.http import (
+    account_routes,
+    cluster,
+    events,
+    openapi,
+    operations,
+    outbox_routes,
+    reservations,
+    schemas,
+    seating,
+    waiting_room,
+)
 from inventoryd.http.common import QueryParameter, Route
 from inventoryd.http.schemas import MOMENT_PATTERN, MOMENT_YEARS, STORABLE_TEXT
 
@@ -57,6 +68,20 @@ _CATALOGUE_QUERY = (
 _SECTION = QueryParameter(
     "section", "only this section's seats", {"type": "string", "pattern": r"^[A-Za-z0-9]+\Z"}
 )
+_AFTER = QueryParameter(
+    "after", "the log position to read after (next_after of the previous page; 0, the default: from the start)",
+    {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+)
+_CHANGES_LIMIT = QueryParameter(
+    "limit",
+    f"log records to look at (1..{limits.CHANGES_PAGE_MAX}, default {limits.CHANGES_PAGE_DEFAULT})",
+    {"type": "integer", "minimum": 1, "maximum": limits.CHANGES_PAGE_MAX},
+)
+_DELIVERIES_LIMIT = QueryParameter(
+    "limit",
+    f"items per page (1..{limits.DELIVERIES_PAGE_MAX}, default {limits.PAGE_ITEMS_DEFAULT})",
+    {"type": "integer", "minimum": 1, "maximum": limits.DELIVERIES_PAGE_MAX},
+)
 _HISTORY_QUERY = (
     QueryParameter("event_id", "only this event's", {"type": "string", "pattern": STORABLE_TEXT}),
     _STATUS,
@@ -104,6 +129,12 @@ ROUTES: tuple[Route, ...] = (
         success_status=204,
     ),
     Route("GET", "/v1/users/me", account_routes.me, "me", "The caller's account", response_body=account_routes.UserOut),
+    Route(
+        "DELETE", "/v1/users/me", outbox_routes.erase_me, "erase_me",
+        "Erase the caller's personal data (email, name, password, addresses given for them) and end their sessions;"
+        " the inventory log, which holds only their opaque id, is untouched",
+        success_status=204,
+    ),
     # Events.
     Route(
         "POST", "/v1/events", events.create_event, "create_event", "Create an event with its ticket types",
@@ -209,6 +240,45 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "POST", "/v1/events/{event_id}/seats/unblock", seating.unblock_seats, "unblock_seats", "Unblock seats: they are for sale again",
         request_body=schemas.SeatsUnblockIn, response_body=schemas.EventOut, idempotent=True,
+    ),
+    # What happened: the change feed, webhooks, the reservations report.
+    Route(
+        "GET", "/v1/events/{event_id}/changes", outbox_routes.get_changes, "get_changes",
+        "The event's committed changes after a log position, in log order (the organizer, services, admins)",
+        response_body=outbox_routes.ChangePage, query=(_AFTER, _CHANGES_LIMIT),
+    ),
+    Route(
+        "GET", "/v1/events/{event_id}/report.csv", outbox_routes.report_csv, "report_csv",
+        "Every reservation of the event with its status, type, quantity, amount and times, as CSV, streamed",
+        media_type="text/csv",
+    ),
+    Route(
+        "POST", "/v1/webhooks", outbox_routes.create_webhook, "create_webhook",
+        "Subscribe an endpoint to change types (admins: any event; organizers: their events); its signing secret is shown"
+        " in this answer only",
+        request_body=outbox_routes.WebhookIn, response_body=outbox_routes.WebhookOut, success_status=201,
+    ),
+    Route(
+        "GET", "/v1/webhooks", outbox_routes.list_webhooks, "list_webhooks", "The caller's webhook endpoints (admins: all)",
+        response_body=outbox_routes.WebhookPage,
+    ),
+    Route(
+        "GET", "/v1/webhooks/{webhook_id}", outbox_routes.get_webhook, "get_webhook", "One webhook endpoint",
+        response_body=outbox_routes.WebhookOut,
+    ),
+    Route(
+        "DELETE", "/v1/webhooks/{webhook_id}", outbox_routes.delete_webhook, "delete_webhook",
+        "Delete a webhook endpoint: nothing more is sent to it", success_status=204,
+    ),
+    Route(
+        "GET", "/v1/webhooks/{webhook_id}/deliveries", outbox_routes.webhook_deliveries, "webhook_deliveries",
+        "The endpoint's deliveries, newest first: status, attempts, the last answer", response_body=outbox_routes.DeliveryPage,
+        query=(_DELIVERIES_LIMIT, _CURSOR),
+    ),
+    Route(
+        "POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", outbox_routes.retry_delivery, "retry_delivery",
+        "Send a delivery again (202): a failed one sets its endpoint going again from there, in order",
+        response_body=outbox_routes.DeliveryOut, success_status=202,
     ),
     # Reservations and tickets.
     Route(

@@ -145,6 +145,17 @@ Moment = Annotated[
     datetime,
     Meta(tz=True, description=f"RFC 3339 with a time zone, {MOMENT_YEARS}", extra_json_schema={"pattern": MOMENT_PATTERN}),
 ]
+# Something @ something . something, none of them with an @, whitespace, a NUL or a lone surrogate.
+_EMAIL_PART = rf"[^@{WHITESPACE}\x00{SURROGATES}]+"
+Email = Annotated[
+    str,
+    Meta(
+        min_length=3,
+        max_length=limits.EMAIL_ADDRESS_CHARS_MAX,
+        pattern=rf"^{_EMAIL_PART}@{_EMAIL_PART}\.{_EMAIL_PART}{END}",
+        description="an email address",
+    ),
+]
 UserId = Annotated[str, Meta(min_length=1, max_length=limits.USER_ID_CHARS_MAX, pattern=rf"^[A-Za-z0-9_.:@-]+{END}")]
 # An event as answers show it ("new", before its creation is committed, is never shown).
 EventStatus = ShownEventStatus
@@ -266,6 +277,9 @@ class ReservationIn(msgspec.Struct, forbid_unknown_fields=True):
     seats: Annotated[list[SeatId], Meta(min_length=1, max_length=limits.RESERVATION_QUANTITY_MAX)] | None = None
     # Best available on a seated type: false takes seats apart when no block is left.
     adjacent: bool = True
+    # Where the buyer's confirmation email goes (services and admins, for buyers without an
+    # account here): kept apart from the log, erasable, never in a webhook.
+    email: Email | None = None
 
     @property
     def count(self) -> int:
