@@ -140,21 +140,26 @@ async def mark_webhook_failed(connection: Connection, webhook_id: str) -> None:
     )
 
 
-async def retry_delivery(connection: Connection, webhook_id: str, delivery_id: str) -> DeliveryRow | None:
-    """Set a delivery going again (and its endpoint, if it had failed): in one transaction."""
+async def retry_delivery(connection: Connection, webhook_id: str, delivery_id: str) -> tuple[DeliveryRow, str] | None:
+    """Set a delivery going again (and its endpoint, if it had failed), in one transaction; with
+    the status it had (a delivered one is to be sent once more; another, tried now)."""
     async with connection.transaction():
+        was = await connection.fetchval(
+            "SELECT status FROM webhook_deliveries WHERE delivery_id = $1 AND webhook_id = $2 FOR UPDATE", delivery_id, webhook_id
+        )
+        if was is None:
+            return None
         row = await connection.fetchrow(
             f"UPDATE webhook_deliveries SET status = CASE WHEN status = 'failed' THEN 'pending' ELSE status END,"
-            f" next_attempt_at = now(), updated_at = now() WHERE delivery_id = $1 AND webhook_id = $2 RETURNING {DELIVERY_COLUMNS}",
+            f" next_attempt_at = now(), updated_at = now() WHERE delivery_id = $1 RETURNING {DELIVERY_COLUMNS}",
             delivery_id,
-            webhook_id,
         )
-        if row is None:
-            return None
         await connection.execute(
             "UPDATE webhooks SET status = 'active', failed_at = NULL WHERE webhook_id = $1 AND status = 'failed'", webhook_id
         )
-    return DeliveryRow(*row)
+        # The node that serves the delivery's event hears of it once this commits.
+        await connection.execute("SELECT pg_notify('inventoryd_redeliveries', $1)", f"{'again' if was == 'delivered' else 'now'} {delivery_id}")
+    return DeliveryRow(*present(row, "UPDATE … RETURNING returned no row")), str(was)
 
 
 async def deliveries(connection: Connection, webhook_id: str, before: tuple[datetime, str] | None, limit: int) -> list[DeliveryRow]:
@@ -325,7 +330,7 @@ async def erase_person(connection: Connection, user_id: str) -> list[str]:
         )
         await connection.execute("DELETE FROM buyer_contacts WHERE user_id = $1", user_id)
         rows = await connection.fetch(
-            "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL RETURNING DISTINCT session_id",
+            "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL RETURNING session_id",
             user_id,
         )
     return sorted({row[0] for row in rows})

@@ -260,3 +260,236 @@ async def test_a_chaotic_receiver_gets_every_change_in_order_signed(start: Any) 
 
         await eventually(logged, 10)
         assert max(d["attempts"] for d in log) > 1
+
+
+async def test_a_failing_endpoint_holds_up_no_other_and_is_set_going_again(start: Any) -> None:
+    client = await start(settings={**FAST, "webhook_attempts_max": 3})
+    event = await create_event(client)
+    async with receiving(answer=lambda _: 500) as failing, receiving() as healthy:
+        broken = await subscribe(client, failing.url, ["reservation.held"])
+        fine = await subscribe(client, healthy.url, ["reservation.held"])
+        await some_trade(client, event["id"], 10, rng=random.Random(3))
+        wanted = [c["seq"] for c in await all_changes(client, event["id"]) if c["type"] == "reservation.held"]
+        await wait_until(lambda: sorted(set(healthy.delivered_seqs(event["id"]))) == wanted, 10)
+        check_in_order_and_signed(healthy, fine["secret"], event["id"], wanted)
+
+        async def failed() -> bool:
+            return (await (await client.get(f"/v1/webhooks/{broken['id']}")).json())["status"] == "failed"
+
+        await eventually(failed, 10)
+        # Out of attempts at the first change: nothing after it was sent, nothing skipped.
+        assert set(failing.delivered_seqs(event["id"])) == {wanted[0]} and len(failing.got) == 3
+        log = (await (await client.get(f"/v1/webhooks/{broken['id']}/deliveries")).json())["items"]
+        assert [(d["seq"], d["status"], d["attempts"], d["last_status"]) for d in log] == [(wanted[0], "failed", 3, 500)]
+        # Mended, and the failed delivery retried by hand: from there, in order, all of it.
+        failing.answer = lambda _: 200
+        failing.got.clear()
+        retried = await client.post(f"/v1/webhooks/{broken['id']}/deliveries/{log[0]['id']}/retry")
+        assert retried.status == 202, await retried.text()
+        await wait_until(lambda: sorted(set(failing.delivered_seqs(event["id"]))) == wanted, 10)
+        check_in_order_and_signed(failing, broken["secret"], event["id"], wanted)
+        assert (await (await client.get(f"/v1/webhooks/{broken['id']}")).json())["status"] == "active"
+        # A delivered one (once the log says so), retried: sent once more, with its delivery id.
+        async def delivered() -> bool:
+            items = (await (await client.get(f"/v1/webhooks/{broken['id']}/deliveries", params={"limit": 200})).json())["items"]
+            return {d["status"] for d in items} == {"delivered"}
+
+        await eventually(delivered, 10)
+        sent = len(failing.got)
+        assert (await client.post(f"/v1/webhooks/{broken['id']}/deliveries/{log[0]['id']}/retry")).status == 202
+        await wait_until(lambda: len(failing.got) == sent + 1, 10)
+        assert failing.got[-1][0][DELIVERY_HEADER] == log[0]["id"]
+        # Deleted: nothing more.
+        assert (await client.delete(f"/v1/webhooks/{broken['id']}")).status == 204
+        assert (await client.get(f"/v1/webhooks/{broken['id']}")).status == 404
+
+
+async def test_kill_9_mid_delivery_skips_nothing(database_url: str, tmp_path: Any) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {"INVENTORYD_WEBHOOKS_ALLOW_PRIVATE": "1", "INVENTORYD_WEBHOOK_RETRY_BASE_S": "0.02", "INVENTORYD_WEBHOOK_TIMEOUT_S": "2"}
+    async with receiving() as receiver, aiohttp.ClientSession(headers=ADMIN) as session:
+
+        class Client:  # the test client's calls, against the process
+            async def post(self, path: str, **options: Any) -> aiohttp.ClientResponse:
+                return await session.post(base + path, **options)
+
+            async def get(self, path: str, **options: Any) -> aiohttp.ClientResponse:
+                return await session.get(base + path, **options)
+
+        slow_down = asyncio.Event()
+
+        async def hook(request: web.Request) -> web.Response:  # 20 ms a delivery: a backlog builds
+            body = await request.read()
+            receiver.got.append((dict(request.headers), body))
+            await asyncio.sleep(0.02)
+            slow_down.set()
+            return web.Response(text="ok")
+
+        receiver._hook = hook  # type: ignore[method-assign]
+        await receiver.stop()
+        await receiver.start()
+        client = Client()
+        with running_server(database_url, port, env=env, log_path=tmp_path / "first.log") as process:
+            await wait_ready(session, base, process)
+            event = await create_event(client)
+            hook_row = await subscribe(client, receiver.url, ["reservation.held", "reservation.confirmed"])
+            await some_trade(client, event["id"], 60, rng=random.Random(4))
+            await slow_down.wait()
+            assert len(receiver.got) < 60, "everything was delivered before the kill: no test of it"
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+        before = len(receiver.got)
+        with running_server(database_url, port, env=env, log_path=tmp_path / "second.log") as process:
+            await wait_ready(session, base, process)
+            wanted = [c["seq"] for c in await all_changes(client, event["id"]) if c["type"] in ("reservation.held", "reservation.confirmed")]
+            await wait_until(lambda: sorted(set(receiver.delivered_seqs(event["id"]))) == wanted, 60)
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+        assert len(receiver.got) > before
+        seqs = receiver.delivered_seqs(event["id"])
+        # In order within each life of the server; the second starts again at most where the first's cursor was saved.
+        assert seqs[:before] == sorted(seqs[:before]) and seqs[before:] == sorted(seqs[before:])
+        assert seqs[before] <= min((s for s in wanted if s > seqs[before - 1]), default=seqs[before - 1]), "a change was skipped"
+        for headers, body in receiver.got:
+            assert verify(hook_row["secret"], body, headers[SIGNATURE_HEADER])
+
+
+class Mailbox:
+    """What a real SMTP server (aiosmtpd, on loopback) was handed."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self.refuse = False
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's name
+        if self.refuse:
+            return "451 try again later"
+        self.messages.append(message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+@contextlib.contextmanager
+def mail_server() -> Any:
+    mailbox = Mailbox()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield mailbox, f"smtp://127.0.0.1:{controller.port}"
+    finally:
+        controller.stop()
+
+
+async def test_one_email_per_confirmation_also_retried_and_across_a_restart(start: Any) -> None:
+    with mail_server() as (mailbox, url):
+        settings = {"smtp_url": url, "smtp_from": "box-office@example.org", "webhook_retry_base_s": 0.02, "rate_limits": False}
+        client = await start(settings=settings)
+        event = await create_event(client, venue="Hall A")
+        # A buyer a service reserves for, with the address it gives; and a registered attendee.
+        given = await client.post(
+            f"/v1/events/{event['id']}/reservations",
+            json={"ticket_type": "GA", "quantity": 2, "user_id": "crm-77", "email": "buyer77@example.org"},
+        )
+        assert given.status == 201, await given.text()
+        attendee = await account(client, "ada@example.org", "attendee")
+        own = await client.post(f"/v1/events/{event['id']}/reservations", json={"ticket_type": "GA", "quantity": 1}, headers=attendee)
+        assert own.status == 201, await own.text()
+        # An attendee may not name another address.
+        other = await client.post(
+            f"/v1/events/{event['id']}/reservations", json={"ticket_type": "GA", "quantity": 1, "email": "x@example.org"}, headers=attendee
+        )
+        assert other.status == 403 and (await other.json())["field"] == "$.email"
+        mailbox.refuse = True  # the first tries fail: retried, still once
+        for reservation, headers in (((await given.json())["id"], ADMIN), ((await own.json())["id"], attendee)):
+            for _ in range(3):  # the same confirmation, retried with its key
+                confirmed = await client.post(
+                    f"/v1/reservations/{reservation}/confirm", headers={**headers, "Idempotency-Key": f"confirm-{reservation}"}
+                )
+                assert confirmed.status == 200, await confirmed.text()
+        await asyncio.sleep(0.3)
+        mailbox.refuse = False
+        await wait_until(lambda: len(mailbox.messages) == 2, 10)
+        by_address = {message["To"]: message for message in mailbox.messages}
+        assert set(by_address) == {"buyer77@example.org", "ada@example.org"}
+        mail = by_address["buyer77@example.org"]
+        body = mail.get_payload(decode=True).decode()
+        assert mail["From"] == "box-office@example.org" and "Hot concert" in mail["Subject"]
+        assert "Hall A" in body and "2 × GA" in body and "90.00 EUR" in body
+        tickets = (await (await client.get(f"/v1/reservations/{(await given.json())['id']}")).json())["tickets"]
+        assert all(ticket["id"] in body for ticket in tickets) and len(tickets) == 2
+        await client.close()
+        # Restarted on the same database: nothing sent again.
+        again = await start(settings=settings)
+        await asyncio.sleep(1.0)
+        assert len(mailbox.messages) == 2
+        await again.close()
+
+
+async def test_erasure_leaves_no_trace_and_the_log_whole(start: Any, database_url: str) -> None:
+    client = await start(settings={"rate_limits": False})
+    event = await create_event(client)
+    email, name = "erase.me@example.org", "Eraseme Person"
+    registered = await client.post("/v1/auth/register", json={"email": email, "password": "correct horse battery", "name": name})
+    assert registered.status == 201
+    user_id = (await registered.json())["id"]
+    tokens = await (await client.post("/v1/auth/login", json={"email": email, "password": "correct horse battery"})).json()
+    me = {"Authorization": f"Bearer {tokens['access_token']}"}
+    held = await client.post(f"/v1/events/{event['id']}/reservations", json={"ticket_type": "GA", "quantity": 2}, headers=me)
+    assert held.status == 201
+    assert (await client.post(f"/v1/reservations/{(await held.json())['id']}/confirm", headers=me)).status == 200
+    # A service gave the same person's address for another reservation.
+    given = await client.post(
+        f"/v1/events/{event['id']}/reservations", json={"ticket_type": "GA", "quantity": 1, "user_id": user_id, "email": email}
+    )
+    assert given.status == 201
+    connection = await asyncpg.connect(database_url)
+    try:
+        log_before = await connection.fetch("SELECT event_id, seq, kind, body::text FROM journal ORDER BY event_id, seq")
+        before = (await (await client.get(f"/v1/events/{event['id']}")).json())["ticket_types"]
+        assert (await client.delete("/v1/users/me", headers=me)).status == 204
+        # No table holds the email or the name.
+        tables = [row[0] for row in await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        for table in tables:
+            found = await connection.fetchval(
+                f'SELECT count(*) FROM "{table}" t WHERE t::text ILIKE $1 OR t::text ILIKE $2', f"%{email}%", f"%{name}%"
+            )
+            assert found == 0, f"{table} still holds the person"
+        # The person's tokens fail: the access token, and the refresh token.
+        assert (await client.get("/v1/users/me", headers=me)).status == 401
+        assert (await client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})).status == 401
+        assert (await client.post("/v1/auth/login", json={"email": email, "password": "correct horse battery"})).status == 401
+        # The log is unchanged and audits clean; a restart rebuilds the same inventory.
+        assert await connection.fetch("SELECT event_id, seq, kind, body::text FROM journal ORDER BY event_id, seq") == log_before
+        assert all(not result.problems for result in await audit(connection, None))
+    finally:
+        await connection.close()
+    await client.close()
+    again = await start()
+    assert (await (await again.get(f"/v1/events/{event['id']}")).json())["ticket_types"] == before
+    report = await again.get(f"/v1/events/{event['id']}/report")
+    assert report.status == 200 and (await report.json())["total"]["sold"] == 2
+
+
+async def test_the_csv_report_is_every_reservation_as_the_service_has_it(start: Any) -> None:
+    client = await start()
+    event = await create_event(client, ticket_types=[{"code": "GA", "name": "GA", "price": 4500, "capacity": 20}])
+    await some_trade(client, event["id"], 25 if False else 20, rng=random.Random(5))
+    waitlisted = await client.post(
+        f"/v1/events/{event['id']}/reservations", json={"ticket_type": "GA", "quantity": 1, "user_id": "late", "waitlist": True}
+    )
+    assert waitlisted.status in (201, 202)
+    response = await client.get(f"/v1/events/{event['id']}/report.csv")
+    assert response.status == 200 and response.content_type == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(await response.text())))
+    listed = (await (await client.get(f"/v1/events/{event['id']}/reservations", params={"limit": 200})).json())["items"]
+    assert [row["reservation_id"] for row in rows] == [r["id"] for r in listed]
+    for row, reservation in zip(rows, listed, strict=True):
+        assert row["status"] == reservation["status"], (row, reservation)
+        assert (row["ticket_type"], int(row["quantity"]), int(row["amount"]), row["user_id"]) == (
+            reservation["ticket_type"], reservation["quantity"], reservation["amount"], reservation["user_id"],
+        )
+        assert bool(row["confirmed_at"]) == (reservation["confirmed_at"] is not None)
+    # Cancelled: every reservation still counted is cancelled in the report too.
+    assert (await client.post(f"/v1/events/{event['id']}/cancel")).status == 200
+    rows = list(csv.DictReader(io.StringIO(await (await client.get(f"/v1/events/{event['id']}/report.csv")).text())))
+    assert {row["status"] for row in rows} <= {"cancelled", "expired"}

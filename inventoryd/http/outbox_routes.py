@@ -28,7 +28,6 @@ from inventoryd.http.common import (
 from inventoryd.http.problems import ProblemError, invalid
 from inventoryd.http.schemas import STORABLE_TEXT
 from inventoryd.outbox import CHANGE_TYPES, Change, change_of
-from inventoryd.outbox.dispatcher import REDELIVERIES_CHANNEL
 from inventoryd.outbox.webhooks import check_reachable, new_secret, new_webhook_id
 from persistence import outbox as store
 
@@ -192,11 +191,10 @@ async def retry_delivery(request: web.Request) -> web.Response:
     await refuse_body(request, "retry")
     delivery_id = request.match_info["delivery_id"]
     async with request.app[keys.POOL].acquire() as connection:
-        delivery = await store.retry_delivery(connection, row.webhook_id, delivery_id)
-        if delivery is None:
-            raise ProblemError(404, "not_found", f"no delivery {delivery_id!r} of webhook {row.webhook_id!r}")
-        await connection.execute("SELECT pg_notify($1, $2)", REDELIVERIES_CHANNEL, delivery_id)
-    return json_response(_delivery_out(delivery), status=202)
+        retried = await store.retry_delivery(connection, row.webhook_id, delivery_id)
+    if retried is None:
+        raise ProblemError(404, "not_found", f"no delivery {delivery_id!r} of webhook {row.webhook_id!r}")
+    return json_response(_delivery_out(retried[0]), status=202)
 
 
 # -- the report -----------------------------------------------------------------------------------

@@ -529,23 +529,24 @@ class Outbox:
 
     async def _redeliver_forever(self) -> None:
         while True:
-            delivery_id = await self._redeliveries.get()
+            payload = await self._redeliveries.get()
             try:
-                await self._redeliver(delivery_id)
+                await self._redeliver(payload)
             except DATABASE_AWAY as error:
-                log.warning("redelivery_failed", delivery_id=delivery_id, error=repr(error))
+                log.warning("redelivery_failed", payload=payload, error=repr(error))
 
-    async def _redeliver(self, delivery_id: str) -> None:
-        """A delivery retried by hand, on the node that serves its event: a delivered one is sent
-        once more; one waiting for its back-off is tried now (a failed endpoint's streams start
-        again when its row says active, see `_endpoints`)."""
+    async def _redeliver(self, payload: str) -> None:
+        """A delivery retried by hand ("again <id>": it had been delivered; "now <id>": it had
+        not), on the node that serves its event: a delivered one is sent once more; another is
+        tried now (a failed endpoint's streams start again when its row says active, `_endpoints`)."""
+        how, _, delivery_id = payload.partition(" ")
         async with self._pool.acquire() as connection:
             row = await store.delivery(connection, delivery_id)
         state = self._sinks.get(row.webhook_id) if row is not None else None
         if row is None or state is None or self._serving(row.event_id) is None:
             return
-        stream = state.streams.get(row.event_id)
-        if row.status != "delivered":
+        if how != "again":
+            stream = state.streams.get(row.event_id)
             if stream is not None:
                 stream.attempts, stream.not_before = 0, 0.0
             state.dirty.add(row.event_id)
