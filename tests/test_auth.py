@@ -322,6 +322,16 @@ MAY: dict[str, set[str]] = {
     "seatmap_svg": EVERYONE,
     "block_seats": {"organizer", "admin"},
     "unblock_seats": {"organizer", "admin"},
+    # What happened: the organizer's event, and a webhook endpoint the organizer made.
+    "erase_me": {"buyer", "other_buyer", "organizer", "other_organizer"},
+    "get_changes": {"organizer", "service", "admin"},
+    "report_csv": {"organizer", "admin"},
+    "create_webhook": {"organizer", "other_organizer", "admin"},
+    "list_webhooks": {"organizer", "other_organizer", "admin"},
+    "get_webhook": {"organizer", "admin"},
+    "delete_webhook": {"organizer", "admin"},
+    "webhook_deliveries": {"organizer", "admin"},
+    "retry_delivery": {"organizer", "admin"},
 }
 # Routes whose answer to a caller who may call them can itself be 401 (wrong password, spent token).
 ANSWERS_401_ON_ITS_OWN = {"login", "refresh"}
@@ -334,7 +344,8 @@ def test_every_route_has_an_expectation() -> None:
 
 
 async def test_the_access_matrix(start: Any, database_url: str) -> None:
-    client = await start(headers=None, settings={"rate_limits": False})
+    # Webhooks to loopback (port 9: nothing listens, every delivery fails and is tried again).
+    client = await start(headers=None, settings={"rate_limits": False, "webhooks_allow_private": True})
     admin = bearer("test-admin-token-0123456789abcdef")
     identities = {"anonymous": {}, "admin": admin, "service": bearer(await make_api_token(database_url, "service", "matrix"))}
     users: dict[str, str] = {}
@@ -342,6 +353,23 @@ async def test_the_access_matrix(start: Any, database_url: str) -> None:
         user = await register(client, f"{role}@example.org", kind)
         users[role] = user["id"]
         identities[role] = bearer((await login(client, f"{role}@example.org"))["access_token"])
+
+    async def new_webhook() -> str:
+        hook = {"url": "http://127.0.0.1:9/hook", "types": ["reservation.held"]}
+        made = await client.post("/v1/webhooks", json=hook, headers=identities["organizer"])
+        assert made.status == 201, await made.text()
+        return str((await made.json())["id"])
+
+    # One endpoint with a delivery (failing) in its log, for the routes that read or retry one.
+    webhook_id = await new_webhook()
+    first = await (await client.post("/v1/events", json=event_body(), headers=identities["organizer"])).json()
+    await client.post(f"/v1/events/{first['id']}/reservations", json={"ticket_type": "GA", "quantity": 1}, headers=identities["buyer"])
+    deliveries: list[dict[str, Any]] = []
+    for _ in range(200):
+        deliveries = (await (await client.get(f"/v1/webhooks/{webhook_id}/deliveries", headers=admin)).json())["items"]
+        if deliveries:
+            break
+        await asyncio.sleep(0.02)
 
     async def fixtures() -> dict[str, str]:
         event = await (await client.post("/v1/events", json=event_body(), headers=identities["organizer"])).json()
@@ -366,6 +394,8 @@ async def test_the_access_matrix(start: Any, database_url: str) -> None:
             "ticket_id": confirmed["tickets"][0]["id"],
             "code": "GA",
             "user_id": users["buyer"],
+            "webhook_id": webhook_id,
+            "delivery_id": deliveries[0]["id"],
         }
 
     def body_for(route_name: str, role: str) -> Any:
@@ -387,6 +417,8 @@ async def test_the_access_matrix(start: Any, database_url: str) -> None:
                 return {"seats": ["A-1-1"], "reason": "camera"}
             case "unblock_seats":
                 return {"seats": ["A-1-1"]}
+            case "create_webhook":
+                return {"url": "http://127.0.0.1:9/hook", "types": ["reservation.held"]}
             case "join_queue":
                 return {"user_id": users["buyer"]} if role in ("service", "admin") else None
             case "register":
@@ -407,6 +439,14 @@ async def test_the_access_matrix(start: Any, database_url: str) -> None:
             if route.name == "logout" and role in ("buyer", "other_buyer", "organizer", "other_organizer"):
                 # Logging out ends the session: use a fresh one.
                 email = f"{role}@example.org"
+                headers = bearer((await login(client, email))["access_token"])
+            if route.name == "delete_webhook":
+                values["webhook_id"] = await new_webhook()
+                path = route.path.format(**values)
+            if route.name == "erase_me" and role in ("buyer", "other_buyer", "organizer", "other_organizer"):
+                # Erasing ends the person: a person of this role made for it.
+                email = f"erase-{role}-{time.monotonic_ns()}@example.org"
+                await register(client, email, "organizer" if "organizer" in role else "attendee")
                 headers = bearer((await login(client, email))["access_token"])
             body = body_for(route.name, role)
             if route.name == "availability_stream":

@@ -144,14 +144,15 @@ async def create_webhook(request: web.Request) -> web.Response:
 
 
 async def _own_webhook(request: web.Request) -> store.WebhookRow:
-    """The webhook the path names, if the caller may see it (404 otherwise: another organizer's
-    endpoints are not told apart from none)."""
+    """The webhook the path names, if the caller may manage it (another organizer's: 403)."""
     owner = request[keys.PRINCIPAL].webhook_owner()
     webhook_id = request.match_info["webhook_id"]
     async with request.app[keys.POOL].acquire() as connection:
         row = await store.webhook(connection, webhook_id)
-    if row is None or (owner is not None and row.organizer_id != owner):
+    if row is None:
         raise ProblemError(404, "not_found", f"no webhook {webhook_id!r}")
+    if owner is not None and row.organizer_id != owner:
+        raise ProblemError(403, "forbidden", "this webhook is another organizer's")
     return row
 
 

@@ -61,6 +61,7 @@ def _data(record: Record) -> dict[str, Any]:
         listed = sum(len(row.seats) for section in layout.sections for row in section.rows)
         return {"seats": listed + sum(block.rows * block.seats_per_row for block in layout.blocks)}
     data: dict[str, Any] = msgspec.to_builtins(record)
-    data.pop("type", None)
-    data.pop("at", None)
+    # The record's tag is the type; its time is `at`; a wave's clock is the waiting room's own.
+    for inside in ("type", "at", "clock"):
+        data.pop(inside, None)
     return data
