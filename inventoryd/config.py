@@ -103,7 +103,7 @@ class Settings:
     smtp_url: str | None = field(default_factory=lambda: os.environ.get("INVENTORYD_SMTP_URL") or None)
     smtp_from: str = field(default_factory=lambda: os.environ.get("INVENTORYD_SMTP_FROM", "tickets@inventoryd.invalid"))
     email_template: Path | None = field(
-        default_factory=lambda: Path(os.environ["INVENTORYD_EMAIL_TEMPLATE"]) if os.environ.get("INVENTORYD_EMAIL_TEMPLATE") else None
+        default_factory=lambda: Path(template) if (template := os.environ.get("INVENTORYD_EMAIL_TEMPLATE")) else None
     )
     # Personal data (the addresses services gave for buyers) of events that started more than this
     # many days ago is erased, once an hour; 0: kept until erased by hand.
@@ -144,7 +144,9 @@ class Settings:
         if not 0.001 <= self.webhook_retry_base_s <= 3600:
             raise SystemExit(f"INVENTORYD_WEBHOOK_RETRY_BASE_S must be 0.001..3600, not {self.webhook_retry_base_s}")
         if not 1 <= self.webhook_attempts_max <= limits.WEBHOOK_ATTEMPTS_MAX_LIMIT:
-            raise SystemExit(f"INVENTORYD_WEBHOOK_ATTEMPTS_MAX must be 1..{limits.WEBHOOK_ATTEMPTS_MAX_LIMIT}, not {self.webhook_attempts_max}")
+            raise SystemExit(
+                f"INVENTORYD_WEBHOOK_ATTEMPTS_MAX must be 1..{limits.WEBHOOK_ATTEMPTS_MAX_LIMIT}, not {self.webhook_attempts_max}"
+            )
         if not 0.1 <= self.webhook_timeout_s <= limits.WEBHOOK_TIMEOUT_S:
             raise SystemExit(f"INVENTORYD_WEBHOOK_TIMEOUT_S must be 0.1..{limits.WEBHOOK_TIMEOUT_S:g}, not {self.webhook_timeout_s}")
         if self.smtp_url is not None and not re.fullmatch(r"smtps?://([^@/\s]+@)?[^/@\s]+/?", self.smtp_url):

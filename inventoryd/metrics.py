@@ -8,13 +8,14 @@ gauges (actors, mailboxes, recovery, readiness), read then from the registry and
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from inventoryd.histogram import Histogram
 
 if TYPE_CHECKING:
     from inventoryd.catalogue import CatalogueFeed
@@ -28,30 +29,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _QUEUE_WAIT_BUCKETS_S = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0)
 _COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
-
-
-class Histogram:
-    """Observations counted per bucket (the last one is +Inf) and summed."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        # Bucket i counts values <= bounds[i]: the first bound not below the value.
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        buckets: list[tuple[str, float]] = []
-        total = 0
-        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
-            total += count
-            buckets.append((bound, total))
-        return buckets
 
 
 class Metrics:
@@ -271,7 +248,9 @@ class _OutboxCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         outbox = self._outbox
         deliveries = CounterMetricFamily(
-            "inventoryd_outbox_deliveries", "Delivery attempts, by sink and outcome (delivered, retrying, failed)", labels=["sink", "outcome"]
+            "inventoryd_outbox_deliveries",
+            "Delivery attempts, by sink and outcome (delivered, retrying, failed)",
+            labels=["sink", "outcome"],
         )
         for (sink, outcome), count in sorted(outbox.stats.deliveries.items()):
             deliveries.add_metric([sink, outcome], count)
@@ -282,12 +261,16 @@ class _OutboxCollector(Collector):
         endpoints, failed = outbox.endpoints()
         yield GaugeMetricFamily("inventoryd_webhook_endpoints", "Webhook endpoints", value=endpoints)
         yield GaugeMetricFamily(
-            "inventoryd_webhook_endpoints_failed", "Webhook endpoints failed (out of attempts; a retry by hand sets one going)", value=failed
+            "inventoryd_webhook_endpoints_failed", "Webhook endpoints failed (out of attempts; a retry sets one going)", value=failed
         )
-        yield GaugeMetricFamily("inventoryd_outbox_backlog", "Committed changes not yet delivered to a sink that wants them", value=outbox.backlog())
+        yield GaugeMetricFamily(
+            "inventoryd_outbox_backlog", "Log positions committed, not past a sink's cursor (over streams)", value=outbox.backlog()
+        )
         email = outbox.email
         yield CounterMetricFamily("inventoryd_emails_sent", "Confirmation emails sent", value=email.sent if email else 0)
-        yield CounterMetricFamily("inventoryd_emails_failed", "Confirmation email attempts that failed", value=email.failed if email else 0)
+        yield CounterMetricFamily(
+            "inventoryd_emails_failed", "Confirmation email attempts that failed", value=email.failed if email else 0
+        )
 
 
 class _ClusterCollector(Collector):

@@ -158,7 +158,8 @@ async def retry_delivery(connection: Connection, webhook_id: str, delivery_id: s
             "UPDATE webhooks SET status = 'active', failed_at = NULL WHERE webhook_id = $1 AND status = 'failed'", webhook_id
         )
         # The node that serves the delivery's event hears of it once this commits.
-        await connection.execute("SELECT pg_notify('inventoryd_redeliveries', $1)", f"{'again' if was == 'delivered' else 'now'} {delivery_id}")
+        how = "again" if was == "delivered" else "now"
+        await connection.execute("SELECT pg_notify('inventoryd_redeliveries', $1)", f"{how} {delivery_id}")
     return DeliveryRow(*present(row, "UPDATE … RETURNING returned no row")), str(was)
 
 

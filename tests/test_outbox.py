@@ -22,7 +22,6 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
@@ -362,7 +361,7 @@ class Mailbox:
         self.messages: list[Any] = []
         self.refuse = False
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's name
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.refuse:
             return "451 try again later"
         self.messages.append(message_from_bytes(envelope.content))

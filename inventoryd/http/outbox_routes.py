@@ -215,13 +215,16 @@ _reports_running = 0
 
 def report_line(row: Any) -> list[object]:
     """A CSV row from a report row (persistence.outbox._REPORT): the status is the last change's."""
-    reservation_id, made, user_id, ticket_type, quantity, amount, seats, created_at, last_kind, last_at, confirmed_at, checked, event_cancelled_at = row
+    (reservation_id, made, user_id, ticket_type, quantity, amount, seats, created_at, last_kind, last_at, confirmed_at, checked,
+     event_cancelled_at) = row
     status = _STATUS_AFTER.get(last_kind, "held" if made == "reservation_held" else "waitlisted")
     ended_at = last_at if status in ("cancelled", "expired") else None
     if event_cancelled_at is not None and status in ("held", "confirmed", "waitlisted"):
         status, ended_at = "cancelled", event_cancelled_at
     seat_list = " ".join(msgspec.json.decode(seats)) if seats else ""
-    return [reservation_id, status, ticket_type, quantity, amount, seat_list, user_id, created_at, confirmed_at or "", ended_at or "", checked]
+    return [
+        reservation_id, status, ticket_type, quantity, amount, seat_list, user_id, created_at, confirmed_at or "", ended_at or "", checked,
+    ]
 
 
 async def report_csv(request: web.Request) -> web.StreamResponse:

@@ -40,7 +40,7 @@ import structlog
 from inventoryd import limits
 from inventoryd.config import Settings
 from inventoryd.domain import EventDefinition, Reservation
-from inventoryd.metrics import Histogram
+from inventoryd.histogram import Histogram
 from inventoryd.outbox.changes import Change, change_of
 from inventoryd.outbox.email import Mailer, PermanentFailure, Template
 from inventoryd.outbox.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, PublicResolver, delivery_id_for, signature
