@@ -132,6 +132,12 @@ async def _rule_breakers(client: Any) -> dict[tuple[str, str], Any]:
         ("list_events", "min_price"): await client.get("/v1/events", params={"min_price": "2", "max_price": "1"}),
         ("event_reservations", "cursor"): await client.get(f"{path}/reservations", params={"cursor": "0"}),
         ("user_reservations", "cursor"): await client.get("/v1/users/u1/reservations", params={"cursor": "0"}),
+        # Loopback, which this app does not allow; a type named twice.
+        ("create_webhook", "$.url"): await client.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/", "types": ["reservation.held"]}),
+        ("create_webhook", "$.types"): await client.post(
+            "/v1/webhooks", json={"url": "https://example.org/", "types": ["reservation.held", "reservation.held"]}
+        ),
+        ("webhook_deliveries", "cursor"): await client.get("/v1/webhooks/whk_aaaaaaaaaaaaaaaa/deliveries", params={"cursor": "0"}),
     }
     return answers
 

@@ -129,6 +129,15 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Rule(400, "q", f"`q` has at least one word (letters or digits) and at most {limits.CATALOGUE_QUERY_WORDS_MAX}"),
         Rule(400, "min_price", "`min_price` is not above `max_price`"),
     ),
+    "create_webhook": (
+        Rule(
+            422, "$.url",
+            "the URL is http(s), without credentials or a fragment, and its host resolves to public addresses only"
+            " (loopback, private and link-local ones are refused unless the operator allows them)",
+        ),
+        Rule(422, "$.types", "each change type is named once"),
+    ),
+    "webhook_deliveries": (_CURSOR_RULE,),
     "event_reservations": (_CURSOR_RULE,),
     "my_reservations": (_CURSOR_RULE,),
     "user_reservations": (_CURSOR_RULE,),

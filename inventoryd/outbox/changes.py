@@ -5,15 +5,21 @@ the API (docs/API.md, "Change feed"), kept stable. Pure: no I/O."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
 import msgspec
 
 from inventoryd.domain import RECORD_DECODER, Record, SeatMapSet, record_kind
 
+ChangeType = Literal[
+    "event.created", "event.updated", "ticket_type.added", "ticket_type.changed", "event.cancelled",
+    "reservation.held", "reservation.confirmed", "reservation.cancelled", "reservation.expired", "reservation.waitlisted",
+    "reservation.promoted", "ticket.checked_in", "seatmap.set", "seats.blocked", "seats.unblocked",
+    "queue.joined", "queue.admitted", "queue.expired", "queue.left",
+]
 # Each public type, from the record kind it is made of. The waiting room's shuffle (its seed) stays
 # inside: it is how the line was made fair, not something that happened to anyone.
-PUBLIC_TYPES: Final[dict[str, str]] = {
+PUBLIC_TYPES: Final[dict[str, ChangeType]] = {
     "event_created": "event.created",
     "event_updated": "event.updated",
     "ticket_type_added": "ticket_type.added",
@@ -34,12 +40,14 @@ PUBLIC_TYPES: Final[dict[str, str]] = {
     "queue_expired": "queue.expired",
     "queue_left": "queue.left",
 }
-CHANGE_TYPES: Final[tuple[str, ...]] = tuple(sorted(PUBLIC_TYPES.values()))
+CHANGE_TYPES: Final[tuple[ChangeType, ...]] = get_args(ChangeType)
+if set(CHANGE_TYPES) != set(PUBLIC_TYPES.values()) or len(CHANGE_TYPES) != len(PUBLIC_TYPES):
+    raise ImportError("every public change type is made of one record kind")
 
 
 class Change(msgspec.Struct, frozen=True):
     seq: int
-    type: str
+    type: ChangeType
     at: datetime
     data: dict[str, Any]
 
