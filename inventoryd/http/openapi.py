@@ -518,9 +518,11 @@ def _error_statuses(route: Route) -> list[int]:
         statuses.add(400)
     if not route.public:
         statuses.add(403)
-    if "{" in route.path or route.name == "me":
+    if "{" in route.path or route.name in ("me", "create_webhook"):  # (a webhook's event_id)
         statuses.add(404)
-    if route.idempotent or route.name in ("register", "check_in_ticket", "join_queue", "get_queue_line", "get_queue_challenge"):
+    if route.idempotent or route.name in (
+        "register", "check_in_ticket", "join_queue", "get_queue_line", "get_queue_challenge", "create_webhook",
+    ):
         statuses.add(409)  # the rules, or an Idempotency-Key used for another request
     if route.method in _READS_BODY:
         statuses |= {413, 422}
