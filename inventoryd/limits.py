@@ -327,6 +327,13 @@ WEBHOOK_DELIVERIES_KEPT_S: Final = 3 * 24 * 3600
 OUTBOX_SWEEP_INTERVAL_S: Final = 3600.0
 # A page of the delivery log.
 DELIVERIES_PAGE_MAX: Final = 200
+# The reserve path first: while this node's event loop runs late (its lag, probed every
+# OUTBOX_LAG_PROBE_S and smoothed, above OUTBOX_BUSY_LAG_S: an on-sale is on), the outbox starts at
+# most OUTBOX_BUSY_DELIVERIES_PER_S deliveries a second, all sinks together (in turn); the rest wait
+# and go out when the peak passes. A delivery waiting for its endpoint's answer costs nothing meanwhile.
+OUTBOX_LAG_PROBE_S: Final = 0.02
+OUTBOX_BUSY_LAG_S: Final = 0.004
+OUTBOX_BUSY_DELIVERIES_PER_S: Final = 150.0
 # Sending one email (connect, hand over), and its retries' back-off (like a webhook's).
 EMAIL_TIMEOUT_S: Final = 30.0
 EMAIL_TEMPLATE_BYTES_MAX: Final = 64 * 1024

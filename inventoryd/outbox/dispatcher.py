@@ -190,6 +190,37 @@ class EmailSink:
             await store.email_done(connection, event_id, seq, status, error and error[: limits.WEBHOOK_ERROR_KEPT_CHARS])
 
 
+class Pace:
+    """How fast deliveries may start: at will while the event loop keeps time, at most
+    OUTBOX_BUSY_DELIVERIES_PER_S while it runs late (the reserve path has the node's CPU)."""
+
+    def __init__(self) -> None:
+        self.lag_s = 0.0
+        self._next = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self.lag_s > limits.OUTBOX_BUSY_LAG_S
+
+    async def probe_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(limits.OUTBOX_LAG_PROBE_S)
+            late = loop.time() - started - limits.OUTBOX_LAG_PROBE_S
+            self.lag_s = 0.7 * self.lag_s + 0.3 * max(0.0, late)
+
+    async def turn(self) -> None:
+        """Return when the next delivery may start (each caller takes the next free slot)."""
+        if not self.busy:
+            return
+        now = asyncio.get_running_loop().time()
+        start = max(now, self._next)
+        self._next = start + 1.0 / limits.OUTBOX_BUSY_DELIVERIES_PER_S
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
 class Stream:
     """One sink's delivery of one event's log."""
 
@@ -234,6 +265,7 @@ class Outbox:
         self._serving = serving
         self._reservation_of = reservation_of
         self.stats = OutboxStats()
+        self.pace = Pace()
         self.tasks = TaskSupervisor("outbox")
         # The last committed seq of every event served here (as its actor said).
         self._heads: dict[str, int] = {}
@@ -283,6 +315,7 @@ class Outbox:
             async with self._pool.acquire() as connection:
                 await store.start_email_cursors(connection)
             self._add(self.email, None)
+        self.tasks.spawn(self.pace.probe_forever(), name="outbox-pace")
         self.tasks.spawn(self._keep_endpoints(), name="outbox-endpoints")
         self.tasks.spawn(self._save_forever(), name="outbox-save")
         self.tasks.spawn(self._redeliver_forever(), name="outbox-redeliver")
@@ -455,6 +488,7 @@ class Outbox:
         sink, event_id = state.sink, stream.event_id
         delivery_id = delivery_id_for(sink.id, event_id, change.seq)
         kind = "webhook" if sink.logged else "email"
+        await self.pace.turn()
         attempt = await sink.deliver(event_id, change, delivery_id)
         stream.attempts += 1
         if attempt.ok or attempt.permanent:
