@@ -250,7 +250,9 @@ async def cursors(connection: Connection, event_ids: Sequence[str]) -> dict[tupl
 
 async def forget_old_deliveries(connection: Connection, older_than: datetime) -> int:
     done = await connection.execute(
-        "DELETE FROM webhook_deliveries WHERE updated_at < $1 AND status <> 'pending'", older_than
+        "DELETE FROM webhook_deliveries d WHERE d.updated_at < $1"
+        " AND (d.status <> 'pending' OR EXISTS (SELECT 1 FROM webhooks w WHERE w.webhook_id = d.webhook_id AND w.deleted_at IS NOT NULL))",
+        older_than,
     )
     return int(done.split()[-1])
 

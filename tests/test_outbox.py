@@ -27,7 +27,21 @@ from aiosmtpd.controller import Controller
 
 from inventoryd.audit import audit
 from inventoryd.outbox.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, verify
-from tests.helpers import ADMIN, create_event, event_body, free_port, make_api_token, running_server, wait_ready, wait_until
+from tests.helpers import (
+    ADMIN,
+    cluster_of,
+    create_event,
+    create_events,
+    event_body,
+    free_port,
+    make_api_token,
+    metric,
+    running_server,
+    wait_node_ready,
+    wait_ready,
+    wait_settled,
+    wait_until,
+)
 
 # Retries within the test's seconds: a failed delivery is tried again after 20 ms, 40 ms, …
 FAST = {"webhooks_allow_private": True, "webhook_retry_base_s": 0.02, "webhook_timeout_s": 0.5, "webhook_attempts_max": 100}
@@ -492,3 +506,34 @@ async def test_the_csv_report_is_every_reservation_as_the_service_has_it(start: 
     assert (await client.post(f"/v1/events/{event['id']}/cancel")).status == 200
     rows = list(csv.DictReader(io.StringIO(await (await client.get(f"/v1/events/{event['id']}/report.csv")).text())))
     assert {row["status"] for row in rows} <= {"cancelled", "expired"}
+
+
+async def test_a_cluster_delivers_each_change_once_from_its_owner(database_url: str, tmp_path: Any) -> None:
+    env = {"INVENTORYD_WEBHOOKS_ALLOW_PRIVATE": "1", "INVENTORYD_WEBHOOK_RETRY_BASE_S": "0.02"}
+    async with receiving() as receiver, aiohttp.ClientSession(headers=ADMIN) as session:
+        with cluster_of(database_url, tmp_path) as cluster:
+            first = cluster.start("first", env=env)
+            await wait_node_ready(session, first)
+            second = cluster.start("second", env=env)
+            await wait_node_ready(session, second)
+            await wait_settled(session, first, owners=2, balanced=True)
+            events = await create_events(session, [first, second], 6)
+            async with session.post(f"{first.base}/v1/webhooks", json={"url": receiver.url, "types": ["reservation.held"]}) as response:
+                assert response.status == 201, await response.text()
+                secret = (await response.json())["secret"]
+            for index, event_id in enumerate(events * 3):  # through either node: forwarded to the owner
+                node = (first, second)[index % 2]
+                async with session.post(
+                    f"{node.base}/v1/events/{event_id}/reservations", json={"ticket_type": "GA", "quantity": 1, "user_id": f"b{index}"}
+                ) as response:
+                    assert response.status == 201, await response.text()
+            await wait_until(lambda: len(receiver.got) >= 3 * len(events), 30)
+            await asyncio.sleep(0.5)  # nothing more comes: each change once
+            assert len(receiver.got) == 3 * len(events)
+            for event_id in events:
+                seqs = receiver.delivered_seqs(event_id)
+                assert len(seqs) == 3 and seqs == sorted(seqs)
+            assert all(verify(secret, body, headers[SIGNATURE_HEADER]) for headers, body in receiver.got)
+            # Each node delivered its own events' changes (every attempt a delivery: the receiver answers 200).
+            delivered = [await metric(session, node, "inventoryd_outbox_deliveries_total") for node in (first, second)]
+            assert sum(delivered) == 3 * len(events) and min(delivered) > 0, delivered

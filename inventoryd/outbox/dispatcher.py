@@ -245,6 +245,8 @@ class SinkState:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     running: int = 0
     task: asyncio.Task[None] | None = None
+    # When the soonest stream backing off may go again (one timer, however often it is woken).
+    timer: asyncio.TimerHandle | None = None
 
 
 @dataclass
@@ -287,9 +289,10 @@ class Outbox:
 
     def committed(self, event_id: str, seq: int) -> None:
         """Event `event_id`'s log now ends at `seq` (committed). The one call on the write path."""
-        if seq <= self._heads.get(event_id, 0):
-            return
-        self._heads[event_id] = seq
+        # (Also when the head is known: an actor rebuilt after its shard came back may have
+        # changes its streams here, dropped with the shard, have not delivered.)
+        if seq > self._heads.get(event_id, 0):
+            self._heads[event_id] = seq
         for state in self._for_all:
             state.dirty.add(event_id)
             state.wake.set()
@@ -347,6 +350,8 @@ class Outbox:
 
     def _remove(self, sink_id: str) -> None:
         state = self._sinks.pop(sink_id)
+        if isinstance(state.sink, WebhookSink):  # its streams still running stop after their delivery
+            state.sink.row = dataclasses.replace(state.sink.row, status="deleted")
         if state in self._for_all:
             self._for_all.remove(state)
         for states in self._for_event.values():
@@ -431,8 +436,11 @@ class Outbox:
                 stream.busy = True
                 state.running += 1
                 self.tasks.spawn(self._drain(state, stream), name=f"outbox:{state.sink.id}:{event_id}")
-            if soonest is not None:
-                loop.call_at(soonest, state.wake.set)
+            timer = state.timer
+            if soonest is not None and (timer is None or timer.cancelled() or timer.when() > soonest or timer.when() < now):
+                if timer is not None:
+                    timer.cancel()
+                state.timer = loop.call_at(soonest, state.wake.set)
 
     def _stream(self, state: SinkState, event_id: str) -> Stream | None:
         definition = self._serving(event_id)
