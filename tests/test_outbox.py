@@ -17,6 +17,7 @@ import random
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email import message_from_bytes
 from typing import Any
 
@@ -25,8 +26,10 @@ import asyncpg
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
+from inventoryd import cli
 from inventoryd.audit import audit
 from inventoryd.outbox.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, verify
+from persistence import outbox as outbox_store
 from tests.helpers import (
     ADMIN,
     cluster_of,
@@ -537,3 +540,45 @@ async def test_a_cluster_delivers_each_change_once_from_its_owner(database_url: 
             # Each node delivered its own events' changes (every attempt a delivery: the receiver answers 200).
             delivered = [await metric(session, node, "inventoryd_outbox_deliveries_total") for node in (first, second)]
             assert sum(delivered) == 3 * len(events) and min(delivered) > 0, delivered
+            # The feed and the report through either node (the report relayed as it streams).
+            for node in (first, second):
+                for event_id in events:
+                    async with session.get(f"{node.base}/v1/events/{event_id}/changes") as response:
+                        assert [c["type"] for c in (await response.json())["items"]].count("reservation.held") == 3
+                    async with session.get(f"{node.base}/v1/events/{event_id}/report.csv") as response:
+                        assert response.status == 200 and response.content_type == "text/csv"
+                        assert len(list(csv.DictReader(io.StringIO(await response.text())))) == 3
+
+
+async def test_an_operator_erases_anyone_and_retention_erases_given_addresses(start: Any, database_url: str) -> None:
+    client = await start(settings={"rate_limits": False})
+    event = await create_event(client)
+    person = await account(client, "someone@example.org", "attendee")
+    user_id = (await (await client.get("/v1/users/me", headers=person)).json())["id"]
+    given = await client.post(
+        f"/v1/events/{event['id']}/reservations", json={"ticket_type": "GA", "quantity": 1, "user_id": "crm-9", "email": "nine@example.org"}
+    )
+    assert given.status == 201
+    # `inventoryd user erase ID`, as the operator runs it (its own event loop, in a thread here).
+    for target, expected in ((user_id, "erased the personal data"), ("crm-9", "erased the personal data"), ("nobody", "nothing held")):
+        arguments = cli._parser().parse_args(["user", "erase", target, "--database-url", database_url])
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = await asyncio.to_thread(cli.erase_user, cli._settings(arguments), arguments.user_id)
+        assert code == 0 and expected in out.getvalue(), out.getvalue()
+    connection = await asyncpg.connect(database_url)
+    try:
+        assert await connection.fetchval("SELECT count(*) FROM users WHERE email LIKE '%someone%' OR name <> ''") == 0
+        assert await connection.fetchval("SELECT count(*) FROM buyer_contacts") == 0
+        # Retention: the addresses given for buyers of events that started before the cut-off.
+        await outbox_store.save_contact(connection, event["id"], "crm-10", "ten@example.org")
+        assert await outbox_store.erase_expired_contacts(connection, datetime(2027, 1, 1, tzinfo=UTC)) == 0  # the event starts later
+        assert await outbox_store.erase_expired_contacts(connection, datetime(2027, 7, 1, tzinfo=UTC)) == 1
+    finally:
+        await connection.close()
+    # The person's session ends on this node at its next read of ended sessions (within seconds).
+    await eventually(lambda: _status(client, "/v1/users/me", person, 401), 15)
+
+
+async def _status(client: Any, path: str, headers: dict[str, str], status: int) -> bool:
+    return (await client.get(path, headers=headers)).status == status

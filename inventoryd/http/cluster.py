@@ -167,7 +167,8 @@ async def forward(request: web.Request, url: str) -> web.StreamResponse:
     metrics = app[keys.METRICS]
     started = time.perf_counter()
     async with in_flight:
-        if request.headers.get(hdrs.ACCEPT) == "text/event-stream" or request.path.endswith("/stream"):
+        # Streams (availability, and the CSV report of an event of any size) are relayed as they come.
+        if request.headers.get(hdrs.ACCEPT) == "text/event-stream" or request.path.endswith(("/stream", ".csv")):
             return await _forward_stream(request, url)
         head = _request_head(request, url)
         body = await request.read() if request.body_exists else b""  # read() keeps what a handler read
@@ -216,7 +217,7 @@ async def _forward_stream(request: web.Request, url: str) -> web.StreamResponse:
         log.warning("forward_failed", url=url, path=request.path, error=repr(error))
         _refuse_unreachable(request, sent=not isinstance(error, aiohttp.ClientConnectorError))
     try:
-        if upstream.content_type == "text/event-stream":
+        if upstream.content_type in ("text/event-stream", "text/csv"):
             return await _relay_stream(request, upstream)
         answer = await upstream.read()
     finally:
