@@ -34,7 +34,9 @@ class ChangeRow:
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveryRow:
+class DeliveryWrite:
+    """A delivery's row as the outbox writes it (its times are the database's)."""
+
     delivery_id: str
     webhook_id: str
     event_id: str
@@ -46,6 +48,12 @@ class DeliveryRow:
     last_error: str | None
     last_response: str | None
     next_attempt_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow(DeliveryWrite):
+    """A delivery's row as read back: DELIVERY_COLUMNS, in order."""
+
     created_at: datetime
     updated_at: datetime
 
@@ -186,21 +194,6 @@ async def deliveries(connection: Connection, webhook_id: str, before: tuple[date
 async def delivery(connection: Connection, delivery_id: str) -> DeliveryRow | None:
     row = await connection.fetchrow(f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE delivery_id = $1", delivery_id)
     return None if row is None else DeliveryRow(*row)
-
-
-@dataclass(slots=True)
-class DeliveryWrite:
-    delivery_id: str
-    webhook_id: str
-    event_id: str
-    seq: int
-    type: str
-    status: str
-    attempts: int
-    last_status: int | None
-    last_error: str | None
-    last_response: str | None
-    next_attempt_at: datetime | None
 
 
 async def save_progress(
