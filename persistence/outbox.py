@@ -79,22 +79,57 @@ async def read_changes(connection: Connection, event_id: str, after_seq: int, li
 # -- webhooks -------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookKey:
+    """The Idempotency-Key an endpoint is made with: whose, the key, the request's fingerprint."""
+
+    scope: str
+    key: str
+    fingerprint: bytes
+
+
+class WebhookKeyConflict(Exception):
+    """The key made an endpoint from another request."""
+
+
 async def insert_webhook(
-    connection: Connection, webhook_id: str, url: str, types: Sequence[str], event_id: str | None, organizer_id: str | None, secret: str
-) -> WebhookRow:
+    connection: Connection,
+    webhook_id: str,
+    url: str,
+    types: Sequence[str],
+    event_id: str | None,
+    organizer_id: str | None,
+    secret: str,
+    key: WebhookKey | None = None,
+) -> tuple[WebhookRow, bool]:
     """The endpoint, and its cursor at the end of each existing event's log it hears of: it is told
     of what is committed after it was made. One transaction (a change committed after it shows in
-    no cursor, and is delivered)."""
+    no cursor, and is delivered). With a key already used for the same request: the endpoint it
+    made, and False (nothing made now); for another request: WebhookKeyConflict."""
     async with connection.transaction():
+        if key is not None:
+            await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1 || chr(31) || $2))", key.scope, key.key)
+            made = await connection.fetchrow(
+                f"SELECT {WEBHOOK_COLUMNS}, fingerprint FROM webhooks WHERE idempotency_scope = $1 AND idempotency_key = $2",
+                key.scope,
+                key.key,
+            )
+            if made is not None:
+                if made["fingerprint"] != key.fingerprint:
+                    raise WebhookKeyConflict(key.key)
+                return WebhookRow(*list(made.values())[:-1]), False
         row = await connection.fetchrow(
-            f"INSERT INTO webhooks (webhook_id, url, types, event_id, organizer_id, secret) VALUES ($1, $2, $3, $4, $5, $6)"
-            f" RETURNING {WEBHOOK_COLUMNS}",
+            f"INSERT INTO webhooks (webhook_id, url, types, event_id, organizer_id, secret, idempotency_scope, idempotency_key,"
+            f" fingerprint) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {WEBHOOK_COLUMNS}",
             webhook_id,
             url,
             list(types),
             event_id,
             organizer_id,
             secret,
+            key and key.scope,
+            key and key.key,
+            key and key.fingerprint,
         )
         await connection.execute(
             """
@@ -107,7 +142,7 @@ async def insert_webhook(
             event_id,
             organizer_id,
         )
-    return WebhookRow(*present(row, "INSERT … RETURNING returned no row"))
+    return WebhookRow(*present(row, "INSERT … RETURNING returned no row")), True
 
 
 async def start_email_cursors(connection: Connection) -> None:

@@ -26,8 +26,9 @@ import asyncpg
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
-from inventoryd import cli
+from inventoryd import cli, limits
 from inventoryd.audit import audit
+from inventoryd.outbox.dispatcher import Pace
 from inventoryd.outbox.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, verify
 from persistence import outbox as outbox_store
 from tests.helpers import (
@@ -582,3 +583,30 @@ async def test_an_operator_erases_anyone_and_retention_erases_given_addresses(st
 
 async def _status(client: Any, path: str, headers: dict[str, str], status: int) -> bool:
     return (await client.get(path, headers=headers)).status == status
+
+
+async def test_a_webhook_made_again_with_its_key_is_the_same_one(start: Any) -> None:
+    client = await start(settings={"webhooks_allow_private": True})
+    body = {"url": "http://127.0.0.1:9/hook", "types": ["reservation.held", "event.updated"]}
+    keyed = {"Idempotency-Key": "hook-1"}
+    first = await client.post("/v1/webhooks", json=body, headers=keyed)
+    assert first.status == 201 and "Idempotent-Replayed" not in first.headers
+    # The same request (its types in another order) with the key: the same endpoint, secret and all.
+    again = await client.post("/v1/webhooks", json={**body, "types": body["types"][::-1]}, headers=keyed)
+    assert again.status == 201 and again.headers.get("Idempotent-Replayed") == "true"
+    assert await again.json() == await first.json()
+    other = await client.post("/v1/webhooks", json={**body, "url": "http://127.0.0.1:10/hook"}, headers=keyed)
+    assert other.status == 409 and (await other.json())["code"] == "idempotency_conflict"
+    assert len((await (await client.get("/v1/webhooks")).json())["items"]) == 1
+
+
+async def test_deliveries_are_paced_only_while_the_loop_runs_late() -> None:
+    pace = Pace()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.gather(*(pace.turn() for _ in range(20)))
+    assert loop.time() - started < 0.05, "paced while the loop kept time"
+    pace.lag_s = 2 * limits.OUTBOX_BUSY_LAG_S  # as the probe finds it during an on-sale
+    started = loop.time()
+    await asyncio.gather(*(pace.turn() for _ in range(16)))
+    assert loop.time() - started >= 15 / limits.OUTBOX_BUSY_DELIVERIES_PER_S * 0.95

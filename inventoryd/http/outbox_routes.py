@@ -16,6 +16,7 @@ from msgspec import UNSET, Meta, UnsetType
 from inventoryd import limits
 from inventoryd.http import keys
 from inventoryd.http.common import (
+    IDEMPOTENCY_KEY_PATTERN,
     actor_of,
     decode_cursor,
     encode_cursor,
@@ -23,11 +24,13 @@ from inventoryd.http.common import (
     json_response,
     read_json,
     refuse_body,
+    replayed,
     summary_of,
 )
-from inventoryd.http.headers import add_response_headers
+from inventoryd.http.headers import IDEMPOTENCY_KEY, add_response_headers
 from inventoryd.http.problems import ProblemError, invalid
 from inventoryd.http.schemas import STORABLE_TEXT
+from inventoryd.idempotency import fingerprint
 from inventoryd.outbox import CHANGE_TYPES, Change, ChangeType, change_of
 from inventoryd.outbox.webhooks import check_reachable, new_secret, new_webhook_id
 from persistence import outbox as store
@@ -131,14 +134,33 @@ async def create_webhook(request: web.Request) -> web.Response:
     if body.event_id is not None:
         actor = await actor_of(request, body.event_id)
         principal.check_may_manage(summary_of(actor).definition)
+    key = _webhook_key(request, body)
     await check_reachable(body.url, allow_private=request.app[keys.SETTINGS].webhooks_allow_private)
     async with request.app[keys.POOL].acquire() as connection:
         if len(await store.live_webhooks(connection)) >= limits.WEBHOOKS_MAX:
             raise ProblemError(409, "conflict", f"there are {limits.WEBHOOKS_MAX} webhook endpoints already; delete one first")
-        row = await store.insert_webhook(
-            connection, new_webhook_id(), body.url, sorted(body.types), body.event_id, organizer_id, new_secret()
-        )
-    return json_response(_webhook_out(row, secret=True), status=201)
+        try:
+            row, made = await store.insert_webhook(
+                connection, new_webhook_id(), body.url, sorted(body.types), body.event_id, organizer_id, new_secret(), key
+            )
+        except store.WebhookKeyConflict:
+            raise ProblemError(
+                409, "idempotency_conflict", "this Idempotency-Key was used for a different request", field="Idempotency-Key"
+            ) from None
+    response = json_response(_webhook_out(row, secret=True), status=201)
+    return response if made else replayed(response)
+
+
+def _webhook_key(request: web.Request, body: WebhookIn) -> store.WebhookKey | None:
+    """The request's Idempotency-Key, if it has one (the same request, however spelled, has the
+    same fingerprint: its fields in canonical form)."""
+    key = request.headers.get(IDEMPOTENCY_KEY)
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
+        raise invalid(f"Idempotency-Key must be 1 to {limits.IDEMPOTENCY_KEY_BYTES_MAX} printable ASCII characters", "Idempotency-Key", 400)
+    canonical = msgspec.json.encode(WebhookIn(body.url, sorted(body.types), body.event_id))
+    return store.WebhookKey(request[keys.PRINCIPAL].id, key, fingerprint(request.method, request.path, canonical))
 
 
 async def _own_webhook(request: web.Request) -> store.WebhookRow:

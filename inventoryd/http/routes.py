@@ -256,7 +256,7 @@ ROUTES: tuple[Route, ...] = (
         "POST", "/v1/webhooks", outbox_routes.create_webhook, "create_webhook",
         "Subscribe an endpoint to change types (admins: any event; organizers: their events); its signing secret is shown"
         " in this answer only",
-        request_body=outbox_routes.WebhookIn, response_body=outbox_routes.WebhookOut, success_status=201,
+        request_body=outbox_routes.WebhookIn, response_body=outbox_routes.WebhookOut, success_status=201, idempotent=True,
     ),
     Route(
         "GET", "/v1/webhooks", outbox_routes.list_webhooks, "list_webhooks", "The caller's webhook endpoints (admins: all)",

@@ -526,12 +526,14 @@ class Outbox:
     async def _give_up(self, state: SinkState, sink: WebhookSink) -> None:
         """A delivery ran out of attempts: its endpoint is failed (nothing more is sent to it, and
         nothing is skipped) until a delivery is retried by hand."""
-        sink.row = dataclasses.replace(sink.row, status="failed")
-        for stream in state.streams.values():
-            stream.attempts = 0
         await self._save()
         async with self._pool.acquire() as connection:
             await store.mark_webhook_failed(connection, sink.id)
+        # Only now here: a reading of the endpoints in between still sees it active (and must not
+        # take it for one set going again by hand).
+        sink.row = dataclasses.replace(sink.row, status="failed")
+        for stream in state.streams.values():
+            stream.attempts = 0
 
     def _log(
         self, sink: Sink, event_id: str, change: Change, delivery_id: str, attempts: int, attempt: Attempt, status: str,

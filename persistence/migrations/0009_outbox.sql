@@ -17,9 +17,15 @@ CREATE TABLE webhooks (
     status       text        NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'failed')),
     failed_at    timestamptz,
     created_at   timestamptz NOT NULL DEFAULT now(),
-    deleted_at   timestamptz
+    deleted_at   timestamptz,
+    -- The Idempotency-Key it was made with (per caller), and the request's fingerprint: a retry
+    -- gets the same endpoint (and its secret) again, another request with the key a 409.
+    idempotency_scope text,
+    idempotency_key   text,
+    fingerprint       bytea
 );
 CREATE INDEX webhooks_live ON webhooks (webhook_id) WHERE deleted_at IS NULL;
+CREATE UNIQUE INDEX webhooks_by_idempotency_key ON webhooks (idempotency_scope, idempotency_key) WHERE idempotency_key IS NOT NULL;
 
 -- How far each sink (a webhook's id, or 'email') has delivered each event's log: every change at
 -- or before `delivered_seq` was delivered (or is not one the sink wants). Written after delivery,
