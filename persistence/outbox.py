@@ -165,6 +165,10 @@ async def live_webhooks(connection: Connection) -> list[WebhookRow]:
     return [WebhookRow(*row) for row in rows]
 
 
+async def live_webhook_count(connection: Connection) -> int:
+    return int(await connection.fetchval("SELECT count(*) FROM webhooks WHERE deleted_at IS NULL"))
+
+
 async def webhook(connection: Connection, webhook_id: str) -> WebhookRow | None:
     row = await connection.fetchrow(f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE webhook_id = $1 AND deleted_at IS NULL", webhook_id)
     return None if row is None else WebhookRow(*row)

@@ -137,7 +137,7 @@ async def create_webhook(request: web.Request) -> web.Response:
     key = _webhook_key(request, body)
     await check_reachable(body.url, allow_private=request.app[keys.SETTINGS].webhooks_allow_private)
     async with request.app[keys.POOL].acquire() as connection:
-        if len(await store.live_webhooks(connection)) >= limits.WEBHOOKS_MAX:
+        if await store.live_webhook_count(connection) >= limits.WEBHOOKS_MAX:
             raise ProblemError(409, "conflict", f"there are {limits.WEBHOOKS_MAX} webhook endpoints already; delete one first")
         try:
             row, made = await store.insert_webhook(

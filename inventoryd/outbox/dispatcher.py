@@ -240,8 +240,10 @@ class Stream:
 class SinkState:
     sink: Sink
     streams: dict[str, Stream] = field(default_factory=dict)
-    # Events with changes this sink may not have delivered yet.
+    # Events with changes this sink may not have delivered yet; events it never wants (another
+    # organizer's, or not its one event): not marked again at each of their commits.
     dirty: set[str] = field(default_factory=set)
+    unwanted: set[str] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     running: int = 0
     task: asyncio.Task[None] | None = None
@@ -294,8 +296,9 @@ class Outbox:
         if seq > self._heads.get(event_id, 0):
             self._heads[event_id] = seq
         for state in self._for_all:
-            state.dirty.add(event_id)
-            state.wake.set()
+            if event_id not in state.unwanted:
+                state.dirty.add(event_id)
+                state.wake.set()
         for state in self._for_event.get(event_id, ()):
             state.dirty.add(event_id)
             state.wake.set()
@@ -444,7 +447,10 @@ class Outbox:
 
     def _stream(self, state: SinkState, event_id: str) -> Stream | None:
         definition = self._serving(event_id)
-        if definition is None or not state.sink.wants_event(definition):
+        if definition is None:
+            return None
+        if not state.sink.wants_event(definition):  # (an event's organizer and id never change)
+            state.unwanted.add(event_id)
             return None
         stream = state.streams[event_id] = Stream(event_id)
         return stream
